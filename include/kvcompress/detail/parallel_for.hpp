@@ -1,0 +1,49 @@
+#pragma once
+/// \file
+/// \brief Static block partition of [0, n) over the threads of a `CpuDevice`.
+
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "kvcompress/core/device.hpp"
+
+namespace kvcompress::detail {
+
+/// Threads that `parallel_for(dev, n, …)` uses: never more than n, at least 1.
+[[nodiscard]] inline int thread_count(CpuDevice const& dev, std::int64_t n) noexcept {
+  int t = dev.num_threads > 0 ? dev.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  t = std::max(t, 1);
+  return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(t, n)));
+}
+
+/// Calls f(i, thread) for every i in [0, n); thread ∈ [0, thread_count(dev, n)) indexes per-thread
+/// scratch. The first exception thrown by any thread is rethrown on the caller's thread.
+template <class F>
+void parallel_for(CpuDevice const& dev, std::int64_t n, F&& f) {
+  int const threads = thread_count(dev, n);
+  if (threads == 1) {
+    for (std::int64_t i = 0; i < n; ++i) f(i, 0);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
+  auto body = [&](int t) {
+    std::int64_t const lo = n * t / threads, hi = n * (t + 1) / threads;
+    try {
+      for (std::int64_t i = lo; i < hi; ++i) f(i, t);
+    } catch (...) {
+      errors[static_cast<std::size_t>(t)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(static_cast<std::size_t>(threads - 1));
+  for (int t = 1; t < threads; ++t) pool.emplace_back(body, t);
+  body(0);
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace kvcompress::detail

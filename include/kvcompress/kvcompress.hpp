@@ -1,0 +1,16 @@
+#pragma once
+/// \file
+/// \brief Umbrella header: everything that runs on the host.
+
+#include "kvcompress/cache/extents.hpp"
+#include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/cache/strided_layout.hpp"
+#include "kvcompress/core/config.hpp"
+#include "kvcompress/core/device.hpp"
+#include "kvcompress/core/dtype.hpp"
+#include "kvcompress/core/error.hpp"
+#include "kvcompress/core/tensor.hpp"
+#include "kvcompress/detail/workspace.hpp"
+#include "kvcompress/press/knorm.hpp"
+#include "kvcompress/press/observation.hpp"
+#include "kvcompress/press/scorer.hpp"

@@ -1,0 +1,149 @@
+#pragma once
+/// \file
+/// \brief The scorer-press protocol and `compress`: score → per-row top n_kept → compact in place.
+///
+/// A scorer press is a small aggregate with a `compression_ratio` and
+/// \code
+///   template <class T, class L> std::size_t workspace_bytes(CpuDevice const&, Observation<T> const&,
+///                                                           KVCacheView<T, L> const&) const;
+///   template <class T, class L> void score(CpuDevice const&, Observation<T> const&,
+///                                          KVCacheView<T, L> const&, float* scores, Workspace&) const;
+/// \endcode
+/// `score` writes `scores` [batch, kv_heads, capacity] (row r valid on [0, lengths[r])); higher
+/// means keep. A press may also define `kept_count(n, observation)` to override the budget.
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/core/device.hpp"
+#include "kvcompress/core/error.hpp"
+#include "kvcompress/cpu/compact.hpp"
+#include "kvcompress/cpu/select_topk.hpp"
+#include "kvcompress/detail/parallel_for.hpp"
+#include "kvcompress/detail/workspace.hpp"
+#include "kvcompress/press/observation.hpp"
+
+namespace kvcompress {
+
+/// \brief Entries kept from n at ratio r, exactly as kvpress: `int(n * (1 - r))` in double.
+/// n=256, r=0.2 → 204; n=23, r=0.4 → 13.
+[[nodiscard]] inline std::int64_t kept_count(std::int64_t n, double ratio) noexcept {
+  return static_cast<std::int64_t>(static_cast<double>(n) * (1.0 - ratio));
+}
+
+/// \brief Throws unless ratio ∈ [0, 1).
+inline void check_compression_ratio(double ratio) {
+  KVC_CHECK(ratio >= 0.0 && ratio < 1.0, "compression_ratio must be in [0, 1), got " << ratio);
+}
+
+namespace detail {
+
+template <class Press, class T, class = void>
+struct has_kept_count : std::false_type {};
+template <class Press, class T>
+struct has_kept_count<Press, T,
+                      std::void_t<decltype(std::declval<Press const&>().kept_count(
+                          std::int64_t{}, std::declval<Observation<T> const&>()))>> : std::true_type {};
+
+template <class Press, class T>
+std::int64_t press_kept_count(Press const& press, std::int64_t n, Observation<T> const& obs) {
+  if constexpr (has_kept_count<Press, T>::value) return press.kept_count(n, obs);
+  else return kept_count(n, press.compression_ratio);
+}
+
+/// Largest finite score over every live entry of every row (kvpress's `scores.max()`), or 0 for an
+/// empty cache. Protected entries are then set to this + 1.
+template <class T, class L>
+float global_max(KVCacheView<T, L> const& cache, float const* scores) {
+  float m = -INFINITY;
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float const* s = scores + r * cache.extents.capacity;
+    for (std::int32_t i = 0; i < cache.lengths[r]; ++i)
+      if (s[i] > m) m = s[i];
+  }
+  return std::isfinite(m) ? m : 0.0f;
+}
+
+}  // namespace detail
+
+/// \brief Scratch bytes that `compress(dev, press, obs, cache, workspace)` needs.
+template <class Press, class T, class L>
+[[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Press const& press,
+                                                   Observation<T> const& obs,
+                                                   KVCacheView<T, L> const& cache) {
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+  std::size_t const cap = static_cast<std::size_t>(cache.extents.capacity);
+  return Workspace::bytes_for<float>(static_cast<std::size_t>(rows) * cap) +
+         Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows)) * cap) +
+         press.workspace_bytes(dev, obs, cache);
+}
+
+/// \brief Keeps, per (batch, kv head) row, the entries with the n_kept highest scores, moved to
+/// the front of the row in position order; lengths (and positions, if present) are updated.
+/// \param scores [batch, kv_heads, capacity]
+/// \param n_kept  callable: n_kept(n) for a row of n live entries
+template <class T, class L, class KeptFn>
+void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const* scores, KeptFn&& n_kept,
+               Workspace& ws) {
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+  std::int64_t const cap = cache.extents.capacity;
+  std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap));
+  detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
+    std::int32_t const n = cache.lengths[r];
+    std::int64_t const k = n_kept(static_cast<std::int64_t>(n));
+    std::int32_t const kk = static_cast<std::int32_t>(k < 0 ? 0 : (k > n ? n : k));
+    std::int32_t* row_idx = idx + t * cap;
+    cpu_impl::select_topk_row(scores + r * cap, n, kk, row_idx);
+    cpu_impl::compact_row(cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, row_idx, kk);
+  });
+}
+
+/// \brief Scores every live entry with `press` into `scores` [batch, kv_heads, capacity].
+template <class Press, class T, class L>
+void score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+           KVCacheView<T, L> const& cache, float* scores, Workspace& ws) {
+  KVC_CHECK(scores != nullptr, "scores must not be null");
+  press.score(dev, obs, cache, scores, ws);
+}
+
+/// \brief Allocating convenience: returns the scores [batch, kv_heads, capacity].
+template <class Press, class T, class L>
+[[nodiscard]] std::vector<float> score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+                                       KVCacheView<T, L> const& cache) {
+  std::vector<float> scores(static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads *
+                                                     cache.extents.capacity));
+  std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, cache));
+  Workspace ws(scratch.data(), scratch.size());
+  press.score(dev, obs, cache, scores.data(), ws);
+  return scores;
+}
+
+/// \brief Compresses one layer's cache in place: score, keep `kept_count(n, ratio)` entries per
+/// (batch, kv head) row, compact in position order. Ratio 0 leaves the cache untouched.
+/// Allocates nothing: all scratch comes from `workspace` (size: `compress_workspace_bytes`).
+template <class Press, class T, class L>
+void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+              KVCacheView<T, L> const& cache, Workspace workspace) {
+  check_compression_ratio(press.compression_ratio);
+  if (press.compression_ratio == 0.0) return;
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+  float* scores = workspace.take<float>(static_cast<std::size_t>(rows * cache.extents.capacity));
+  press.score(dev, obs, cache, scores, workspace);
+  keep_topk(dev, cache, scores, [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); },
+            workspace);
+}
+
+/// \brief Allocating convenience overload of `compress`.
+template <class Press, class T, class L>
+void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+              KVCacheView<T, L> const& cache) {
+  std::vector<std::byte> scratch(compress_workspace_bytes(dev, press, obs, cache));
+  compress(dev, press, obs, cache, Workspace(scratch.data(), scratch.size()));
+}
+
+}  // namespace kvcompress
