@@ -15,6 +15,7 @@ class RotaryEmbedding;
 struct QueryStats {
   float const* mean = nullptr;        // [q_heads, head_dim], pre-RoPE
   float const* covariance = nullptr;  // [q_heads, head_dim, head_dim], or null
+  std::int64_t q_heads = 0;           // query heads in mean and covariance
 };
 
 /// \tparam T storage type of the activations (usually the cache's)

@@ -23,6 +23,7 @@
 #include "kvcompress/core/error.hpp"
 #include "kvcompress/cpu/compact.hpp"
 #include "kvcompress/cpu/select_topk.hpp"
+#include "kvcompress/detail/finite.hpp"
 #include "kvcompress/detail/parallel_for.hpp"
 #include "kvcompress/detail/workspace.hpp"
 #include "kvcompress/press/observation.hpp"
@@ -103,11 +104,25 @@ void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const
   });
 }
 
+namespace detail {
+
+/// Every entry point rejects NaN and ±Inf in the cache and the activations it is given.
+template <class T, class L>
+void require_finite_inputs(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+  require_finite_cache(dev, cache);
+  require_finite(obs.queries, "observation.queries");
+  require_finite(obs.window_queries, "observation.window_queries");
+  require_finite(obs.attention, "observation.attention");
+}
+
+}  // namespace detail
+
 /// \brief Scores every live entry with `press` into `scores` [batch, kv_heads, capacity].
 template <class Press, class T, class L>
 void score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
            KVCacheView<T, L> const& cache, float* scores, Workspace& ws) {
   KVC_CHECK(scores != nullptr, "scores must not be null");
+  detail::require_finite_inputs(dev, obs, cache);
   press.score(dev, obs, cache, scores, ws);
 }
 
@@ -119,12 +134,13 @@ template <class Press, class T, class L>
                                                      cache.extents.capacity));
   std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, cache));
   Workspace ws(scratch.data(), scratch.size());
-  press.score(dev, obs, cache, scores.data(), ws);
+  score(dev, press, obs, cache, scores.data(), ws);
   return scores;
 }
 
 /// \brief Compresses one layer's cache in place: score, keep `kept_count(n, ratio)` entries per
 /// (batch, kv head) row, compact in position order. Ratio 0 leaves the cache untouched.
+/// NaN or ±Inf in the cache or the observation's activations is rejected before anything moves.
 /// Allocates nothing: all scratch comes from `workspace` (size: `compress_workspace_bytes`).
 template <class Press, class T, class L>
 void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
@@ -133,7 +149,7 @@ void compress(CpuDevice const& dev, Press const& press, Observation<T> const& ob
   if (press.compression_ratio == 0.0) return;
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   float* scores = workspace.take<float>(static_cast<std::size_t>(rows * cache.extents.capacity));
-  press.score(dev, obs, cache, scores, workspace);
+  score(dev, press, obs, cache, scores, workspace);
   keep_topk(dev, cache, scores, [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); },
             workspace);
 }

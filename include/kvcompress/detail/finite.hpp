@@ -1,0 +1,47 @@
+#pragma once
+/// \file
+/// \brief The finiteness precondition: a NaN or ±Inf in the cache or in the activations would
+/// silently poison a whole row's softmax, so every entry point rejects it with the exact location.
+
+#include <cmath>
+#include <cstdint>
+
+#include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/core/error.hpp"
+#include "kvcompress/core/tensor.hpp"
+#include "kvcompress/detail/parallel_for.hpp"
+
+namespace kvcompress::detail {
+
+/// Throws if any live key or value is NaN or ±Inf, naming the tensor, the index and the value.
+template <class T, class L>
+void require_finite_cache(CpuDevice const& dev, KVCacheView<T, L> const& cache) {
+  std::int64_t const heads = cache.extents.kv_heads, d = cache.extents.head_dim;
+  parallel_for(dev, cache.extents.batch * heads, [&](std::int64_t r, int) {
+    std::int64_t const b = r / heads, h = r % heads;
+    for (std::int32_t s = 0; s < cache.lengths[r]; ++s)
+      for (std::int64_t c = 0; c < d; ++c) {
+        float const k = to_float(cache.key(b, h, s, c)), v = to_float(cache.value(b, h, s, c));
+        KVC_CHECK(std::isfinite(k), "keys[" << b << ", " << h << ", " << s << ", " << c << "] = " << k
+                                            << " is not finite");
+        KVC_CHECK(std::isfinite(v), "values[" << b << ", " << h << ", " << s << ", " << c << "] = " << v
+                                              << " is not finite");
+      }
+  });
+}
+
+/// Throws if any element of a non-empty activation tensor is NaN or ±Inf.
+template <class T>
+void require_finite(Tensor4<T> const& t, char const* name) {
+  if (t.empty()) return;
+  for (std::int64_t i = 0; i < t.shape[0]; ++i)
+    for (std::int64_t j = 0; j < t.shape[1]; ++j)
+      for (std::int64_t k = 0; k < t.shape[2]; ++k)
+        for (std::int64_t l = 0; l < t.shape[3]; ++l) {
+          float const x = to_float(t(i, j, k, l));
+          KVC_CHECK(std::isfinite(x), name << "[" << i << ", " << j << ", " << k << ", " << l << "] = " << x
+                                           << " is not finite");
+        }
+}
+
+}  // namespace kvcompress::detail

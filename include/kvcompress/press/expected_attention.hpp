@@ -1,0 +1,315 @@
+#pragma once
+/// \file
+/// \brief Expected Attention (arXiv 2510.00636). Future queries are modelled as a Gaussian
+/// N(μ, Σ) in pre-RoPE space, rotated by the average RoPE matrix R̄ of the next T positions; each
+/// key is scored by the attention such queries are expected to pay it:
+///   z_{j,i} = μ̃_jᵀk_i/√d + k_iᵀΣ̃_jk_i/(2d)   (log E[exp(qᵀk/√d)] for q ~ N(μ̃, Σ̃))
+///   p_j = softmax_i(z_j) over the non-sink keys; e = mean over the G query heads of the group;
+///   score = (e + ε)·‖v‖ (use_vnorm); the n_sink first entries get global max + 1.
+///
+/// `ExpectedAttentionPress` estimates μ, Σ from the chunk's pre-RoPE queries (minus its first
+/// n_sink tokens; population covariance). `ExpectedAttentionStatsPress` takes per-layer statistics
+/// computed offline (`Observation::stats`). The future window starts at the absolute position after
+/// the chunk, `observation.position + chunk length` (the prefill length in a prefill).
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kvcompress/detail/gather.hpp"
+#include "kvcompress/press/scorer.hpp"
+#include "kvcompress/rope/rotary_embedding.hpp"
+
+namespace kvcompress {
+
+namespace detail {
+
+/// Parameters shared by both Expected Attention presses.
+struct ExpectedAttentionParams {
+  std::int64_t n_future_positions;
+  std::int64_t n_sink;
+  bool use_covariance;
+  bool use_vnorm;
+  float epsilon;
+};
+
+/// Key rows processed per GEMM: the chunk of keys and its products stay in L2.
+inline constexpr std::int64_t kEaKeyChunk = 128;
+
+/// Scratch bytes that `expected_attention_scores` takes (must mirror its `take` calls).
+template <class T, class L>
+std::size_t ea_scoring_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache, std::int64_t q_heads, bool cov) {
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, d = cache.extents.head_dim;
+  std::int64_t const threads = thread_count(dev, rows);
+  std::int64_t const group = std::max<std::int64_t>(1, q_heads / cache.extents.kv_heads);
+  auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
+  return f(threads * kEaKeyChunk * d) + f(threads * kEaKeyChunk * group * (cov ? d : 1)) +
+         f(threads * group * cache.extents.capacity) + f(rows);
+}
+
+template <class T, class L>
+void check_expected_attention_common(ExpectedAttentionParams const& p, Observation<T> const& obs,
+                                     KVCacheView<T, L> const& cache, std::int64_t q_heads) {
+  KVC_CHECK(p.n_sink >= 0, "n_sink must be non-negative, got " << p.n_sink);
+  KVC_CHECK(p.n_future_positions > 0, "n_future_positions must be positive, got " << p.n_future_positions);
+  KVC_CHECK(std::isfinite(p.epsilon), "epsilon must be finite, got " << p.epsilon);
+  KVC_CHECK(obs.rope != nullptr, "observation.rope must be set (Expected Attention rotates the query "
+                                 "statistics to the future positions)");
+  KVC_CHECK(obs.rope->head_dim() == cache.extents.head_dim,
+            "observation.rope head_dim = " << obs.rope->head_dim() << " does not match the cache head_dim = "
+                                           << cache.extents.head_dim);
+  KVC_CHECK(q_heads > 0 && q_heads % cache.extents.kv_heads == 0,
+            "query heads = " << q_heads << " must be a positive multiple of kv_heads = " << cache.extents.kv_heads);
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+  for (std::int64_t r = 0; r < rows; ++r)
+    KVC_CHECK(cache.lengths[r] > p.n_sink, "cache length n = " << cache.lengths[r] << " of row (batch "
+                                                               << r / cache.extents.kv_heads << ", kv head "
+                                                               << r % cache.extents.kv_heads
+                                                               << ") must exceed n_sink = " << p.n_sink);
+}
+
+/// Rotates the per-head statistics in place: μ ← R̄μ/√d and Σ ← R̄ΣR̄ᵀ/(2d), folding the constant
+/// factors of the logit so that the key loop is two products and a row-dot.
+inline void rotate_and_scale_stats(float const* cbar, float const* sbar, std::int64_t d, float* mu,
+                                   float* cov, float* tmp /*[d*d]*/) {
+  float const inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  float const inv_2d = 0.5f / static_cast<float>(d);
+  apply_averaged_rotation(cbar, sbar, static_cast<int>(d), mu, tmp);
+  for (std::int64_t c = 0; c < d; ++c) mu[c] = tmp[c] * inv_sqrt_d;
+  if (cov) {
+    rotate_covariance(cbar, sbar, static_cast<int>(d), cov, tmp);
+    for (std::int64_t c = 0; c < d * d; ++c) cov[c] = tmp[c] * inv_2d;
+  }
+}
+
+/// Scores every live entry, given rotated, scaled statistics mu [stat_batch, H, d] and
+/// cov [stat_batch, H, d, d] (null without covariance).
+template <class T, class L>
+void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams const& p,
+                               KVCacheView<T, L> const& cache, std::int64_t q_heads, std::int64_t stat_batch,
+                               float const* mu, float const* cov, float* scores, Workspace& ws) {
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using ColMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+  std::int64_t const heads = cache.extents.kv_heads, d = cache.extents.head_dim, cap = cache.extents.capacity;
+  std::int64_t const group = q_heads / heads, rows = cache.extents.batch * heads;
+  int const threads = thread_count(dev, rows);
+  std::int64_t const prod_cols = group * (cov ? d : 1);
+  float* key_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * d));
+  float* prod_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * prod_cols));
+  float* logit_buf = ws.take<float>(static_cast<std::size_t>(threads * group * cap));
+  float* row_max = ws.take<float>(static_cast<std::size_t>(rows));
+
+  parallel_for(dev, rows, [&](std::int64_t r, int t) {
+    std::int64_t const b = r / heads, h = r % heads, n = cache.lengths[r], s = p.n_sink, m = n - s;
+    std::int64_t const sb = stat_batch == 1 ? 0 : b;
+    float const* mu_g = mu + (sb * q_heads + h * group) * d;  // [group, d]
+    float const* cov_g = cov ? cov + (sb * q_heads + h * group) * d * d : nullptr;  // [group, d, d]
+    float* kbuf = key_buf + t * kEaKeyChunk * d;
+    float* pbuf = prod_buf + t * kEaKeyChunk * prod_cols;
+    float* logits = logit_buf + t * group * cap;  // [group, m]
+    // [μ̃_1 … μ̃_G] as d × G; the Σ̃_j are symmetric, so [G][d][d] row-major memory read column-major
+    // is the d × (G·d) block matrix [Σ̃_1 … Σ̃_G].
+    Eigen::Map<ColMat const> mu_mat(mu_g, d, group);
+    for (std::int64_t i0 = 0; i0 < m; i0 += kEaKeyChunk) {
+      std::int64_t const c = std::min(kEaKeyChunk, m - i0);
+      gather_keys(cache, b, h, s + i0, c, kbuf);
+      Eigen::Map<RowMat const> kc(kbuf, c, d);
+      Eigen::Map<RowMat> mean_term(pbuf, c, group);
+      if (cov_g) {
+        Eigen::Map<ColMat const> cov_mat(cov_g, d, group * d);
+        Eigen::Map<RowMat> y(pbuf, c, group * d);
+        y.noalias() = kc * cov_mat;
+        for (std::int64_t j = 0; j < group; ++j)
+          for (std::int64_t i = 0; i < c; ++i)
+            logits[j * m + i0 + i] = y.row(i).segment(j * d, d).dot(kc.row(i));
+        for (std::int64_t j = 0; j < group; ++j)
+          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] += kc.row(i).dot(mu_mat.col(j));
+      } else {
+        mean_term.noalias() = kc * mu_mat;
+        for (std::int64_t j = 0; j < group; ++j)
+          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = mean_term(i, j);
+      }
+    }
+    // Softmax over the m non-sink keys per query head, then the group mean.
+    float* out = scores + r * cap + s;
+    std::fill(out, out + m, 0.0f);
+    for (std::int64_t j = 0; j < group; ++j) {
+      float* z = logits + j * m;
+      float const zmax = *std::max_element(z, z + m);
+      float sum = 0.0f;
+      for (std::int64_t i = 0; i < m; ++i) sum += (z[i] = std::exp(z[i] - zmax));
+      float const w = 1.0f / (sum * static_cast<float>(group));
+      for (std::int64_t i = 0; i < m; ++i) out[i] += z[i] * w;
+    }
+    if (p.use_vnorm) {
+      for (std::int64_t i = 0; i < m; ++i) {
+        float ss = 0.0f;
+        for (std::int64_t c = 0; c < d; ++c) {
+          float const v = to_float(cache.value(b, h, s + i, c));
+          ss += v * v;
+        }
+        out[i] = (out[i] + p.epsilon) * std::sqrt(ss);
+      }
+    }
+    row_max[r] = *std::max_element(out, out + m);
+  });
+  // Sinks: kvpress pads them with the global maximum (over batch and heads) + 1.
+  float const protect = *std::max_element(row_max, row_max + rows) + 1.0f;
+  for (std::int64_t r = 0; r < rows; ++r) std::fill(scores + r * cap, scores + r * cap + p.n_sink, protect);
+}
+
+/// Future window of the averaged rotation: [start, start + T), start = position after the chunk.
+template <class T>
+std::int64_t future_start(Observation<T> const& obs) {
+  std::int64_t const q = obs.chunk_tokens();
+  KVC_CHECK(q > 0, "observation.chunk_length (or queries) must give the chunk length, got " << q);
+  KVC_CHECK(obs.position >= 0, "observation.position must be non-negative, got " << obs.position);
+  return obs.position + q;
+}
+
+}  // namespace detail
+
+/// \brief Expected Attention from the chunk's own pre-RoPE queries (`Observation::queries`).
+struct ExpectedAttentionPress {
+  double compression_ratio = 0.0;
+  std::int64_t n_future_positions = 512;
+  std::int64_t n_sink = 4;
+  bool use_covariance = true;
+  bool use_vnorm = true;
+  float epsilon = 0.0f;
+
+  [[nodiscard]] detail::ExpectedAttentionParams params() const noexcept {
+    return {n_future_positions, n_sink, use_covariance, use_vnorm, epsilon};
+  }
+
+  template <class T, class L>
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
+                                            KVCacheView<T, L> const& cache) const {
+    std::int64_t const q_heads = obs.queries.empty() ? cache.extents.kv_heads : obs.queries.shape[1];
+    std::int64_t const bh = cache.extents.batch * q_heads, d = cache.extents.head_dim;
+    std::int64_t const threads = detail::thread_count(dev, bh);
+    auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
+    return f(2 * d) + f(bh * d) + (use_covariance ? f(bh * d * d) + f(threads * d * d) : 0) +
+           f(threads * detail::kEaKeyChunk * d) + detail::ea_scoring_bytes(dev, cache, q_heads, use_covariance);
+  }
+
+  template <class T, class L>
+  void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
+             Workspace& ws) const {
+    using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    Tensor4<T> const& q = obs.queries;
+    KVC_CHECK(!q.empty(), "observation.queries must be given (pre-RoPE queries of the chunk, "
+                          "[batch, q_heads, q_len, head_dim]); use ExpectedAttentionStatsPress for "
+                          "precomputed statistics");
+    KVC_CHECK(q.shape[0] == cache.extents.batch,
+              "observation.queries batch = " << q.shape[0] << " does not match the cache batch = " << cache.extents.batch);
+    KVC_CHECK(q.shape[3] == cache.extents.head_dim, "observation.queries head_dim = "
+                                                        << q.shape[3] << " does not match the cache head_dim = "
+                                                        << cache.extents.head_dim);
+    KVC_CHECK(q.shape[2] > n_sink, "observation.queries q_len = " << q.shape[2] << " must exceed n_sink = " << n_sink
+                                                                  << " (the first n_sink queries are dropped)");
+    auto const p = params();
+    std::int64_t const batch = cache.extents.batch, q_heads = q.shape[1], d = cache.extents.head_dim;
+    detail::check_expected_attention_common(p, obs, cache, q_heads);
+
+    float* cs = ws.take<float>(static_cast<std::size_t>(2 * d));
+    obs.rope->averaged_rotation(detail::future_start(obs), n_future_positions, cs, cs + d);
+    float* mu = ws.take<float>(static_cast<std::size_t>(batch * q_heads * d));
+    float* cov = use_covariance ? ws.take<float>(static_cast<std::size_t>(batch * q_heads * d * d)) : nullptr;
+    int const threads = detail::thread_count(dev, batch * q_heads);
+    float* tmp_buf = use_covariance ? ws.take<float>(static_cast<std::size_t>(threads * d * d)) : nullptr;
+    float* qbuf = ws.take<float>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d));
+    std::int64_t const count = q.shape[2] - n_sink;
+
+    // Statistics per (batch, query head): two passes over chunks of queries (mean, then centred
+    // second moment), so scratch does not grow with the chunk length.
+    detail::parallel_for(dev, batch * q_heads, [&](std::int64_t bj, int t) {
+      std::int64_t const b = bj / q_heads, j = bj % q_heads;
+      float* qc = qbuf + t * detail::kEaKeyChunk * d;
+      Eigen::Map<Eigen::VectorXf> m(mu + bj * d, d);
+      auto load = [&](std::int64_t i0, std::int64_t c) {
+        for (std::int64_t i = 0; i < c; ++i)
+          for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(q(b, j, n_sink + i0 + i, e));
+        return Eigen::Map<RowMat>(qc, c, d);
+      };
+      m.setZero();
+      for (std::int64_t i0 = 0; i0 < count; i0 += detail::kEaKeyChunk) {
+        std::int64_t const c = std::min(detail::kEaKeyChunk, count - i0);
+        m += load(i0, c).colwise().sum().transpose();
+      }
+      m /= static_cast<float>(count);
+      float* tmp = use_covariance ? tmp_buf + t * d * d : qc;
+      if (use_covariance) {
+        Eigen::Map<RowMat> sigma(cov + bj * d * d, d, d);
+        sigma.setZero();
+        for (std::int64_t i0 = 0; i0 < count; i0 += detail::kEaKeyChunk) {
+          std::int64_t const c = std::min(detail::kEaKeyChunk, count - i0);
+          auto x = load(i0, c);
+          x.rowwise() -= m.transpose();
+          sigma.noalias() += x.transpose() * x;
+        }
+        sigma /= static_cast<float>(count);
+      }
+      detail::rotate_and_scale_stats(cs, cs + d, d, mu + bj * d, cov ? cov + bj * d * d : nullptr, tmp);
+    });
+    detail::expected_attention_scores(dev, p, cache, q_heads, batch, mu, cov, scores, ws);
+  }
+};
+
+/// \brief Expected Attention from per-layer query statistics computed offline
+/// (`Observation::stats`: mean [q_heads, head_dim], covariance [q_heads, head_dim, head_dim]).
+/// Only the chunk length is taken from the observation (`chunk_length`, or the queries' q_len).
+struct ExpectedAttentionStatsPress {
+  double compression_ratio = 0.0;
+  std::int64_t n_future_positions = 512;
+  std::int64_t n_sink = 4;
+  bool use_covariance = true;
+  bool use_vnorm = true;
+  float epsilon = 0.0f;
+
+  [[nodiscard]] detail::ExpectedAttentionParams params() const noexcept {
+    return {n_future_positions, n_sink, use_covariance, use_vnorm, epsilon};
+  }
+
+  template <class T, class L>
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
+                                            KVCacheView<T, L> const& cache) const {
+    std::int64_t const h = obs.stats.q_heads, d = cache.extents.head_dim;
+    auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
+    return f(2 * d) + f(h * d) + (use_covariance ? f(h * d * d) : 0) + f(d * d) +
+           detail::ea_scoring_bytes(dev, cache, h, use_covariance);
+  }
+
+  template <class T, class L>
+  void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
+             Workspace& ws) const {
+    KVC_CHECK(obs.stats.mean != nullptr, "observation.stats.mean must be given ([q_heads, head_dim] for this layer)");
+    KVC_CHECK(!use_covariance || obs.stats.covariance != nullptr,
+              "observation.stats.covariance must be given when use_covariance is true");
+    auto const p = params();
+    std::int64_t const q_heads = obs.stats.q_heads, d = cache.extents.head_dim;
+    detail::check_expected_attention_common(p, obs, cache, q_heads);
+    for (std::int64_t i = 0; i < q_heads * d; ++i)
+      KVC_CHECK(std::isfinite(obs.stats.mean[i]), "observation.stats.mean[" << i << "] = " << obs.stats.mean[i]
+                                                                            << " is not finite");
+    if (use_covariance)
+      for (std::int64_t i = 0; i < q_heads * d * d; ++i)
+        KVC_CHECK(std::isfinite(obs.stats.covariance[i]),
+                  "observation.stats.covariance[" << i << "] = " << obs.stats.covariance[i] << " is not finite");
+    float* cs = ws.take<float>(static_cast<std::size_t>(2 * d));
+    obs.rope->averaged_rotation(detail::future_start(obs), n_future_positions, cs, cs + d);
+    float* mu = ws.take<float>(static_cast<std::size_t>(q_heads * d));
+    float* cov = use_covariance ? ws.take<float>(static_cast<std::size_t>(q_heads * d * d)) : nullptr;
+    float* tmp = ws.take<float>(static_cast<std::size_t>(d * d));
+    std::copy(obs.stats.mean, obs.stats.mean + q_heads * d, mu);
+    if (cov) std::copy(obs.stats.covariance, obs.stats.covariance + q_heads * d * d, cov);
+    for (std::int64_t j = 0; j < q_heads; ++j)
+      detail::rotate_and_scale_stats(cs, cs + d, d, mu + j * d, cov ? cov + j * d * d : nullptr, tmp);
+    detail::expected_attention_scores(dev, p, cache, q_heads, 1, mu, cov, scores, ws);
+  }
+};
+
+}  // namespace kvcompress
