@@ -12,6 +12,8 @@ TEST_CASE("kept_count follows kvpress's int(n * (1 - r)) arithmetic", "[core]") 
   CHECK(kept_count(23, 0.4) == 13);
   CHECK(kept_count(28, 0.4) == 16);
   CHECK(kept_count(100, 0.0) == 100);
+  CHECK(kept_count(3, 0.9) == 1);  // never empties a row by truncation
+  CHECK(kept_count(256, 1.0) == 0);  // a whole layer evicted on purpose (per-layer ratios)
 }
 
 TEST_CASE("compress with Knorm keeps the lowest-norm keys in position order", "[core]") {

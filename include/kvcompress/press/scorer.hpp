@@ -30,10 +30,13 @@
 
 namespace kvcompress {
 
-/// \brief Entries kept from n at ratio r, exactly as kvpress: `int(n * (1 - r))` in double.
-/// n=256, r=0.2 → 204; n=23, r=0.4 → 13.
+/// \brief Entries kept from n at ratio r, exactly as kvpress 0.5.5's `compute_n_kept`:
+/// `int(n * (1 - r))` in double, at least 1 so that truncation never empties a row, and 0 for r ≥ 1
+/// (evicting a whole layer on purpose). n=256, r=0.2 → 204; n=23, r=0.4 → 13; n=3, r=0.9 → 1.
 [[nodiscard]] inline std::int64_t kept_count(std::int64_t n, double ratio) noexcept {
-  return static_cast<std::int64_t>(static_cast<double>(n) * (1.0 - ratio));
+  if (ratio >= 1.0) return 0;
+  auto const k = static_cast<std::int64_t>(static_cast<double>(n) * (1.0 - ratio));
+  return k < 1 ? 1 : k;
 }
 
 /// \brief Throws unless ratio ∈ [0, 1).
