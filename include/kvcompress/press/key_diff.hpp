@@ -1,0 +1,76 @@
+#pragma once
+/// \file
+/// \brief KeyDiff (arXiv 2504.15364): keep the keys whose direction differs most from the row's
+/// average direction. Per (batch, kv head) row of n live keys (post-RoPE, as cached):
+///   anchor = mean_i k_i / max(‖k_i‖, 1e-12)                       (F.normalize, eps 1e-12)
+///   score_i = −⟨k_i, anchor⟩ / (max(‖k_i‖, 1e-8)·max(‖anchor‖, 1e-8))  (F.cosine_similarity, eps 1e-8)
+/// PyTorch ≥ 2 clamps each norm on its own (not their product), so a zero key scores 0.
+/// The paper's block-wise variant is this press inside a block-wise wrapper (kvpress BlockPress).
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "kvcompress/press/scorer.hpp"
+
+namespace kvcompress {
+
+/// \brief score = −cos(k, mean of the normalised keys of the row). Rows have their own lengths.
+struct KeyDiffPress {
+  double compression_ratio = 0.0;
+
+  static constexpr float kNormalizeEps = 1e-12f;  ///< F.normalize's default eps
+  static constexpr float kCosineEps = 1e-8f;      ///< F.cosine_similarity's default eps
+
+  template <class T, class L>
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&,
+                                            KVCacheView<T, L> const& cache) const noexcept {
+    std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+    return Workspace::bytes_for<float>(
+        static_cast<std::size_t>(detail::thread_count(dev, rows) * cache.extents.head_dim));
+  }
+
+  /// \param scores [batch, kv_heads, capacity]
+  template <class T, class L>
+  void score(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache, float* scores,
+             Workspace& ws) const {
+    std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity, d = cache.extents.head_dim;
+    std::int64_t const rows = cache.extents.batch * heads;
+    float* anchors = ws.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * d));
+    detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
+      std::int64_t const b = r / heads, h = r % heads;
+      std::int32_t const n = cache.lengths[r];
+      if (n == 0) return;
+      float* anchor = anchors + t * d;
+      float* out = scores + r * cap;
+      std::fill(anchor, anchor + d, 0.0f);
+      // Pass 1: key norms (kept in `out` for pass 2) and the sum of the normalised keys.
+      for (std::int32_t i = 0; i < n; ++i) {
+        float ss = 0.0f;
+        for (std::int64_t c = 0; c < d; ++c) {
+          float const x = to_float(cache.key(b, h, i, c));
+          ss += x * x;
+        }
+        float const norm = std::sqrt(ss);
+        out[i] = norm;
+        float const inv = 1.0f / std::max(norm, kNormalizeEps);
+        for (std::int64_t c = 0; c < d; ++c) anchor[c] += to_float(cache.key(b, h, i, c)) * inv;
+      }
+      float aa = 0.0f;
+      for (std::int64_t c = 0; c < d; ++c) {
+        anchor[c] /= static_cast<float>(n);
+        aa += anchor[c] * anchor[c];
+      }
+      float const anchor_norm = std::max(std::sqrt(aa), kCosineEps);
+      // Pass 2: −cos.
+      for (std::int32_t i = 0; i < n; ++i) {
+        float dot = 0.0f;
+        for (std::int64_t c = 0; c < d; ++c) dot += to_float(cache.key(b, h, i, c)) * anchor[c];
+        out[i] = -dot / (std::max(out[i], kCosineEps) * anchor_norm);
+      }
+    });
+  }
+};
+
+}  // namespace kvcompress

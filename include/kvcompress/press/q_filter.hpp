@@ -1,0 +1,64 @@
+#pragma once
+/// \file
+/// \brief Q-Filter (arXiv 2503.02812): score = −⟨f_{ℓ,h}, k⟩ with a learned filter per (layer, kv
+/// head), on the cached (post-RoPE) keys. kvpress downloads the filters from the Hugging Face hub
+/// (`nthngdy/<model>_qfilt`, parameter `q_filters` [num_layers, num_kv_heads, head_dim]); here the
+/// caller supplies them, in float. The layer comes from `Observation::layer_idx`.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "kvcompress/press/scorer.hpp"
+
+namespace kvcompress {
+
+/// \brief score = −⟨filters[layer_idx, h, :], k⟩. The filters' shape must be stated: the press
+/// checks it against the cache and the observation before reading them.
+struct QFilterPress {
+  double compression_ratio = 0.0;
+  float const* filters = nullptr;  // [num_layers, num_kv_heads, head_dim], row-major
+  int num_layers = 0;
+  int num_kv_heads = 0;  ///< must equal the cache's kv_heads
+  int head_dim = 0;      ///< must equal the cache's head_dim
+
+  template <class T, class L>
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const&, Observation<T> const&,
+                                            KVCacheView<T, L> const&) const noexcept {
+    return 0;
+  }
+
+  /// \param scores [batch, kv_heads, capacity]
+  template <class T, class L>
+  void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
+             Workspace&) const {
+    KVC_CHECK(filters != nullptr, "QFilterPress.filters must be given ([num_layers, num_kv_heads, head_dim] "
+                                  "float; kvpress loads them from nthngdy/<model>_qfilt)");
+    KVC_CHECK(num_layers > 0, "QFilterPress.num_layers must be positive, got " << num_layers);
+    KVC_CHECK(obs.layer_idx >= 0 && obs.layer_idx < num_layers,
+              "observation.layer_idx = " << obs.layer_idx << " is outside [0, num_layers = " << num_layers << ")");
+    KVC_CHECK(num_kv_heads == cache.extents.kv_heads, "QFilterPress.num_kv_heads = "
+                                                          << num_kv_heads << " does not match the cache kv_heads = "
+                                                          << cache.extents.kv_heads);
+    KVC_CHECK(head_dim == cache.extents.head_dim, "QFilterPress.head_dim = "
+                                                      << head_dim << " does not match the cache head_dim = "
+                                                      << cache.extents.head_dim);
+    std::int64_t const heads = num_kv_heads, d = head_dim, cap = cache.extents.capacity;
+    float const* layer = filters + static_cast<std::int64_t>(obs.layer_idx) * heads * d;  // [heads, d]
+    for (std::int64_t i = 0; i < heads * d; ++i)
+      KVC_CHECK(std::isfinite(layer[i]), "QFilterPress.filters[" << obs.layer_idx << ", " << i / d << ", " << i % d
+                                                                 << "] = " << layer[i] << " is not finite");
+    detail::parallel_for(dev, cache.extents.batch * heads, [&](std::int64_t r, int) {
+      std::int64_t const b = r / heads, h = r % heads;
+      float const* f = layer + h * d;
+      float* out = scores + r * cap;
+      for (std::int32_t i = 0; i < cache.lengths[r]; ++i) {
+        float dot = 0.0f;
+        for (std::int64_t c = 0; c < d; ++c) dot += f[c] * to_float(cache.key(b, h, i, c));
+        out[i] = -dot;
+      }
+    });
+  }
+};
+
+}  // namespace kvcompress

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Regenerates the golden fixtures in tests/golden from NVIDIA's kvpress (see tools/golden/README.md).
+# Usage: bash tools/golden/generate.sh            (from any directory)
+# Env:   KVC_GOLDEN_VENV  virtual environment to create/use (default ~/.cache/kvcompress-golden-venv)
+#        PYTHON           interpreter used to create the venv (default python3)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "${here}/../.." && pwd)"
+venv="${KVC_GOLDEN_VENV:-${HOME}/.cache/kvcompress-golden-venv}"
+
+if [[ ! -x "${venv}/bin/python" ]]; then
+  echo "creating virtual environment ${venv}"
+  "${PYTHON:-python3}" -m venv "${venv}"
+fi
+"${venv}/bin/python" -m pip install --quiet --disable-pip-version-check -r "${here}/requirements.txt"
+
+cd "${root}"
+"${venv}/bin/python" "${here}/generate.py" --out tests/golden "$@"
+"${venv}/bin/python" "${here}/check.py" tests/golden > /dev/null
+echo "fixtures checked: $(du -sh --apparent-size tests/golden | cut -f1) in tests/golden"
