@@ -22,3 +22,7 @@
 #include "kvcompress/press/streaming_llm.hpp"
 #include "kvcompress/rope/rope_config.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
+#include "kvcompress/press/observed_attention.hpp"
+#include "kvcompress/press/pyramid_kv.hpp"
+#include "kvcompress/press/snap_kv.hpp"
+#include "kvcompress/press/tova.hpp"
