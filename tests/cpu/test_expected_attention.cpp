@@ -324,9 +324,16 @@ TEST_CASE("ExpectedAttention rejects bad input with the argument and the value",
   }
   SECTION("Inf in queries") {
     std::vector<float> bad = qv;
-    bad[3] = INFINITY;
+    bad[5 * d + 3] = INFINITY;
     obs.queries = make_tensor4(bad.data(), {1, q_heads, cap, d});
-    REQUIRE_THROWS_WITH(compress(cpu, press, obs, c.view()), Catch::Contains("observation.queries[0, 0, 0, 3]") && Catch::Contains("inf"));
+    REQUIRE_THROWS_WITH(compress(cpu, press, obs, c.view()), Catch::Contains("observation.queries[0, 0, 5, 3]") && Catch::Contains("inf"));
+  }
+  SECTION("Inf in a sink query, which the statistics drop, is not read") {
+    std::vector<float> bad = qv;
+    bad[3] = INFINITY;
+    auto const expected = score(cpu, press, obs, c.view());
+    obs.queries = make_tensor4(bad.data(), {1, q_heads, cap, d});
+    REQUIRE(score(cpu, press, obs, c.view()) == expected);
   }
   SECTION("stats missing for the stats press") {
     ExpectedAttentionStatsPress sp;

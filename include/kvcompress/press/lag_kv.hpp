@@ -58,6 +58,9 @@ struct LagKVPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
+    // Partition min/max and the overflow clamp below would turn a NaN input into finite scores,
+    // so LagKV checks the keys and values it reads itself.
+    detail::require_finite_cache(dev, cache);
     KVC_CHECK(n_sink >= 0, "n_sink must be non-negative, got " << n_sink);
     KVC_CHECK(lag_size > 0, "lag_size must be positive, got " << lag_size);
     std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity, d = cache.extents.head_dim;

@@ -109,24 +109,52 @@ void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const
 
 namespace detail {
 
-/// Every entry point rejects NaN and ±Inf in the cache and the activations it is given.
+/// Names the non-finite input behind a non-finite score: the cache and every activation the
+/// observation carries are scanned (only on this error path), else the score itself is named.
 template <class T, class L>
-void require_finite_inputs(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+[[noreturn]] void report_non_finite(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
+                                    std::int64_t row, std::int64_t slot, float value) {
   require_finite_cache(dev, cache);
   require_finite(obs.queries, "observation.queries");
   require_finite(obs.window_queries, "observation.window_queries");
   require_finite(obs.attention, "observation.attention");
+  std::int64_t const d = cache.extents.head_dim, q_heads = obs.stats.q_heads;
+  if (obs.stats.mean != nullptr && q_heads > 0)
+    require_finite(make_tensor4(obs.stats.mean, {1, q_heads, 1, d}), "observation.stats.mean[0, head, 0, dim]");
+  if (obs.stats.covariance != nullptr && q_heads > 0)
+    require_finite(make_tensor4(obs.stats.covariance, {1, q_heads, d, d}),
+                   "observation.stats.covariance[0, head, row, column]");
+  KVC_THROW("the press produced a non-finite score " << value << " at (batch " << row / cache.extents.kv_heads
+                                                     << ", kv head " << row % cache.extents.kv_heads << ", slot " << slot
+                                                     << ") from finite inputs");
+}
+
+/// A NaN or ±Inf in an input a press reads poisons its scores (a whole row, through a softmax).
+/// Checking the scores costs one pass over [batch, kv_heads, n] floats instead of one over the
+/// cache; a press whose scores can stay finite despite a non-finite input checks its input itself.
+template <class T, class L>
+void require_finite_scores(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
+                           float const* scores) {
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::uint32_t top = 0;
+    for (std::int32_t i = 0; i < cache.lengths[r]; ++i) top = std::max(top, exponent_bits(scores[r * cap + i]));
+    if (top != kNonFiniteExponent) continue;
+    for (std::int32_t i = 0; i < cache.lengths[r]; ++i)
+      if (!std::isfinite(scores[r * cap + i])) report_non_finite(dev, obs, cache, r, i, scores[r * cap + i]);
+  }
 }
 
 }  // namespace detail
 
 /// \brief Scores every live entry with `press` into `scores` [batch, kv_heads, capacity].
+/// A NaN or ±Inf in an input the press reads is a `kvcompress::Error` naming the element.
 template <class Press, class T, class L>
 void score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
            KVCacheView<T, L> const& cache, float* scores, Workspace& ws) {
   KVC_CHECK(scores != nullptr, "scores must not be null");
-  detail::require_finite_inputs(dev, obs, cache);
   press.score(dev, obs, cache, scores, ws);
+  detail::require_finite_scores(dev, obs, cache, scores);
 }
 
 /// \brief Allocating convenience: returns the scores [batch, kv_heads, capacity].
@@ -143,7 +171,7 @@ template <class Press, class T, class L>
 
 /// \brief Compresses one layer's cache in place: score, keep `kept_count(n, ratio)` entries per
 /// (batch, kv head) row, compact in position order. Ratio 0 leaves the cache untouched.
-/// NaN or ±Inf in the cache or the observation's activations is rejected before anything moves.
+/// A NaN or ±Inf in an input the press reads is rejected before anything moves.
 /// Allocates nothing: all scratch comes from `workspace` (size: `compress_workspace_bytes`).
 template <class Press, class T, class L>
 void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,

@@ -12,15 +12,28 @@ namespace kvcompress {
 struct TOVAPress {
   double compression_ratio = 0.0;
 
-  template <class T, class L>
-  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
-                                            KVCacheView<T, L> const& cache) const {
-    return detail::snap_kv_bytes(dev, obs, cache, 1);
+  /// TOVA reads only the chunk's last query, so window queries of any length (the window an engine
+  /// keeps for SnapKV, say) are narrowed to their last token.
+  template <class T>
+  [[nodiscard]] static Observation<T> last_query(Observation<T> obs) {
+    Tensor4<T>& wq = obs.window_queries;
+    if (!wq.empty() && wq.shape[2] > 1) {
+      wq.data += (wq.shape[2] - 1) * wq.strides[2];
+      wq.shape[2] = 1;
+    }
+    return obs;
   }
 
   template <class T, class L>
-  void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
+                                            KVCacheView<T, L> const& cache) const {
+    return detail::snap_kv_bytes(dev, last_query(obs), cache, 1);
+  }
+
+  template <class T, class L>
+  void score(CpuDevice const& dev, Observation<T> const& given, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
+    Observation<T> const obs = last_query(given);
     auto const& e = cache.extents;
     for (std::int64_t b = 0; b < e.batch; ++b)
       for (std::int64_t h = 1; h < e.kv_heads; ++h)
