@@ -3,9 +3,11 @@
 /// \brief Knorm (arXiv 2406.11430): keep the keys with the smallest L2 norm. score = −‖k‖₂ on the
 /// cached (post-RoPE) keys; RoPE is a rotation, so the ranking is the same before and after it.
 
-#include <cmath>
+#include <Eigen/Core>
+#include <algorithm>
 #include <cstddef>
 
+#include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -13,26 +15,30 @@ namespace kvcompress {
 struct KnormPress {
   double compression_ratio = 0.0;
 
+  /// Keys per gathered tile: 64 × head_dim floats stay in L1 for head_dim ≤ 128.
+  static constexpr std::int64_t kTile = 64;
+
   template <class T, class L>
-  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const&, Observation<T> const&,
-                                            KVCacheView<T, L> const&) const noexcept {
-    return 0;
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&,
+                                            KVCacheView<T, L> const& cache) const {
+    auto const threads = detail::thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
+    return Workspace::bytes_for<float>(static_cast<std::size_t>(threads * kTile * cache.extents.head_dim));
   }
 
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache, float* scores,
-             Workspace&) const {
+             Workspace& ws) const {
     std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity;
-    std::int64_t const d = cache.extents.head_dim;
-    detail::parallel_for(dev, cache.extents.batch * heads, [&](std::int64_t r, int) {
-      std::int64_t const b = r / heads, h = r % heads;
-      for (std::int32_t i = 0; i < cache.lengths[r]; ++i) {
-        float ss = 0.0f;
-        for (std::int64_t c = 0; c < d; ++c) {
-          float const x = to_float(cache.key(b, h, i, c));
-          ss += x * x;
-        }
-        scores[r * cap + i] = -std::sqrt(ss);
+    std::int64_t const d = cache.extents.head_dim, rows = cache.extents.batch * heads;
+    float* tiles = ws.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * kTile * d));
+    detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
+      using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      float* tile = tiles + t * kTile * d;  // [kTile, head_dim]
+      for (std::int64_t i0 = 0; i0 < cache.lengths[r]; i0 += kTile) {
+        std::int64_t const count = std::min<std::int64_t>(kTile, cache.lengths[r] - i0);
+        detail::gather_keys(cache, r / heads, r % heads, i0, count, tile);
+        Eigen::Map<Eigen::VectorXf>(scores + r * cap + i0, count) =
+            -Eigen::Map<RowMajor const>(tile, count, d).rowwise().norm();
       }
     });
   }
