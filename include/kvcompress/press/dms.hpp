@@ -90,6 +90,7 @@ class DMSPress {
   template <class T, class L>
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                             KVCacheView<T, L> const& cache) const {
+    check_cache(cache);
     std::int64_t const q = chunk_length(obs);
     // A press's size query reads only the tail view's shape; the row tables are placeholders.
     std::vector<std::int32_t> first(static_cast<std::size_t>(rows_)), lengths(first.size());
@@ -106,10 +107,7 @@ class DMSPress {
     std::size_t const li = layer_index(obs.layer_idx);
     LayerState& st = layers_[li];
     KVC_CHECK(obs.position >= 0, "observation.position must be non-negative, got " << obs.position);
-    KVC_CHECK(cache.extents.batch == shape_.batch && cache.extents.kv_heads == shape_.kv_heads,
-              "cache [batch = " << cache.extents.batch << ", kv_heads = " << cache.extents.kv_heads
-                                << "] does not match the state's [batch = " << shape_.batch
-                                << ", kv_heads = " << shape_.kv_heads << "]");
+    check_cache(cache);
     std::int64_t const q = chunk_length(obs);
     if (obs.position == 0) {
       st = LayerState{};
@@ -176,6 +174,14 @@ class DMSPress {
     KVC_CHECK(layer >= 0 && layer < shape_.num_layers,
               "observation.layer_idx = " << layer << " is outside [0, num_layers = " << shape_.num_layers << ")");
     return static_cast<std::size_t>(layer);
+  }
+
+  template <class T, class L>
+  void check_cache(KVCacheView<T, L> const& cache) const {
+    KVC_CHECK(cache.extents.batch == shape_.batch && cache.extents.kv_heads == shape_.kv_heads,
+              "cache [batch = " << cache.extents.batch << ", kv_heads = " << cache.extents.kv_heads
+                                << "] does not match the state's [batch = " << shape_.batch
+                                << ", kv_heads = " << shape_.kv_heads << "]");
   }
 
   template <class T>
