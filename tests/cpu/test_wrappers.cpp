@@ -195,22 +195,25 @@ struct OutputProjection {
 
 TEST_CASE("AdaKV: heads keep different lengths, the sequence's total budget, kvpress's global selection",
           "[wrappers][adakv]") {
-  for (double alpha : {0.0, 0.2, 0.5}) {
-    CAPTURE(alpha);
-    Cache c = spread_cache({48, 48, 48, 48});
-    Cache const before = c;
-    auto const s = before.neg_norms();
-    AdaKVPress const press{KnormPress{0.5}, alpha};
-    compress(cpu, press, Observation<float>{}, c.view());
-    auto const want = adakv_reference(s, before.lengths, 2, 2, 48, 0.5, alpha);
-    for (std::int64_t b = 0; b < 2; ++b) {
-      CHECK(c.lengths[at(2 * b)] + c.lengths[at(2 * b + 1)] == 2 * kept_count(48, 0.5));  // the sequence's budget
-      CHECK(c.lengths[at(2 * b)] != c.lengths[at(2 * b + 1)]);  // real per-head lengths
-      for (std::int64_t h = 0; h < 2; ++h)
-        CHECK(c.lengths[at(2 * b + h)] >= detail::adakv_safe_count(kept_count(48, 0.5), alpha));
+  for (double ratio : {0.5, 0.9}) {
+    for (double alpha : {0.0, 0.2, 0.5}) {
+      CAPTURE(ratio, alpha);
+      Cache c = spread_cache({48, 48, 48, 48});
+      Cache const before = c;
+      auto const s = before.neg_norms();
+      AdaKVPress const press{KnormPress{ratio}, alpha};
+      compress(cpu, press, Observation<float>{}, c.view());
+      auto const want = adakv_reference(s, before.lengths, 2, 2, 48, ratio, alpha);
+      std::int64_t const floor = detail::adakv_safe_count(kept_count(48, ratio), alpha);
+      CHECK(floor == (alpha == 0.0 ? 0 : std::max<std::int64_t>(1, std::int64_t(double(kept_count(48, ratio)) * alpha))));
+      for (std::int64_t b = 0; b < 2; ++b) {
+        CHECK(c.lengths[at(2 * b)] + c.lengths[at(2 * b + 1)] == 2 * kept_count(48, ratio));  // the sequence's budget
+        CHECK(c.lengths[at(2 * b)] != c.lengths[at(2 * b + 1)]);  // real per-head lengths
+        for (std::int64_t h = 0; h < 2; ++h) CHECK(c.lengths[at(2 * b + h)] >= floor);
+      }
+      for (std::int64_t r = 0; r < 4; ++r) CHECK(c.kept(r) == want[at(r)]);
+      check_contents(before, c);
     }
-    for (std::int64_t r = 0; r < 4; ++r) CHECK(c.kept(r) == want[at(r)]);
-    check_contents(before, c);
   }
 }
 

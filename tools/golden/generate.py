@@ -617,7 +617,7 @@ WRAPPER_CASES = [
     ),
     WrapperCase(
         "adakv_snapkv",
-        lambda r: AdaKVPress(snapkv(r), alpha_safeguard=0.3),
+        lambda r: AdaKVPress(snapkv(r), alpha_safeguard=0.9),  # a floor that binds
         no_attention=True,
         masks=True,
         record=("inner_scores",),
