@@ -6,6 +6,9 @@
 /// projection). Two stages: the best first_stage_ratio of the budget is kept on the inner score
 /// alone, the rest on (score + ε)·u.
 ///
+/// The inner press should not weight by the value norm itself (Expected Attention: use_vnorm = false):
+/// u already accounts for the values.
+///
 /// CriticalKVPress is a scorer press (its scores carry the stage-1 winners at FLT_MAX).
 /// CriticalAdaKVPress splits the sequence's budget across heads as AdaKV does, then runs both
 /// stages per head with that head's budget; each head keeps its own number of entries.
