@@ -7,6 +7,8 @@ For every scenario and press it
     port implements), and compares them with kvpress's float32 scores;
   * checks that the kept sets are top-n_kept sets of kvpress's scores (tie-aware) and that n_kept follows the
     press's budget rule;
+for every wrappers.json, checks each wrapper's kept sets against its definition (from kvpress's inner scores or
+their float64 re-derivation), CriticalKV's value norms and KeyRerotation's re-rotated keys;
 and for rope/rope.json re-derives cos/sin and the averaged rotation from inv_freq.
 
 Usage: python tools/golden/check.py [tests/golden]
@@ -259,6 +261,105 @@ def check_scenario(d: Path) -> list[str]:
     return report
 
 
+def check_wrappers(d: Path) -> list[str]:
+    """wrappers.json: each wrapper's kept sets against its definition, from kvpress's own inner scores or a float64
+    re-derivation of them; CriticalKV's value norms; KeyRerotation's keys re-rotated in float64."""
+    meta = json.loads((d / "scenario.json").read_text())
+    wrappers = json.loads((d / "wrappers.json").read_text())
+    t = {k: load(d, spec) for k, spec in meta["tensors"].items()}
+    K, V = t["keys"], t["values"]
+    b, h, n, dh = K.shape
+    H = meta["q_heads"]
+    W = load(d, wrappers["tensors"]["o_proj"])  # [hidden, H*d]
+    report = []
+    for w in wrappers["wrappers"]:
+        name, kind, wp = w["name"], w["press"], w["params"]
+        mask = load(d, w["kept_mask"]).astype(bool)
+        counts = mask.sum(-1)
+        inner = w["presses"][0]
+        r = inner["params"]["compression_ratio"]
+        k = n_kept_rule(n, r)
+
+        def ref_scores(e):
+            e = dict(e, attention_path="window_queries" if "window_queries" in e["uses"] else "attention")
+            return reference_scores(e, t, meta)
+
+        if "inner_scores" in w:
+            got = load(d, w["inner_scores"])
+            ref = ref_scores(inner)
+            err = np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-30)
+            assert err <= (2e-3 if inner["press"].startswith("Expected") else 1e-4), (d.name, name, err)
+        if "value_norms" in w:
+            Wo = W.T.reshape(H, dh, -1)  # head j: [d, hidden]
+            u = np.abs(np.einsum("bgnd,gjdo->bgjno", V, Wo.reshape(h, H // h, dh, -1))).sum(-1).mean(2)
+            got = load(d, w["value_norms"])
+            assert np.abs(u - got).max() <= 1e-4 * np.abs(u).max(), (d.name, name)
+        if kind in ("AdaKVPress", "CriticalAdaKVPress"):
+            n_safe = max(1, int(k * wp["alpha_safeguard"]))
+            assert np.all(counts.sum(1) == h * k) and np.all(counts >= n_safe), (d.name, name, counts)
+            if kind == "AdaKVPress":  # the unmasked entries beyond each head's floor are the sequence's best
+                s = load(d, w["inner_scores"])
+                for bi in range(b):
+                    floor = np.zeros((h, n), bool)
+                    for hi in range(h):
+                        floor[hi, np.argsort(-s[bi, hi], kind="stable")[:n_safe]] = True
+                    rest = ~floor
+                    kept, dropped = s[bi][rest & mask[bi]], s[bi][rest & ~mask[bi]]
+                    if kept.size and dropped.size:
+                        assert kept.min() >= dropped.max() - 1e-6 * np.abs(s).max(), (d.name, name)
+        elif kind == "CriticalKVPress":
+            s, base = load(d, w["scores"]), load(d, w["inner_scores"])
+            stage1 = s == np.finfo(np.float32).max
+            m1 = max(1, int((1 - r) * n * wp["first_stage_ratio"]))
+            assert np.all(stage1.sum(-1) == m1), (d.name, name)
+            want = (base + wp["epsilon"]) * load(d, w["value_norms"])
+            assert np.allclose(s[~stage1], want[~stage1], rtol=1e-5, atol=0), (d.name, name)
+            check_kept(s, np.array([[np.flatnonzero(mask[bi, hi]) for hi in range(h)] for bi in range(b)]))  # a top-k of s
+        elif kind == "ChunkKVPress":
+            c = wp["chunk_length"]
+            s = load(d, w["inner_scores"])
+            chunks = -(-n // c)
+            cs = np.array([s[0, :, j * c : (j + 1) * c].sum(0).mean() for j in range(chunks)])
+            best = set(np.argsort(-cs, kind="stable")[: max(1, int(chunks * (1 - r)))].tolist())
+            want = np.zeros(n, bool)
+            for j in best:
+                want[j * c : (j + 1) * c] = True
+            assert np.all(mask == want), (d.name, name)  # batch 0's chunks, in every sequence (kvpress)
+        elif kind == "ChunkPress":
+            c = wp["chunk_length"]
+            s = ref_scores(inner)
+            for lo in range(0, n, c):
+                part = s[..., lo : lo + c]
+                kk = n_kept_rule(part.shape[-1], r)
+                assert np.all(mask[..., lo : lo + c].sum(-1) == kk)
+                for bi in range(b):
+                    for hi in range(h):
+                        sel = mask[bi, hi, lo : lo + c]
+                        assert part[bi, hi][sel].min() >= part[bi, hi][~sel].max(initial=-np.inf), (d.name, name)
+        elif kind == "ComposedPress":
+            k2 = n_kept_rule(n_kept_rule(n, r), w["presses"][1]["params"]["compression_ratio"])
+            assert np.all(counts == k2), (d.name, name)
+        elif kind == "PerLayerCompressionPress":
+            ratio = wp["compression_ratios"][meta["layer_idx"]]
+            assert np.all(counts == (0 if ratio >= 1 else n_kept_rule(n, ratio))), (d.name, name)
+        else:
+            assert np.all(counts == k), (d.name, name, counts)
+        if kind == "KeyRerotationPress":
+            out = load(d, w["keys_out"])
+            for bi in range(b):
+                for hi in range(h):
+                    kept = np.flatnonzero(mask[bi, hi])
+                    delta = np.arange(kept.size) - kept
+                    c, sn = rope_tables(t["inv_freq"], delta.astype(np.float64), 1.0)
+                    x = K[bi, hi, kept]
+                    want = x * c + np.concatenate([-x[:, dh // 2 :], x[:, : dh // 2]], -1) * sn
+                    # kvpress forms the angle δ·inv_freq in float32: an error of |δ·inv_freq|·2^-24 rad
+                    tol = 1e-5 + np.abs(delta).max() * 2.0**-23 * np.abs(x).max()
+                    assert np.abs(want - out[bi, hi]).max() <= tol, (d.name, name, np.abs(want - out[bi, hi]).max())
+        report.append(f"{d.name:24s} {name:34s} kept per head {counts.flatten().tolist()}")
+    return report
+
+
 def near_tie_margin(ref, kept):
     """min over heads of (lowest kept score - highest dropped score) in the float64 reference, relative."""
     b, h, n = ref.shape
@@ -305,6 +406,8 @@ def main() -> int:
     lines = []
     for s in idx["scenarios"]:
         lines += check_scenario(root / s)
+        if (root / s / "wrappers.json").exists():
+            lines += check_wrappers(root / s)
     lines += check_rope(root / "rope")
     print("\n".join(lines))
     print(f"all {len(lines)} checks passed")

@@ -21,11 +21,13 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import logging
 import json
 import shutil
 import sys
 import tempfile
 import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +37,21 @@ from torch.nn import functional as F
 
 import kvpress
 from kvpress import (
+    AdaKVPress,
+    BlockPress,
+    ChunkKVPress,
+    ChunkPress,
+    ComposedPress,
+    CriticalAdaKVPress,
+    CriticalKVPress,
     ExpectedAttentionPress,
     ExpectedAttentionStatsPress,
     KeyDiffPress,
+    KeyRerotationPress,
     KnormPress,
     LagKVPress,
     ObservedAttentionPress,
+    PerLayerCompressionPress,
     PyramidKVPress,
     QFilterPress,
     SnapKVPress,
@@ -568,7 +579,257 @@ def generate_scenario(out_dir: Path, spec, scenario_index: int, log) -> list[str
         }
         write_json(td.path / "scenario.json", scenario)
         written.append(td.path.name)
+    if name in WRAPPER_SCENARIOS:
+        generate_wrappers(model, input_ids, reference, dirs, scenario_index, log)
     return written
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Wrapper presses
+# ----------------------------------------------------------------------------------------------------------------------
+
+# Scenarios that also get a wrappers.json (every layer they write): both model families, head_dim 64 and 128,
+# n = 67, 131 and 203, batch 1 and 2, and layer 0 as well as layer 1.
+WRAPPER_SCENARIOS = ("llama_d64_n67", "llama_d64_n131_b2", "qwen3_d128_n131", "qwen3_d64_n203")
+
+
+@dataclasses.dataclass
+class WrapperCase:
+    name: str
+    build: typing.Callable  # compression ratio -> press
+    no_attention: bool = False  # the wrapper's compress gets attentions=None (kvpress's sdpa/flash-attention path)
+    masks: bool = False  # kvpress masks (module.masked_key_indices) instead of pruning
+    rerotates: bool = False  # keys change (KeyRerotation): the kept indices are recorded, not matched
+    batch1_only: bool = False
+    record: tuple = ()  # extra outputs: "inner_scores" (the inner press's score), "scores" (the wrapper's), "value_norms"
+
+
+def snapkv(r):
+    return SnapKVPress(compression_ratio=r, window_size=WINDOW, kernel_size=5)
+
+
+WRAPPER_CASES = [
+    WrapperCase(
+        "adakv_expected_attention",
+        lambda r: AdaKVPress(ExpectedAttentionPress(compression_ratio=r, epsilon=1e-2)),
+        masks=True,
+        record=("inner_scores",),
+    ),
+    WrapperCase(
+        "adakv_snapkv",
+        lambda r: AdaKVPress(snapkv(r), alpha_safeguard=0.9),  # a floor that binds
+        no_attention=True,
+        masks=True,
+        record=("inner_scores",),
+    ),
+    WrapperCase(
+        "criticalkv_knorm",
+        lambda r: CriticalKVPress(KnormPress(compression_ratio=r)),
+        record=("inner_scores", "scores", "value_norms"),
+    ),
+    # kvpress sums CriticalAdaKV's per-head budgets over the batch (it assumes b = 1): batch 1 only.
+    WrapperCase(
+        "criticaladakv_expected_attention",
+        lambda r: CriticalAdaKVPress(ExpectedAttentionPress(compression_ratio=r, use_vnorm=False)),
+        masks=True,
+        batch1_only=True,
+        record=("inner_scores", "value_norms"),
+    ),
+    WrapperCase(
+        "chunkkv_snapkv", lambda r: ChunkKVPress(snapkv(r)), no_attention=True, record=("inner_scores",)
+    ),
+    WrapperCase("chunk_knorm", lambda r: ChunkPress(KnormPress(compression_ratio=r), chunk_length=32), no_attention=True),
+    WrapperCase("block_keydiff", lambda r: BlockPress(KeyDiffPress(compression_ratio=r), block_size=16), no_attention=True),
+    # SnapKV (from the eager attention) on the full cache, then Knorm, which does not depend on the order in which
+    # kvpress leaves the entries (descending score).
+    WrapperCase("composed_snapkv_knorm", lambda r: ComposedPress([snapkv(r), KnormPress(compression_ratio=0.3)])),
+    # Ratio 1.0 evicts layer 0 entirely (kvpress accepts it here).
+    WrapperCase(
+        "per_layer_expected_attention",
+        lambda r: PerLayerCompressionPress(ExpectedAttentionPress(), compression_ratios=[1.0, r]),
+    ),
+    WrapperCase(
+        "key_rerotation_streaming_llm",
+        lambda r: KeyRerotationPress(StreamingLLMPress(compression_ratio=r, n_sink=4)),
+        rerotates=True,
+    ),
+    WrapperCase("key_rerotation_snapkv", lambda r: KeyRerotationPress(snapkv(r)), no_attention=True, rerotates=True),
+]
+
+WRAPPER_PARAMS = {
+    AdaKVPress: ("alpha_safeguard",),
+    CriticalKVPress: ("epsilon", "first_stage_ratio"),
+    CriticalAdaKVPress: ("alpha_safeguard", "epsilon", "first_stage_ratio"),
+    ChunkKVPress: ("chunk_length",),
+    ChunkPress: ("chunk_length",),
+    BlockPress: ("block_size",),
+    ComposedPress: (),
+    PerLayerCompressionPress: ("compression_ratios",),
+    KeyRerotationPress: (),
+}
+
+
+def inner_presses(press) -> list:
+    return list(press.presses) if isinstance(press, ComposedPress) else [press.press]
+
+
+def inner_uses(press, no_attention: bool) -> list[str]:
+    if isinstance(press, ExpectedAttentionPress):
+        return ["queries", "keys", "values", "inv_freq"]
+    if isinstance(press, SnapKVPress):
+        return ["window_queries" if no_attention else "attention", "keys"]
+    assert isinstance(press, (KnormPress, KeyDiffPress, StreamingLLMPress)), type(press)
+    return ["keys"]
+
+
+def run_wrapper(model, input_ids, press, case: WrapperCase, layers):
+    """Prefill with `press` through kvpress's own hooks; capture, per layer, the cache before and after and what the
+    inner press scored."""
+    cap: dict[int, dict] = {i: {} for i in layers}
+
+    def before(module, args, kwargs, output):  # registered first, so it runs before kvpress's hook
+        c = cap.get(module.layer_idx)
+        if c is not None:
+            layer = kwargs["past_key_values"].layers[module.layer_idx]
+            c["hidden_states"] = kwargs["hidden_states"].detach().clone()
+            c["keys"] = layer.keys.detach().clone()
+            c["values"] = layer.values.detach().clone()
+            c["module"] = module
+
+    def recording(fn, key):
+        def score(module, *args):
+            s = fn(module, *args)
+            c = cap.get(module.layer_idx)
+            if c is not None and key not in c:  # the first call (ChunkKV scores once, then gathers)
+                c[key] = s.detach().clone()
+            return s
+
+        return score
+
+    patched = []
+    if "inner_scores" in case.record:
+        patched.append((press.press, "score", recording(press.press.score, "inner_scores")))
+    if "scores" in case.record:
+        patched.append((press, "score", recording(press.score, "scores")))
+    if case.rerotates:
+        # Layer 0 values repeat for repeated tokens and the keys change, so the kept indices are taken from
+        # the call itself rather than matched.
+        orig_rerotate = press.rerotate_keys
+
+        def rerotate_keys(module, indices, keys):
+            c = cap.get(module.layer_idx)
+            if c is not None:
+                c["rerotated_indices"] = indices.detach().clone()
+            return orig_rerotate(module, indices, keys)
+
+        patched.append((press, "rerotate_keys", rerotate_keys))
+    if case.no_attention or case.masks:
+        orig_compress = press.compress
+
+        def compress(module, hidden_states, keys, values, attentions, kwargs):
+            if case.no_attention:
+                attentions = None
+            if not case.masks:
+                return orig_compress(module, hidden_states, keys, values, attentions, kwargs)
+            # AdaKV/CriticalAdaKV assert a non-eager model because their masks act through kvpress's patched
+            # attention in *later* passes. The forward already ran eagerly (the hook runs after attention), so
+            # the model is presented as sdpa for this call only: the inputs stay those of every other case.
+            impl = module.config._attn_implementation
+            module.config._attn_implementation = "sdpa"
+            try:
+                return orig_compress(module, hidden_states, keys, values, attentions, kwargs)
+            finally:
+                module.config._attn_implementation = impl
+
+        patched.append((press, "compress", compress))
+
+    hooks = [layer.self_attn.register_forward_hook(before, with_kwargs=True) for layer in model.model.layers]
+    for layer in model.model.layers:
+        layer.self_attn.masked_key_indices = None
+    for obj, attr, fn in patched:
+        setattr(obj, attr, fn)
+    try:
+        with torch.no_grad(), press(model):
+            out = model(input_ids, use_cache=True)
+    finally:
+        for obj, attr, _ in patched:
+            delattr(obj, attr)
+        for h in hooks:
+            h.remove()
+    for i, c in cap.items():
+        c["keys_out"] = out.past_key_values.layers[i].keys.detach().clone()
+        c["values_out"] = out.past_key_values.layers[i].values.detach().clone()
+        c["masked"] = c["module"].masked_key_indices
+        c["module"].masked_key_indices = None
+    return cap
+
+
+def generate_wrappers(model, input_ids, reference: dict, dirs: dict, scenario_index: int, log) -> None:
+    """Runs every wrapper case and writes wrappers.json beside the scenario.json of each recorded layer."""
+    entries: dict[int, list] = {li: [] for li in dirs}
+    for ci, case in enumerate(WRAPPER_CASES):
+        if case.batch1_only and input_ids.shape[0] > 1:
+            continue
+        ratio = RATIOS[(ci + scenario_index) % len(RATIOS)]
+        press = case.build(ratio)
+        cap = run_wrapper(model, input_ids, press, case, list(dirs))
+        for li, td in dirs.items():
+            c, ref = cap[li], reference[li]
+            for key in ("hidden_states", "keys", "values"):
+                assert torch.equal(c[key], ref[key]), f"{case.name}: {key} differs from the scenario's"
+            keys, values = ref["keys"], ref["values"]
+            b, h, n, _ = keys.shape
+            mask = torch.zeros(b, h, n, dtype=torch.int64)
+            if case.masks:
+                assert torch.equal(c["keys_out"], keys), "a masking press changed the cache"
+                bi, hi, si = c["masked"]
+                mask[:] = 1
+                mask[bi, hi, si] = 0
+                assert int((1 - mask).sum()) == bi.numel(), "masked indices repeat"
+            else:
+                if case.rerotates:
+                    kept = c["rerotated_indices"]
+                    assert torch.equal(kept, kept.sort(dim=-1).values), "kvpress re-rotates in position order"
+                    gathered = values.gather(2, kept.unsqueeze(-1).expand(-1, -1, -1, values.shape[-1]))
+                    assert torch.equal(c["values_out"], gathered), "values do not follow the re-rotated keys"
+                else:
+                    kept = recover_kept(keys, values, c["keys_out"], c["values_out"])
+                mask.scatter_(-1, kept, 1)
+            entry = {
+                "name": case.name,
+                "press": type(press).__name__,
+                "params": {k: jsonable(getattr(press, k)) for k in WRAPPER_PARAMS[type(press)]},
+                "presses": [
+                    {"press": type(p).__name__, "params": press_params(p), "uses": inner_uses(p, case.no_attention)}
+                    for p in inner_presses(press)
+                ],
+                "uses": ["o_proj"] if "value_norms" in case.record else [],
+                "kept_mask": td.write(f"w_{case.name}_kept_mask", mask, "int32"),
+            }
+            if isinstance(press, PerLayerCompressionPress):
+                entry["presses"][0]["params"]["compression_ratio"] = press.compression_ratios[li]
+            for key in ("inner_scores", "scores"):
+                if key in case.record:
+                    entry[key] = td.write(f"w_{case.name}_{key}", c[key].to(torch.float32))
+            if "value_norms" in case.record:
+                norms = CriticalKVPress.vwl1norm(values, ref["module"])
+                entry["value_norms"] = td.write(f"w_{case.name}_value_norms", norms)
+            if case.rerotates:
+                entry["keys_out"] = td.write(f"w_{case.name}_keys_out", c["keys_out"])
+            entries[li].append(entry)
+            counts = mask.sum(-1).flatten().tolist()
+            log(f"  {td.path.name:26s} {case.name:34s} r={ratio} kept per head={counts}")
+    for li, td in dirs.items():
+        module = reference[li]["module"]
+        wrappers = {
+            "format": FORMAT,
+            "generator": GENERATOR,
+            **versions(),
+            "scenario": "scenario.json",
+            "tensors": {"o_proj": td.write("w_o_proj", module.o_proj.weight)},
+            "wrappers": entries[li],
+        }
+        write_json(td.path / "wrappers.json", wrappers)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -734,7 +995,8 @@ def main(argv=None) -> int:
     if kvpress_version() != KVPRESS_VERSION:
         print(f"warning: kvpress {kvpress_version()} installed, fixtures are pinned to {KVPRESS_VERSION}", file=sys.stderr)
 
-    transformers.logging.set_verbosity_error()  # e.g. "Unrecognized keys in rope_parameters" for dynamic RoPE
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("kvpress").setLevel(logging.ERROR)  # PerLayerCompressionPress warns on every construction  # e.g. "Unrecognized keys in rope_parameters" for dynamic RoPE
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// \brief `Tensor4`: a read-only strided view of a rank-4 activation tensor that an engine hands
-/// to a press (queries, attention probabilities). Trivially copyable; empty when `data` is null.
+/// \brief `Tensor4` and `Tensor2`: read-only strided views of the activations and weights that an
+/// engine hands to a press (queries, attention probabilities, the output projection). Trivially
+/// copyable; empty when `data` is null.
 
 #include <array>
 #include <cstdint>
@@ -54,6 +55,41 @@ template <class T>
     if (shape[a] > 0 && s <= std::numeric_limits<std::int64_t>::max() / shape[a]) s *= shape[a];
   }
   return make_tensor4(data, shape, strides);
+}
+
+/// \brief A read-only strided matrix (a weight such as W_o).
+template <class T>
+struct Tensor2 {
+  T const* data = nullptr;              // addressed by strides over shape
+  std::array<std::int64_t, 2> shape{};  // [rows, columns]
+  std::array<std::int64_t, 2> strides{};
+
+  [[nodiscard]] KVC_HOST_DEVICE bool empty() const noexcept { return data == nullptr; }
+  [[nodiscard]] KVC_HOST_DEVICE T const& operator()(std::int64_t i, std::int64_t j) const noexcept {
+    return data[i * strides[0] + j * strides[1]];
+  }
+};
+
+/// \brief A strided matrix view; throws on a null pointer, a non-positive extent, a negative stride
+/// or an element count that overflows 64 bits.
+template <class T>
+[[nodiscard]] Tensor2<T> make_tensor2(T const* data, std::array<std::int64_t, 2> shape,
+                                      std::array<std::int64_t, 2> strides) {
+  static_assert(is_storage_type_v<T>, "tensors hold float, kvcompress::half or kvcompress::bfloat16");
+  KVC_CHECK(data != nullptr, "matrix data must not be null");
+  for (int a = 0; a < 2; ++a) {
+    KVC_CHECK(shape[a] > 0, "matrix shape[" << a << "] must be positive, got " << shape[a]);
+    KVC_CHECK(strides[a] >= 0, "matrix strides[" << a << "] must be non-negative, got " << strides[a]);
+  }
+  KVC_CHECK(shape[0] <= std::numeric_limits<std::int64_t>::max() / shape[1],
+            "matrix element count overflows 64 bits: " << shape[0] << " x " << shape[1]);
+  return Tensor2<T>{data, shape, strides};
+}
+
+/// \brief A contiguous (row-major) matrix view.
+template <class T>
+[[nodiscard]] Tensor2<T> make_tensor2(T const* data, std::array<std::int64_t, 2> shape) {
+  return make_tensor2(data, shape, {shape[1], 1});
 }
 
 }  // namespace kvcompress

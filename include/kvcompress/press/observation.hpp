@@ -31,6 +31,9 @@ struct Observation {
   /// Attention probabilities of the chunk's queries over the cache: [batch, q_heads, q_len, n].
   Tensor4<T> attention{};
   QueryStats stats{};
+  /// The attention's output projection W_o (HF `o_proj.weight`), read by CriticalKV:
+  /// [hidden, q_heads * head_dim]; column j·head_dim + c is channel c of query head j.
+  Tensor2<T> output_projection{};
   /// The model's rotary embedding (needed by Expected Attention and key re-rotation).
   RotaryEmbedding const* rope = nullptr;
   /// Absolute position of the chunk's first token (0 for a prefill).

@@ -1,8 +1,8 @@
 #pragma once
 /// \file
-/// \brief The scorer-press protocol and `compress`: score → per-row top n_kept → compact in place.
+/// \brief The press protocol and `compress`: score → per-row top n_kept → compact in place.
 ///
-/// A scorer press is a small aggregate with a `compression_ratio` and
+/// A **scorer press** is a small aggregate with a `compression_ratio` and
 /// \code
 ///   template <class T, class L> std::size_t workspace_bytes(CpuDevice const&, Observation<T> const&,
 ///                                                           KVCacheView<T, L> const&) const;
@@ -10,8 +10,26 @@
 ///                                          KVCacheView<T, L> const&, float* scores, Workspace&) const;
 /// \endcode
 /// `score` writes `scores` [batch, kv_heads, capacity] (row r valid on [0, lengths[r])); higher
-/// means keep. A press may also define `kept_count(n, observation)` to override the budget.
+/// means keep. Optional members, each found by `compress` when present:
+///  - `kept_count(n, observation)`: the budget of a row of n entries (PyramidKV's layer budget);
+///  - `kept_counts(dev, observation, cache, scores, std::int32_t* counts /*[batch * kv_heads]*/, ws)`:
+///    per-row budgets computed from the scores (AdaKV's selection across heads); rows then keep their
+///    own top counts[r]. Its scratch is part of `workspace_bytes`.
+///
+/// A **wrapper** holds its inner press in a member named `press`. Unless it defines its own, the
+/// compression ratio and the row budget are the inner press's (`compression_ratio_of`,
+/// `with_compression_ratio`, `detail::press_kept_count` look through `press`), as kvpress's proxy
+/// properties do. A press whose result is not one top-k of one score array (Chunk, Block, Composed,
+/// KeyRerotation, ...) instead defines
+/// \code
+///   template <class T, class L> std::size_t compress_workspace_bytes(CpuDevice const&, Observation<T> const&,
+///                                                                    KVCacheView<T, L> const&) const;
+///   template <class T, class L> void compress(CpuDevice const&, Observation<T> const&,
+///                                             KVCacheView<T, L> const&, Workspace) const;
+/// \endcode
+/// and the free `compress` / `compress_workspace_bytes` hand over to them.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -46,6 +64,20 @@ inline void check_compression_ratio(double ratio) {
 
 namespace detail {
 
+template <class Press, class = void>
+struct has_ratio_member : std::false_type {};
+template <class Press>
+struct has_ratio_member<Press, std::void_t<decltype(std::declval<Press&>().compression_ratio = 0.0)>>
+    : std::true_type {};
+
+template <class Press, class = void>
+struct has_inner_press : std::false_type {};
+template <class Press>
+struct has_inner_press<Press, std::void_t<decltype(std::declval<Press const&>().press)>> : std::true_type {};
+
+template <class>
+inline constexpr bool dependent_false_v = false;
+
 template <class Press, class T, class = void>
 struct has_kept_count : std::false_type {};
 template <class Press, class T>
@@ -53,9 +85,53 @@ struct has_kept_count<Press, T,
                       std::void_t<decltype(std::declval<Press const&>().kept_count(
                           std::int64_t{}, std::declval<Observation<T> const&>()))>> : std::true_type {};
 
+template <class Press, class T, class L, class = void>
+struct has_kept_counts : std::false_type {};
+template <class Press, class T, class L>
+struct has_kept_counts<Press, T, L,
+                       std::void_t<decltype(std::declval<Press const&>().kept_counts(
+                           std::declval<CpuDevice const&>(), std::declval<Observation<T> const&>(),
+                           std::declval<KVCacheView<T, L> const&>(), std::declval<float const*>(),
+                           std::declval<std::int32_t*>(), std::declval<Workspace&>()))>> : std::true_type {};
+
+template <class Press, class T, class L, class = void>
+struct has_compress_member : std::false_type {};
+template <class Press, class T, class L>
+struct has_compress_member<Press, T, L,
+                           std::void_t<decltype(std::declval<Press const&>().compress(
+                                           std::declval<CpuDevice const&>(), std::declval<Observation<T> const&>(),
+                                           std::declval<KVCacheView<T, L> const&>(), std::declval<Workspace>())),
+                                       decltype(std::declval<Press const&>().compress_workspace_bytes(
+                                           std::declval<CpuDevice const&>(), std::declval<Observation<T> const&>(),
+                                           std::declval<KVCacheView<T, L> const&>()))>> : std::true_type {};
+
+}  // namespace detail
+
+/// \brief The compression ratio of a press: its `compression_ratio`, or that of the press it wraps.
+template <class Press>
+[[nodiscard]] double compression_ratio_of(Press const& press) {
+  if constexpr (detail::has_ratio_member<Press>::value) return press.compression_ratio;
+  else if constexpr (detail::has_inner_press<Press>::value) return compression_ratio_of(press.press);
+  else static_assert(detail::dependent_false_v<Press>, "a press needs a compression_ratio or an inner `press`");
+}
+
+/// \brief A copy of `press` with its compression ratio (or its inner press's) set to `ratio`.
+template <class Press>
+[[nodiscard]] Press with_compression_ratio(Press press, double ratio) {
+  if constexpr (detail::has_ratio_member<Press>::value) press.compression_ratio = ratio;
+  else if constexpr (detail::has_inner_press<Press>::value) press.press = with_compression_ratio(press.press, ratio);
+  else static_assert(detail::dependent_false_v<Press>, "a press needs a compression_ratio or an inner `press`");
+  return press;
+}
+
+namespace detail {
+
+/// The budget of a row of n entries: the press's own `kept_count`, else its inner press's, else
+/// `kept_count(n, ratio)`.
 template <class Press, class T>
 std::int64_t press_kept_count(Press const& press, std::int64_t n, Observation<T> const& obs) {
   if constexpr (has_kept_count<Press, T>::value) return press.kept_count(n, obs);
+  else if constexpr (has_inner_press<Press>::value) return press_kept_count(press.press, n, obs);
   else return kept_count(n, press.compression_ratio);
 }
 
@@ -80,30 +156,50 @@ template <class Press, class T, class L>
 [[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Press const& press,
                                                    Observation<T> const& obs,
                                                    KVCacheView<T, L> const& cache) {
-  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-  std::size_t const cap = static_cast<std::size_t>(cache.extents.capacity);
-  return Workspace::bytes_for<float>(static_cast<std::size_t>(rows) * cap) +
-         Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows)) * cap) +
-         press.workspace_bytes(dev, obs, cache);
+  if constexpr (detail::has_compress_member<Press, T, L>::value) {
+    return press.compress_workspace_bytes(dev, obs, cache);
+  } else {
+    std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+    std::size_t const cap = static_cast<std::size_t>(cache.extents.capacity);
+    std::size_t const counts =
+        detail::has_kept_counts<Press, T, L>::value ? Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(rows)) : 0;
+    return Workspace::bytes_for<float>(static_cast<std::size_t>(rows) * cap) + counts +
+           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows)) * cap) +
+           press.workspace_bytes(dev, obs, cache);
+  }
 }
+
+namespace detail {
+
+/// `keep_topk`'s default: nothing to do once a row is compacted.
+struct NothingAfterCompaction {
+  void operator()(std::int64_t, std::int32_t const*, std::int32_t) const noexcept {}
+};
+
+}  // namespace detail
 
 /// \brief Keeps, per (batch, kv head) row, the entries with the n_kept highest scores, moved to
 /// the front of the row in position order; lengths (and positions, if present) are updated.
 /// \param scores [batch, kv_heads, capacity]
-/// \param n_kept  callable: n_kept(n) for a row of n live entries
-template <class T, class L, class KeptFn>
+/// \param n_kept callable: n_kept(n) for a row of n live entries, or n_kept(row, n)
+/// \param after  called as after(row, idx, n_kept) once the row is compacted: slot j now holds the
+///               entry that was at slot idx[j] (idx [n_kept], ascending)
+template <class T, class L, class KeptFn, class AfterFn = detail::NothingAfterCompaction>
 void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const* scores, KeptFn&& n_kept,
-               Workspace& ws) {
+               Workspace& ws, AfterFn&& after = AfterFn{}) {
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   std::int64_t const cap = cache.extents.capacity;
   std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap));
   detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
     std::int32_t const n = cache.lengths[r];
-    std::int64_t const k = n_kept(static_cast<std::int64_t>(n));
+    std::int64_t k = 0;
+    if constexpr (std::is_invocable_v<KeptFn&, std::int64_t, std::int64_t>) k = n_kept(r, static_cast<std::int64_t>(n));
+    else k = n_kept(static_cast<std::int64_t>(n));
     std::int32_t const kk = static_cast<std::int32_t>(k < 0 ? 0 : (k > n ? n : k));
     std::int32_t* row_idx = idx + t * cap;
     cpu_impl::select_topk_row(scores + r * cap, n, kk, row_idx);
     cpu_impl::compact_row(cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, row_idx, kk);
+    after(r, static_cast<std::int32_t const*>(row_idx), kk);
   });
 }
 
@@ -169,20 +265,52 @@ template <class Press, class T, class L>
   return scores;
 }
 
+namespace detail {
+
+/// Per-row budgets [batch * kv_heads] of a scorer press from its scores: `kept_counts` if the press
+/// has it, else `press_kept_count` of each row's length.
+template <class Press, class T, class L>
+void row_kept_counts(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+                     KVCacheView<T, L> const& cache, float const* scores, std::int32_t* counts, Workspace& ws) {
+  if constexpr (has_kept_counts<Press, T, L>::value) {
+    press.kept_counts(dev, obs, cache, scores, counts, ws);
+  } else {
+    std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+    for (std::int64_t r = 0; r < rows; ++r) {
+      std::int64_t const k = press_kept_count(press, cache.lengths[r], obs);
+      counts[r] = static_cast<std::int32_t>(std::clamp<std::int64_t>(k, 0, cache.lengths[r]));
+    }
+  }
+}
+
+}  // namespace detail
+
 /// \brief Compresses one layer's cache in place: score, keep `kept_count(n, ratio)` entries per
-/// (batch, kv head) row, compact in position order. Ratio 0 leaves the cache untouched.
-/// A NaN or ±Inf in an input the press reads is rejected before anything moves.
+/// (batch, kv head) row (or the press's own budgets), compact in position order. Ratio 0 leaves the
+/// cache untouched. A NaN or ±Inf in an input the press reads is rejected before anything moves.
+/// A press with its own `compress` member (wrappers) is handed over to it.
 /// Allocates nothing: all scratch comes from `workspace` (size: `compress_workspace_bytes`).
 template <class Press, class T, class L>
 void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
               KVCacheView<T, L> const& cache, Workspace workspace) {
-  check_compression_ratio(press.compression_ratio);
-  if (press.compression_ratio == 0.0) return;
-  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-  float* scores = workspace.take<float>(static_cast<std::size_t>(rows * cache.extents.capacity));
-  score(dev, press, obs, cache, scores, workspace);
-  keep_topk(dev, cache, scores, [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); },
-            workspace);
+  if constexpr (detail::has_compress_member<Press, T, L>::value) {
+    press.compress(dev, obs, cache, workspace);
+  } else {
+    double const ratio = compression_ratio_of(press);
+    check_compression_ratio(ratio);
+    if (ratio == 0.0) return;
+    std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+    float* scores = workspace.take<float>(static_cast<std::size_t>(rows * cache.extents.capacity));
+    score(dev, press, obs, cache, scores, workspace);
+    if constexpr (detail::has_kept_counts<Press, T, L>::value) {
+      std::int32_t* counts = workspace.take<std::int32_t>(static_cast<std::size_t>(rows));
+      press.kept_counts(dev, obs, cache, scores, counts, workspace);
+      keep_topk(dev, cache, scores, [counts](std::int64_t r, std::int64_t) { return counts[r]; }, workspace);
+    } else {
+      keep_topk(dev, cache, scores, [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); },
+                workspace);
+    }
+  }
 }
 
 /// \brief Allocating convenience overload of `compress`.
