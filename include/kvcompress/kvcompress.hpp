@@ -4,6 +4,8 @@
 
 #include "kvcompress/cache/extents.hpp"
 #include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/cache/memory.hpp"
+#include "kvcompress/cache/paged_layout.hpp"
 #include "kvcompress/cache/strided_layout.hpp"
 #include "kvcompress/core/config.hpp"
 #include "kvcompress/core/device.hpp"

@@ -174,7 +174,7 @@ std::vector<double> rope_at(float const* x, std::int64_t p) {
 
 }  // namespace
 
-TEST_CASE("decoding keeps every head within [target, target + interval - 1] over 1,000 steps", "[decoding]") {
+TEST_CASE("decoding keeps every head between target and target + interval - 1 over 1,000 steps", "[decoding]") {
   std::int64_t const target = 64, interval = 16, steps = 1000;
   std::vector<std::int32_t> const initial{100, 70, 67, 90};  // ragged, as after a per-head prefill budget
   std::int64_t const cap = 100 + interval;

@@ -22,6 +22,7 @@ struct RowOffsetLayout {
                                                     std::int64_t d) const noexcept {
     return base.offset(b, h, first[b * kv_heads + h] + s, d);
   }
+  [[nodiscard]] KVC_HOST_DEVICE bool unit_dim_stride() const noexcept { return base.unit_dim_stride(); }
 };
 
 /// Slots [lengths[r] − count, lengths[r]) of every row r as a cache of capacity `count`, without
