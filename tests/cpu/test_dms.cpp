@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <numeric>
 #include <random>
 #include <set>
 #include <vector>
@@ -133,6 +134,45 @@ TEST_CASE("DMS removes exactly the decided entries scoring below the threshold",
     Generation g(260, 2, {Axis::kBatch, Axis::kSeq, Axis::kHead, Axis::kDim});
     run(g);
   }
+}
+
+TEST_CASE("DMS on a paged cache removes what it removes on a strided one", "[dms]") {
+  // The same generation into a strided cache and into a paged one (one block-table row per sequence,
+  // NHD pages of 8, shuffled pool): after every pass both hold the same entries in the same slots.
+  Generation g(120, 13);
+  std::int64_t const page = 8, per_row = (g.cap + page - 1) / page, pages = kB * per_row;
+  std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(14));
+  auto const layout = make_paged_layout(g.extents, PagedConfig{PageTable::kPerSequence, PageOrder::kNHD, page, pages,
+                                                               table.data(), per_row});
+  std::vector<float> k(static_cast<std::size_t>(pages * layout.page_stride)), v(k.size());
+  std::vector<std::int32_t> lengths(g.lengths), positions(g.positions);
+  DMSPress<KnormPress> strided(KnormPress{}, DMSOptions{kThreshold, 6, true}, shape());
+  DMSPress<KnormPress> paged(KnormPress{}, DMSOptions{kThreshold, 6, true}, shape());
+  for (int pass = 0; pass < 40; ++pass) {
+    std::int64_t const q = pass == 0 ? 30 : (pass % 10 == 0 ? 3 : 1);
+    auto const obs = g.forward(q);
+    auto const src = g.view();
+    for (std::int64_t r = 0; r < kB * kH; ++r)
+      for (std::int32_t s = g.lengths[static_cast<std::size_t>(r)] - static_cast<std::int32_t>(q); s < g.lengths[static_cast<std::size_t>(r)]; ++s) {
+        for (std::int64_t c = 0; c < kD; ++c) {
+          k[static_cast<std::size_t>(layout.offset(r / kH, r % kH, s, c))] = src.key(r / kH, r % kH, s, c);
+          v[static_cast<std::size_t>(layout.offset(r / kH, r % kH, s, c))] = src.value(r / kH, r % kH, s, c);
+        }
+        positions[static_cast<std::size_t>(r * g.cap + s)] = g.positions[static_cast<std::size_t>(r * g.cap + s)];
+        ++lengths[static_cast<std::size_t>(r)];
+      }
+    auto const view = make_cache_view(k.data(), v.data(), g.extents, layout, layout, lengths.data(), positions.data());
+    CHECK(strided.step(cpu, obs, g.view()) == paged.step(cpu, obs, view));
+    REQUIRE(lengths == g.lengths);
+    for (std::int64_t r = 0; r < kB * kH; ++r)
+      for (std::int32_t s = 0; s < lengths[static_cast<std::size_t>(r)]; ++s) {
+        REQUIRE(positions[static_cast<std::size_t>(r * g.cap + s)] == g.positions[static_cast<std::size_t>(r * g.cap + s)]);
+        for (std::int64_t c = 0; c < kD; ++c) REQUIRE(view.key(r / kH, r % kH, s, c) == src.key(r / kH, r % kH, s, c));
+      }
+  }
+  g.check(g.next - 6);
 }
 
 TEST_CASE("DMS without decoding decides only the prefill", "[dms]") {

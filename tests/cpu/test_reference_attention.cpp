@@ -245,6 +245,35 @@ TEST_CASE("attention reads any strided layout: token-major keys, transposed valu
   CHECK(worst_relative_error(got, want) <= kRelTol);
 }
 
+TEST_CASE("attention reads a paged cache (per-head block tables, pages of 4, shuffled pool)", "[attention]") {
+  Fixture<float> f(19);
+  CacheExtents const e{kB, kH, kCap, kD};
+  std::int64_t const page = 4, per_row = (kCap + page - 1) / page, pages = kB * kH * per_row;
+  std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(20));
+  auto const layout = make_paged_layout(e, PagedConfig{PageTable::kPerHead, PageOrder::kNHD, page, pages, table.data(), per_row});
+  std::vector<float> k(static_cast<std::size_t>(pages * layout.page_stride)), v(k.size());
+  for (std::int64_t b = 0; b < kB; ++b)
+    for (std::int64_t h = 0; h < kH; ++h)
+      for (std::int64_t s = 0; s < kCap; ++s)
+        for (std::int64_t c = 0; c < kD; ++c) {
+          auto const src = static_cast<std::size_t>(((b * kH + h) * kCap + s) * kD + c);
+          k[static_cast<std::size_t>(layout.offset(b, h, s, c))] = f.cache.k[src];
+          v[static_cast<std::size_t>(layout.offset(b, h, s, c))] = f.cache.v[src];
+        }
+  auto view = make_cache_view(k.data(), v.data(), e, layout, layout, f.cache.lengths.data(), f.positions.data());
+  compress(cpu, KnormPress{0.6}, Observation<float>{}, view);
+  auto const q = kvc_test::random_vector(static_cast<std::size_t>(kB * kQ * kQLen * kD), 21);
+  auto const got = reference_attention(cpu, make_tensor4(q.data(), {kB, kQ, kQLen, kD}), view);
+  std::vector<std::set<std::int32_t>> kept;
+  for (std::int64_t r = 0; r < kB * kH; ++r) kept.push_back(f.kept(r));
+  REQUIRE(kept[0].size() == static_cast<std::size_t>(kept_count(kCap, 0.6)));
+  auto const want = masked_dense_attention(f.dense_k, f.dense_v, kept, as_double(q), kQ, kQLen, kCap,
+                                           1.0 / std::sqrt(static_cast<double>(kD)), false, 0);
+  CHECK(worst_relative_error(got, want) <= kRelTol);
+}
+
 TEST_CASE("attention over a half cache accumulates in float", "[attention]") {
   Fixture<half> f(14);
   compress(cpu, KnormPress{0.5}, Observation<half>{}, f.view());

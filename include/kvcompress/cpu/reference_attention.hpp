@@ -84,7 +84,7 @@ void reference_attention(CpuDevice const& dev, Tensor4<T> const& queries, KVCach
   std::int64_t const q_heads = queries.shape[1], q_len = queries.shape[2], group = q_heads / heads;
   std::int64_t const rows_q = group * q_len;
   std::int64_t const per = detail::attention_floats_per_thread(e, q_heads, q_len);
-  float* scratch = workspace.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * per));
+  float* scratch = workspace.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * per));  // [threads, per]
   float const scale = options.scale > 0.0f ? options.scale : 1.0f / std::sqrt(static_cast<float>(d));
 
   detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {

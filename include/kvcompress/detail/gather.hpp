@@ -35,15 +35,13 @@ template <class T, class L>
 void gather_values(KVCacheView<T, L> const& cache, std::int64_t b, std::int64_t h, std::int64_t first,
                    std::int64_t count, float* out) {
   std::int64_t const d = cache.extents.head_dim;
-  if constexpr (std::is_same_v<L, StridedLayout>) {
-    if (cache.value_layout.strides[3] == 1) {  // contiguous values: a vectorisable copy, as for keys
-      for (std::int64_t i = 0; i < count; ++i) {
-        T const* v = &cache.value(b, h, first + i, 0);  // [head_dim], contiguous
-        float* o = out + i * d;
-        for (std::int64_t c = 0; c < d; ++c) o[c] = to_float(v[c]);
-      }
-      return;
+  if (cache.value_layout.unit_dim_stride()) {  // contiguous values: a vectorisable copy, as for keys
+    for (std::int64_t i = 0; i < count; ++i) {
+      T const* v = &cache.value(b, h, first + i, 0);  // [head_dim], contiguous
+      float* o = out + i * d;
+      for (std::int64_t c = 0; c < d; ++c) o[c] = to_float(v[c]);
     }
+    return;
   }
   for (std::int64_t i = 0; i < count; ++i)
     for (std::int64_t c = 0; c < d; ++c) out[i * d + c] = to_float(cache.value(b, h, first + i, c));

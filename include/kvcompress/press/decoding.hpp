@@ -269,7 +269,7 @@ class BasicDecodingPress {
       KVC_CHECK(obs.rope->head_dim() == d,
                 "observation.rope head_dim = " << obs.rope->head_dim() << " does not match head_dim = " << d);
       T* wq = ws.take<T>(static_cast<std::size_t>(bh * w * d));  // [batch, q_heads, w, head_dim]
-      float* scratch = ws.take<float>(static_cast<std::size_t>(d / 2 + 2 * d));
+      float* scratch = ws.take<float>(static_cast<std::size_t>(d / 2 + 2 * d));  // [d / 2 + 2·d] RoPE tables
       for (std::int64_t r = 0; r < bh; ++r)
         for (std::int64_t i = 0; i < w; ++i) {
           std::int64_t const slot = (oldest + c - w + i) % ring_;
@@ -292,7 +292,7 @@ class BasicDecodingPress {
     // depend on the ratio, e.g. StreamingLLM); the budget itself is exactly `target` per row.
     Inner scorer = inner_;
     scorer.compression_ratio = find_target_compression_ratio(longest, target);
-    float* scores = ws.take<float>(static_cast<std::size_t>(rows * cache.extents.capacity));
+    float* scores = ws.take<float>(static_cast<std::size_t>(rows * cache.extents.capacity));  // [batch, kv_heads, capacity]
     Observation<T> const view = buffered_view(obs, st, ws);
     score(dev, scorer, view, cache, scores, ws);
     keep_topk(dev, cache, scores, [target](std::int64_t n) { return std::min(n, target); }, ws);

@@ -123,9 +123,9 @@ class DMSPress {
 
     // Score the chunk's new entries (and only them) with the inner press.
     float* fresh = workspace.take<float>(static_cast<std::size_t>(rows_ * q));  // [rows, q]
-    std::int32_t* first = workspace.take<std::int32_t>(static_cast<std::size_t>(rows_));
-    std::int32_t* tail_lengths = workspace.take<std::int32_t>(static_cast<std::size_t>(rows_));
-    std::int32_t* removed_rows = workspace.take<std::int32_t>(static_cast<std::size_t>(rows_));
+    std::int32_t* first = workspace.take<std::int32_t>(static_cast<std::size_t>(rows_));         // [rows]
+    std::int32_t* tail_lengths = workspace.take<std::int32_t>(static_cast<std::size_t>(rows_));  // [rows]
+    std::int32_t* removed_rows = workspace.take<std::int32_t>(static_cast<std::size_t>(rows_));  // [rows]
     auto const tail = detail::make_tail_view(cache, static_cast<std::int32_t>(q), first, tail_lengths);
     score(dev, press_, obs, tail, fresh, workspace);
 
