@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kvc_engine/attention.hpp"
 #include "kvc_engine/compressor.hpp"
 #include "kvc_engine/kv_cache.hpp"
 #include "kvc_engine/model.hpp"
@@ -135,7 +136,7 @@ class Engine {
       ops::apply_rope(q_.data(), n, H, d, cos_.data(), sin_.data());
       ops::apply_rope(k_.data(), n, kvH, d, cos_.data(), sin_.data());
       append(cache, l, n, p0);
-      attend(cache, l, n);
+      causal_attention(pool_, cache, l, q_.data(), n, H, first_new_, attn_.data(), scratch_);
       ops::linear(pool_, attn_.data(), n, H * d, w.o_w.data(), bias(w.o_b), D, h_.data());
       for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += h_[i];
 
@@ -282,33 +283,6 @@ class Engine {
       }
       len = static_cast<std::int32_t>(len + n);
     }
-  }
-
-  /// attn_ [n, H, d] = softmax(q·kᵀ/√d)·v per query head over its kv head's live entries. Entries are in
-  /// position order and every older entry precedes the chunk, so query t sees the row's first
-  /// first_new[g] + t + 1 slots (the causal mask).
-  void attend(KVCache& cache, std::int64_t layer, std::int64_t n) {
-    ModelConfig const& c = model_.config;
-    std::int64_t const H = c.num_heads, d = c.head_dim, group = c.num_heads / c.num_kv_heads;
-    constexpr std::int64_t kRows = 32;
-    std::int64_t const blocks = (n + kRows - 1) / kRows;
-    float const scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    pool_.parallel_for(H * blocks, [&](std::int64_t task, int thread) {
-      std::int64_t const j = task / blocks, g = j / group, t0 = task % blocks * kRows, t1 = std::min(n, t0 + kRows);
-      std::int64_t const rows = t1 - t0, old = first_new_[static_cast<std::size_t>(g)], span = old + t1;
-      std::vector<float>& s = scratch_[static_cast<std::size_t>(thread)];
-      s.resize(static_cast<std::size_t>(rows * span));
-      ops::ConstMap const K(cache.keys(layer, g), span, d);
-      ops::ConstMap const V(cache.values(layer, g), span, d);
-      Eigen::Map<ops::RowMat const, 0, Eigen::OuterStride<>> const Q(q_.data() + (t0 * H + j) * d, rows, d,
-                                                                     Eigen::OuterStride<>(H * d));
-      Eigen::Map<ops::RowMat> S(s.data(), rows, span);
-      S.noalias() = Q * K.transpose();
-      S *= scale;
-      for (std::int64_t r = 0; r < rows; ++r) ops::softmax_prefix(s.data() + r * span, old + t0 + r + 1, span);
-      ops::StridedMap O(attn_.data() + (t0 * H + j) * d, rows, d, Eigen::OuterStride<>(H * d));
-      O.noalias() = S * V;
-    });
   }
 
   /// The pass's attention probabilities [H, n, len] over the layer's (not yet compressed) cache, which

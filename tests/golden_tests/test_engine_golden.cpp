@@ -1,0 +1,142 @@
+// The reference engine (examples/engine) against HF transformers and kvpress 0.5.5 on tiny random-weight
+// checkpoints written by tools/golden/generate_engine.py: Llama (GQA 4:1, llama3 RoPE, untied head),
+// Qwen3 (q_norm/k_norm, tied embeddings) and Qwen2 (q/k/v biases, yarn RoPE), a 203-token prompt.
+// Logits must equal transformers' to fp32 relative 1e-4 (relative to each row's largest logit); the greedy
+// 32-token continuation must equal kvpress's token for token with no press, ExpectedAttention 50 %,
+// SnapKV 50 %, StreamingLLM 50 % and DecodingPress(KeyDiff) — and so must every step's logits.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "golden_fixture.hpp"
+#include "kvc_engine/engine.hpp"
+
+using nlohmann::json;
+
+namespace {
+
+std::string const kDir = std::string(KVC_GOLDEN_DIR) + "/engine";
+constexpr double kRelTol = 1e-4;
+
+/// Largest over rows of max|a − b| / max|b| (row width `width`).
+double max_row_relative_error(std::vector<float> const& a, std::vector<float> const& b, std::int64_t width) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0.0;
+  for (std::size_t r = 0; r * static_cast<std::size_t>(width) < a.size(); ++r) {
+    double err = 0.0, scale = 0.0;
+    for (std::int64_t i = 0; i < width; ++i) {
+      std::size_t const k = r * static_cast<std::size_t>(width) + static_cast<std::size_t>(i);
+      err = std::max(err, std::abs(static_cast<double>(a[k]) - b[k]));
+      scale = std::max(scale, std::abs(static_cast<double>(b[k])));
+    }
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
+}
+
+std::vector<std::string> model_names() { return kvc_test::load_json(kDir + "/index.json").at("models").get<std::vector<std::string>>(); }
+
+/// kvpress's DecodingPress(KeyDiffPress, compression_interval, target_size): on each layer, every
+/// `interval`-th decoding step, keep the `target` entries KeyDiff scores highest. (Not Knorm: in layer 0 a
+/// repeated token has the same key norm at every position, so its ties would make the kept set arbitrary.)
+kvc_engine::Compressor decoding_keydiff(std::int64_t interval, std::int64_t target, std::int64_t layers,
+                                      kvcompress::CpuDevice dev) {
+  auto steps = std::make_shared<std::vector<std::int64_t>>(static_cast<std::size_t>(layers), 0);
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  kvc_engine::Compressor c;
+  c.name = "decoding_keydiff";
+  c.after_step = [=](kvcompress::Observation<float> const& obs, kvcompress::KVCacheView<float> const& cache) {
+    std::int64_t& step = (*steps)[static_cast<std::size_t>(obs.layer_idx)];
+    if (++step < interval) return;
+    step = 0;
+    kvcompress::KeyDiffPress const keydiff{};
+    scratch->resize(kvcompress::compress_workspace_bytes(dev, keydiff, obs, cache));
+    kvcompress::Workspace ws(scratch->data(), scratch->size());
+    float* scores = ws.take<float>(static_cast<std::size_t>(cache.extents.kv_heads * cache.extents.capacity));
+    kvcompress::score(dev, keydiff, obs, cache, scores, ws);
+    kvcompress::keep_topk(dev, cache, scores, [&](std::int64_t n) { return std::min(n, target); }, ws);
+  };
+  return c;
+}
+
+kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& model, kvcompress::CpuDevice dev) {
+  std::string const name = run.at("name");
+  json const& p = run.at("params");
+  if (name == "none") return kvc_engine::Compressor{name, {}, {}, {}};
+  if (name == "expected_attention")
+    return kvc_engine::prefill_press(kvcompress::ExpectedAttentionPress{p.at("compression_ratio").get<double>()}, name, dev);
+  if (name == "snapkv") return kvc_engine::prefill_press(kvcompress::SnapKVPress{p.at("compression_ratio").get<double>()}, name, dev);
+  if (name == "streaming_llm")
+    return kvc_engine::prefill_press(kvcompress::StreamingLLMPress{p.at("compression_ratio").get<double>()}, name, dev);
+  if (name == "decoding_keydiff")
+    return decoding_keydiff(p.at("compression_interval"), p.at("target_size"), model.config.num_layers, dev);
+  KVC_THROW("no compressor for golden run " << name);
+}
+
+}  // namespace
+
+TEST_CASE("engine logits equal HF transformers' (fp32, and half-precision weights widened to fp32)", "[golden][engine]") {
+  for (auto const& name : model_names()) {
+    std::string const dir = kDir + "/" + name;
+    json const meta = kvc_test::load_json(dir + "/engine.json");
+    std::vector<std::int32_t> const prompt = meta.at("prompt");
+    auto check = [&](std::string const& checkpoint, json const& spec, char const* what) {
+      kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + checkpoint);
+      kvc_engine::Engine engine(model);
+      kvc_engine::KVCache cache = engine.new_cache();
+      std::vector<float> const logits = engine.forward(cache, prompt, kvc_engine::Logits::kAll);
+      auto const ref = kvc_test::load_tensor<float>(dir, spec);
+      REQUIRE(ref.shape == std::vector<std::int64_t>{static_cast<std::int64_t>(prompt.size()), model.config.vocab_size});
+      double const err = max_row_relative_error(logits, ref.data, model.config.vocab_size);
+      std::printf("engine golden: %s %s logits over %zu positions, max relative error %.2e\n", name.c_str(), what,
+                  prompt.size(), err);
+      CHECK(err <= kRelTol);
+    };
+    check(meta.at("checkpoint"), meta.at("logits"), "fp32");
+    for (auto const& half : meta.at("half_precision_copies"))
+      check(half.at("checkpoint"), half.at("logits"), half.at("dtype").get<std::string>().c_str());
+  }
+}
+
+TEST_CASE("engine greedy continuation equals kvpress's, token for token, with and without presses", "[golden][engine]") {
+  int runs = 0;
+  for (auto const& name : model_names()) {
+    std::string const dir = kDir + "/" + name;
+    json const meta = kvc_test::load_json(dir + "/engine.json");
+    std::vector<std::int32_t> const prompt = meta.at("prompt");
+    kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+    kvc_engine::Engine engine(model);
+    for (auto const& run : meta.at("runs")) {
+      std::string const case_name = run.at("name");
+      kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device());
+      kvc_engine::GenerateOptions options;
+      options.max_new_tokens = meta.at("new_tokens");
+      options.compressor = &compressor;
+      options.keep_logits = true;
+      kvc_engine::GenerateResult const r = engine.generate(prompt, options);
+
+      std::vector<std::int32_t> const want = run.at("tokens");
+      std::size_t agree = 0;
+      while (agree < want.size() && agree < r.tokens.size() && want[agree] == r.tokens[agree]) ++agree;
+      auto const ref = kvc_test::load_tensor<float>(dir, run.at("step_logits"));
+      double const err = max_row_relative_error(r.logits, ref.data, model.config.vocab_size);
+      std::vector<std::int32_t> lengths;
+      for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+        for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h) lengths.push_back(r.cache.length(l, h));
+      std::printf("engine golden: %s %-18s %zu/%zu tokens agree, step logits max relative error %.2e, cache %d/layer\n",
+                  name.c_str(), case_name.c_str(), agree, want.size(), err, lengths.front());
+      INFO(name << " " << case_name);
+      CHECK(r.tokens == want);
+      CHECK(err <= kRelTol);
+      for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+        for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h)
+          CHECK(r.cache.length(l, h) == run.at("cache_lengths").at(static_cast<std::size_t>(l)).get<std::int32_t>());
+      ++runs;
+    }
+  }
+  CHECK(runs == 15);
+}
