@@ -140,3 +140,52 @@ TEST_CASE("engine greedy continuation equals kvpress's, token for token, with an
   }
   CHECK(runs == 15);
 }
+
+TEST_CASE("engine: a prompt run in chunks, then token by token, gives the logits of one pass", "[golden][engine]") {
+  // The path of a question after a compressed context: later passes attend causally over the cache at
+  // positions that continue from the tokens processed so far.
+  std::string const dir = kDir + "/qwen3";
+  json const meta = kvc_test::load_json(dir + "/engine.json");
+  std::vector<std::int32_t> const prompt = meta.at("prompt");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/checkpoint");
+  kvc_engine::Engine engine(model);
+  kvc_engine::KVCache whole = engine.new_cache();
+  std::vector<float> const one_pass = engine.forward(whole, prompt, kvc_engine::Logits::kAll);
+
+  kvc_engine::KVCache cache = engine.new_cache(8);  // small on purpose: the cache grows as passes need
+  std::vector<float> pieces;
+  std::size_t const cuts[] = {0, 70, 71, 150, 190, prompt.size()};
+  for (std::size_t c = 0; c + 1 < std::size(cuts); ++c) {
+    std::vector<std::int32_t> const chunk(prompt.begin() + static_cast<std::ptrdiff_t>(cuts[c]),
+                                          prompt.begin() + static_cast<std::ptrdiff_t>(cuts[c + 1]));
+    if (c + 2 == std::size(cuts)) {
+      for (std::int32_t t : chunk) {
+        std::vector<float> const l = engine.forward(cache, {t}, kvc_engine::Logits::kLast);
+        pieces.insert(pieces.end(), l.begin(), l.end());
+      }
+    } else {
+      std::vector<float> const l = engine.forward(cache, chunk, kvc_engine::Logits::kAll);
+      pieces.insert(pieces.end(), l.begin(), l.end());
+    }
+  }
+  CHECK(cache.next_position() == static_cast<std::int64_t>(prompt.size()));
+  CHECK(cache.length(1, 1) == static_cast<std::int32_t>(prompt.size()));
+  double const err = max_row_relative_error(pieces, one_pass, model.config.vocab_size);
+  std::printf("engine: chunked prefill and token-by-token decoding vs one pass, max relative error %.2e\n", err);
+  CHECK(err <= 1e-5);
+}
+
+TEST_CASE("engine: bad tokens and bad checkpoints are errors", "[golden][engine]") {
+  kvc_engine::Model const model = kvc_engine::load_model(kDir + "/llama/checkpoint");
+  kvc_engine::Engine engine(model, 1);
+  kvc_engine::KVCache cache = engine.new_cache();
+  REQUIRE_THROWS_WITH(engine.forward(cache, {3, 256}, kvc_engine::Logits::kLast),
+                      Catch::Matchers::Contains("tokens[1] = 256 is outside the vocabulary [0, 256)"));
+  REQUIRE_THROWS_WITH(engine.forward(cache, std::vector<std::int32_t>{}, kvc_engine::Logits::kLast),
+                      Catch::Matchers::Contains("forward needs at least one token"));
+  REQUIRE_THROWS_WITH(kvc_engine::load_model(kDir + "/no_such_model"), Catch::Matchers::Contains("cannot open"));
+  kvc_engine::Model const qwen3 = kvc_engine::load_model(kDir + "/qwen3/checkpoint");
+  kvc_engine::KVCache other = kvc_engine::Engine(qwen3, 1).new_cache();
+  REQUIRE_THROWS_WITH(engine.forward(other, {3}, kvc_engine::Logits::kLast),
+                      Catch::Matchers::Contains("the cache was not made for this model"));
+}
