@@ -72,14 +72,11 @@ inline void apply_rope(float* x, std::int64_t tokens, std::int64_t heads, std::i
   }
 }
 
-/// Softmax of z[0, visible) in place (max-subtracted, float); z[visible, n) is set to 0.
+/// Softmax of z[0, visible) in place (max-subtracted, float, Eigen's vectorised exp); z[visible, n) is set to 0.
 inline void softmax_prefix(float* z, std::int64_t visible, std::int64_t n) {
-  float m = -INFINITY;
-  for (std::int64_t i = 0; i < visible; ++i) m = std::max(m, z[i]);
-  float sum = 0.0f;
-  for (std::int64_t i = 0; i < visible; ++i) sum += (z[i] = std::exp(z[i] - m));
-  float const inv = 1.0f / sum;
-  for (std::int64_t i = 0; i < visible; ++i) z[i] *= inv;
+  Eigen::Map<Eigen::ArrayXf> v(z, visible);
+  v = (v - v.maxCoeff()).exp();
+  v *= 1.0f / v.sum();
   std::fill(z + visible, z + n, 0.0f);
 }
 
