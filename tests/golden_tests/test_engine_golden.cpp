@@ -189,3 +189,33 @@ TEST_CASE("engine: bad tokens and bad checkpoints are errors", "[golden][engine]
   REQUIRE_THROWS_WITH(engine.forward(other, {3}, kvc_engine::Logits::kLast),
                       Catch::Matchers::Contains("the cache was not made for this model"));
 }
+
+TEST_CASE("engine: one prefill, copied and compressed per press, gives kvpress's continuations", "[golden][engine]") {
+  // The evaluation's path: prefill a context once, keep its ForwardRecord, compress a copy of the cache
+  // with each press.
+  std::string const dir = kDir + "/llama";
+  json const meta = kvc_test::load_json(dir + "/engine.json");
+  std::vector<std::int32_t> const prompt = meta.at("prompt");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/checkpoint");
+  kvc_engine::Engine engine(model);
+  kvc_engine::KVCache prefilled = engine.new_cache();
+  kvc_engine::ForwardRecord record;
+  std::vector<float> const first_logits = engine.forward(prefilled, prompt, kvc_engine::Logits::kLast, nullptr, &record);
+  int checked = 0;
+  for (auto const& run : meta.at("runs")) {
+    if (run.at("press").is_null() || run.at("name") == "decoding_keydiff") continue;
+    kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device());
+    kvc_engine::KVCache cache = prefilled;
+    engine.compress(cache, record, compressor.after_prefill, compressor.needs);
+    std::vector<std::int32_t> tokens{kvc_engine::argmax(first_logits.data(), model.config.vocab_size)};
+    while (tokens.size() < run.at("tokens").size()) {
+      std::vector<float> const logits = engine.forward(cache, {tokens.back()}, kvc_engine::Logits::kLast);
+      tokens.push_back(kvc_engine::argmax(logits.data(), model.config.vocab_size));
+    }
+    INFO(run.at("name").get<std::string>());
+    CHECK(tokens == run.at("tokens").get<std::vector<std::int32_t>>());
+    ++checked;
+  }
+  CHECK(checked == 3);
+  CHECK(prefilled.length(0, 0) == static_cast<std::int32_t>(prompt.size()));  // the copies were compressed, not it
+}
