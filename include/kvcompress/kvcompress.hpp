@@ -28,3 +28,8 @@
 #include "kvcompress/press/pyramid_kv.hpp"
 #include "kvcompress/press/snap_kv.hpp"
 #include "kvcompress/press/tova.hpp"
+#include "kvcompress/cpu/reference_attention.hpp"
+#include "kvcompress/press/compression_ratio_decoding.hpp"
+#include "kvcompress/press/decoding.hpp"
+#include "kvcompress/press/dms.hpp"
+#include "kvcompress/press/prefill_decoding.hpp"

@@ -225,7 +225,7 @@ TEMPLATE_TEST_CASE("paged compression in 16-bit storage equals strided", "[paged
   check_paged_equals_strided<TestType>(PageTable::kPerSequence, PageOrder::kHND, 16, 7, 78);
 }
 
-TEST_CASE("per-head tables give back pages head by head; per-sequence tables only when every head is done",
+TEST_CASE("per-head tables give back pages head by head, per-sequence tables only when every head is done",
           "[paged]") {
   // Two heads of one sequence: head 0 keeps 40 entries, head 1 keeps 8 (page size 16).
   std::vector<std::int32_t> before{64, 64, 64, 64}, after{40, 8, 64, 64};

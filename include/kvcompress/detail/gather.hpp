@@ -30,4 +30,23 @@ void gather_keys(KVCacheView<T, L> const& cache, std::int64_t b, std::int64_t h,
     for (std::int64_t c = 0; c < d; ++c) out[i * d + c] = to_float(cache.key(b, h, first + i, c));
 }
 
+/// out[i, c] = value(b, h, first + i, c) as float. \param out [count, head_dim] row-major
+template <class T, class L>
+void gather_values(KVCacheView<T, L> const& cache, std::int64_t b, std::int64_t h, std::int64_t first,
+                   std::int64_t count, float* out) {
+  std::int64_t const d = cache.extents.head_dim;
+  if constexpr (std::is_same_v<L, StridedLayout>) {
+    if (cache.value_layout.strides[3] == 1) {  // contiguous values: a vectorisable copy, as for keys
+      for (std::int64_t i = 0; i < count; ++i) {
+        T const* v = &cache.value(b, h, first + i, 0);  // [head_dim], contiguous
+        float* o = out + i * d;
+        for (std::int64_t c = 0; c < d; ++c) o[c] = to_float(v[c]);
+      }
+      return;
+    }
+  }
+  for (std::int64_t i = 0; i < count; ++i)
+    for (std::int64_t c = 0; c < d; ++c) out[i * d + c] = to_float(cache.value(b, h, first + i, c));
+}
+
 }  // namespace kvcompress::detail
