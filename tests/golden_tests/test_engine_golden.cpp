@@ -40,29 +40,6 @@ double max_row_relative_error(std::vector<float> const& a, std::vector<float> co
 
 std::vector<std::string> model_names() { return kvc_test::load_json(kDir + "/index.json").at("models").get<std::vector<std::string>>(); }
 
-/// kvpress's DecodingPress(KeyDiffPress, compression_interval, target_size): on each layer, every
-/// `interval`-th decoding step, keep the `target` entries KeyDiff scores highest. (Not Knorm: in layer 0 a
-/// repeated token has the same key norm at every position, so its ties would make the kept set arbitrary.)
-kvc_engine::Compressor decoding_keydiff(std::int64_t interval, std::int64_t target, std::int64_t layers,
-                                      kvcompress::CpuDevice dev) {
-  auto steps = std::make_shared<std::vector<std::int64_t>>(static_cast<std::size_t>(layers), 0);
-  auto scratch = std::make_shared<std::vector<std::byte>>();
-  kvc_engine::Compressor c;
-  c.name = "decoding_keydiff";
-  c.after_step = [=](kvcompress::Observation<float> const& obs, kvcompress::KVCacheView<float> const& cache) {
-    std::int64_t& step = (*steps)[static_cast<std::size_t>(obs.layer_idx)];
-    if (++step < interval) return;
-    step = 0;
-    kvcompress::KeyDiffPress const keydiff{};
-    scratch->resize(kvcompress::compress_workspace_bytes(dev, keydiff, obs, cache));
-    kvcompress::Workspace ws(scratch->data(), scratch->size());
-    float* scores = ws.take<float>(static_cast<std::size_t>(cache.extents.kv_heads * cache.extents.capacity));
-    kvcompress::score(dev, keydiff, obs, cache, scores, ws);
-    kvcompress::keep_topk(dev, cache, scores, [&](std::int64_t n) { return std::min(n, target); }, ws);
-  };
-  return c;
-}
-
 kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& model, kvcompress::CpuDevice dev) {
   std::string const name = run.at("name");
   json const& p = run.at("params");
@@ -72,8 +49,15 @@ kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& 
   if (name == "snapkv") return kvc_engine::prefill_press(kvcompress::SnapKVPress{p.at("compression_ratio").get<double>()}, name, dev);
   if (name == "streaming_llm")
     return kvc_engine::prefill_press(kvcompress::StreamingLLMPress{p.at("compression_ratio").get<double>()}, name, dev);
-  if (name == "decoding_keydiff")
-    return decoding_keydiff(p.at("compression_interval"), p.at("target_size"), model.config.num_layers, dev);
+  if (name == "decoding_keydiff") {
+    // kvcompress's DecodingPress with kvpress's hidden_states_buffer_size = 0: only the current step's query.
+    // (KeyDiff, not Knorm: in layer 0 a repeated token's key has the same norm at every position, so Knorm's
+    // kept set would depend on how ties are broken.)
+    kvcompress::DecodingOptions const options{p.at("compression_interval"), p.at("target_size"), 0};
+    kvcompress::QueryBufferShape const shape{static_cast<int>(model.config.num_layers), 1, model.config.num_heads,
+                                             model.config.head_dim};
+    return kvc_engine::decoding_press(kvcompress::DecodingPress<kvcompress::KeyDiffPress>({}, options, shape), name, dev);
+  }
   KVC_THROW("no compressor for golden run " << name);
 }
 

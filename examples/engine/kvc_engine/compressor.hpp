@@ -2,8 +2,9 @@
 /// \file
 /// \brief `Compressor`: what the engine calls to compress its cache, as plain functions of
 /// (`kvcompress::Observation`, `kvcompress::KVCacheView`) per layer — after the prefill, and after every
-/// later forward pass (decoding steps). Any kvcompress press becomes one with `prefill_press(press)`; a
-/// decoding policy is a lambda for `after_step`. An evaluation loops over a vector of them.
+/// later forward pass (decoding steps). Any kvcompress scorer press becomes one with `prefill_press(press)`,
+/// a kvcompress decoding press with `decoding_press(press)`, any other policy is a lambda. An evaluation
+/// loops over a vector of them.
 
 #include <cstddef>
 #include <functional>
@@ -63,6 +64,27 @@ template <class Press>
                                           kvcompress::KVCacheView<float> const& cache) {
     scratch->resize(kvcompress::compress_workspace_bytes(dev, press, obs, cache));
     kvcompress::compress(dev, press, obs, cache, kvcompress::Workspace(scratch->data(), scratch->size()));
+  };
+  return c;
+}
+
+/// \brief A compressor that hands every decoding step to a kvcompress decoding press
+/// (`DecodingPress`, `CompressionRatioDecodingPress`, …: anything with `workspace_bytes` and
+/// `step(dev, observation, view, workspace)`), which keeps its own state and decides when to compress.
+/// The press is shared by the copies of the compressor and reset at each prefill.
+template <class DecodingPressT>
+[[nodiscard]] Compressor decoding_press(DecodingPressT press, std::string name, kvcompress::CpuDevice dev = kvcompress::cpu) {
+  auto state = std::make_shared<DecodingPressT>(std::move(press));
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.after_prefill = [state](kvcompress::Observation<float> const&, kvcompress::KVCacheView<float> const&) {
+    state->reset();
+  };
+  c.after_step = [state, dev, scratch](kvcompress::Observation<float> const& obs,
+                                       kvcompress::KVCacheView<float> const& cache) {
+    scratch->resize(state->workspace_bytes(dev, obs, cache));
+    (void)state->step(dev, obs, cache, kvcompress::Workspace(scratch->data(), scratch->size()));
   };
   return c;
 }
