@@ -1,0 +1,92 @@
+// The engine's attention over a cache whose kv heads hold different entries and different numbers of
+// them (as after a per-head press), against a double-precision re-derivation; and the thread pool.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "kvc_engine/attention.hpp"
+
+using Catch::Matchers::Contains;
+
+TEST_CASE("engine attention: each query head reads its kv head's own live entries, causally", "[engine][attention]") {
+  std::int64_t const kv_heads = 2, q_heads = 6, d = 8, n = 3, layer = 1;
+  std::vector<std::int32_t> const old_lengths{37, 20};  // entries before the chunk, per kv head
+  kvc_engine::KVCache cache(2, kv_heads, d, 64);
+  std::mt19937 gen(5);
+  std::normal_distribution<float> normal;
+  std::vector<std::int32_t> first_new(kv_heads);
+  for (std::int64_t g = 0; g < kv_heads; ++g) {
+    std::int32_t const len = old_lengths[static_cast<std::size_t>(g)] + static_cast<std::int32_t>(n);
+    cache.length_ref(layer, g) = len;
+    first_new[static_cast<std::size_t>(g)] = old_lengths[static_cast<std::size_t>(g)];
+    for (std::int64_t i = 0; i < len * d; ++i) {
+      cache.keys(layer, g)[i] = normal(gen);
+      cache.values(layer, g)[i] = normal(gen);
+    }
+    // Garbage past the live length must never be read.
+    for (std::int64_t i = len * d; i < cache.capacity() * d; ++i) cache.keys(layer, g)[i] = cache.values(layer, g)[i] = NAN;
+  }
+  std::vector<float> q(static_cast<std::size_t>(n * q_heads * d));
+  for (float& x : q) x = normal(gen);
+
+  for (int threads : {1, 3}) {
+    kvc_engine::ThreadPool pool(threads);
+    std::vector<std::vector<float>> scratch(static_cast<std::size_t>(pool.size()));
+    std::vector<float> out(q.size(), 0.0f);
+    kvc_engine::causal_attention(pool, cache, layer, q.data(), n, q_heads, first_new, out.data(), scratch);
+    double worst = 0.0;
+    for (std::int64_t t = 0; t < n; ++t)
+      for (std::int64_t j = 0; j < q_heads; ++j) {
+        std::int64_t const g = j / (q_heads / kv_heads), visible = old_lengths[static_cast<std::size_t>(g)] + t + 1;
+        std::vector<double> w(static_cast<std::size_t>(visible));
+        double m = -INFINITY, sum = 0.0;
+        for (std::int64_t s = 0; s < visible; ++s) {
+          double dot = 0.0;
+          for (std::int64_t c = 0; c < d; ++c) dot += static_cast<double>(q[static_cast<std::size_t>((t * q_heads + j) * d + c)]) * cache.keys(layer, g)[s * d + c];
+          w[static_cast<std::size_t>(s)] = dot / std::sqrt(static_cast<double>(d));
+          m = std::max(m, w[static_cast<std::size_t>(s)]);
+        }
+        for (double& x : w) sum += (x = std::exp(x - m));
+        for (std::int64_t c = 0; c < d; ++c) {
+          double o = 0.0;
+          for (std::int64_t s = 0; s < visible; ++s) o += w[static_cast<std::size_t>(s)] / sum * cache.values(layer, g)[s * d + c];
+          worst = std::max(worst, std::abs(o - out[static_cast<std::size_t>((t * q_heads + j) * d + c)]));
+        }
+      }
+    INFO("threads " << threads);
+    CHECK(worst < 1e-5);
+  }
+}
+
+TEST_CASE("engine attention: a chunk the cache does not hold is an error", "[engine][attention]") {
+  kvc_engine::KVCache cache(1, 2, 4, 16);
+  kvc_engine::ThreadPool pool(1);
+  std::vector<std::vector<float>> scratch(1);
+  std::vector<float> q(2 * 4 * 4), out(q.size());
+  cache.length_ref(0, 0) = 5;
+  cache.length_ref(0, 1) = 1;
+  REQUIRE_THROWS_WITH(kvc_engine::causal_attention(pool, cache, 0, q.data(), 2, 4, {3, 0}, out.data(), scratch),
+                      Contains("kv head 1 of layer 0 holds 1 entries, not the chunk's 2 after slot 0"));
+}
+
+TEST_CASE("engine thread pool: every index once, exceptions reach the caller", "[engine][attention]") {
+  kvc_engine::ThreadPool pool(4);
+  for (std::int64_t n : {0, 1, 3, 4, 1001}) {
+    std::vector<int> hits(static_cast<std::size_t>(n), 0), thread(static_cast<std::size_t>(n), -1);
+    pool.parallel_for(n, [&](std::int64_t i, int t) {  // no Catch assertion off the main thread
+      ++hits[static_cast<std::size_t>(i)];
+      thread[static_cast<std::size_t>(i)] = t;
+    });
+    for (int h : hits) CHECK(h == 1);
+    for (int t : thread) CHECK((t >= 0 && t < 4));
+  }
+  REQUIRE_THROWS_WITH(pool.parallel_for(100, [](std::int64_t i, int) {
+    if (i == 77) throw std::runtime_error("index 77 failed");
+  }), Contains("index 77 failed"));
+  int after = 0;
+  pool.parallel_for(1, [&](std::int64_t, int) { ++after; });
+  CHECK(after == 1);
+}

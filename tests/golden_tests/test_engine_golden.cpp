@@ -1,0 +1,205 @@
+// The reference engine (examples/engine) against HF transformers and kvpress 0.5.5 on tiny random-weight
+// checkpoints written by tools/golden/generate_engine.py: Llama (GQA 4:1, llama3 RoPE, untied head),
+// Qwen3 (q_norm/k_norm, tied embeddings) and Qwen2 (q/k/v biases, yarn RoPE), a 203-token prompt.
+// Logits must equal transformers' to fp32 relative 1e-4 (relative to each row's largest logit); the greedy
+// 32-token continuation must equal kvpress's token for token with no press, ExpectedAttention 50 %,
+// SnapKV 50 %, StreamingLLM 50 % and DecodingPress(KeyDiff) — and so must every step's logits.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "golden_fixture.hpp"
+#include "kvc_engine/engine.hpp"
+
+using nlohmann::json;
+
+namespace {
+
+std::string const kDir = std::string(KVC_GOLDEN_DIR) + "/engine";
+constexpr double kRelTol = 1e-4;
+
+/// Largest over rows of max|a − b| / max|b| (row width `width`).
+double max_row_relative_error(std::vector<float> const& a, std::vector<float> const& b, std::int64_t width) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0.0;
+  for (std::size_t r = 0; r * static_cast<std::size_t>(width) < a.size(); ++r) {
+    double err = 0.0, scale = 0.0;
+    for (std::int64_t i = 0; i < width; ++i) {
+      std::size_t const k = r * static_cast<std::size_t>(width) + static_cast<std::size_t>(i);
+      err = std::max(err, std::abs(static_cast<double>(a[k]) - b[k]));
+      scale = std::max(scale, std::abs(static_cast<double>(b[k])));
+    }
+    worst = std::max(worst, err / scale);
+  }
+  return worst;
+}
+
+std::vector<std::string> model_names() { return kvc_test::load_json(kDir + "/index.json").at("models").get<std::vector<std::string>>(); }
+
+kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& model, kvcompress::CpuDevice dev) {
+  std::string const name = run.at("name");
+  json const& p = run.at("params");
+  if (name == "none") return kvc_engine::Compressor{name, {}, {}, {}};
+  if (name == "expected_attention")
+    return kvc_engine::prefill_press(kvcompress::ExpectedAttentionPress{p.at("compression_ratio").get<double>()}, name, dev);
+  if (name == "snapkv") return kvc_engine::prefill_press(kvcompress::SnapKVPress{p.at("compression_ratio").get<double>()}, name, dev);
+  if (name == "streaming_llm")
+    return kvc_engine::prefill_press(kvcompress::StreamingLLMPress{p.at("compression_ratio").get<double>()}, name, dev);
+  if (name == "decoding_keydiff") {
+    // kvcompress's DecodingPress with kvpress's hidden_states_buffer_size = 0: only the current step's query.
+    // (KeyDiff, not Knorm: in layer 0 a repeated token's key has the same norm at every position, so Knorm's
+    // kept set would depend on how ties are broken.)
+    kvcompress::DecodingOptions const options{p.at("compression_interval"), p.at("target_size"), 0};
+    kvcompress::QueryBufferShape const shape{static_cast<int>(model.config.num_layers), 1, model.config.num_heads,
+                                             model.config.head_dim};
+    return kvc_engine::decoding_press(kvcompress::DecodingPress<kvcompress::KeyDiffPress>({}, options, shape), name, dev);
+  }
+  KVC_THROW("no compressor for golden run " << name);
+}
+
+}  // namespace
+
+TEST_CASE("engine logits equal HF transformers' (fp32, and half-precision weights widened to fp32)", "[golden][engine]") {
+  for (auto const& name : model_names()) {
+    std::string const dir = kDir + "/" + name;
+    json const meta = kvc_test::load_json(dir + "/engine.json");
+    std::vector<std::int32_t> const prompt = meta.at("prompt");
+    auto check = [&](std::string const& checkpoint, json const& spec, char const* what) {
+      kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + checkpoint);
+      kvc_engine::Engine engine(model);
+      kvc_engine::KVCache cache = engine.new_cache();
+      std::vector<float> const logits = engine.forward(cache, prompt, kvc_engine::Logits::kAll);
+      auto const ref = kvc_test::load_tensor<float>(dir, spec);
+      REQUIRE(ref.shape == std::vector<std::int64_t>{static_cast<std::int64_t>(prompt.size()), model.config.vocab_size});
+      double const err = max_row_relative_error(logits, ref.data, model.config.vocab_size);
+      std::printf("engine golden: %s %s logits over %zu positions, max relative error %.2e\n", name.c_str(), what,
+                  prompt.size(), err);
+      CHECK(err <= kRelTol);
+    };
+    check(meta.at("checkpoint"), meta.at("logits"), "fp32");
+    for (auto const& half : meta.at("half_precision_copies"))
+      check(half.at("checkpoint"), half.at("logits"), half.at("dtype").get<std::string>().c_str());
+  }
+}
+
+TEST_CASE("engine greedy continuation equals kvpress's, token for token, with and without presses", "[golden][engine]") {
+  int runs = 0;
+  for (auto const& name : model_names()) {
+    std::string const dir = kDir + "/" + name;
+    json const meta = kvc_test::load_json(dir + "/engine.json");
+    std::vector<std::int32_t> const prompt = meta.at("prompt");
+    kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+    kvc_engine::Engine engine(model);
+    for (auto const& run : meta.at("runs")) {
+      std::string const case_name = run.at("name");
+      kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device());
+      kvc_engine::GenerateOptions options;
+      options.max_new_tokens = meta.at("new_tokens");
+      options.compressor = &compressor;
+      options.keep_logits = true;
+      kvc_engine::GenerateResult const r = engine.generate(prompt, options);
+
+      std::vector<std::int32_t> const want = run.at("tokens");
+      std::size_t agree = 0;
+      while (agree < want.size() && agree < r.tokens.size() && want[agree] == r.tokens[agree]) ++agree;
+      auto const ref = kvc_test::load_tensor<float>(dir, run.at("step_logits"));
+      double const err = max_row_relative_error(r.logits, ref.data, model.config.vocab_size);
+      std::vector<std::int32_t> lengths;
+      for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+        for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h) lengths.push_back(r.cache.length(l, h));
+      std::printf("engine golden: %s %-18s %zu/%zu tokens agree, step logits max relative error %.2e, cache %d/layer\n",
+                  name.c_str(), case_name.c_str(), agree, want.size(), err, lengths.front());
+      INFO(name << " " << case_name);
+      CHECK(r.tokens == want);
+      CHECK(err <= kRelTol);
+      for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+        for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h)
+          CHECK(r.cache.length(l, h) == run.at("cache_lengths").at(static_cast<std::size_t>(l)).get<std::int32_t>());
+      ++runs;
+    }
+  }
+  CHECK(runs == 15);
+}
+
+TEST_CASE("engine: a prompt run in chunks, then token by token, gives the logits of one pass", "[golden][engine]") {
+  // The path of a question after a compressed context: later passes attend causally over the cache at
+  // positions that continue from the tokens processed so far.
+  std::string const dir = kDir + "/qwen3";
+  json const meta = kvc_test::load_json(dir + "/engine.json");
+  std::vector<std::int32_t> const prompt = meta.at("prompt");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/checkpoint");
+  kvc_engine::Engine engine(model);
+  kvc_engine::KVCache whole = engine.new_cache();
+  std::vector<float> const one_pass = engine.forward(whole, prompt, kvc_engine::Logits::kAll);
+
+  kvc_engine::KVCache cache = engine.new_cache(8);  // small on purpose: the cache grows as passes need
+  std::vector<float> pieces;
+  std::size_t const cuts[] = {0, 70, 71, 150, 190, prompt.size()};
+  for (std::size_t c = 0; c + 1 < std::size(cuts); ++c) {
+    std::vector<std::int32_t> const chunk(prompt.begin() + static_cast<std::ptrdiff_t>(cuts[c]),
+                                          prompt.begin() + static_cast<std::ptrdiff_t>(cuts[c + 1]));
+    if (c + 2 == std::size(cuts)) {
+      for (std::int32_t t : chunk) {
+        std::vector<float> const l = engine.forward(cache, {t}, kvc_engine::Logits::kLast);
+        pieces.insert(pieces.end(), l.begin(), l.end());
+      }
+    } else {
+      std::vector<float> const l = engine.forward(cache, chunk, kvc_engine::Logits::kAll);
+      pieces.insert(pieces.end(), l.begin(), l.end());
+    }
+  }
+  CHECK(cache.next_position() == static_cast<std::int64_t>(prompt.size()));
+  CHECK(cache.length(1, 1) == static_cast<std::int32_t>(prompt.size()));
+  double const err = max_row_relative_error(pieces, one_pass, model.config.vocab_size);
+  std::printf("engine: chunked prefill and token-by-token decoding vs one pass, max relative error %.2e\n", err);
+  CHECK(err <= 1e-5);
+}
+
+TEST_CASE("engine: bad tokens and bad checkpoints are errors", "[golden][engine]") {
+  kvc_engine::Model const model = kvc_engine::load_model(kDir + "/llama/checkpoint");
+  kvc_engine::Engine engine(model, 1);
+  kvc_engine::KVCache cache = engine.new_cache();
+  REQUIRE_THROWS_WITH(engine.forward(cache, {3, 256}, kvc_engine::Logits::kLast),
+                      Catch::Matchers::Contains("tokens[1] = 256 is outside the vocabulary [0, 256)"));
+  REQUIRE_THROWS_WITH(engine.forward(cache, std::vector<std::int32_t>{}, kvc_engine::Logits::kLast),
+                      Catch::Matchers::Contains("forward needs at least one token"));
+  REQUIRE_THROWS_WITH(kvc_engine::load_model(kDir + "/no_such_model"), Catch::Matchers::Contains("cannot open"));
+  kvc_engine::Model const qwen3 = kvc_engine::load_model(kDir + "/qwen3/checkpoint");
+  kvc_engine::KVCache other = kvc_engine::Engine(qwen3, 1).new_cache();
+  REQUIRE_THROWS_WITH(engine.forward(other, {3}, kvc_engine::Logits::kLast),
+                      Catch::Matchers::Contains("the cache was not made for this model"));
+}
+
+TEST_CASE("engine: one prefill, copied and compressed per press, gives kvpress's continuations", "[golden][engine]") {
+  // The evaluation's path: prefill a context once, keep its ForwardRecord, compress a copy of the cache
+  // with each press.
+  std::string const dir = kDir + "/llama";
+  json const meta = kvc_test::load_json(dir + "/engine.json");
+  std::vector<std::int32_t> const prompt = meta.at("prompt");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/checkpoint");
+  kvc_engine::Engine engine(model);
+  kvc_engine::KVCache prefilled = engine.new_cache();
+  kvc_engine::ForwardRecord record;
+  std::vector<float> const first_logits = engine.forward(prefilled, prompt, kvc_engine::Logits::kLast, nullptr, &record);
+  int checked = 0;
+  for (auto const& run : meta.at("runs")) {
+    if (run.at("press").is_null() || run.at("name") == "decoding_keydiff") continue;
+    kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device());
+    kvc_engine::KVCache cache = prefilled;
+    engine.compress(cache, record, compressor.after_prefill, compressor.needs);
+    std::vector<std::int32_t> tokens{kvc_engine::argmax(first_logits.data(), model.config.vocab_size)};
+    while (tokens.size() < run.at("tokens").size()) {
+      std::vector<float> const logits = engine.forward(cache, {tokens.back()}, kvc_engine::Logits::kLast);
+      tokens.push_back(kvc_engine::argmax(logits.data(), model.config.vocab_size));
+    }
+    INFO(run.at("name").get<std::string>());
+    CHECK(tokens == run.at("tokens").get<std::vector<std::int32_t>>());
+    ++checked;
+  }
+  CHECK(checked == 3);
+  CHECK(prefilled.length(0, 0) == static_cast<std::int32_t>(prompt.size()));  // the copies were compressed, not it
+}
