@@ -53,6 +53,19 @@ struct KVCacheView {
   }
 };
 
+namespace detail {
+
+/// Throws unless every row length is in [0, capacity]. Compression re-checks the lengths, because
+/// the engine updates them in place between calls. \param lengths [batch, kv_heads]
+inline void validate_lengths(CacheExtents const& extents, std::int32_t const* lengths) {
+  std::int64_t const rows = extents.batch * extents.kv_heads;
+  for (std::int64_t r = 0; r < rows; ++r)
+    KVC_CHECK(lengths[r] >= 0 && lengths[r] <= extents.capacity,
+              "lengths[" << r << "] = " << lengths[r] << " is outside [0, capacity = " << extents.capacity << "]");
+}
+
+}  // namespace detail
+
 /// \brief Validates and builds a view. Throws `kvcompress::Error` on null pointers, K aliasing V,
 /// bad extents or layouts, and lengths outside [0, capacity].
 /// \param lengths   [batch, kv_heads] live lengths (read and later updated in place)
@@ -70,14 +83,12 @@ template <class T, class Layout>
   KVC_CHECK(keys != values, "keys and values must not alias (both point to "
                                 << static_cast<void const*>(keys) << ")");
   KVC_CHECK(lengths != nullptr, "lengths must not be null");
-  std::int64_t const rows = extents.batch * extents.kv_heads;
-  for (std::int64_t r = 0; r < rows; ++r)
-    KVC_CHECK(lengths[r] >= 0 && lengths[r] <= extents.capacity,
-              "lengths[" << r << "] = " << lengths[r] << " is outside [0, capacity = "
-                         << extents.capacity << "]");
+  detail::validate_lengths(extents, lengths);
+  // A hand-built StridedLayout gets the checks of make_strided_layout: a negative or overlapping
+  // stride would address memory outside the buffers the extents describe.
   if constexpr (std::is_same_v<Layout, StridedLayout>) {
-    detail::checked_span(extents, key_layout, "key_layout");
-    detail::checked_span(extents, value_layout, "value_layout");
+    detail::validate_strides(extents, key_layout.strides, "key_layout.strides");
+    detail::validate_strides(extents, value_layout.strides, "value_layout.strides");
   }
   return KVCacheView<T, Layout>{keys, values, extents, key_layout, value_layout, lengths, positions};
 }
