@@ -12,6 +12,7 @@
 /// `score` writes `scores` [batch, kv_heads, capacity] (row r valid on [0, lengths[r])); higher
 /// means keep. A press may also define `kept_count(n, observation)` to override the budget.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -36,8 +37,12 @@ namespace kvcompress {
 [[nodiscard]] inline std::int64_t kept_count(std::int64_t n, double ratio) noexcept {
   if (ratio >= 1.0) return 0;
   if (!(ratio >= 0.0)) return n;  // negative or NaN (compress rejects both first): nothing to evict
-  auto const k = static_cast<std::int64_t>(static_cast<double>(n) * (1.0 - ratio));
-  return k < 1 ? 1 : k;
+  // Above 2^53, n itself rounds in double (possibly up, to 2^63 at worst): the exact product
+  // never exceeds n, so neither does the result.
+  double const x = static_cast<double>(n) * (1.0 - ratio);
+  if (x >= 0x1p63) return n;
+  auto const k = static_cast<std::int64_t>(x);
+  return k < 1 ? 1 : std::min(k, n);
 }
 
 /// \brief Throws unless ratio ∈ [0, 1).
