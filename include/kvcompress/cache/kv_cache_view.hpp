@@ -75,6 +75,8 @@ template <class T, class Layout>
                                                      Layout const& key_layout,
                                                      Layout const& value_layout,
                                                      std::int32_t* lengths,
+                                                     // compaction writes through it, via the view:
+                                                     // NOLINTNEXTLINE(readability-non-const-parameter)
                                                      std::int32_t* positions = nullptr) {
   static_assert(is_storage_type_v<T>, "the cache stores float, kvcompress::half or kvcompress::bfloat16");
   validate_extents(extents);
