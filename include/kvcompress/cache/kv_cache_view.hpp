@@ -55,6 +55,19 @@ struct KVCacheView {
   }
 };
 
+namespace detail {
+
+/// Throws unless every row length is in [0, capacity]. Compression re-checks the lengths, because
+/// the engine updates them in place between calls. \param lengths [batch, kv_heads]
+inline void validate_lengths(CacheExtents const& extents, std::int32_t const* lengths) {
+  std::int64_t const rows = extents.batch * extents.kv_heads;
+  for (std::int64_t r = 0; r < rows; ++r)
+    KVC_CHECK(lengths[r] >= 0 && lengths[r] <= extents.capacity,
+              "lengths[" << r << "] = " << lengths[r] << " is outside [0, capacity = " << extents.capacity << "]");
+}
+
+}  // namespace detail
+
 /// \brief Validates and builds a view. Throws `kvcompress::Error` on null pointers, K aliasing V,
 /// bad extents or layouts, and lengths outside [0, capacity].
 /// \param lengths   [batch, kv_heads] live lengths (read and later updated in place)
@@ -64,6 +77,8 @@ template <class T, class Layout>
                                                      Layout const& key_layout,
                                                      Layout const& value_layout,
                                                      std::int32_t* lengths,
+                                                     // compaction writes through it, via the view:
+                                                     // NOLINTNEXTLINE(readability-non-const-parameter)
                                                      std::int32_t* positions = nullptr) {
   static_assert(is_storage_type_v<T>, "the cache stores float, kvcompress::half or kvcompress::bfloat16");
   validate_extents(extents);
@@ -72,14 +87,12 @@ template <class T, class Layout>
   KVC_CHECK(keys != values, "keys and values must not alias (both point to "
                                 << static_cast<void const*>(keys) << ")");
   KVC_CHECK(lengths != nullptr, "lengths must not be null");
-  std::int64_t const rows = extents.batch * extents.kv_heads;
-  for (std::int64_t r = 0; r < rows; ++r)
-    KVC_CHECK(lengths[r] >= 0 && lengths[r] <= extents.capacity,
-              "lengths[" << r << "] = " << lengths[r] << " is outside [0, capacity = "
-                         << extents.capacity << "]");
+  detail::validate_lengths(extents, lengths);
+  // A hand-built StridedLayout gets the checks of make_strided_layout: a negative or overlapping
+  // stride would address memory outside the buffers the extents describe.
   if constexpr (std::is_same_v<Layout, StridedLayout>) {
-    detail::checked_span(extents, key_layout, "key_layout");
-    detail::checked_span(extents, value_layout, "value_layout");
+    detail::validate_strides(extents, key_layout.strides, "key_layout.strides");
+    detail::validate_strides(extents, value_layout.strides, "value_layout.strides");
   } else if constexpr (std::is_same_v<Layout, PagedLayout>) {
     auto const length = [&](std::int64_t b, std::int64_t h) { return lengths[b * extents.kv_heads + h]; };
     detail::check_live_pages(extents, key_layout, length, "key_layout");

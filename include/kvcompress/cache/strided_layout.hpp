@@ -46,31 +46,39 @@ inline std::int64_t checked_span(CacheExtents const& e, StridedLayout const& l, 
 }  // namespace detail
 
 
+namespace detail {
+
+/// Throws unless `strides` (named `what` in the message) are positive, nest without overlap and
+/// give offsets that fit in 64 bits over the extents `e`.
+inline void validate_strides(CacheExtents const& e, std::array<std::int64_t, 4> const& strides, char const* what) {
+  auto const ext = extents_array(e);
+  for (int a = 0; a < 4; ++a)
+    KVC_CHECK(strides[a] > 0, what << "[" << axis_name(a) << "] must be positive, got " << strides[a]);
+  std::array<int, 4> order{0, 1, 2, 3};
+  // std::sort with the axis as tie-break: std::stable_sort would heap-allocate a buffer.
+  std::sort(order.begin(), order.end(),
+            [&](int x, int y) { return strides[x] < strides[y] || (strides[x] == strides[y] && x < y); });
+  std::int64_t inner_span = 1;  // elements covered by the axes already placed
+  for (int a : order) {
+    if (ext[a] == 1) continue;
+    KVC_CHECK(strides[a] >= inner_span, what << "[" << axis_name(a) << "] = " << strides[a]
+                                             << " overlaps the inner axes, which span " << inner_span << " elements");
+    KVC_CHECK(strides[a] <= std::numeric_limits<std::int64_t>::max() / ext[a],
+              what << "[" << axis_name(a) << "] = " << strides[a] << " times extent " << ext[a] << " overflows 64 bits");
+    inner_span = strides[a] * ext[a];
+  }
+  checked_span(e, StridedLayout{strides}, what);
+}
+
+}  // namespace detail
+
 /// \brief A layout from explicit element strides, indexed [batch, head, seq, dim].
 /// Strides must be positive and must nest (sorted by stride, each axis starts past the span of the
 /// smaller ones) so that no two elements share memory.
 inline StridedLayout make_strided_layout(CacheExtents const& e, std::array<std::int64_t, 4> strides) {
   validate_extents(e);
-  auto const ext = detail::extents_array(e);
-  for (int a = 0; a < 4; ++a)
-    KVC_CHECK(strides[a] > 0, "strides[" << detail::axis_name(a) << "] must be positive, got "
-                                         << strides[a]);
-  std::array<int, 4> order{0, 1, 2, 3};
-  std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return strides[x] < strides[y]; });
-  std::int64_t inner_span = 1;  // elements covered by the axes already placed
-  for (int a : order) {
-    if (ext[a] == 1) continue;
-    KVC_CHECK(strides[a] >= inner_span,
-              "strides[" << detail::axis_name(a) << "] = " << strides[a]
-                         << " overlaps the inner axes, which span " << inner_span << " elements");
-    KVC_CHECK(strides[a] <= std::numeric_limits<std::int64_t>::max() / ext[a],
-              "strides[" << detail::axis_name(a) << "] = " << strides[a] << " times extent " << ext[a]
-                         << " overflows 64 bits");
-    inner_span = strides[a] * ext[a];
-  }
-  StridedLayout const layout{strides};
-  detail::checked_span(e, layout, "strides");
-  return layout;
+  detail::validate_strides(e, strides, "strides");
+  return StridedLayout{strides};
 }
 
 /// \brief A dense layout in the given memory order (outermost first), with an optional innermost

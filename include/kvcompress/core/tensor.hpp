@@ -28,7 +28,8 @@ struct Tensor4 {
 };
 
 /// \brief A strided rank-4 view. Throws on a null pointer, a non-positive extent, a negative
-/// stride or an element count that overflows 64 bits.
+/// stride, or an element count or offset that overflows 64 bits. (Zero strides are allowed:
+/// broadcasting one query head to several is legitimate.)
 template <class T>
 [[nodiscard]] Tensor4<T> make_tensor4(T const* data, std::array<std::int64_t, 4> shape,
                                       std::array<std::int64_t, 4> strides) {
@@ -41,6 +42,13 @@ template <class T>
     KVC_CHECK(count <= std::numeric_limits<std::int64_t>::max() / shape[a],
               "tensor element count overflows 64 bits at shape[" << a << "] = " << shape[a]);
     count *= shape[a];
+  }
+  std::int64_t span = 0;  // the largest offset, which operator() must be able to form
+  for (int a = 0; a < 4; ++a) {
+    KVC_CHECK(shape[a] == 1 || strides[a] <= (std::numeric_limits<std::int64_t>::max() - span) / (shape[a] - 1),
+              "tensor offsets overflow 64 bits at strides[" << a << "] = " << strides[a] << " (shape[" << a
+                                                            << "] = " << shape[a] << ")");
+    span += (shape[a] - 1) * strides[a];
   }
   return Tensor4<T>{data, shape, strides};
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/detail/layout_traits.hpp"
 
 namespace kvcompress::cpu_impl {
 
@@ -19,7 +20,7 @@ void compact_row(KVCacheView<T, Layout> const& cache, std::int64_t b, std::int64
   std::int32_t* pos = cache.positions ? cache.positions + cache.row(b, h) * cache.extents.capacity : nullptr;
   // Whole-entry copies where the channels are contiguous: one address computation (a block-table
   // lookup, when paged) per entry instead of one per element.
-  bool const k_runs = cache.key_layout.unit_dim_stride(), v_runs = cache.value_layout.unit_dim_stride();
+  bool const k_runs = detail::unit_dim_stride(cache.key_layout), v_runs = detail::unit_dim_stride(cache.value_layout);
   for (std::int32_t j = 0; j < n_kept; ++j) {
     std::int32_t const src = idx[j];
     if (src == j) continue;

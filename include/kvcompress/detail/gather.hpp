@@ -7,6 +7,7 @@
 
 #include "kvcompress/cache/kv_cache_view.hpp"
 #include "kvcompress/core/dtype.hpp"
+#include "kvcompress/detail/layout_traits.hpp"
 
 namespace kvcompress::detail {
 
@@ -18,7 +19,7 @@ void gather_keys(KVCacheView<T, L> const& cache, std::int64_t b, std::int64_t h,
   // A unit head_dim stride (every common engine layout, strided or paged) makes each key a
   // contiguous run: the copy-and-convert below then vectorises, where the general index arithmetic
   // does not.
-  if (cache.key_layout.unit_dim_stride()) {
+  if (unit_dim_stride(cache.key_layout)) {
     for (std::int64_t i = 0; i < count; ++i) {
       T const* k = &cache.key(b, h, first + i, 0);  // [head_dim], contiguous
       float* o = out + i * d;
@@ -35,7 +36,7 @@ template <class T, class L>
 void gather_values(KVCacheView<T, L> const& cache, std::int64_t b, std::int64_t h, std::int64_t first,
                    std::int64_t count, float* out) {
   std::int64_t const d = cache.extents.head_dim;
-  if (cache.value_layout.unit_dim_stride()) {  // contiguous values: a vectorisable copy, as for keys
+  if (unit_dim_stride(cache.value_layout)) {  // contiguous values: a vectorisable copy, as for keys
     for (std::int64_t i = 0; i < count; ++i) {
       T const* v = &cache.value(b, h, first + i, 0);  // [head_dim], contiguous
       float* o = out + i * d;

@@ -21,14 +21,24 @@ namespace kvcompress::detail {
 
 /// Calls f(i, thread) for every i in [0, n); thread ∈ [0, thread_count(dev, n)) indexes per-thread
 /// scratch. The first exception thrown by any thread is rethrown on the caller's thread.
+/// Starting threads needs memory and thread resources; when either runs out (std::bad_alloc,
+/// std::system_error), the blocks of the threads that could not start run on the calling thread:
+/// the same results, fewer threads, and no exception other than f's ever escapes.
 template <class F>
 void parallel_for(CpuDevice const& dev, std::int64_t n, F&& f) {
   int const threads = thread_count(dev, n);
-  if (threads == 1) {
+  auto const serial = [&] {
     for (std::int64_t i = 0; i < n; ++i) f(i, 0);
-    return;
+  };
+  if (threads == 1) return serial();
+  std::vector<std::exception_ptr> errors;
+  std::vector<std::thread> pool;
+  try {
+    errors.resize(static_cast<std::size_t>(threads));
+    pool.reserve(static_cast<std::size_t>(threads - 1));
+  } catch (...) {
+    return serial();
   }
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
   auto body = [&](int t) {
     std::int64_t const lo = n * t / threads, hi = n * (t + 1) / threads;
     try {
@@ -37,9 +47,12 @@ void parallel_for(CpuDevice const& dev, std::int64_t n, F&& f) {
       errors[static_cast<std::size_t>(t)] = std::current_exception();
     }
   };
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<std::size_t>(threads - 1));
-  for (int t = 1; t < threads; ++t) pool.emplace_back(body, t);
+  int started = 1;
+  try {
+    for (; started < threads; ++started) pool.emplace_back(body, started);
+  } catch (...) {  // out of threads or memory: run the rest here (`started` was not incremented)
+  }
+  for (int t = started; t < threads; ++t) body(t);
   body(0);
   for (auto& th : pool) th.join();
   for (auto& e : errors)

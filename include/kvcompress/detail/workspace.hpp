@@ -27,14 +27,15 @@ class Workspace {
 
   template <class U>
   [[nodiscard]] U* take(std::size_t n) {
+    KVC_CHECK(data_ != nullptr || n == 0, "workspace: no memory given, " << n << " objects of " << sizeof(U)
+                                                                          << " bytes needed");
     auto const base = reinterpret_cast<std::uintptr_t>(data_);
     std::size_t const start = ((base + used_ + kAlignment - 1) & ~(kAlignment - 1)) - base;
-    std::size_t const end = start + n * sizeof(U);
-    KVC_CHECK(data_ != nullptr || n == 0, "workspace: no memory given, " << n * sizeof(U)
-                                                                          << " bytes needed");
-    KVC_CHECK(end <= bytes_, "workspace too small: " << bytes_ << " bytes given, at least " << end
-                                                     << " needed");
-    used_ = end;
+    // Compared by division so that a huge n cannot wrap the byte count around.
+    KVC_CHECK(start <= bytes_ && n <= (bytes_ - start) / sizeof(U),
+              "workspace too small: " << bytes_ << " bytes given, " << n << " objects of " << sizeof(U)
+                                      << " bytes needed at offset " << start);
+    used_ = start + n * sizeof(U);
     return reinterpret_cast<U*>(data_ + start);
   }
 

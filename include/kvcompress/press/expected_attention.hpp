@@ -17,8 +17,10 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
+#include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/scorer.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
@@ -46,7 +48,7 @@ std::size_t ea_scoring_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cach
   std::int64_t const threads = thread_count(dev, rows);
   std::int64_t const group = std::max<std::int64_t>(1, q_heads / cache.extents.kv_heads);
   auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-  return f(threads * kEaKeyChunk * d) + f(threads * kEaKeyChunk * group * (cov ? d : 1)) +
+  return f(threads * kEaKeyChunk * d) + f(threads * kEaKeyChunk * (cov ? d : group)) +
          f(threads * group * cache.extents.capacity) + f(rows);
 }
 
@@ -96,7 +98,7 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   std::int64_t const heads = cache.extents.kv_heads, d = cache.extents.head_dim, cap = cache.extents.capacity;
   std::int64_t const group = q_heads / heads, rows = cache.extents.batch * heads;
   int const threads = thread_count(dev, rows);
-  std::int64_t const prod_cols = group * (cov ? d : 1);
+  std::int64_t const prod_cols = cov ? d : group;  // one head's K·Σ̃_j, or every head's K·μ̃
   float* key_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * d));
   float* prod_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * prod_cols));
   float* logit_buf = ws.take<float>(static_cast<std::size_t>(threads * group * cap));
@@ -110,8 +112,7 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
     float* kbuf = key_buf + t * kEaKeyChunk * d;
     float* pbuf = prod_buf + t * kEaKeyChunk * prod_cols;
     float* logits = logit_buf + t * group * cap;  // [group, m]
-    // [μ̃_1 … μ̃_G] as d × G; the Σ̃_j are symmetric, so [G][d][d] row-major memory read column-major
-    // is the d × (G·d) block matrix [Σ̃_1 … Σ̃_G].
+    // [μ̃_1 … μ̃_G] as d × G; each Σ̃_j is symmetric, so its row-major memory read column-major is Σ̃_j.
     Eigen::Map<ColMat const> mu_mat(mu_g, d, group);
     for (std::int64_t i0 = 0; i0 < m; i0 += kEaKeyChunk) {
       std::int64_t const c = std::min(kEaKeyChunk, m - i0);
@@ -119,16 +120,17 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
       Eigen::Map<RowMat const> kc(kbuf, c, d);
       Eigen::Map<RowMat> mean_term(pbuf, c, group);
       if (cov_g) {
-        Eigen::Map<ColMat const> cov_mat(cov_g, d, group * d);
-        Eigen::Map<RowMat> y(pbuf, c, group * d);
-        y.noalias() = kc * cov_mat;
-        for (std::int64_t j = 0; j < group; ++j)
-          for (std::int64_t i = 0; i < c; ++i)
-            logits[j * m + i0 + i] = y.row(i).segment(j * d, d).dot(kc.row(i));
+        // One head at a time: pbuf holds one c × d product.
+        for (std::int64_t j = 0; j < group; ++j) {
+          Eigen::Map<ColMat const> cov_j(cov_g + j * d * d, d, d);
+          Eigen::Map<RowMat> y(pbuf, c, d);
+          blocked_product<false>(y, kc, cov_j);
+          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = y.row(i).dot(kc.row(i));
+        }
         for (std::int64_t j = 0; j < group; ++j)
           for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] += kc.row(i).dot(mu_mat.col(j));
       } else {
-        mean_term.noalias() = kc * mu_mat;
+        blocked_product<false>(mean_term, kc, mu_mat);
         for (std::int64_t j = 0; j < group; ++j)
           for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = mean_term(i, j);
       }
@@ -167,6 +169,8 @@ std::int64_t future_start(Observation<T> const& obs) {
   std::int64_t const q = obs.chunk_tokens();
   KVC_CHECK(q > 0, "observation.chunk_length (or queries) must give the chunk length, got " << q);
   KVC_CHECK(obs.position >= 0, "observation.position must be non-negative, got " << obs.position);
+  KVC_CHECK(obs.position <= std::numeric_limits<std::int64_t>::max() - q,
+            "observation.position = " << obs.position << " plus the chunk length " << q << " overflows 64 bits");
   return obs.position + q;
 }
 
@@ -249,7 +253,7 @@ struct ExpectedAttentionPress {
           std::int64_t const c = std::min(detail::kEaKeyChunk, count - i0);
           auto x = load(i0, c);
           x.rowwise() -= m.transpose();
-          sigma.noalias() += x.transpose() * x;
+          detail::blocked_product<true>(sigma, x.transpose(), x);
         }
         sigma /= static_cast<float>(count);
       }

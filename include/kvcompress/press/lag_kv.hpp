@@ -99,9 +99,10 @@ struct LagKVPress {
         float* o = out + first;
         for (std::int64_t i = 0; i < g; ++i) o[i] = (sigma_k[i] + sigma_v[i]) / 2.0f;
         if (!cross_scoring) {
-          // rank = argsort(argsort(score)); a stable sort ranks ties by position.
+          // rank = argsort(argsort(score)); ties rank by position. (std::sort with the position as
+          // tie-break, not std::stable_sort, which allocates a buffer inside compress.)
           std::iota(order, order + g, 0);
-          std::stable_sort(order, order + g, [o](std::int32_t x, std::int32_t y) { return o[x] < o[y]; });
+          std::sort(order, order + g, [o](std::int32_t x, std::int32_t y) { return o[x] < o[y] || (o[x] == o[y] && x < y); });
           for (std::int64_t j = 0; j < g; ++j) o[order[j]] = static_cast<float>(j) / static_cast<float>(g);
         }
       }

@@ -6,6 +6,8 @@
 
 #include <cfenv>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 
 #include "kvcompress/press/snap_kv.hpp"
 
@@ -23,7 +25,14 @@ struct PyramidKVPress {
     KVC_CHECK(beta >= 1.0, "beta must be >= 1, got " << beta);
     KVC_CHECK(obs.num_layers > 0 && obs.layer_idx >= 0 && obs.layer_idx < obs.num_layers,
               "observation.layer_idx = " << obs.layer_idx << " must be in [0, num_layers = " << obs.num_layers << ")");
-    auto const py_round = [](double x) { return static_cast<std::int64_t>(std::nearbyint(x)); };  // ties to even
+    // Python's round (ties to even), saturating: extreme window_size or beta values must not make
+    // the conversion undefined (a NaN saturates low; keep_topk clamps the budget to [0, n]).
+    auto const py_round = [](double x) {
+      double const r = std::nearbyint(x);
+      if (!(r >= -0x1p63)) return std::numeric_limits<std::int64_t>::min();
+      if (!(r < 0x1p63)) return std::numeric_limits<std::int64_t>::max();
+      return static_cast<std::int64_t>(r);
+    };
     double const nn = static_cast<double>(n), w = static_cast<double>(window_size);
     double const cap = w + nn * (1.0 - compression_ratio);
     double min_num = (cap - w) / beta;

@@ -53,8 +53,13 @@ namespace kvcompress {
 /// (evicting a whole layer on purpose). n=256, r=0.2 → 204; n=23, r=0.4 → 13; n=3, r=0.9 → 1.
 [[nodiscard]] inline std::int64_t kept_count(std::int64_t n, double ratio) noexcept {
   if (ratio >= 1.0) return 0;
-  auto const k = static_cast<std::int64_t>(static_cast<double>(n) * (1.0 - ratio));
-  return k < 1 ? 1 : k;
+  if (!(ratio >= 0.0)) return n;  // negative or NaN (compress rejects both first): nothing to evict
+  // Above 2^53, n itself rounds in double (possibly up, to 2^63 at worst): the exact product
+  // never exceeds n, so neither does the result.
+  double const x = static_cast<double>(n) * (1.0 - ratio);
+  if (x >= 0x1p63) return n;
+  auto const k = static_cast<std::int64_t>(x);
+  return k < 1 ? 1 : std::min(k, n);
 }
 
 /// \brief Throws unless ratio ∈ [0, 1).
@@ -149,6 +154,14 @@ float global_max(KVCacheView<T, L> const& cache, float const* scores) {
   return std::isfinite(m) ? m : 0.0f;
 }
 
+/// The engine updates the lengths in place between calls: a length outside [0, capacity] would
+/// send every press and the compaction past the row.
+template <class T, class L>
+void require_valid_lengths(KVCacheView<T, L> const& cache) {
+  KVC_CHECK(cache.lengths != nullptr, "cache.lengths must not be null");
+  validate_lengths(cache.extents, cache.lengths);
+}
+
 }  // namespace detail
 
 /// \brief Scratch bytes that `compress(dev, press, obs, cache, workspace)` needs.
@@ -187,6 +200,8 @@ struct NothingAfterCompaction {
 template <class T, class L, class KeptFn, class AfterFn = detail::NothingAfterCompaction>
 void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const* scores, KeptFn&& n_kept,
                Workspace& ws, AfterFn&& after = AfterFn{}) {
+  KVC_CHECK(scores != nullptr, "scores must not be null");
+  detail::require_valid_lengths(cache);
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   std::int64_t const cap = cache.extents.capacity;
   std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap));
@@ -249,6 +264,7 @@ template <class Press, class T, class L>
 void score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
            KVCacheView<T, L> const& cache, float* scores, Workspace& ws) {
   KVC_CHECK(scores != nullptr, "scores must not be null");
+  detail::require_valid_lengths(cache);
   press.score(dev, obs, cache, scores, ws);
   detail::require_finite_scores(dev, obs, cache, scores);
 }

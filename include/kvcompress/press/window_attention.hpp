@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/scorer.hpp"
 
@@ -102,7 +103,7 @@ void window_attention_mean(CpuDevice const& dev, Observation<T> const& obs, KVCa
     Eigen::Map<RowMat const> keys(kbuf, n, d);
     Eigen::Map<RowMat const> qs(qbuf, group * window, d);
     Eigen::Map<RowMat> logits(lbuf, group * window, n);
-    logits.noalias() = qs * keys.transpose();
+    blocked_product<false>(logits, qs, keys.transpose());
     for (std::int64_t j = 0; j < group; ++j) {
       float* p = probs + j * cap;
       std::fill(p, p + m, 0.0f);

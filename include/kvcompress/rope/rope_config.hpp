@@ -2,6 +2,7 @@
 /// \file
 /// \brief `RopeConfig`: the rotary-embedding parameters of HF transformers' `rope_parameters`.
 
+#include <cmath>
 #include <cstdint>
 
 #include "kvcompress/core/error.hpp"
@@ -34,7 +35,8 @@ struct RopeConfig {
 inline void validate(RopeConfig const& c) {
   KVC_CHECK(c.head_dim > 0 && c.head_dim % 2 == 0,
             "rope head_dim must be positive and even (RoPE rotates pairs of channels), got " << c.head_dim);
-  KVC_CHECK(c.theta > 0.0, "rope theta must be positive, got " << c.theta);
+  KVC_CHECK(c.theta > 0.0 && std::isfinite(c.theta), "rope theta must be positive and finite, got " << c.theta);
+  KVC_CHECK(std::isfinite(c.factor), "rope factor must be finite, got " << c.factor);
   KVC_CHECK(c.max_position_embeddings > 0, "rope max_position_embeddings must be positive, got "
                                                << c.max_position_embeddings);
   if (c.type != RopeType::kDefault)
@@ -42,7 +44,7 @@ inline void validate(RopeConfig const& c) {
   if (c.type == RopeType::kLlama3) {
     KVC_CHECK(c.original_max_position_embeddings > 0,
               "rope original_max_position_embeddings must be given for llama3, got " << c.original_max_position_embeddings);
-    KVC_CHECK(c.low_freq_factor > 0.0 && c.high_freq_factor > c.low_freq_factor,
+    KVC_CHECK(c.low_freq_factor > 0.0 && c.high_freq_factor > c.low_freq_factor && std::isfinite(c.high_freq_factor),
               "llama3 rope needs 0 < low_freq_factor < high_freq_factor, got low_freq_factor = "
                   << c.low_freq_factor << ", high_freq_factor = " << c.high_freq_factor);
   }
@@ -51,7 +53,13 @@ inline void validate(RopeConfig const& c) {
               "rope original_max_position_embeddings must be given for yarn, got " << c.original_max_position_embeddings);
     KVC_CHECK(c.beta_fast > 0.0 && c.beta_slow > 0.0, "yarn beta_fast and beta_slow must be positive, got beta_fast = "
                                                           << c.beta_fast << ", beta_slow = " << c.beta_slow);
-    KVC_CHECK(c.attention_factor >= 0.0, "yarn attention_factor must be non-negative, got " << c.attention_factor);
+    KVC_CHECK(c.attention_factor >= 0.0 && std::isfinite(c.attention_factor),
+              "yarn attention_factor must be non-negative and finite, got " << c.attention_factor);
+    KVC_CHECK(std::isfinite(c.beta_fast) && std::isfinite(c.beta_slow),
+              "yarn beta_fast and beta_slow must be finite, got beta_fast = " << c.beta_fast << ", beta_slow = " << c.beta_slow);
+    KVC_CHECK(std::isfinite(c.mscale) && std::isfinite(c.mscale_all_dim),
+              "yarn mscale and mscale_all_dim must be finite, got mscale = " << c.mscale << ", mscale_all_dim = "
+                                                                            << c.mscale_all_dim);
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "kvcompress/core/dtype.hpp"
@@ -104,20 +105,23 @@ class RotaryEmbedding {
   void averaged_rotation(std::int64_t start, std::int64_t count, float* cos_mean, float* sin_mean) const {
     KVC_CHECK(count > 0, "averaged_rotation count must be positive, got " << count);
     KVC_CHECK(start >= 0, "averaged_rotation start must be non-negative, got " << start);
-    int const d = config_.head_dim, hd = d / 2;
-    std::vector<float> inv(static_cast<std::size_t>(hd)), c(static_cast<std::size_t>(d)), s(c.size());
-    std::vector<double> cs(static_cast<std::size_t>(hd), 0.0), ss(cs.size(), 0.0);
-    inv_freq_for(start + count, inv.data());
-    for (std::int64_t p = start; p < start + count; ++p) {
-      cos_sin_from(inv.data(), p, attention_scaling_, c.data(), s.data());
-      for (int i = 0; i < hd; ++i) {
-        cs[static_cast<std::size_t>(i)] += c[static_cast<std::size_t>(i)];
-        ss[static_cast<std::size_t>(i)] += s[static_cast<std::size_t>(i)];
-      }
-    }
+    KVC_CHECK(count <= std::numeric_limits<std::int64_t>::max() - start,
+              "averaged_rotation start + count overflows 64 bits: start = " << start << ", count = " << count);
+    int const hd = config_.head_dim / 2;
+    // Allocation-free (it runs inside compress): the inverse frequencies wait in the upper half of
+    // cos_mean, and frequency i's entries are read before they are overwritten.
+    float* inv = cos_mean + hd;
+    inv_freq_for(start + count, inv);
     for (int i = 0; i < hd; ++i) {
-      cos_mean[i] = cos_mean[i + hd] = static_cast<float>(cs[static_cast<std::size_t>(i)] / static_cast<double>(count));
-      sin_mean[i] = sin_mean[i + hd] = static_cast<float>(ss[static_cast<std::size_t>(i)] / static_cast<double>(count));
+      float const f = inv[i];
+      double cs = 0.0, ss = 0.0;
+      for (std::int64_t p = start; p < start + count; ++p) {
+        float const angle = f * static_cast<float>(p);
+        cs += static_cast<float>(std::cos(angle)) * attention_scaling_;
+        ss += static_cast<float>(std::sin(angle)) * attention_scaling_;
+      }
+      cos_mean[i] = cos_mean[i + hd] = static_cast<float>(cs / static_cast<double>(count));
+      sin_mean[i] = sin_mean[i + hd] = static_cast<float>(ss / static_cast<double>(count));
     }
   }
 

@@ -1,0 +1,38 @@
+// The translation unit clang-tidy checks (tools/tidy/run.sh): the umbrella header, and every entry
+// point instantiated for each press and storage type, so that template bodies are analysed too.
+#include "kvcompress/kvcompress.hpp"
+
+namespace kvcompress {
+
+#define KVC_TIDY_PRESS(Press, T)                                                                               \
+  template void compress<Press, T, StridedLayout>(CpuDevice const&, Press const&, Observation<T> const&,       \
+                                                  KVCacheView<T, StridedLayout> const&, Workspace);            \
+  template std::vector<float> score<Press, T, StridedLayout>(CpuDevice const&, Press const&, Observation<T> const&, \
+                                                             KVCacheView<T, StridedLayout> const&);
+
+#define KVC_TIDY_ALL_PRESSES(T)                        \
+  KVC_TIDY_PRESS(ExpectedAttentionPress, T)            \
+  KVC_TIDY_PRESS(ExpectedAttentionStatsPress, T)       \
+  KVC_TIDY_PRESS(KnormPress, T)                        \
+  KVC_TIDY_PRESS(StreamingLLMPress, T)                 \
+  KVC_TIDY_PRESS(RandomPress, T)                       \
+  KVC_TIDY_PRESS(KeyDiffPress, T)                      \
+  KVC_TIDY_PRESS(LagKVPress, T)                        \
+  KVC_TIDY_PRESS(QFilterPress, T)                      \
+  KVC_TIDY_PRESS(SnapKVPress, T)                       \
+  KVC_TIDY_PRESS(PyramidKVPress, T)                    \
+  KVC_TIDY_PRESS(TOVAPress, T)                         \
+  KVC_TIDY_PRESS(ObservedAttentionPress, T)
+
+KVC_TIDY_ALL_PRESSES(float)
+KVC_TIDY_ALL_PRESSES(half)
+KVC_TIDY_ALL_PRESSES(bfloat16)
+
+template KVCacheView<float, StridedLayout> make_cache_view<float>(float*, float*, CacheExtents const&,
+                                                                  StridedLayout const&, std::int32_t*, std::int32_t*);
+template Tensor4<float> make_tensor4<float>(float const*, std::array<std::int64_t, 4>);
+template void RotaryEmbedding::apply<float>(float*, std::int64_t, std::int64_t) const;
+template void RotaryEmbedding::unapply<half>(half*, std::int64_t, std::int64_t) const;
+template void RotaryEmbedding::rerotate<bfloat16>(bfloat16*, std::int64_t) const;
+
+}  // namespace kvcompress
