@@ -27,7 +27,7 @@ struct SeqShiftedLayout {
 /// \param lengths [batch, kv_heads] the window's live lengths, each ≤ capacity
 template <class T, class L>
 [[nodiscard]] KVCacheView<T, SeqShiftedLayout<L>> seq_window(KVCacheView<T, L> const& cache, std::int64_t start,
-                                                              std::int64_t capacity, std::int32_t* lengths) {
+                                                             std::int64_t capacity, std::int32_t* lengths) {
   CacheExtents e = cache.extents;
   e.capacity = capacity;
   return {cache.keys, cache.values, e, {cache.key_layout, start}, {cache.value_layout, start}, lengths, nullptr};
@@ -36,13 +36,17 @@ template <class T, class L>
 /// A strided layout stays strided (and keeps the presses' contiguous fast paths): the window starts
 /// `start` sequence strides further.
 template <class T>
-[[nodiscard]] KVCacheView<T, StridedLayout> seq_window(KVCacheView<T, StridedLayout> const& cache,
-                                                       std::int64_t start, std::int64_t capacity,
-                                                       std::int32_t* lengths) {
+[[nodiscard]] KVCacheView<T, StridedLayout> seq_window(KVCacheView<T, StridedLayout> const& cache, std::int64_t start,
+                                                       std::int64_t capacity, std::int32_t* lengths) {
   CacheExtents e = cache.extents;
   e.capacity = capacity;
-  return {cache.keys + cache.key_layout.offset(0, 0, start, 0), cache.values + cache.value_layout.offset(0, 0, start, 0),
-          e, cache.key_layout, cache.value_layout, lengths, nullptr};
+  return {cache.keys + cache.key_layout.offset(0, 0, start, 0),
+          cache.values + cache.value_layout.offset(0, 0, start, 0),
+          e,
+          cache.key_layout,
+          cache.value_layout,
+          lengths,
+          nullptr};
 }
 
 }  // namespace kvcompress::detail

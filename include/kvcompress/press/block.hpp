@@ -57,8 +57,8 @@ struct BlockPress {
     }
     for (std::int64_t r = 0; r < rows; ++r) {
       end[r] = cache.lengths[r];
-      budget[r] = next[r] = static_cast<std::int32_t>(
-          std::clamp<std::int64_t>(detail::press_kept_count(press, end[r], obs), 0, end[r]));
+      budget[r] = next[r] =
+          static_cast<std::int32_t>(std::clamp<std::int64_t>(detail::press_kept_count(press, end[r], obs), 0, end[r]));
     }
     std::int64_t const d = cache.extents.head_dim;
     for (;;) {
@@ -81,7 +81,8 @@ struct BlockPress {
       if (!more) return;
       Workspace inner_ws(inner_buf, inner_size), keep_ws(keep_buf, keep_size);
       kvcompress::score(dev, press, inner, cache, scores, inner_ws);
-      keep_topk(dev, cache, scores, [budget](std::int64_t r, std::int64_t) { return budget[r]; }, keep_ws);
+      keep_topk(
+          dev, cache, scores, [budget](std::int64_t r, std::int64_t) { return budget[r]; }, keep_ws);
     }
   }
 
@@ -89,7 +90,8 @@ struct BlockPress {
   template <class T, class L>
   [[nodiscard]] static std::size_t keep_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache) {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    return Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cache.extents.capacity));
+    return Workspace::bytes_for<std::int32_t>(
+        static_cast<std::size_t>(detail::thread_count(dev, rows) * cache.extents.capacity));
   }
 
   template <class T>

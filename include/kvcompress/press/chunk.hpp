@@ -57,7 +57,7 @@ struct ChunkPress {
     KVC_CHECK(chunk_length > 0, "chunk_length must be positive, got " << chunk_length);
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const c = window_capacity(cache);
-    float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));      // [rows, cap]
+    float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));       // [rows, cap]
     float* window_scores = ws.take<float>(static_cast<std::size_t>(rows * c));  // [rows, c]
     std::int32_t* window_lengths = ws.take<std::int32_t>(static_cast<std::size_t>(rows));
     std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap));
