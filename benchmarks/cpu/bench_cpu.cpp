@@ -3,6 +3,8 @@
 // FLOP/s over the arithmetic of its definition (formulas beside each benchmark).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -156,6 +158,37 @@ void BM_SelectCompact(benchmark::State& state) {
   set_rates(state, double(scores.size()) * 4 + l.kv_bytes(), 0.0);
 }
 
+// The same selection and compaction through a paged view: page size 16, the pages of the pool
+// (the same K and V buffers) shuffled by the block table, as in an engine after many requests.
+void BM_SelectCompactPaged(benchmark::State& state, kvc::PageTable kind) {
+  Layer& l = layer(state.range(0));
+  std::int64_t const page = 16, per_row = l.n / page;
+  std::vector<std::int32_t> table(static_cast<std::size_t>((kind == kvc::PageTable::kPerHead ? kKvHeads : 1) * per_row));
+  std::iota(table.begin(), table.end(), 0);
+  std::shuffle(table.begin(), table.end(), std::mt19937(3));
+  auto const layout = kvc::make_paged_layout(
+      l.extents, kvc::PagedConfig{kind, kvc::PageOrder::kNHD, page, static_cast<std::int64_t>(table.size()), table.data(), per_row});
+  std::vector<float> scores(static_cast<std::size_t>(kKvHeads * l.n));
+  std::mt19937 gen(1);
+  std::uniform_real_distribution<float> u;
+  for (float& s : scores) s = u(gen);
+  std::vector<std::byte> scratch(kvc::Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(2 * l.n)));
+  std::vector<std::int32_t> freed(table.size());
+  std::int64_t n_freed = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    l.restore();
+    std::vector<std::int32_t> const before = l.lengths;
+    auto const view = kvc::make_cache_view(l.keys.data(), l.values.data(), l.extents, layout, layout, l.lengths.data());
+    state.ResumeTiming();
+    kvc::Workspace ws(scratch.data(), scratch.size());
+    kvc::keep_topk(kDevice, view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
+    n_freed = kvc::released_pages(view, before.data(), freed.data(), static_cast<std::int64_t>(freed.size()));
+  }
+  set_rates(state, double(scores.size()) * 4 + l.kv_bytes(), 0.0);
+  state.counters["pages_freed"] = static_cast<double>(n_freed);
+}
+
 // The whole compress step: Expected Attention with covariance at 50 %, selection and compaction.
 void BM_ExpectedAttentionCompress(benchmark::State& state) {
   Layer& l = layer(state.range(0));
@@ -185,5 +218,7 @@ BENCHMARK(BM_ExpectedAttentionScore_NoCov)->Apply(sizes);
 BENCHMARK(BM_SnapKVScore)->Apply(sizes);
 BENCHMARK(BM_KnormScore)->Apply(sizes);
 BENCHMARK(BM_SelectCompact)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_sequence, kvc::PageTable::kPerSequence)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_head, kvc::PageTable::kPerHead)->Apply(sizes);
 BENCHMARK(BM_ExpectedAttentionCompress)->Apply(sizes);
 BENCHMARK_MAIN();

@@ -266,7 +266,7 @@ std::vector<std::int32_t> const kLens{61, 40, 23, 52, 37, 58};
 
 // ---- StreamingLLM ------------------------------------------------------------------------------------
 
-TEST_CASE("StreamingLLM scores: 1 everywhere, 0 on [n_sink, n_sink + n_pruned)", "[press]") {
+TEST_CASE("StreamingLLM scores: 1 everywhere, 0 from n_sink to n_sink + n_pruned", "[press]") {
   Logical const c(2, 3, 61, 8, kLens, 1);
   for (double ratio : {0.1, 0.37, 0.5, 0.9, 0.99})
     for (std::int64_t sink : {0, 4, 7}) {
@@ -294,7 +294,7 @@ TEST_CASE("StreamingLLM keeps exactly the sinks and the last n_kept - n_sink ent
   }
 }
 
-TEST_CASE("StreamingLLM with n_kept below n_sink keeps sinks only; n_sink = 0 keeps the newest", "[press]") {
+TEST_CASE("StreamingLLM with n_kept below n_sink keeps sinks only, n_sink = 0 keeps the newest", "[press]") {
   Logical const c(1, 1, 20, 4, {20}, 3);
   auto const kept = check_topk_invariant(StreamingLLMPress{0.85, 4}, c);  // n_kept = int(3.0000000000000004) = 3
   CHECK(kept[0] == std::vector<std::int32_t>{0, 1, 2});
@@ -326,7 +326,7 @@ TEST_CASE("RandomPress streams are SplitMix64 (reference vector)", "[press]") {
   CHECK(detail::splitmix64_at(1234567u, 2) == 9817491932198370423ull);
 }
 
-TEST_CASE("RandomPress: uniform on [0, 1), reproducible with a seed, thread- and capacity-independent", "[press]") {
+TEST_CASE("RandomPress: uniform on 0 to 1, reproducible with a seed, thread- and capacity-independent", "[press]") {
   Logical const c(2, 3, 61, 4, kLens, 5);
   StridedCache<float> cache(c);
   RandomPress const seeded{0.5, 42u};
@@ -413,7 +413,7 @@ TEST_CASE("KeyDiff and every entry point reject non-finite keys", "[press]") {
 
 // ---- Q-Filter ----------------------------------------------------------------------------------------
 
-TEST_CASE("QFilter scores: -<filter[layer, h], k>", "[press]") {
+TEST_CASE("QFilter scores: minus the dot product of the layer and head filter with k", "[press]") {
   Logical const c(2, 3, 61, 8, kLens, 11);
   auto const filters = random_filters(4, 3, 8, 12);
   for (int layer : {0, 2, 3}) {
@@ -497,7 +497,7 @@ TEST_CASE("LagKV partitions: rank and cross scoring against a double re-derivati
   check_scores(big, got, [&](std::int64_t r) { return ref_lagkv(big, r, 4, 128, false); });
 }
 
-TEST_CASE("LagKV: a constant reference channel gives x-hat = 0, never NaN; ties rank by position", "[press]") {
+TEST_CASE("LagKV: a constant reference channel gives x-hat = 0, never NaN, and ties rank by position", "[press]") {
   Logical c(1, 2, 28, 6, {28, 28}, 18);
   for (std::int64_t i = 0; i < 28; ++i) {
     c.k[c.idx(0, i, 2)] = 0.5f;  // one dead key channel in row 0

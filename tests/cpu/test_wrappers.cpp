@@ -603,6 +603,7 @@ struct ReversedSeqLayout {
   [[nodiscard]] std::int64_t offset(std::int64_t b, std::int64_t h, std::int64_t s, std::int64_t d) const noexcept {
     return base.offset(b, h, capacity - 1 - s, d);
   }
+  [[nodiscard]] bool unit_dim_stride() const noexcept { return base.unit_dim_stride(); }
 };
 
 }  // namespace
@@ -687,6 +688,43 @@ TEST_CASE("Chunk and ChunkKV over a non-strided layout keep what they keep over 
   run(ChunkPress{KnormPress{0.5}, 10});
   run(ChunkKVPress{KnormPress{0.5}, 10});
   run(BlockPress{KnormPress{0.5}, 10});
+}
+
+TEST_CASE("Every wrapper over paged views keeps what it keeps over the strided one", "[wrappers][paged]") {
+  Inputs const in;
+  for (PageTable table : {PageTable::kPerSequence, PageTable::kPerHead}) {
+    for_each_wrapper(0.5, [&](char const* name, auto const& press) {
+      CAPTURE(name, int(table));
+      Cache strided(2, 2, 44, 8, kLens, 79);
+      Cache const before = strided;
+      // Every table entry gets its own page of a shuffled pool.
+      std::int64_t const page = 4, per_row = 11, table_rows = table == PageTable::kPerHead ? 4 : 2;
+      std::vector<std::int32_t> block_table(at(table_rows * per_row));
+      std::iota(block_table.begin(), block_table.end(), 0);
+      std::reverse(block_table.begin(), block_table.end());
+      PagedLayout const layout = make_paged_layout(
+          before.extents, PagedConfig{table, PageOrder::kNHD, page, table_rows * per_row, block_table.data(), per_row});
+      std::vector<float> k(at(table_rows * per_row * layout.page_stride)), v(k.size());
+      for (std::int64_t r = 0; r < 4; ++r)
+        for (std::int64_t slot = 0; slot < 44; ++slot)
+          for (std::int64_t e = 0; e < 8; ++e) {
+            k[at(layout.offset(r / 2, r % 2, slot, e))] = before.key(r, slot, e);
+            v[at(layout.offset(r / 2, r % 2, slot, e))] = before.value(r, slot, e);
+          }
+      auto lengths = before.lengths, positions = before.positions;
+      compress(cpu, press, in.obs,
+               make_cache_view(k.data(), v.data(), before.extents, layout, layout, lengths.data(), positions.data()));
+      compress(cpu, press, in.obs, strided.view());
+      REQUIRE(lengths == strided.lengths);
+      CHECK(positions == strided.positions);
+      for (std::int64_t r = 0; r < 4; ++r)
+        for (std::int32_t j = 0; j < lengths[at(r)]; ++j)
+          for (std::int64_t e = 0; e < 8; ++e) {
+            REQUIRE(k[at(layout.offset(r / 2, r % 2, j, e))] == strided.key(r, j, e));
+            REQUIRE(v[at(layout.offset(r / 2, r % 2, j, e))] == strided.value(r, j, e));
+          }
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------

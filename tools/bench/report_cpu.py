@@ -28,7 +28,9 @@ def main():
     theirs = {r["tokens"]: r for r in json.load(open(a.kvpress))["results"]}
     bench = {}
     for b in ours["benchmarks"]:
-        name, tokens = b["name"].split("/")[0], int(b["tokens"])
+        # "BM_X/variant/4096/min_time:0.500/real_time" -> "BM_X/variant"
+        parts = [p for p in b["name"].split("/") if not p.isdigit() and ":" not in p and p != "real_time"]
+        name, tokens = "/".join(parts), int(b["tokens"])
         bench[(name, tokens)] = b
     ctx = ours["context"]
     lines = [

@@ -17,5 +17,6 @@ fi
 
 cd "${root}"
 "${venv}/bin/python" "${here}/generate.py" --out tests/golden "$@"
+"${venv}/bin/python" "${here}/generate_dms.py" --out tests/golden/dms "$@"
 "${venv}/bin/python" "${here}/check.py" tests/golden > /dev/null
 echo "fixtures checked: $(du -sh --apparent-size tests/golden | cut -f1) in tests/golden"

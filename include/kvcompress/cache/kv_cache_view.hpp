@@ -4,8 +4,10 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "kvcompress/cache/extents.hpp"
+#include "kvcompress/cache/paged_layout.hpp"
 #include "kvcompress/cache/strided_layout.hpp"
 #include "kvcompress/core/config.hpp"
 #include "kvcompress/core/dtype.hpp"
@@ -78,6 +80,11 @@ template <class T, class Layout>
   if constexpr (std::is_same_v<Layout, StridedLayout>) {
     detail::checked_span(extents, key_layout, "key_layout");
     detail::checked_span(extents, value_layout, "value_layout");
+  } else if constexpr (std::is_same_v<Layout, PagedLayout>) {
+    auto const length = [&](std::int64_t b, std::int64_t h) { return lengths[b * extents.kv_heads + h]; };
+    detail::check_live_pages(extents, key_layout, length, "key_layout");
+    if (value_layout.block_table != key_layout.block_table)
+      detail::check_live_pages(extents, value_layout, length, "value_layout");
   }
   return KVCacheView<T, Layout>{keys, values, extents, key_layout, value_layout, lengths, positions};
 }

@@ -22,18 +22,11 @@ struct StridedLayout {
                                                     std::int64_t d) const noexcept {
     return b * strides[0] + h * strides[1] + s * strides[2] + d * strides[3];
   }
+  /// Whether each entry's head_dim channels are contiguous (lets gathers vectorise).
+  [[nodiscard]] KVC_HOST_DEVICE bool unit_dim_stride() const noexcept { return strides[3] == 1; }
 };
 
 namespace detail {
-
-inline char const* axis_name(int axis) noexcept {
-  constexpr char const* names[] = {"batch", "kv_heads", "seq", "head_dim"};
-  return names[axis];
-}
-
-inline std::array<std::int64_t, 4> extents_array(CacheExtents const& e) noexcept {
-  return {e.batch, e.kv_heads, e.capacity, e.head_dim};
-}
 
 /// Largest element offset + 1, or throws when it does not fit in 63 bits.
 inline std::int64_t checked_span(CacheExtents const& e, StridedLayout const& l, char const* what) {
@@ -52,20 +45,6 @@ inline std::int64_t checked_span(CacheExtents const& e, StridedLayout const& l, 
 
 }  // namespace detail
 
-/// \brief Validates extents: every axis positive, the element count representable in 64 bits.
-inline void validate_extents(CacheExtents const& e) {
-  auto const ext = detail::extents_array(e);
-  std::int64_t count = 1;
-  for (int a = 0; a < 4; ++a) {
-    KVC_CHECK(ext[a] > 0, "extents." << detail::axis_name(a) << " must be positive, got " << ext[a]);
-    KVC_CHECK(count <= std::numeric_limits<std::int64_t>::max() / ext[a],
-              "extents: batch·kv_heads·capacity·head_dim overflows 64 bits at "
-                  << detail::axis_name(a) << " = " << ext[a]);
-    count *= ext[a];
-  }
-  KVC_CHECK(e.capacity <= std::numeric_limits<std::int32_t>::max(),
-            "extents.seq (capacity) must fit in int32, got " << e.capacity);
-}
 
 /// \brief A layout from explicit element strides, indexed [batch, head, seq, dim].
 /// Strides must be positive and must nest (sorted by stride, each axis starts past the span of the

@@ -4,10 +4,8 @@
 /// dense row-major matrices whatever the engine's layout and storage type.
 
 #include <cstdint>
-#include <type_traits>
 
 #include "kvcompress/cache/kv_cache_view.hpp"
-#include "kvcompress/cache/strided_layout.hpp"
 #include "kvcompress/core/dtype.hpp"
 
 namespace kvcompress::detail {
@@ -17,20 +15,38 @@ template <class T, class L>
 void gather_keys(KVCacheView<T, L> const& cache, std::int64_t b, std::int64_t h, std::int64_t first,
                  std::int64_t count, float* out) {
   std::int64_t const d = cache.extents.head_dim;
+  // A unit head_dim stride (every common engine layout, strided or paged) makes each key a
+  // contiguous run: the copy-and-convert below then vectorises, where the general index arithmetic
+  // does not.
+  if (cache.key_layout.unit_dim_stride()) {
+    for (std::int64_t i = 0; i < count; ++i) {
+      T const* k = &cache.key(b, h, first + i, 0);  // [head_dim], contiguous
+      float* o = out + i * d;
+      for (std::int64_t c = 0; c < d; ++c) o[c] = to_float(k[c]);
+    }
+    return;
+  }
+  for (std::int64_t i = 0; i < count; ++i)
+    for (std::int64_t c = 0; c < d; ++c) out[i * d + c] = to_float(cache.key(b, h, first + i, c));
+}
+
+/// out[i, c] = value(b, h, first + i, c) as float. \param out [count, head_dim] row-major
+template <class T, class L>
+void gather_values(KVCacheView<T, L> const& cache, std::int64_t b, std::int64_t h, std::int64_t first,
+                   std::int64_t count, float* out) {
+  std::int64_t const d = cache.extents.head_dim;
   if constexpr (std::is_same_v<L, StridedLayout>) {
-    // A unit head_dim stride (every common engine layout) makes each key a contiguous run: the
-    // copy-and-convert below then vectorises, where the general index arithmetic does not.
-    if (cache.key_layout.strides[3] == 1) {
+    if (cache.value_layout.strides[3] == 1) {  // contiguous values: a vectorisable copy, as for keys
       for (std::int64_t i = 0; i < count; ++i) {
-        T const* k = &cache.key(b, h, first + i, 0);  // [head_dim], contiguous
+        T const* v = &cache.value(b, h, first + i, 0);  // [head_dim], contiguous
         float* o = out + i * d;
-        for (std::int64_t c = 0; c < d; ++c) o[c] = to_float(k[c]);
+        for (std::int64_t c = 0; c < d; ++c) o[c] = to_float(v[c]);
       }
       return;
     }
   }
   for (std::int64_t i = 0; i < count; ++i)
-    for (std::int64_t c = 0; c < d; ++c) out[i * d + c] = to_float(cache.key(b, h, first + i, c));
+    for (std::int64_t c = 0; c < d; ++c) out[i * d + c] = to_float(cache.value(b, h, first + i, c));
 }
 
 }  // namespace kvcompress::detail

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "kvcompress/detail/finite.hpp"
+#include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/adakv.hpp"
 #include "kvcompress/press/scorer.hpp"
 
@@ -79,8 +80,7 @@ void value_projection_norms(CpuDevice const& dev, Observation<T> const& obs, KVC
         for (std::int64_t c = 0; c < d; ++c) w_j[e * d + c] = to_float(w(e, j * d + c));
       for (std::int64_t i0 = 0; i0 < n; i0 += kValueTile) {
         std::int64_t const count = std::min(kValueTile, n - i0);
-        for (std::int64_t i = 0; i < count; ++i)
-          for (std::int64_t c = 0; c < d; ++c) v[i * d + c] = to_float(cache.value(b, h, i0 + i, c));
+        gather_values(cache, b, h, i0, count, v);
         Eigen::Map<RowMat> proj(y, count, hidden);
         proj.noalias() = Eigen::Map<RowMat const>(v, count, d) * Eigen::Map<RowMat const>(w_j, hidden, d).transpose();
         for (std::int64_t i = 0; i < count; ++i) out[i0 + i] += proj.row(i).template lpNorm<1>();

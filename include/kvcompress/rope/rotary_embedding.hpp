@@ -62,6 +62,19 @@ class RotaryEmbedding {
     rotate(x, c.data(), s.data());
   }
 
+  /// \brief `apply` without allocating, for hot paths that own scratch memory.
+  /// \param x [head_dim] \param scratch [head_dim / 2 + 2 · head_dim] floats
+  template <class T>
+  void apply(T* x, std::int64_t position, std::int64_t seq_len, float* scratch) const {
+    int const d = config_.head_dim;
+    float* inv = scratch;     // [d / 2]
+    float* c = inv + d / 2;   // [d]
+    float* s = c + d;         // [d]
+    inv_freq_for(seq_len, inv);
+    cos_sin_from(inv, position, attention_scaling_, c, s);
+    rotate(x, c, s);
+  }
+
   /// \brief Inverse of `apply`: x ← R_{−p} x / a. \param x [head_dim]
   template <class T>
   void unapply(T* x, std::int64_t position, std::int64_t seq_len) const {

@@ -1,0 +1,165 @@
+"""Trains the small Llama-architecture model that kvcompress ships for its evaluation.
+
+    python tools/train/train.py --out models/kvc-recall --minutes 40 --seed 0
+
+Writes an HF checkpoint folder (config.json, model.safetensors), the vocabulary (vocab.json), the
+evaluation sets (tasks.jsonl: prompts and answers of every task at several context lengths, drawn from
+a seed the training never uses; heldout_text.jsonl: plain text for the KL divergence), and
+training.json (the command, the seed, the recipe, the curriculum reached and the accuracy measured on
+the evaluation set with the full cache).
+
+Recipe: a curriculum over context lengths (128 → 2,048 tokens, each stage until single-needle accuracy
+on a probe batch passes a threshold or its share of the time is spent), every batch a mix of the four
+tasks (80 %) and plain text (20 %), next-token loss on every token with the answer tokens weighted ×4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tasks as T  # noqa: E402
+
+STAGES = [128, 256, 512, 1024, 2048]
+EVAL_LENGTHS = [512, 1024, 2048]
+TRAIN_SEED_OFFSET, EVAL_SEED_OFFSET = 1000, 2000
+
+
+def model_config(vocab_size: int, args) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=args.hidden * 8 // 3 // 16 * 16,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads, max_position_embeddings=4096, rope_theta=10000.0,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        attention_bias=False, mlp_bias=False, torch_dtype="float32")
+
+
+def batch(gen: T.Generator, length: int, size: int, text_share: float = 0.2):
+    """Token ids [size, length] and per-token loss weights [size, length - 1]."""
+    ids, weights = [], []
+    for _ in range(size):
+        if gen.rng.random() < text_share:
+            toks, w = gen.text(length), [1.0] * (length - 1)
+        else:
+            ex = gen.example(gen.rng.choice(T.TASKS), length)
+            toks = ex.tokens
+            w = [1.0] * (length - 1)
+            for i in range(len(ex.answer)):
+                w[ex.answer_start - 1 + i] = 4.0  # predicting tokens[answer_start + i]
+        ids.append(toks)
+        weights.append(w)
+    return torch.tensor(ids), torch.tensor(weights)
+
+
+@torch.no_grad()
+def answer_accuracy(model, examples: list[T.Example]) -> float:
+    """Greedy decoding of the answer after the prompt; exact match of every answer token."""
+    model.eval()
+    right = 0
+    for ex in examples:
+        ids = torch.tensor([ex.tokens[:ex.answer_start]])
+        out = model.generate(ids, max_new_tokens=len(ex.answer), do_sample=False, pad_token_id=0)
+        right += int(out[0, ex.answer_start:].tolist() == ex.answer)
+    model.train()
+    return right / len(examples)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--minutes", type=float, default=40.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--tokens-per-step", type=int, default=8192)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threshold", type=float, default=0.9, help="probe accuracy that ends a stage early")
+    p.add_argument("--eval-per-task", type=int, default=50)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    words = T.corpus_words()
+    vocab = T.build_vocab(words)
+    train_gen = T.Generator(vocab, words, args.seed + TRAIN_SEED_OFFSET)
+    probe_gen = T.Generator(vocab, words, args.seed + TRAIN_SEED_OFFSET + 1)
+    model = LlamaForCausalLM(model_config(len(vocab), args)).to(args.device)
+    n_params = sum(t.numel() for t in model.parameters())
+    print(f"vocab {len(vocab)}, parameters {n_params / 1e6:.2f} M, device {args.device}", flush=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+
+    deadline = time.time() + args.minutes * 60
+    start, step, log = time.time(), 0, []
+    stage_budget = [0.1, 0.15, 0.2, 0.25, 0.3]  # shares of the time, longest contexts last
+    for stage, length in enumerate(STAGES):
+        stage_end = min(deadline, time.time() + stage_budget[stage] * args.minutes * 60) \
+            if stage < len(STAGES) - 1 else deadline
+        size = max(1, args.tokens_per_step // length)
+        probe = [probe_gen.example("niah_single", length) for _ in range(16)]
+        while time.time() < stage_end:
+            ids, w = batch(train_gen, length, size)
+            ids, w = ids.to(args.device), w.to(args.device)
+            logits = model(ids).logits[:, :-1].float()
+            loss_tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                                         reduction="none")
+            loss = (loss_tok * w.reshape(-1)).sum() / w.sum()
+            lr = args.lr * min(1.0, (step + 1) / 100)  # warm-up, then constant until the final cool-down
+            remaining = (deadline - time.time()) / (args.minutes * 60)
+            if remaining < 0.1:
+                lr *= max(0.05, remaining / 0.1)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            if step % 50 == 0:
+                acc = answer_accuracy(model, probe)
+                entry = {"step": step, "minutes": round((time.time() - start) / 60, 2), "length": length,
+                         "loss": round(loss.item(), 4), "probe_niah_single": acc}
+                log.append(entry)
+                print(json.dumps(entry), flush=True)
+                if acc >= args.threshold and stage < len(STAGES) - 1:
+                    break
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.to("cpu").save_pretrained(args.out, safe_serialization=True)
+    vocab.save(args.out / "vocab.json")
+    eval_gen = T.Generator(vocab, words, args.seed + EVAL_SEED_OFFSET)
+    accuracy = {}
+    with open(args.out / "tasks.jsonl", "w") as f:
+        for length in EVAL_LENGTHS:
+            for task in T.TASKS:
+                exs = [eval_gen.example(task, length) for _ in range(args.eval_per_task)]
+                for ex in exs:
+                    f.write(json.dumps({"length": length, **ex.to_json()}) + "\n")
+                accuracy[f"{task}@{length}"] = answer_accuracy(model, exs)
+                print(f"full cache {task}@{length}: {accuracy[f'{task}@{length}']:.2f}", flush=True)
+    with open(args.out / "heldout_text.jsonl", "w") as f:
+        for _ in range(8):
+            f.write(json.dumps({"tokens": eval_gen.text(1024)}) + "\n")
+    (args.out / "training.json").write_text(json.dumps({
+        "command": "python tools/train/train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "seed": args.seed, "parameters": n_params, "vocab": len(vocab), "steps": step,
+        "minutes": round((time.time() - start) / 60, 1), "device": args.device,
+        "torch_threads": torch.get_num_threads(), "recipe": __doc__.strip().split("\n\n", 2)[2],
+        "curriculum_log": log, "full_cache_accuracy": accuracy}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
