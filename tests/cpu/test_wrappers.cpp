@@ -338,7 +338,7 @@ TEST_CASE("CriticalAdaKV: AdaKV's per-head budgets, stage 1 on the inner score, 
 // Chunk, ChunkKV, Block
 // ---------------------------------------------------------------------------------------------------
 
-TEST_CASE("Chunk: n = 256, r = 0.5 keeps 128 for every chunk length; each chunk keeps its own top",
+TEST_CASE("Chunk: n = 256, r = 0.5 keeps 128 for every chunk length, each chunk keeps its own top",
           "[wrappers][chunk]") {
   for (std::int64_t chunk : {2, 4, 8, 128, 100}) {
     CAPTURE(chunk);
@@ -398,7 +398,7 @@ TEST_CASE("Chunk hands each chunk its own queries and absolute position", "[wrap
   }
 }
 
-TEST_CASE("ChunkKV: n = 256, r = 0.5 keeps 128; whole chunks, the same in every head, chosen by the head-summed mean",
+TEST_CASE("ChunkKV: n = 256, r = 0.5 keeps 128 in whole chunks, the same in every head, chosen by the head-summed mean",
           "[wrappers][chunkkv]") {
   for (std::int64_t chunk : {2, 4, 8, 128, 20}) {
     CAPTURE(chunk);

@@ -45,7 +45,8 @@ struct ChunkPress {
     std::int64_t const c = window_capacity(cache);
     auto const sizing = window(cache, nullptr, c, cache.lengths);
     return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * (cap + c))) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(2 * rows + detail::thread_count(dev, rows) * cap)) +
+           Workspace::bytes_for<std::int32_t>(
+               static_cast<std::size_t>(2 * rows + detail::thread_count(dev, rows) * cap)) +
            Workspace::bytes_for<std::byte>(press.workspace_bytes(dev, detail::without_window_inputs(obs), sizing));
   }
 
@@ -105,13 +106,8 @@ struct ChunkPress {
                                                                          std::int64_t capacity, std::int32_t* lengths) {
     CacheExtents e = cache.extents;
     e.capacity = capacity;
-    return {cache.keys,
-            cache.values,
-            e,
-            {cache.key_layout, first, e.kv_heads},
-            {cache.value_layout, first, e.kv_heads},
-            lengths,
-            nullptr};
+    return {cache.keys, cache.values, e, {cache.key_layout, first, e.kv_heads}, {cache.value_layout, first, e.kv_heads},
+            lengths,    nullptr};
   }
 
   template <class T, class L>
