@@ -18,12 +18,18 @@ inline std::string const kGoldenDir = KVC_GOLDEN_DIR;
 inline RopeConfig rope_config_from(json const& r, int head_dim) {
   RopeConfig c;
   std::string const type = r.at("rope_type").get<std::string>();
-  if (type == "default") c.type = RopeType::kDefault;
-  else if (type == "linear") c.type = RopeType::kLinear;
-  else if (type == "dynamic") c.type = RopeType::kDynamic;
-  else if (type == "llama3") c.type = RopeType::kLlama3;
-  else if (type == "yarn") c.type = RopeType::kYarn;
-  else KVC_THROW("unknown rope_type " << type);
+  if (type == "default")
+    c.type = RopeType::kDefault;
+  else if (type == "linear")
+    c.type = RopeType::kLinear;
+  else if (type == "dynamic")
+    c.type = RopeType::kDynamic;
+  else if (type == "llama3")
+    c.type = RopeType::kLlama3;
+  else if (type == "yarn")
+    c.type = RopeType::kYarn;
+  else
+    KVC_THROW("unknown rope_type " << type);
   c.head_dim = head_dim;
   c.theta = r.at("rope_theta").get<double>();
   c.max_position_embeddings = r.at("max_position_embeddings").get<std::int64_t>();
@@ -41,7 +47,8 @@ struct Scenario {
   std::int64_t batch, q_heads, kv_heads, head_dim, n;
   kvc_test::LoadedTensor<float> keys, values;
 
-  explicit Scenario(std::string const& name) : dir(kGoldenDir + "/" + name), meta(kvc_test::load_json(dir + "/scenario.json")) {
+  explicit Scenario(std::string const& name)
+      : dir(kGoldenDir + "/" + name), meta(kvc_test::load_json(dir + "/scenario.json")) {
     batch = meta.at("batch");
     q_heads = meta.at("q_heads");
     kv_heads = meta.at("kv_heads");
@@ -80,9 +87,12 @@ inline void prepare_inputs(Scenario const& sc, json const& pc, CaseInputs& in) {
   };
   for (auto const& u : pc.at("uses")) {
     std::string const use = u;
-    if (use == "queries") in.obs.queries = four(in.queries = sc.tensor("queries"));
-    else if (use == "window_queries" || use == "window_queries_1") in.obs.window_queries = four(in.window = sc.tensor(use));
-    else if (use == "attention") in.obs.attention = four(in.attention = sc.tensor("attention"));
+    if (use == "queries")
+      in.obs.queries = four(in.queries = sc.tensor("queries"));
+    else if (use == "window_queries" || use == "window_queries_1")
+      in.obs.window_queries = four(in.window = sc.tensor(use));
+    else if (use == "attention")
+      in.obs.attention = four(in.attention = sc.tensor("attention"));
   }
 }
 
@@ -91,8 +101,8 @@ template <class Press>
 Press press_from(json const& p);
 template <>
 inline ExpectedAttentionPress press_from(json const& p) {
-  return {p.at("compression_ratio"), p.at("n_future_positions"), p.at("n_sink"), p.at("use_covariance"),
-          p.at("use_vnorm"), p.at("epsilon").get<float>()};
+  return {p.at("compression_ratio"), p.at("n_future_positions"), p.at("n_sink"),
+          p.at("use_covariance"),    p.at("use_vnorm"),          p.at("epsilon").get<float>()};
 }
 template <>
 inline KnormPress press_from(json const& p) {

@@ -3,9 +3,8 @@
 // given back), CriticalKV's two stages, Chunk, ChunkKV, Block, Composed and PerLayer as kvpress's
 // own tests state them, KeyRerotation for every RoPE variant; ratio 0; other axis orders; a
 // non-strided layout; the caller's workspace; and one test per bad input.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -43,7 +42,8 @@ struct Cache {
         v(k.size()),
         lengths(std::move(lens)),
         positions(at(b * h * cap)) {
-    auto const kk = kvc_test::random_vector(at(b * h * cap * d), seed), vv = kvc_test::random_vector(kk.size(), seed + 1);
+    auto const kk = kvc_test::random_vector(at(b * h * cap * d), seed),
+               vv = kvc_test::random_vector(kk.size(), seed + 1);
     for (std::int64_t r = 0; r < b * h; ++r)
       for (std::int64_t s = 0; s < cap; ++s) {
         positions[at(r * cap + s)] = static_cast<std::int32_t>(s);
@@ -56,7 +56,9 @@ struct Cache {
   Cache(std::int64_t b, std::int64_t h, std::int64_t cap, std::int64_t d, std::uint32_t seed)
       : Cache(b, h, cap, d, std::vector<std::int32_t>(at(b * h), static_cast<std::int32_t>(cap)), seed) {}
 
-  KVCacheView<float> view() { return make_cache_view(k.data(), v.data(), extents, layout, lengths.data(), positions.data()); }
+  KVCacheView<float> view() {
+    return make_cache_view(k.data(), v.data(), extents, layout, lengths.data(), positions.data());
+  }
   [[nodiscard]] float key(std::int64_t r, std::int64_t s, std::int64_t e) const {
     return k[at(layout.offset(r / extents.kv_heads, r % extents.kv_heads, s, e))];
   }
@@ -205,10 +207,11 @@ TEST_CASE("AdaKV: heads keep different lengths, the sequence's total budget, kvp
       compress(cpu, press, Observation<float>{}, c.view());
       auto const want = adakv_reference(s, before.lengths, 2, 2, 48, ratio, alpha);
       std::int64_t const floor = detail::adakv_safe_count(kept_count(48, ratio), alpha);
-      CHECK(floor == (alpha == 0.0 ? 0 : std::max<std::int64_t>(1, std::int64_t(double(kept_count(48, ratio)) * alpha))));
+      CHECK(floor ==
+            (alpha == 0.0 ? 0 : std::max<std::int64_t>(1, std::int64_t(double(kept_count(48, ratio)) * alpha))));
       for (std::int64_t b = 0; b < 2; ++b) {
         CHECK(c.lengths[at(2 * b)] + c.lengths[at(2 * b + 1)] == 2 * kept_count(48, ratio));  // the sequence's budget
-        CHECK(c.lengths[at(2 * b)] != c.lengths[at(2 * b + 1)]);  // real per-head lengths
+        CHECK(c.lengths[at(2 * b)] != c.lengths[at(2 * b + 1)]);                              // real per-head lengths
         for (std::int64_t h = 0; h < 2; ++h) CHECK(c.lengths[at(2 * b + h)] >= floor);
       }
       for (std::int64_t r = 0; r < 4; ++r) CHECK(c.kept(r) == want[at(r)]);
@@ -275,7 +278,8 @@ TEST_CASE("AdaKV takes PyramidKV's layer budget as each row's budget", "[wrapper
 // CriticalKV and CriticalAdaKV
 // ---------------------------------------------------------------------------------------------------
 
-TEST_CASE("CriticalKV scores: stage-1 winners at FLT_MAX, the rest (score + eps)·mean ‖W_o v‖₁", "[wrappers][critical]") {
+TEST_CASE("CriticalKV scores: stage-1 winners at FLT_MAX, the rest (score + eps)·mean ‖W_o v‖₁",
+          "[wrappers][critical]") {
   Cache c(2, 2, 37, 8, {37, 37, 30, 37}, 9);
   OutputProjection const wo(12, 4, 8, 10);
   Observation<float> obs;
@@ -317,7 +321,8 @@ TEST_CASE("CriticalAdaKV: AdaKV's per-head budgets, stage 1 on the inner score, 
   for (std::int64_t r = 0; r < 4; ++r) {
     std::int64_t const budget = std::int64_t(budgets[at(r)].size());
     std::int64_t const safe = detail::adakv_safe_count(kept_count(48, ratio), alpha);
-    auto const forced = top(s, r * 48, r * 48 + 48, std::max<std::int64_t>(std::int64_t(float(budget) * float(beta)), safe));
+    auto const forced =
+        top(s, r * 48, r * 48 + 48, std::max<std::int64_t>(std::int64_t(float(budget) * float(beta)), safe));
     std::vector<double> stage2(s.size(), 0.0);
     for (std::int64_t i = r * 48; i < r * 48 + 48; ++i)
       stage2[at(i)] = std::binary_search(forced.begin(), forced.end(), int(i)) ? INFINITY : (s[at(i)] + eps) * u[at(i)];
@@ -333,7 +338,8 @@ TEST_CASE("CriticalAdaKV: AdaKV's per-head budgets, stage 1 on the inner score, 
 // Chunk, ChunkKV, Block
 // ---------------------------------------------------------------------------------------------------
 
-TEST_CASE("Chunk: n = 256, r = 0.5 keeps 128 for every chunk length, each chunk keeps its own top", "[wrappers][chunk]") {
+TEST_CASE("Chunk: n = 256, r = 0.5 keeps 128 for every chunk length, each chunk keeps its own top",
+          "[wrappers][chunk]") {
   for (std::int64_t chunk : {2, 4, 8, 128, 100}) {
     CAPTURE(chunk);
     Cache c(1, 2, 256, 8, 13);
@@ -392,7 +398,7 @@ TEST_CASE("Chunk hands each chunk its own queries and absolute position", "[wrap
   }
 }
 
-TEST_CASE("ChunkKV: n = 256, r = 0.5 keeps 128, whole chunks, the same in every head, chosen by the head-summed mean",
+TEST_CASE("ChunkKV: n = 256, r = 0.5 keeps 128 in whole chunks, the same in every head, chosen by the head-summed mean",
           "[wrappers][chunkkv]") {
   for (std::int64_t chunk : {2, 4, 8, 128, 20}) {
     CAPTURE(chunk);
@@ -511,7 +517,8 @@ TEST_CASE("PerLayer: ratios 0.1 and 1 on n = 256 keep 230 and 0", "[wrappers][pe
 TEST_CASE("KeyRerotation: kept keys equal RoPE of their pre-RoPE keys at 0 … n_kept − 1, for every variant",
           "[wrappers][rerotation]") {
   std::int64_t const n = 40, d = 16;  // n > max_position_embeddings = 32: dynamic NTK rescales
-  for (RopeType type : {RopeType::kDefault, RopeType::kLinear, RopeType::kDynamic, RopeType::kLlama3, RopeType::kYarn}) {
+  for (RopeType type :
+       {RopeType::kDefault, RopeType::kLinear, RopeType::kDynamic, RopeType::kLlama3, RopeType::kYarn}) {
     for (bool with_positions : {true, false}) {
       CAPTURE(int(type), with_positions);
       RotaryEmbedding const rope = rope_of(type, int(d));
@@ -596,6 +603,7 @@ struct ReversedSeqLayout {
   [[nodiscard]] std::int64_t offset(std::int64_t b, std::int64_t h, std::int64_t s, std::int64_t d) const noexcept {
     return base.offset(b, h, capacity - 1 - s, d);
   }
+  [[nodiscard]] bool unit_dim_stride() const noexcept { return base.unit_dim_stride(); }
 };
 
 }  // namespace
@@ -682,6 +690,43 @@ TEST_CASE("Chunk and ChunkKV over a non-strided layout keep what they keep over 
   run(BlockPress{KnormPress{0.5}, 10});
 }
 
+TEST_CASE("Every wrapper over paged views keeps what it keeps over the strided one", "[wrappers][paged]") {
+  Inputs const in;
+  for (PageTable table : {PageTable::kPerSequence, PageTable::kPerHead}) {
+    for_each_wrapper(0.5, [&](char const* name, auto const& press) {
+      CAPTURE(name, int(table));
+      Cache strided(2, 2, 44, 8, kLens, 79);
+      Cache const before = strided;
+      // Every table entry gets its own page of a shuffled pool.
+      std::int64_t const page = 4, per_row = 11, table_rows = table == PageTable::kPerHead ? 4 : 2;
+      std::vector<std::int32_t> block_table(at(table_rows * per_row));
+      std::iota(block_table.begin(), block_table.end(), 0);
+      std::reverse(block_table.begin(), block_table.end());
+      PagedLayout const layout = make_paged_layout(
+          before.extents, PagedConfig{table, PageOrder::kNHD, page, table_rows * per_row, block_table.data(), per_row});
+      std::vector<float> k(at(table_rows * per_row * layout.page_stride)), v(k.size());
+      for (std::int64_t r = 0; r < 4; ++r)
+        for (std::int64_t slot = 0; slot < 44; ++slot)
+          for (std::int64_t e = 0; e < 8; ++e) {
+            k[at(layout.offset(r / 2, r % 2, slot, e))] = before.key(r, slot, e);
+            v[at(layout.offset(r / 2, r % 2, slot, e))] = before.value(r, slot, e);
+          }
+      auto lengths = before.lengths, positions = before.positions;
+      compress(cpu, press, in.obs,
+               make_cache_view(k.data(), v.data(), before.extents, layout, layout, lengths.data(), positions.data()));
+      compress(cpu, press, in.obs, strided.view());
+      REQUIRE(lengths == strided.lengths);
+      CHECK(positions == strided.positions);
+      for (std::int64_t r = 0; r < 4; ++r)
+        for (std::int32_t j = 0; j < lengths[at(r)]; ++j)
+          for (std::int64_t e = 0; e < 8; ++e) {
+            REQUIRE(k[at(layout.offset(r / 2, r % 2, j, e))] == strided.key(r, j, e));
+            REQUIRE(v[at(layout.offset(r / 2, r % 2, j, e))] == strided.value(r, j, e));
+          }
+    });
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Bad input: one test per case, each an Error naming the argument and its value
 // ---------------------------------------------------------------------------------------------------
@@ -703,15 +748,17 @@ void require_rejected(Press const& press, Observation<float> const& obs, Cache& 
 
 TEST_CASE("AdaKV rejects a negative alpha_safeguard", "[wrappers][errors]") {
   Cache c(1, 2, 20, 8, 73);
-  require_rejected(AdaKVPress{KnormPress{0.5}, -0.1}, Observation<float>{}, c, "alpha_safeguard must be in [0, 1], got -0.1");
+  require_rejected(AdaKVPress{KnormPress{0.5}, -0.1}, Observation<float>{}, c,
+                   "alpha_safeguard must be in [0, 1], got -0.1");
 }
 
 TEST_CASE("AdaKV rejects an alpha_safeguard above 1", "[wrappers][errors]") {
   Cache c(1, 2, 20, 8, 73);
-  require_rejected(AdaKVPress{KnormPress{0.5}, 1.5}, Observation<float>{}, c, "alpha_safeguard must be in [0, 1], got 1.5");
+  require_rejected(AdaKVPress{KnormPress{0.5}, 1.5}, Observation<float>{}, c,
+                   "alpha_safeguard must be in [0, 1], got 1.5");
 }
 
-TEST_CASE("A wrapper rejects its inner press's ratio outside 0 to 1", "[wrappers][errors]") {
+TEST_CASE("A wrapper rejects an inner press ratio of 1", "[wrappers][errors]") {
   Cache c(1, 2, 20, 8, 73);
   require_rejected(AdaKVPress{KnormPress{1.0}}, Observation<float>{}, c, "compression_ratio must be in [0, 1), got 1");
 }
@@ -741,7 +788,8 @@ TEST_CASE("CriticalKV rejects an output projection whose query heads do not grou
 TEST_CASE("CriticalKV rejects a first_stage_ratio above 1", "[wrappers][errors]") {
   Cache c(1, 2, 20, 8, 73);
   Inputs const in;
-  require_rejected(CriticalKVPress{KnormPress{0.5}, 1e-4, 1.5}, in.obs, c, "first_stage_ratio must be in [0, 1], got 1.5");
+  require_rejected(CriticalKVPress{KnormPress{0.5}, 1e-4, 1.5}, in.obs, c,
+                   "first_stage_ratio must be in [0, 1], got 1.5");
 }
 
 TEST_CASE("CriticalKV rejects a non-finite epsilon", "[wrappers][errors]") {
@@ -763,7 +811,8 @@ TEST_CASE("ChunkKV rejects a non-positive chunk_length", "[wrappers][errors]") {
 
 TEST_CASE("ChunkKV rejects kv heads of one sequence with different lengths", "[wrappers][errors]") {
   Cache c(1, 2, 20, 8, {20, 13}, 73);
-  require_rejected(ChunkKVPress{KnormPress{0.5}}, Observation<float>{}, c, "lengths[1] = 13 differs from lengths[0] = 20");
+  require_rejected(ChunkKVPress{KnormPress{0.5}}, Observation<float>{}, c,
+                   "lengths[1] = 13 differs from lengths[0] = 20");
 }
 
 TEST_CASE("Chunk rejects a non-positive chunk_length", "[wrappers][errors]") {
@@ -809,7 +858,7 @@ TEST_CASE("PerLayer rejects a layer without a ratio", "[wrappers][errors]") {
                    "observation.layer_idx = 2 has no entry in compression_ratios (size 2)");
 }
 
-TEST_CASE("PerLayer rejects a ratio outside 0 to 1", "[wrappers][errors]") {
+TEST_CASE("PerLayer rejects a ratio above 1", "[wrappers][errors]") {
   Cache c(1, 2, 20, 8, 73);
   require_rejected(PerLayerCompressionPress{KnormPress{}, {1.5}}, Observation<float>{}, c,
                    "compression_ratios[0] must be in [0, 1], got 1.5");
@@ -835,6 +884,22 @@ TEST_CASE("AdaKV rejects a NaN key before anything moves", "[wrappers][errors]")
   require_rejected(AdaKVPress{KnormPress{0.5}}, Observation<float>{}, c, "keys[0, 0, 5, 1] = inf");
 }
 
+TEST_CASE("CriticalKV names a NaN in the output projection", "[wrappers][errors]") {
+  Cache c(1, 2, 20, 8, 73);
+  Inputs in;
+  in.wo.w[at(3 * 32 + 17)] = NAN;
+  require_rejected(CriticalKVPress{KnormPress{0.5}}, in.obs, c,
+                   "observation.output_projection[0, 0, row, column][0, 0, 3, 17] = nan");
+}
+
+TEST_CASE("CriticalAdaKV names a NaN in the output projection", "[wrappers][errors]") {
+  Cache c(1, 2, 20, 8, 73);
+  Inputs in;
+  in.wo.w[at(5 * 32 + 2)] = NAN;
+  require_rejected(CriticalAdaKVPress{KnormPress{0.5}}, in.obs, c,
+                   "observation.output_projection[0, 0, row, column][0, 0, 5, 2] = nan");
+}
+
 TEST_CASE("make_tensor2 rejects a null pointer", "[wrappers][errors]") {
   REQUIRE_THROWS_WITH(make_tensor2<float>(nullptr, {2, 3}), Catch::Contains("matrix data must not be null"));
 }
@@ -846,5 +911,6 @@ TEST_CASE("make_tensor2 rejects a non-positive extent", "[wrappers][errors]") {
 
 TEST_CASE("make_tensor2 rejects a negative stride", "[wrappers][errors]") {
   float x = 0.0f;
-  REQUIRE_THROWS_WITH(make_tensor2(&x, {1, 1}, {-1, 1}), Catch::Contains("matrix strides[0] must be non-negative, got -1"));
+  REQUIRE_THROWS_WITH(make_tensor2(&x, {1, 1}, {-1, 1}),
+                      Catch::Contains("matrix strides[0] must be non-negative, got -1"));
 }

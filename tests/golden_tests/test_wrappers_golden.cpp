@@ -4,9 +4,8 @@
 // fp32 tolerance (then ours must be a valid cut of kvpress's scores; counted and reported). Inner
 // scores, CriticalKV's value norms and scores agree to relative 1e-4; KeyRerotation's keys equal
 // kvpress's re-rotated keys to 1e-5.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cfloat>
 #include <cmath>
 #include <cstdio>
@@ -20,9 +19,9 @@
 #include "kvcompress/kvcompress.hpp"
 
 using namespace kvcompress;
-using nlohmann::json;
 using kvc_test::CaseInputs;
 using kvc_test::Scenario;
+using nlohmann::json;
 
 namespace {
 
@@ -45,10 +44,12 @@ struct CaseCache {
         v(sc.values.data),
         lengths(static_cast<std::size_t>(sc.batch * sc.kv_heads), static_cast<std::int32_t>(sc.n)),
         positions(static_cast<std::size_t>(sc.batch * sc.kv_heads * sc.n)) {
-    for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(sc.n));
+    for (std::size_t i = 0; i < positions.size(); ++i)
+      positions[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(sc.n));
     CacheExtents const e{sc.batch, sc.kv_heads, sc.n, sc.head_dim};
-    view = make_cache_view(k.data(), v.data(), e, make_strided_layout(e, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim}),
-                           lengths.data(), positions.data());
+    view = make_cache_view(k.data(), v.data(), e,
+                           make_strided_layout(e, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim}), lengths.data(),
+                           positions.data());
   }
   [[nodiscard]] std::set<int> kept(std::int64_t row, std::int64_t n) const {
     return {positions.begin() + row * n, positions.begin() + row * n + lengths[static_cast<std::size_t>(row)]};
@@ -66,8 +67,8 @@ double max_abs(std::vector<float> const& x) {
   return m;
 }
 
-void compare_scores(std::vector<float> const& got, std::vector<float> const& want, std::vector<std::int32_t> const& lengths,
-                    std::int64_t n, char const* what, Tally& tally) {
+void compare_scores(std::vector<float> const& got, std::vector<float> const& want,
+                    std::vector<std::int32_t> const& lengths, std::int64_t n, char const* what, Tally& tally) {
   REQUIRE(got.size() == want.size());
   double const scale = max_abs(want);
   for (std::size_t i = 0; i < got.size(); ++i) {
@@ -85,8 +86,8 @@ void compare_scores(std::vector<float> const& got, std::vector<float> const& wan
 /// kvpress kept `theirs`, we kept `ours`, out of candidates scored by `score`. Equal sets pass; else
 /// both must be the same size and every entry on which they differ must score within the tolerance
 /// of kvpress's cut (its lowest kept and its highest dropped candidate). Returns true on a tie.
-bool check_cut(std::set<std::int64_t> const& candidates, std::set<std::int64_t> const& theirs, std::set<std::int64_t> const& ours,
-               std::function<double(std::int64_t)> const& score, double scale) {
+bool check_cut(std::set<std::int64_t> const& candidates, std::set<std::int64_t> const& theirs,
+               std::set<std::int64_t> const& ours, std::function<double(std::int64_t)> const& score, double scale) {
   if (ours == theirs) return false;
   REQUIRE(ours.size() == theirs.size());
   double lowest_kept = INFINITY, best_dropped = -INFINITY;
@@ -96,7 +97,8 @@ bool check_cut(std::set<std::int64_t> const& candidates, std::set<std::int64_t> 
   double const tol = kRelTol * std::max(std::fabs(lowest_kept), 1e-2 * scale);
   CHECK(lowest_kept - best_dropped <= tol);  // kvpress's cut is a near tie
   for (std::int64_t c : candidates)
-    if (ours.count(c) != theirs.count(c)) CHECK(std::fabs(score(c) - lowest_kept) <= 2 * tol + (lowest_kept - best_dropped));
+    if (ours.count(c) != theirs.count(c))
+      CHECK(std::fabs(score(c) - lowest_kept) <= 2 * tol + (lowest_kept - best_dropped));
   return true;
 }
 
@@ -157,8 +159,9 @@ std::set<std::int64_t> chunkkv_expected(std::vector<float> const& s, std::int64_
   auto const keep = std::max<std::int64_t>(1, std::int64_t(double(chunks) * (1.0 - ratio)));
   std::vector<std::int64_t> order(static_cast<std::size_t>(chunks));
   for (std::int64_t j = 0; j < chunks; ++j) order[std::size_t(j)] = j;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::int64_t x, std::int64_t y) { return chunk_scores[std::size_t(x)] > chunk_scores[std::size_t(y)]; });
+  std::stable_sort(order.begin(), order.end(), [&](std::int64_t x, std::int64_t y) {
+    return chunk_scores[std::size_t(x)] > chunk_scores[std::size_t(y)];
+  });
   return {order.begin(), order.begin() + keep};
 }
 
@@ -225,7 +228,9 @@ TEST_CASE("every wrapper press matches kvpress 0.5.5: kept sets, scores, re-rota
         for (std::int64_t b = 0; b < sc.batch && kind != "KeyRerotationPress"; ++b) {
           std::vector<std::set<int>> ours;
           for (std::int64_t h = 0; h < sc.kv_heads; ++h) ours.push_back(cache.kept(b * sc.kv_heads + h, n));
-          auto const& want = [&](std::int64_t h) -> std::set<int> const& { return theirs[std::size_t(b * sc.kv_heads + h)]; };
+          auto const& want = [&](std::int64_t h) -> std::set<int> const& {
+            return theirs[std::size_t(b * sc.kv_heads + h)];
+          };
           int tied = 0;  // heads whose difference from kvpress is a tie at the cut
           if (kind == "AdaKVPress") {
             // kvpress's cut runs across the heads of the sequence, over every entry beyond a head's
@@ -245,9 +250,11 @@ TEST_CASE("every wrapper press matches kvpress 0.5.5: kept sets, scores, re-rota
                 if (ours[std::size_t(h)].count(order[std::size_t(j)])) kept_ours.insert(id);
               }
             }
-            tied = int(sc.kv_heads) * check_cut(candidates, kept_theirs, kept_ours,
-                             [&](std::int64_t id) { return double(inner_scores[std::size_t(b * sc.kv_heads * n + id)]); },
-                             max_abs(inner_scores));
+            tied = int(sc.kv_heads) *
+                   check_cut(
+                       candidates, kept_theirs, kept_ours,
+                       [&](std::int64_t id) { return double(inner_scores[std::size_t(b * sc.kv_heads * n + id)]); },
+                       max_abs(inner_scores));
           } else if (kind == "CriticalKVPress") {
             for (std::int64_t h = 0; h < sc.kv_heads; ++h) {
               std::set<std::int64_t> all, t, o;
@@ -255,7 +262,8 @@ TEST_CASE("every wrapper press matches kvpress 0.5.5: kept sets, scores, re-rota
               for (int i : want(h)) t.insert(i);
               for (int i : ours[std::size_t(h)]) o.insert(i);
               float const* s = wrapper_scores.data() + (b * sc.kv_heads + h) * n;
-              tied += check_cut(all, t, o, [&](std::int64_t i) { return double(s[i]); }, max_abs(wrapper_scores));
+              tied += check_cut(
+                  all, t, o, [&](std::int64_t i) { return double(s[i]); }, max_abs(wrapper_scores));
             }
           } else if (kind == "ChunkKVPress") {
             // kvpress applies batch 0's chunks to every sequence (a QUIRK kvcompress fixes): each
@@ -268,8 +276,9 @@ TEST_CASE("every wrapper press matches kvpress 0.5.5: kept sets, scores, re-rota
             for (std::int64_t j = 0; j < std::int64_t(chunk_scores.size()); ++j) all.insert(j);
             double scale = 0.0;
             for (double x : chunk_scores) scale = std::max(scale, std::fabs(x));
-            tied = int(sc.kv_heads) * check_cut(all, expected, chunks_of(ours[0], c),
-                                                [&](std::int64_t j) { return chunk_scores[std::size_t(j)]; }, scale);
+            tied = int(sc.kv_heads) * check_cut(
+                                          all, expected, chunks_of(ours[0], c),
+                                          [&](std::int64_t j) { return chunk_scores[std::size_t(j)]; }, scale);
             for (std::int64_t h = 1; h < sc.kv_heads; ++h) CHECK(ours[std::size_t(h)] == ours[0]);
           } else if (kind == "ComposedPress" && w.at("presses").back().at("press") == "KnormPress") {
             // The last press cuts on −‖k‖ among what the first one kept. Layer 0 keys of a repeated
@@ -306,11 +315,13 @@ TEST_CASE("every wrapper press matches kvpress 0.5.5: kept sets, scores, re-rota
             for (std::int64_t j = 0; j < k; ++j) {
               CHECK(cache.positions[std::size_t(r * n + j)] == j);  // the keys now encode slot j
               for (std::int64_t c = 0; c < d; ++c) {
-                CHECK(cache.v[std::size_t((r * n + j) * d + c)] == sc.values.data[std::size_t((r * n + kept[std::size_t(j)]) * d + c)]);
+                CHECK(cache.v[std::size_t((r * n + j) * d + c)] ==
+                      sc.values.data[std::size_t((r * n + kept[std::size_t(j)]) * d + c)]);
                 double const err = std::fabs(double(cache.k[std::size_t((r * n + j) * d + c)]) -
                                              keys_out.data[std::size_t((r * k + j) * d + c)]);
                 tally.max_key_err = std::max(tally.max_key_err, err);
-                if (err > kKeyTol) FAIL_CHECK("re-rotated key (" << r << ", " << j << ", " << c << ") differs by " << err);
+                if (err > kKeyTol)
+                  FAIL_CHECK("re-rotated key (" << r << ", " << j << ", " << c << ") differs by " << err);
               }
             }
             tally.heads += 1;
@@ -319,8 +330,9 @@ TEST_CASE("every wrapper press matches kvpress 0.5.5: kept sets, scores, re-rota
       });
     }
   }
-  std::printf("golden wrappers: %d cases, %d heads, %d heads tied at the cut, max relative score error %.3g, "
-              "max re-rotated key error %.3g\n",
-              tally.cases, tally.heads, tally.tied_heads, tally.max_rel, tally.max_key_err);
+  std::printf(
+      "golden wrappers: %d cases, %d heads, %d heads tied at the cut, max relative score error %.3g, "
+      "max re-rotated key error %.3g\n",
+      tally.cases, tally.heads, tally.tied_heads, tally.max_rel, tally.max_key_err);
   CHECK(tally.cases == 4 * 11 + 10);  // 4 layers of batch-1 scenarios × 11 cases, batch 2 without CriticalAdaKV
 }

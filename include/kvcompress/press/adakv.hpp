@@ -104,8 +104,8 @@ struct AdaKVPress {
 
   /// \param counts [batch * kv_heads] out: entries each row keeps
   template <class T, class L>
-  void kept_counts(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
-                   float const* scores, std::int32_t* counts, Workspace& ws) const {
+  void kept_counts(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float const* scores,
+                   std::int32_t* counts, Workspace& ws) const {
     detail::check_alpha_safeguard(alpha_safeguard);
     std::int32_t* safe = ws.take<std::int32_t>(static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads));
     detail::adakv_counts(

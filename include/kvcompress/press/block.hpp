@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <numeric>
 
 #include "kvcompress/press/scorer.hpp"
 
@@ -31,6 +32,7 @@ struct BlockPress {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * cap)) +
            Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(3 * rows)) +
+           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(cap)) +
            Workspace::bytes_for<std::byte>(keep_bytes(dev, cache)) +
            Workspace::bytes_for<std::byte>(press.workspace_bytes(dev, inner_observation(obs), cache));
   }
@@ -50,6 +52,7 @@ struct BlockPress {
     std::size_t const keep_size = keep_bytes(dev, cache), inner_size = press.workspace_bytes(dev, inner, cache);
     std::byte* keep_buf = ws.take<std::byte>(keep_size);
     std::byte* inner_buf = ws.take<std::byte>(inner_size);
+    std::int32_t* slots = ws.take<std::int32_t>(static_cast<std::size_t>(cap));  // [cap] one row's kept slots
 
     {
       Workspace check_ws(inner_buf, inner_size);
@@ -57,31 +60,27 @@ struct BlockPress {
     }
     for (std::int64_t r = 0; r < rows; ++r) {
       end[r] = cache.lengths[r];
-      budget[r] = next[r] = static_cast<std::int32_t>(
-          std::clamp<std::int64_t>(detail::press_kept_count(press, end[r], obs), 0, end[r]));
+      budget[r] = next[r] =
+          static_cast<std::int32_t>(std::clamp<std::int64_t>(detail::press_kept_count(press, end[r], obs), 0, end[r]));
     }
-    std::int64_t const d = cache.extents.head_dim;
     for (;;) {
       bool more = false;
       for (std::int64_t r = 0; r < rows; ++r) {
-        std::int64_t const b = r / cache.extents.kv_heads, h = r % cache.extents.kv_heads;
         // kvpress caps the block at the row length.
         std::int64_t const len = std::min<std::int64_t>({block_size, end[r], end[r] - next[r]});
-        for (std::int64_t j = 0; j < len && next[r] != budget[r]; ++j) {
-          for (std::int64_t c = 0; c < d; ++c) {
-            cache.key(b, h, budget[r] + j, c) = cache.key(b, h, next[r] + j, c);
-            cache.value(b, h, budget[r] + j, c) = cache.value(b, h, next[r] + j, c);
-          }
-          if (cache.positions) cache.positions[r * cap + budget[r] + j] = cache.positions[r * cap + next[r] + j];
-        }
-        cache.lengths[r] = static_cast<std::int32_t>(budget[r] + len);
+        // The survivors stay, the block moves right behind them: a compaction of those slots.
+        std::iota(slots, slots + budget[r], 0);
+        std::iota(slots + budget[r], slots + budget[r] + len, next[r]);
+        cpu_impl::compact_row(cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, slots,
+                              static_cast<std::int32_t>(budget[r] + len));
         next[r] = static_cast<std::int32_t>(next[r] + len);
         more = more || len > 0;
       }
       if (!more) return;
       Workspace inner_ws(inner_buf, inner_size), keep_ws(keep_buf, keep_size);
       kvcompress::score(dev, press, inner, cache, scores, inner_ws);
-      keep_topk(dev, cache, scores, [budget](std::int64_t r, std::int64_t) { return budget[r]; }, keep_ws);
+      keep_topk(
+          dev, cache, scores, [budget](std::int64_t r, std::int64_t) { return budget[r]; }, keep_ws);
     }
   }
 
@@ -89,7 +88,8 @@ struct BlockPress {
   template <class T, class L>
   [[nodiscard]] static std::size_t keep_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache) {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    return Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cache.extents.capacity));
+    return Workspace::bytes_for<std::int32_t>(
+        static_cast<std::size_t>(detail::thread_count(dev, rows) * cache.extents.capacity));
   }
 
   template <class T>

@@ -15,7 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kvcompress/detail/seq_window.hpp"
+#include "kvcompress/detail/tail_view.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -43,10 +43,11 @@ struct ChunkPress {
                                                      KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const c = window_capacity(cache);
-    auto const window = detail::seq_window(cache, 0, c, cache.lengths);
+    auto const sizing = window(cache, nullptr, c, cache.lengths);
     return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * (cap + c))) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(rows + detail::thread_count(dev, rows) * cap)) +
-           Workspace::bytes_for<std::byte>(press.workspace_bytes(dev, detail::without_window_inputs(obs), window));
+           Workspace::bytes_for<std::int32_t>(
+               static_cast<std::size_t>(2 * rows + detail::thread_count(dev, rows) * cap)) +
+           Workspace::bytes_for<std::byte>(press.workspace_bytes(dev, detail::without_window_inputs(obs), sizing));
   }
 
   template <class T, class L>
@@ -57,12 +58,13 @@ struct ChunkPress {
     KVC_CHECK(chunk_length > 0, "chunk_length must be positive, got " << chunk_length);
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const c = window_capacity(cache);
-    float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));      // [rows, cap]
+    float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));       // [rows, cap]
     float* window_scores = ws.take<float>(static_cast<std::size_t>(rows * c));  // [rows, c]
     std::int32_t* window_lengths = ws.take<std::int32_t>(static_cast<std::size_t>(rows));
+    std::int32_t* first = ws.take<std::int32_t>(static_cast<std::size_t>(rows));  // every row's window starts here
     std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap));
     Observation<T> const outer = detail::without_window_inputs(obs);
-    std::size_t const inner_bytes = press.workspace_bytes(dev, outer, detail::seq_window(cache, 0, c, window_lengths));
+    std::size_t const inner_bytes = press.workspace_bytes(dev, outer, window(cache, first, c, window_lengths));
     std::byte* inner = ws.take<std::byte>(inner_bytes);
 
     std::int32_t const longest = *std::max_element(cache.lengths, cache.lengths + rows);
@@ -70,12 +72,13 @@ struct ChunkPress {
       std::int64_t const wcap = std::min(c, cap - start);
       std::int64_t tokens = 0;
       for (std::int64_t r = 0; r < rows; ++r) {
+        first[r] = static_cast<std::int32_t>(start);
         window_lengths[r] = static_cast<std::int32_t>(std::clamp<std::int64_t>(cache.lengths[r] - start, 0, wcap));
         tokens = std::max<std::int64_t>(tokens, window_lengths[r]);
       }
-      auto const window = detail::seq_window(cache, start, wcap, window_lengths);
       Workspace inner_ws(inner, inner_bytes);
-      kvcompress::score(dev, press, chunk_observation(outer, start, tokens), window, window_scores, inner_ws);
+      kvcompress::score(dev, press, chunk_observation(outer, start, tokens), window(cache, first, wcap, window_lengths),
+                        window_scores, inner_ws);
       for (std::int64_t r = 0; r < rows; ++r)
         std::copy(window_scores + r * wcap, window_scores + r * wcap + window_lengths[r], scores + r * cap + start);
     }
@@ -95,6 +98,18 @@ struct ChunkPress {
   }
 
  private:
+  /// Slots [first[r], first[r] + capacity) of every row r as a cache of its own, without positions.
+  /// \param first [batch, kv_heads] \param lengths [batch, kv_heads] the window's live lengths
+  template <class T, class L>
+  [[nodiscard]] static KVCacheView<T, detail::RowOffsetLayout<L>> window(KVCacheView<T, L> const& cache,
+                                                                         std::int32_t const* first,
+                                                                         std::int64_t capacity, std::int32_t* lengths) {
+    CacheExtents e = cache.extents;
+    e.capacity = capacity;
+    return {cache.keys, cache.values, e, {cache.key_layout, first, e.kv_heads}, {cache.value_layout, first, e.kv_heads},
+            lengths,    nullptr};
+  }
+
   template <class T, class L>
   [[nodiscard]] std::int64_t window_capacity(KVCacheView<T, L> const& cache) const noexcept {
     return std::clamp<std::int64_t>(chunk_length, 1, cache.extents.capacity);

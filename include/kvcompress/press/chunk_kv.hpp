@@ -44,7 +44,8 @@ struct ChunkKVPress {
       std::int64_t const first = r / heads * heads;
       KVC_CHECK(cache.lengths[r] == cache.lengths[first],
                 "ChunkKV keeps the same chunks in every kv head of a sequence, but lengths["
-                    << r << "] = " << cache.lengths[r] << " differs from lengths[" << first << "] = " << cache.lengths[first]);
+                    << r << "] = " << cache.lengths[r] << " differs from lengths[" << first
+                    << "] = " << cache.lengths[first]);
     }
     float* scores = ws.take<float>(static_cast<std::size_t>(cache.extents.batch * heads * cap));
     kvcompress::score(dev, press, obs, cache, scores, ws);
@@ -57,8 +58,9 @@ struct ChunkKVPress {
       std::int32_t* chunk_idx = idx_buf + t * 3 * cap;  // [cap]
       std::int32_t* kept = chunk_idx + cap;             // [cap]
       std::int32_t* part = kept + cap;                  // [cap]
-      if (full == 0) {  // as kvpress: the inner press compresses on its own
-        auto const k = static_cast<std::int32_t>(std::clamp<std::int64_t>(detail::press_kept_count(press, n, obs), 0, n));
+      if (full == 0) {                                  // as kvpress: the inner press compresses on its own
+        auto const k =
+            static_cast<std::int32_t>(std::clamp<std::int64_t>(detail::press_kept_count(press, n, obs), 0, n));
         for (std::int64_t h = 0; h < heads; ++h) {
           cpu_impl::select_topk_row(scores + (b * heads + h) * cap, static_cast<std::int32_t>(n), k, part);
           cpu_impl::compact_row(cache, b, h, part, k);

@@ -14,13 +14,14 @@
 /// stages per head with that head's budget; each head keeps its own number of entries.
 
 #include <Eigen/Core>
-
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 
+#include "kvcompress/detail/finite.hpp"
+#include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/adakv.hpp"
 #include "kvcompress/press/scorer.hpp"
 
@@ -35,13 +36,15 @@ inline constexpr std::int64_t kValueTile = 64;
 template <class T, class L>
 std::int64_t check_output_projection(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
   Tensor2<T> const& w = obs.output_projection;
-  KVC_CHECK(!w.empty(), "observation.output_projection (W_o, [hidden, q_heads * head_dim]) must be given: "
-                        "CriticalKV weighs each entry by the L1 norm of its projected value");
+  KVC_CHECK(!w.empty(),
+            "observation.output_projection (W_o, [hidden, q_heads * head_dim]) must be given: "
+            "CriticalKV weighs each entry by the L1 norm of its projected value");
   std::int64_t const d = cache.extents.head_dim, cols = w.shape[1];
-  KVC_CHECK(cols % d == 0, "observation.output_projection has " << cols << " columns, not a multiple of head_dim = " << d);
-  KVC_CHECK((cols / d) % cache.extents.kv_heads == 0, "observation.output_projection holds "
-                                                          << cols / d << " query heads, not a multiple of kv_heads = "
-                                                          << cache.extents.kv_heads);
+  KVC_CHECK(cols % d == 0,
+            "observation.output_projection has " << cols << " columns, not a multiple of head_dim = " << d);
+  KVC_CHECK((cols / d) % cache.extents.kv_heads == 0,
+            "observation.output_projection holds "
+                << cols / d << " query heads, not a multiple of kv_heads = " << cache.extents.kv_heads);
   return cols / d;
 }
 
@@ -77,8 +80,7 @@ void value_projection_norms(CpuDevice const& dev, Observation<T> const& obs, KVC
         for (std::int64_t c = 0; c < d; ++c) w_j[e * d + c] = to_float(w(e, j * d + c));
       for (std::int64_t i0 = 0; i0 < n; i0 += kValueTile) {
         std::int64_t const count = std::min(kValueTile, n - i0);
-        for (std::int64_t i = 0; i < count; ++i)
-          for (std::int64_t c = 0; c < d; ++c) v[i * d + c] = to_float(cache.value(b, h, i0 + i, c));
+        gather_values(cache, b, h, i0, count, v);
         Eigen::Map<RowMat> proj(y, count, hidden);
         proj.noalias() = Eigen::Map<RowMat const>(v, count, d) * Eigen::Map<RowMat const>(w_j, hidden, d).transpose();
         for (std::int64_t i = 0; i < count; ++i) out[i0 + i] += proj.row(i).template lpNorm<1>();
@@ -87,6 +89,16 @@ void value_projection_norms(CpuDevice const& dev, Observation<T> const& obs, KVC
     float const inv_group = 1.0f / static_cast<float>(group);
     for (std::int64_t i = 0; i < n; ++i) out[i] *= inv_group;
   });
+  // A NaN or ±Inf in W_o or in a value would silently rank last; name it (only on this error path).
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 0; i < cache.lengths[r]; ++i)
+      if (!std::isfinite(norms[r * cap + i])) {
+        require_finite(make_tensor4(w.data, {1, 1, hidden, w.shape[1]}, {0, 0, w.strides[0], w.strides[1]}),
+                       "observation.output_projection[0, 0, row, column]");
+        require_finite_cache(dev, cache);
+        KVC_THROW("the value projection norm of (batch " << r / heads << ", kv head " << r % heads << ", slot " << i
+                                                         << ") overflows float: " << norms[r * cap + i]);
+      }
 }
 
 inline void check_critical_params(double epsilon, double first_stage_ratio) {
@@ -203,7 +215,8 @@ struct CriticalAdaKVPress {
       detail::critical_second_stage(scores + r * cap, norms + r * cap, cache.lengths[r], static_cast<float>(epsilon),
                                     row_idx, forced);
     });
-    keep_topk(dev, cache, scores, [counts](std::int64_t r, std::int64_t) { return counts[r]; }, ws);
+    keep_topk(
+        dev, cache, scores, [counts](std::int64_t r, std::int64_t) { return counts[r]; }, ws);
   }
 };
 

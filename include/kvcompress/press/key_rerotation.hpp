@@ -44,8 +44,8 @@ struct KeyRerotationPress {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const d = cache.extents.head_dim, hd = d / 2;
     KVC_CHECK(obs.rope != nullptr, "observation.rope must be set: KeyRerotation re-applies RoPE to the kept keys");
-    KVC_CHECK(obs.rope->head_dim() == d, "observation.rope head_dim = " << obs.rope->head_dim()
-                                                                        << " does not match the cache head_dim = " << d);
+    KVC_CHECK(obs.rope->head_dim() == d,
+              "observation.rope head_dim = " << obs.rope->head_dim() << " does not match the cache head_dim = " << d);
     float* inv_freq = ws.take<float>(static_cast<std::size_t>(hd));  // [head_dim / 2]
     obs.rope->inv_freq_for(rotated_length(obs, cache), inv_freq);
     float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));

@@ -24,8 +24,9 @@ struct PerLayerCompressionPress {
   template <class T>
   [[nodiscard]] double ratio_for(Observation<T> const& obs) const {
     auto const layers = static_cast<std::int64_t>(compression_ratios.size());
-    KVC_CHECK(obs.layer_idx >= 0 && obs.layer_idx < layers,
-              "observation.layer_idx = " << obs.layer_idx << " has no entry in compression_ratios (size " << layers << ")");
+    KVC_CHECK(
+        obs.layer_idx >= 0 && obs.layer_idx < layers,
+        "observation.layer_idx = " << obs.layer_idx << " has no entry in compression_ratios (size " << layers << ")");
     double const r = compression_ratios[static_cast<std::size_t>(obs.layer_idx)];
     KVC_CHECK(r >= 0.0 && r <= 1.0, "compression_ratios[" << obs.layer_idx << "] must be in [0, 1], got " << r);
     return r;
