@@ -151,5 +151,18 @@ class Generator:
         start = len(tokens) - 1 - len(answer)
         return Example(task, tokens, start, answer)
 
+    def drill(self, length: int, max_pairs: int = 8) -> tuple[list[int], list[int]]:
+        """A training-only sequence with many questions: 1 to `max_pairs` needles with different keys in
+        filler, then "<question> K V" for each of them in random order. Returns the tokens and the
+        positions of the answers (the V of each question), so one sequence teaches recall many times.
+        """
+        v, r = self.vocab, self.rng
+        pairs = [(v.key(k), v.value(r.randrange(N_VALUES))) for k in r.sample(range(N_KEYS), r.randint(1, max_pairs))]
+        asked = r.sample(pairs, len(pairs))
+        tail = [t for k, val in asked for t in (v.id("<question>"), k, val)] + [v.id("<eos>")]
+        tokens = self.embed([self.statement(k, val) for k, val in pairs], length, tail)
+        first = len(tokens) - len(tail)
+        return tokens, [first + 3 * i + 2 for i in range(len(asked))]
+
     def text(self, length: int) -> list[int]:
         return [self.vocab.id("<bos>")] + self.filler(length - 1)

@@ -1,6 +1,6 @@
 """Trains the small Llama-architecture model that kvcompress ships for its evaluation.
 
-    python tools/train/train.py --out models/kvc-recall --steps 1600 --seed 0
+    python tools/train/train.py --out models/kvc-recall --steps 1200 --seed 0
 
 Writes an HF checkpoint folder (config.json, model.safetensors), the vocabulary (vocab.json), the
 evaluation sets (tasks.jsonl: prompts and answers of every task at several context lengths, drawn from
@@ -9,8 +9,9 @@ training.json (the command, the seed, the recipe, the curriculum reached and the
 the evaluation set with the full cache).
 
 Recipe: a curriculum over context lengths (128 → 2,048 tokens, each stage until single-needle accuracy
-on a probe batch passes a threshold or its share of the steps is spent), every batch a mix of the four
-tasks (80 %) and plain text (20 %), next-token loss on every token, the answer tokens of a task sequence carrying half of its loss.
+on a probe batch passes a threshold or its share of the steps is spent), every batch a mix of recall
+drills (50 %: up to 8 needles, then a question for each), the four tasks (40 %) and plain text (10 %);
+next-token loss on every token, the answer tokens of a drill or task sequence carrying half of its loss.
 """
 
 from __future__ import annotations
@@ -42,24 +43,29 @@ def model_config(vocab_size: int, args) -> LlamaConfig:
         attention_bias=False, mlp_bias=False, torch_dtype="float32")
 
 
-def batch(gen: T.Generator, length: int, size: int, answer_share: float, text_share: float = 0.2):
+def batch(gen: T.Generator, length: int, size: int, answer_share: float, text_share: float = 0.1,
+          drill_share: float = 0.5):
     """Token ids [size, length] and per-token loss weights [size, length - 1].
 
-    In a task sequence the few answer tokens carry `answer_share` of its loss: with a plain per-token
-    loss a 2,048-token example would spend 99.9 % of its gradient on the filler text.
+    A sequence is plain text, a recall drill (many questions, training only) or one of the evaluation
+    tasks. In a drill or task sequence the answer tokens carry `answer_share` of its loss: with a plain
+    per-token loss a 2,048-token example would spend 99.9 % of its gradient on the filler text.
     """
     ids, weights = [], []
     for _ in range(size):
-        if gen.rng.random() < text_share:
-            toks, w = gen.text(length), [1.0] * (length - 1)
+        u = gen.rng.random()
+        if u < text_share:
+            toks, answers = gen.text(length), []
+        elif u < text_share + drill_share:
+            toks, answers = gen.drill(length)
         else:
             ex = gen.example(gen.rng.choice(T.TASKS), length)
-            toks = ex.tokens
-            w = [1.0] * (length - 1)
-            others = length - 1 - len(ex.answer)
-            answer_weight = answer_share / (1.0 - answer_share) * others / len(ex.answer)
-            for i in range(len(ex.answer)):
-                w[ex.answer_start - 1 + i] = answer_weight  # predicting tokens[answer_start + i]
+            toks, answers = ex.tokens, list(range(ex.answer_start, ex.answer_start + len(ex.answer)))
+        w = [1.0] * (length - 1)
+        if answers:
+            answer_weight = answer_share / (1.0 - answer_share) * (length - 1 - len(answers)) / len(answers)
+            for pos in answers:
+                w[pos - 1] = answer_weight  # the logits at pos - 1 predict tokens[pos]
         ids.append(toks)
         weights.append(w)
     return torch.tensor(ids), torch.tensor(weights)
@@ -81,7 +87,7 @@ def answer_accuracy(model, examples: list[T.Example]) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=1600, help="optimizer steps (a step count, not a time, so a run is reproducible)")
+    p.add_argument("--steps", type=int, default=1200, help="optimizer steps (a step count, not a time, so a run is reproducible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
