@@ -25,8 +25,8 @@ from pathlib import Path
 CORPUS_DIR = Path("/usr/share/common-licenses")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<question>", "<answer>", "the", "magic", "number", "for", "is",
             ".", "?", "=", ",", "and"]
-N_KEYS = 512
-N_VALUES = 512
+N_KEYS = 128
+N_VALUES = 128
 N_VARS = 64
 TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "variable_tracking"]
 

@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
 
     start, step, log = time.time(), 0, []
-    stage_share = [0.1, 0.15, 0.2, 0.25, 0.3]  # shares of the steps, longest contexts last
+    stage_share = [0.3, 0.2, 0.15, 0.15, 0.2]  # shares of the steps: recall is learned on short contexts
     for stage, length in enumerate(STAGES):
         # a stage that passes the probe early hands its remaining steps to the next ones
         stage_end = args.steps if stage == len(STAGES) - 1 else \
@@ -126,6 +126,9 @@ def main(argv=None) -> int:
             ids, w = batch(train_gen, length, size, args.answer_share)
             ids, w = ids.to(args.device), w.to(args.device)
             logits = model(ids).logits[:, :-1].float()
+            answers = w > 1.0
+            batch_recall = (logits.argmax(-1)[answers] == ids[:, 1:][answers]).float().mean().item() \
+                if answers.any() else 0.0
             loss_tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                          reduction="none")
             loss = (loss_tok * w.reshape(-1)).sum() / w.sum()
@@ -143,7 +146,8 @@ def main(argv=None) -> int:
             if step % 50 == 0:
                 acc = answer_accuracy(model, probe)
                 entry = {"step": step, "minutes": round((time.time() - start) / 60, 2), "length": length,
-                         "loss": round(loss.item(), 4), "probe_niah_single": acc}
+                         "loss": round(loss.item(), 4), "batch_answer_accuracy": round(batch_recall, 3),
+                         "probe_niah_single": acc}
                 log.append(entry)
                 print(json.dumps(entry), flush=True)
                 if acc >= args.threshold and stage < len(STAGES) - 1:
