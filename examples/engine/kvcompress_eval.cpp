@@ -1,0 +1,470 @@
+// kvcompress-eval: what each press costs in accuracy and buys in memory, on the model the project ships
+// (models/kvc-recall) or any HF checkpoint folder with pre-tokenised tasks.
+//
+// For every context it prefills once, keeps the cache and the forward record, and then, for every
+// press × ratio, compresses a copy: retrieval tasks are answered greedily after the question (exact match),
+// held-out text gives the KL divergence of the next-token distribution against the full cache. It prints
+// markdown tables and writes <out>/results.csv, <out>/results.md and <out>/accuracy.png (docs/engine.md,
+// "Evaluation").
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "kvc_engine/accuracy_plot.hpp"
+#include "kvc_engine/csv_writer.hpp"
+#include "kvc_engine/engine.hpp"
+#include "kvc_engine/eval_metrics.hpp"
+#include "kvc_engine/eval_tasks.hpp"
+#include "kvc_engine/markdown_table.hpp"
+#include "kvc_engine/prefill_snapshot.hpp"
+#include "kvc_engine/press_registry.hpp"
+#include "kvc_engine/progress_bar.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using kvc_engine::Compressor;
+using kvc_engine::Engine;
+using kvc_engine::TaskExample;
+
+struct Options {
+  std::string model = std::string(KVC_EVAL_REPO_ROOT) + "/models/kvc-recall";
+  std::string tasks, heldout;  // default: inside the model folder
+  std::vector<std::string> presses{"expected_attention", "snapkv", "tova", "knorm", "streaming_llm", "keydiff", "pyramidkv"};
+  std::vector<double> ratios{0.0, 0.25, 0.5, 0.75, 0.9};
+  std::vector<std::int64_t> lengths{2048};
+  std::int64_t per_task = 20;
+  std::int64_t kl_prefix = 768, kl_tokens = 64, kl_lines = 0;
+  std::string question_token = "<question>";
+  bool compress_questions = false;
+  int threads = 0;
+  std::string out = "eval-results";
+  bool no_plot = false;
+};
+
+/// One press at one ratio; runs[0] is the full cache (ratio 0), shared by every press.
+struct Run {
+  std::string press;
+  double ratio = 0.0;
+  Compressor compressor;
+};
+
+/// A task at one length.
+struct Group {
+  std::string task;
+  std::int64_t length = 0;
+  std::string label;
+  std::int64_t contexts = 0, context_tokens = 0;
+  double prefill_seconds = 0.0;
+};
+
+/// What one run measured on one group.
+struct Cell {
+  kvc_engine::Tally tally;
+  double kept_bytes = 0.0, full_bytes = 0.0;  // summed over the group's contexts
+  double compress_seconds = 0.0;
+  std::int64_t decode_tokens = 0;  // single-token passes after the first answer token
+  double decode_seconds = 0.0;
+};
+
+std::string format(char const* fmt, double x) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, x);
+  return buf;
+}
+
+std::string ratio_text(double r) { return format("%g", r); }
+
+std::string shell_word(std::string const& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=./,:@") ==
+                        std::string::npos)
+    return s;
+  return kvc_engine::detail::shell_quote(s);
+}
+
+std::string model_name(std::string const& folder) {
+  fs::path const p = fs::path(folder).lexically_normal();
+  return (p.has_filename() ? p.filename() : p.parent_path().filename()).string();
+}
+
+void validate(Options& o) {
+  std::vector<std::string> const known = kvc_engine::press_names();
+  KVC_CHECK(!o.presses.empty(), "--presses: give at least one press");
+  for (auto const& p : o.presses) {
+    if (std::find(known.begin(), known.end(), p) != known.end()) continue;
+    std::string list;
+    for (auto const& n : known) list += (list.empty() ? "" : ", ") + n;
+    KVC_THROW("--presses: unknown press '" << p << "' (known: " << list << ")");
+  }
+  for (std::size_t i = 0; i < o.presses.size(); ++i)
+    KVC_CHECK(std::find(o.presses.begin(), o.presses.begin() + static_cast<std::ptrdiff_t>(i), o.presses[i]) ==
+                  o.presses.begin() + static_cast<std::ptrdiff_t>(i),
+              "--presses: '" << o.presses[i] << "' is given twice");
+  KVC_CHECK(!o.ratios.empty(), "--ratios: give at least one ratio");
+  for (double r : o.ratios) KVC_CHECK(r >= 0.0 && r < 1.0, "--ratios: " << r << " is outside [0, 1)");
+  std::sort(o.ratios.begin(), o.ratios.end());
+  for (std::size_t i = 1; i < o.ratios.size(); ++i)
+    KVC_CHECK(o.ratios[i] != o.ratios[i - 1], "--ratios: " << o.ratios[i] << " is given twice");
+  KVC_CHECK(!o.lengths.empty(), "--lengths: give at least one length");
+  KVC_CHECK(o.per_task > 0, "--per-task must be positive, got " << o.per_task);
+  KVC_CHECK(o.kl_prefix > 0, "--kl-prefix must be positive, got " << o.kl_prefix);
+  KVC_CHECK(o.kl_tokens > 0, "--kl-tokens must be positive, got " << o.kl_tokens);
+  KVC_CHECK(o.kl_lines >= 0, "--kl-lines must be non-negative, got " << o.kl_lines);
+  KVC_CHECK(o.threads >= 0, "--threads must be non-negative, got " << o.threads);
+  if (o.tasks.empty()) o.tasks = o.model + "/tasks.jsonl";
+  if (o.heldout.empty()) o.heldout = o.model + "/heldout_text.jsonl";
+}
+
+/// The question token's id: a number as given, or a name looked up in the model's vocab.json; none if neither.
+std::optional<std::int32_t> resolve_question_token(Options const& o, std::int64_t vocab_size) {
+  if (o.compress_questions || o.question_token.empty()) return std::nullopt;
+  if (o.question_token.find_first_not_of("0123456789") == std::string::npos) {
+    long long const id = std::stoll(o.question_token);
+    KVC_CHECK(id < vocab_size, "--question-token: " << id << " is outside the vocabulary [0, " << vocab_size << ")");
+    return static_cast<std::int32_t>(id);
+  }
+  return kvc_engine::vocab_token_id(o.model + "/vocab.json", o.question_token);
+}
+
+/// Greedy answer of `n` tokens: the question (if any) is forwarded over the cache in one pass, as kvpress's
+/// pipeline does, then one token per pass. Times the passes after the first answer token.
+std::vector<std::int32_t> answer_greedily(Engine& engine, kvc_engine::KVCache& cache, TaskExample const& ex,
+                                          std::vector<float> const& context_logits, Cell& cell) {
+  using clock = std::chrono::steady_clock;
+  std::int64_t const vocab = engine.model().config.vocab_size;
+  std::vector<float> logits =
+      ex.question.empty() ? context_logits : engine.forward(cache, ex.question, kvc_engine::Logits::kLast);
+  std::vector<std::int32_t> out{kvc_engine::argmax(logits.data(), vocab)};
+  while (out.size() < ex.answer.size()) {
+    auto const start = clock::now();
+    logits = engine.forward(cache, &out.back(), 1, kvc_engine::Logits::kLast);
+    cell.decode_seconds += std::chrono::duration<double>(clock::now() - start).count();
+    ++cell.decode_tokens;
+    out.push_back(kvc_engine::argmax(logits.data(), vocab));
+  }
+  return out;
+}
+
+class Evaluation {
+ public:
+  Evaluation(Options const& o, kvc_engine::Model const& model, std::vector<TaskExample> examples,
+             std::vector<std::vector<std::int32_t>> heldout)
+      : o_(o), model_(model), engine_(model, o.threads), examples_(std::move(examples)), heldout_(std::move(heldout)) {
+    runs_.push_back({"full", 0.0, kvc_engine::make_compressor("none", 0.0)});
+    for (auto const& p : o_.presses)
+      for (double r : o_.ratios)
+        if (r > 0.0) runs_.push_back({p, r, kvc_engine::make_compressor(p, r, engine_.device())});
+    for (auto const& ex : examples_) {
+      if (group_of_.count({ex.task, ex.length})) continue;
+      group_of_[{ex.task, ex.length}] = groups_.size();
+      groups_.push_back({ex.task, ex.length, o_.lengths.size() > 1 ? ex.task + "@" + std::to_string(ex.length) : ex.task});
+    }
+    cells_.assign(runs_.size(), std::vector<Cell>(groups_.size()));
+    kl_sum_.assign(runs_.size(), 0.0);
+  }
+
+  void run() {
+    // A log file keeps every redraw: far fewer of them when stderr is not a terminal.
+    kvc_engine::ProgressBar bar(stderr, ::isatty(STDERR_FILENO) ? 0.1 : 10.0);
+    double const units = static_cast<double>((examples_.size() + heldout_.size()) * runs_.size());
+    double done = 0.0;
+    std::map<std::size_t, std::int64_t> seen;
+    for (auto const& ex : examples_) {
+      std::size_t const g = group_of_.at({ex.task, ex.length});
+      std::string const where = groups_[g].label + " " + std::to_string(++seen[g]) + "/" +
+                                std::to_string(std::min<std::int64_t>(o_.per_task, count(g)));
+      bar.update(done / units, where + ": prefill");
+      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(
+          engine_, ex.context, static_cast<std::int64_t>(ex.question.size() + ex.answer.size()));
+      groups_[g].prefill_seconds += snap.seconds;
+      groups_[g].contexts += 1;
+      groups_[g].context_tokens += static_cast<std::int64_t>(ex.context.size());
+      double const full_bytes = static_cast<double>(snap.cache.bytes_in_use());
+      for (std::size_t r = 0; r < runs_.size(); ++r) {
+        Cell& cell = cells_[r][g];
+        kvc_engine::CompressedCopy copy = kvc_engine::compressed_copy(engine_, snap, runs_[r].compressor);
+        cell.compress_seconds += copy.compress_seconds;
+        cell.kept_bytes += static_cast<double>(copy.cache.bytes_in_use());
+        cell.full_bytes += full_bytes;
+        cell.tally.add(kvc_engine::exact_match(answer_greedily(engine_, copy.cache, ex, snap.last_logits, cell), ex.answer));
+        done += 1.0;
+        bar.update(done / units, where + ": " + runs_[r].press + " " + ratio_text(runs_[r].ratio));
+      }
+    }
+    std::int64_t const V = model_.config.vocab_size;
+    for (std::size_t line = 0; line < heldout_.size(); ++line) {
+      std::vector<std::int32_t> const& text = heldout_[line];
+      std::string const where = "held-out text " + std::to_string(line + 1) + "/" + std::to_string(heldout_.size());
+      bar.update(done / units, where + ": prefill");
+      std::vector<std::int32_t> const prefix(text.begin(), text.begin() + o_.kl_prefix);
+      std::vector<std::int32_t> const next(text.begin() + o_.kl_prefix, text.begin() + o_.kl_prefix + o_.kl_tokens);
+      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine_, prefix, o_.kl_tokens);
+      std::vector<float> full;  // [kl_tokens, V]
+      for (std::size_t r = 0; r < runs_.size(); ++r) {
+        kvc_engine::CompressedCopy copy = kvc_engine::compressed_copy(engine_, snap, runs_[r].compressor);
+        std::vector<float> const logits = engine_.forward(copy.cache, next, kvc_engine::Logits::kAll);
+        if (r == 0) {
+          full = logits;
+        } else {
+          double kl = 0.0;
+          for (std::int64_t t = 0; t < o_.kl_tokens; ++t)
+            kl += kvc_engine::kl_divergence(full.data() + t * V, logits.data() + t * V, V);
+          kl_sum_[r] += kl / static_cast<double>(o_.kl_tokens);
+        }
+        done += 1.0;
+        bar.update(done / units, where + ": " + runs_[r].press + " " + ratio_text(runs_[r].ratio));
+      }
+    }
+    bar.update(1.0, "done");
+    bar.finish();
+  }
+
+  /// The run that `press` at `ratio` means (ratio 0: the full cache).
+  [[nodiscard]] std::size_t run_index(std::string const& press, double ratio) const {
+    if (ratio == 0.0) return 0;
+    for (std::size_t r = 1; r < runs_.size(); ++r)
+      if (runs_[r].press == press && runs_[r].ratio == ratio) return r;
+    KVC_THROW("no run for " << press << " at " << ratio);
+  }
+  [[nodiscard]] double accuracy(std::size_t r, std::size_t g) const { return cells_[r][g].tally.rate(); }
+  [[nodiscard]] double mean_accuracy(std::size_t r) const {
+    double sum = 0.0;
+    for (std::size_t g = 0; g < groups_.size(); ++g) sum += accuracy(r, g);
+    return sum / static_cast<double>(groups_.size());
+  }
+  [[nodiscard]] double kl(std::size_t r) const {
+    return heldout_.empty() ? std::nan("") : kl_sum_[r] / static_cast<double>(heldout_.size());
+  }
+  [[nodiscard]] Cell total(std::size_t r) const {
+    Cell t;
+    for (auto const& c : cells_[r]) {
+      t.tally.correct += c.tally.correct;
+      t.tally.total += c.tally.total;
+      t.kept_bytes += c.kept_bytes;
+      t.full_bytes += c.full_bytes;
+      t.compress_seconds += c.compress_seconds;
+      t.decode_tokens += c.decode_tokens;
+      t.decode_seconds += c.decode_seconds;
+    }
+    return t;
+  }
+
+  /// The tables: [0] accuracy by press and ratio (the headline), [1] KL divergence, [2] accuracy per task,
+  /// [3] cache bytes and timings.
+  [[nodiscard]] std::vector<std::string> tables() const {
+    std::vector<std::string> out;
+    std::vector<std::string> ratio_header{"press"};
+    for (double r : o_.ratios) ratio_header.push_back(r == 0.0 ? "0 (full)" : ratio_text(r));
+
+    kvc_engine::MarkdownTable acc(ratio_header), div(ratio_header);
+    for (auto const& p : o_.presses) {
+      std::vector<std::string> a{p}, k{p};
+      for (double r : o_.ratios) {
+        a.push_back(format("%.1f", 100.0 * mean_accuracy(run_index(p, r))));
+        k.push_back(heldout_.empty() ? "—" : format("%.3g", kl(run_index(p, r))));
+      }
+      acc.add_row(a);
+      div.add_row(k);
+    }
+    std::ostringstream lengths;
+    for (std::size_t i = 0; i < o_.lengths.size(); ++i) lengths << (i ? ", " : "") << o_.lengths[i];
+    out.push_back("### Accuracy (%), mean over " + std::to_string(groups_.size()) + " tasks — contexts of " +
+                  lengths.str() + " tokens, " + std::to_string(o_.per_task) +
+                  " examples per task; columns: compression ratio (fraction of the KV cache removed)\n\n" + acc.str());
+    out.push_back("### KL divergence KL(full ‖ compressed) of the next-token distribution, nats per token — " +
+                  std::to_string(heldout_.size()) + " held-out texts, " + std::to_string(o_.kl_tokens) +
+                  " tokens after a " + std::to_string(o_.kl_prefix) + "-token prefix\n\n" + div.str());
+
+    std::vector<std::string> task_header{"press", "ratio"};
+    for (auto const& g : groups_) task_header.push_back(g.label);
+    task_header.push_back("mean");
+    kvc_engine::MarkdownTable per_task(task_header);
+    std::vector<std::string> cost_header{"press", "ratio", "KV bytes kept per context", "fraction of full",
+                                         "compress ms per context", "decode tokens/s"};
+    kvc_engine::MarkdownTable cost(cost_header);
+    for (std::size_t r = 0; r < runs_.size(); ++r) {
+      std::vector<std::string> row{r == 0 ? "full cache" : runs_[r].press, ratio_text(runs_[r].ratio)};
+      for (std::size_t g = 0; g < groups_.size(); ++g) row.push_back(format("%.1f", 100.0 * accuracy(r, g)));
+      row.push_back(format("%.1f", 100.0 * mean_accuracy(r)));
+      per_task.add_row(row);
+      Cell const t = total(r);
+      double const n = static_cast<double>(t.tally.total);
+      cost.add_row({row[0], row[1], format("%.0f", t.kept_bytes / n), format("%.3f", t.kept_bytes / t.full_bytes),
+                    format("%.2f", 1e3 * t.compress_seconds / n),
+                    t.decode_tokens > 0 ? format("%.0f", static_cast<double>(t.decode_tokens) / t.decode_seconds) : "—"});
+    }
+    out.push_back("### Accuracy per task (%)\n\n" + per_task.str());
+    double prefill_s = 0.0, tokens = 0.0, contexts = 0.0;
+    for (auto const& g : groups_) {
+      prefill_s += g.prefill_seconds;
+      tokens += static_cast<double>(g.context_tokens);
+      contexts += static_cast<double>(g.contexts);
+    }
+    out.push_back("### Cache and time (float32 KV; " + std::to_string(engine_.device().num_threads) +
+                  " threads)\n\nPrefill, once per context: " + format("%.0f", 1e3 * prefill_s / contexts) +
+                  " ms for " + format("%.0f", tokens / contexts) + " tokens on average (" +
+                  format("%.0f", tokens / prefill_s) +
+                  " tokens/s). Decode: single-token passes over the compressed cache while answering.\n\n" + cost.str());
+    return out;
+  }
+
+  void write_csv(std::string const& path) const {
+    std::ofstream f(path, std::ios::binary);
+    KVC_CHECK(f.good(), "cannot write " << path);
+    kvc_engine::CsvWriter csv(f, {"press", "ratio", "task", "length", "examples", "correct", "accuracy",
+                                  "mean_accuracy_over_tasks", "kl_divergence", "kv_bytes_kept", "kv_bytes_full",
+                                  "kv_fraction_kept", "prefill_ms", "compress_ms", "decode_tokens",
+                                  "decode_tokens_per_s"});
+    auto const num = [](double x) { return kvc_engine::csv_number(x); };
+    for (auto const& p : o_.presses)
+      for (double ratio : o_.ratios) {
+        std::size_t const r = run_index(p, ratio);
+        for (std::size_t g = 0; g < groups_.size(); ++g) {
+          Cell const& c = cells_[r][g];
+          double const n = static_cast<double>(c.tally.total);
+          csv.row({p, ratio_text(ratio), groups_[g].task, std::to_string(groups_[g].length), std::to_string(c.tally.total),
+                   std::to_string(c.tally.correct), num(accuracy(r, g)), num(mean_accuracy(r)), num(kl(r)),
+                   kvc_engine::csv_number(c.kept_bytes / n, 12), kvc_engine::csv_number(c.full_bytes / n, 12),
+                   num(c.kept_bytes / c.full_bytes),
+                   num(1e3 * groups_[g].prefill_seconds / static_cast<double>(groups_[g].contexts)),
+                   num(1e3 * c.compress_seconds / n), std::to_string(c.decode_tokens),
+                   c.decode_tokens > 0 ? num(static_cast<double>(c.decode_tokens) / c.decode_seconds) : ""});
+        }
+      }
+  }
+
+  [[nodiscard]] std::vector<kvc_engine::PlotSeries> plot_series() const {
+    std::vector<kvc_engine::PlotSeries> s;
+    for (auto const& p : o_.presses) {
+      s.push_back({p, {}});
+      for (double r : o_.ratios) s.back().y.push_back(mean_accuracy(run_index(p, r)));
+    }
+    return s;
+  }
+  [[nodiscard]] double full_accuracy() const { return mean_accuracy(0); }
+  [[nodiscard]] std::size_t runs() const { return runs_.size(); }
+  [[nodiscard]] std::size_t contexts() const { return examples_.size() + heldout_.size(); }
+
+ private:
+  [[nodiscard]] std::int64_t count(std::size_t g) const {
+    return std::count_if(examples_.begin(), examples_.end(),
+                         [&](TaskExample const& e) { return e.task == groups_[g].task && e.length == groups_[g].length; });
+  }
+
+  Options const& o_;
+  kvc_engine::Model const& model_;
+  Engine engine_;
+  std::vector<TaskExample> examples_;
+  std::vector<std::vector<std::int32_t>> heldout_;
+  std::vector<Run> runs_;
+  std::vector<Group> groups_;
+  std::map<std::pair<std::string, std::int64_t>, std::size_t> group_of_;
+  std::vector<std::vector<Cell>> cells_;  // [runs][groups]
+  std::vector<double> kl_sum_;            // [runs]: sum over held-out texts of the mean KL per token
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"kvcompress-eval: accuracy, KL divergence, cache bytes and timings of kvcompress's presses against "
+               "the compression ratio, on a model and pre-tokenised tasks (default: the model the project ships)"};
+  app.add_option("--model", o.model, "HF checkpoint folder (config.json + *.safetensors)")->capture_default_str();
+  app.add_option("--tasks", o.tasks, "task examples, JSON Lines {length, task, prompt, answer[, question]} "
+                                     "(default: <model>/tasks.jsonl)");
+  app.add_option("--heldout", o.heldout, "held-out text, JSON Lines {tokens} (default: <model>/heldout_text.jsonl)");
+  std::string press_help = "presses to evaluate, comma-separated, among:";
+  for (auto const& n : kvc_engine::press_names()) press_help += " " + n;
+  app.add_option("--presses", o.presses, press_help)->delimiter(',')->capture_default_str();
+  app.add_option("--ratios", o.ratios, "compression ratios (fractions of the cache removed; 0 is the full cache)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--lengths", o.lengths, "task context lengths to run")->delimiter(',')->capture_default_str();
+  app.add_option("--per-task", o.per_task, "examples per task and length (the first ones of the file)")
+      ->capture_default_str();
+  app.add_option("--kl-prefix", o.kl_prefix, "held-out tokens prefilled and compressed")->capture_default_str();
+  app.add_option("--kl-tokens", o.kl_tokens, "held-out tokens then fed, at which the KL divergence is averaged")
+      ->capture_default_str();
+  app.add_option("--kl-lines", o.kl_lines, "held-out texts used (0: all)")->capture_default_str();
+  app.add_option("--question-token", o.question_token,
+                 "token (name in <model>/vocab.json, or id) where the question of a prompt without a \"question\" "
+                 "field starts; the question is forwarded after compression")
+      ->capture_default_str();
+  app.add_flag("--compress-questions", o.compress_questions,
+               "compress the whole prompt, question included (kvpress's compress_questions)");
+  app.add_option("--threads", o.threads, "CPU threads (0: all)")->capture_default_str();
+  app.add_option("--out", o.out, "output folder")->capture_default_str();
+  app.add_flag("--no-plot", o.no_plot, "do not write the gnuplot files nor accuracy.png");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    auto const start = std::chrono::steady_clock::now();
+    validate(o);
+    kvc_engine::Model const model = kvc_engine::load_model(o.model);
+    std::int64_t const vocab = model.config.vocab_size;
+    kvc_engine::QuestionRule const rule{o.compress_questions, resolve_question_token(o, vocab)};
+    std::vector<TaskExample> examples =
+        kvc_engine::select_examples(kvc_engine::read_task_file(o.tasks, vocab, rule), o.lengths, o.per_task);
+    std::vector<std::vector<std::int32_t>> heldout = kvc_engine::read_heldout_file(o.heldout, vocab, o.kl_prefix + o.kl_tokens);
+    if (o.kl_lines > 0 && static_cast<std::int64_t>(heldout.size()) > o.kl_lines)
+      heldout.resize(static_cast<std::size_t>(o.kl_lines));
+    std::error_code ec;
+    fs::create_directories(o.out, ec);
+    KVC_CHECK(!ec && fs::is_directory(o.out), "--out: cannot create the folder " << o.out << ": " << ec.message());
+
+    Evaluation eval(o, model, std::move(examples), std::move(heldout));
+    std::fprintf(stderr, "kvcompress-eval: %zu contexts (tasks and held-out texts), each prefilled once and run %zu ways\n",
+                 eval.contexts(), eval.runs());
+    eval.run();
+    std::vector<std::string> const tables = eval.tables();
+    double const wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+    std::string command;
+    for (int i = 0; i < argc; ++i) command += (i ? " " : "") + shell_word(argv[i]);
+    std::time_t const now = std::time(nullptr);
+    char date[64];
+    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+    kvc_engine::ModelConfig const& c = model.config;
+    std::ostringstream md;
+    md << "# kvcompress-eval results\n\n"
+       << "- command: `" << command << "`\n"
+       << "- model: `" << o.model << "` (" << c.model_type << ", " << c.num_layers << " layers, hidden " << c.hidden_size
+       << ", " << c.num_heads << " heads, " << c.num_kv_heads << " KV heads, head_dim " << c.head_dim << ", vocab "
+       << c.vocab_size << ")\n"
+       << "- tasks: `" << o.tasks << "`; held-out text: `" << o.heldout << "`\n"
+       << "- questions: " << (o.compress_questions ? "compressed with the context" : "forwarded after compression")
+       << "\n- date: " << date << "; wall time " << kvc_engine::ProgressBar::clock_time(wall) << "\n";
+    for (auto const& t : tables) md << "\n" << t;
+    std::string const md_path = (fs::path(o.out) / "results.md").string(), csv_path = (fs::path(o.out) / "results.csv").string();
+    {
+      std::ofstream f(md_path);
+      KVC_CHECK(f.good(), "cannot write " << md_path);
+      f << md.str();
+    }
+    eval.write_csv(csv_path);
+    std::fprintf(stderr, "wrote %s and %s\n", csv_path.c_str(), md_path.c_str());
+    if (!o.no_plot &&
+        kvc_engine::write_accuracy_plot(o.out, o.ratios, eval.plot_series(), eval.full_accuracy(),
+                                        "kvcompress-eval: " + model_name(o.model)))
+      std::fprintf(stderr, "wrote %s\n", (fs::path(o.out) / "accuracy.png").string().c_str());
+    std::fprintf(stderr, "wall time %s\n\n", kvc_engine::ProgressBar::clock_time(wall).c_str());
+    // The headline table last, so that a terminal ends on it.
+    for (std::size_t i : {2, 3, 1, 0}) std::printf("%s%s", tables[i].c_str(), i ? "\n" : "");
+    return 0;
+  } catch (std::exception const& e) {
+    std::fprintf(stderr, "kvcompress-eval: %s\n", e.what());
+    return 1;
+  }
+}
