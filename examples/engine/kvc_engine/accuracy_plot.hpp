@@ -4,6 +4,7 @@
 /// to the results (so the plot can be restyled and redrawn by hand), then drawn to PNG by gnuplot if it is
 /// installed.
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -38,6 +39,7 @@ inline bool write_accuracy_plot(std::string const& dir, std::vector<double> cons
                                 std::vector<PlotSeries> const& series, double reference, std::string const& title) {
   namespace fs = std::filesystem;
   KVC_CHECK(!ratios.empty() && !series.empty(), "the plot needs at least one ratio and one series");
+  KVC_CHECK(std::is_sorted(ratios.begin(), ratios.end()), "the plot's ratios must be in increasing order");
   {
     std::ofstream dat(fs::path(dir) / "accuracy.dat");
     KVC_CHECK(dat.good(), "cannot write " << (fs::path(dir) / "accuracy.dat").string());
