@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -22,8 +23,30 @@ namespace {
 using I64 = std::int64_t;
 constexpr I64 kMaxI64 = std::numeric_limits<I64>::max();
 constexpr I64 kMaxElements = I64{1} << 12;  // buffers the harness really allocates
+// The activations of one input, in floats: 128 KiB, so each buffer stays in ASan's size-class
+// allocator instead of its mmap path (a page-faulting mmap/munmap per input). Every shape range
+// below is still reachable; only the largest combinations (3 × 12 heads × 49 × 49 attention) are not.
+constexpr I64 kMaxActivationFloats = I64{1} << 15;
 
 [[noreturn]] void postcondition_failed() { std::abort(); }
+
+/// Exactly n floats, not zeroed: fill() writes each one, and zeroing first cost as much as the
+/// compress they feed. Exactly sized, so ASan still reports a read one past the end.
+class Floats {
+ public:
+  void resize(std::size_t n) {
+    data_.reset(n == 0 ? nullptr : new float[n]);
+    size_ = n;
+  }
+  [[nodiscard]] float* data() const noexcept { return data_.get(); }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+  [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
+  float& operator[](std::size_t i) const noexcept { return data_[i]; }
+
+ private:
+  std::unique_ptr<float[]> data_;
+  std::size_t size_ = 0;
+};
 
 /// An int64 that is small most of the time, sometimes a power of two, sometimes anything.
 I64 any_i64(FuzzedDataProvider& in) {
@@ -52,11 +75,11 @@ float special_float(FuzzedDataProvider& in) {
 
 /// Deterministic content from one seed byte, then a few fuzzed special values at fuzzed places.
 /// (Not coverage-instrumented: its loop would only cost time and add no feature.)
-__attribute__((no_sanitize("coverage"))) void fill(FuzzedDataProvider& in, std::vector<float>& v, float scale) {
+__attribute__((no_sanitize("coverage"))) void fill(FuzzedDataProvider& in, Floats& v, float scale) {
   std::uint32_t state = in.ConsumeIntegral<std::uint8_t>() * 2654435761u + 1u;
-  for (float& x : v) {
+  for (std::size_t i = 0; i < v.size(); ++i) {
     state = state * 1664525u + 1013904223u;
-    x = scale * (static_cast<float>(state >> 8) / 8388608.0f - 1.0f);
+    v[i] = scale * (static_cast<float>(state >> 8) / 8388608.0f - 1.0f);
   }
   int const specials = in.ConsumeIntegralInRange(0, 2);
   for (int i = 0; i < specials && !v.empty(); ++i)
@@ -134,7 +157,7 @@ I64 span_of(CacheExtents const& e, std::array<I64, 4> const& s) {
 }
 
 struct Activations {
-  std::vector<float> queries, window_queries, attention, mean, covariance, filters;
+  Floats queries, window_queries, attention, mean, covariance, filters;
 };
 
 void fuzz_compress(FuzzedDataProvider& in) {
@@ -156,7 +179,9 @@ void fuzz_compress(FuzzedDataProvider& in) {
   }
   I64 const span = span_of(e, layout.strides);
   if (span == 0) return;
-  std::vector<float> kbuf(static_cast<std::size_t>(span + 1)), vbuf(static_cast<std::size_t>(span));
+  Floats kbuf, vbuf;
+  kbuf.resize(static_cast<std::size_t>(span + 1));
+  vbuf.resize(static_cast<std::size_t>(span));
   fill(in, kbuf, 2.0f);
   fill(in, vbuf, 2.0f);
   float* const keys = kbuf.data();
@@ -184,8 +209,11 @@ void fuzz_compress(FuzzedDataProvider& in) {
   // Only the activations the observation carries are built (filling them dominates the cost).
   bool const with_queries = in.ConsumeIntegralInRange(0, 7) != 0, with_window = in.ConsumeBool();
   bool const with_attention = in.ConsumeBool(), with_stats = in.ConsumeBool(), with_cov = in.ConsumeBool();
+  I64 const activation_floats = (with_queries ? qb * qh * q_len * qd : 0) + (with_window ? qb * qh * w * qd : 0) +
+                                (with_attention ? qb * qh * a_q * a_n : 0) + (with_stats ? qh * d * (with_cov ? d + 1 : 1) : 0);
+  if (activation_floats > kMaxActivationFloats) return;
   Activations act;
-  auto sized = [](std::vector<float>& v, bool on, I64 n) { v.resize(on ? static_cast<std::size_t>(n) : 0); };
+  auto sized = [](Floats& v, bool on, I64 n) { v.resize(on ? static_cast<std::size_t>(n) : 0); };
   sized(act.queries, with_queries, qb * qh * q_len * qd);
   sized(act.window_queries, with_window, qb * qh * w * qd);
   sized(act.attention, with_attention, qb * qh * a_q * a_n);
@@ -227,8 +255,8 @@ void fuzz_compress(FuzzedDataProvider& in) {
     std::size_t bytes = compress_workspace_bytes(dev, press, obs, cache);
     if (bytes > (std::size_t{64} << 20)) return;
     if (in.ConsumeIntegralInRange(0, 15) == 0) bytes -= std::min<std::size_t>(bytes, in.ConsumeIntegralInRange<std::size_t>(1, 4096));
-    std::vector<std::byte> scratch(bytes);
-    compress(dev, press, obs, cache, Workspace(scratch.data(), scratch.size()));
+    std::unique_ptr<std::byte[]> const scratch(bytes == 0 ? nullptr : new std::byte[bytes]);  // not zeroed, as in an engine
+    compress(dev, press, obs, cache, Workspace(scratch.get(), bytes));
     // Postconditions: every row shrank to a length in [0, n], positions kept in order.
     for (I64 r = 0; r < rows; ++r) {
       std::int32_t const n = before[static_cast<std::size_t>(r)], k = lengths[static_cast<std::size_t>(r)];

@@ -381,6 +381,8 @@ int main(int argc, char** argv) {
   Options o;
   CLI::App app{"kvcompress-eval: accuracy, KL divergence, cache bytes and timings of kvcompress's presses against "
                "the compression ratio, on a model and pre-tokenised tasks (default: the model the project ships)"};
+  // An option given twice takes its last value, as in most command lines (scripts append overrides).
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--model", o.model, "HF checkpoint folder (config.json + *.safetensors)")->capture_default_str();
   app.add_option("--tasks", o.tasks, "task examples, JSON Lines {length, task, prompt, answer[, question]} "
                                      "(default: <model>/tasks.jsonl)");

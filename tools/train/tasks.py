@@ -1,15 +1,17 @@
 """Synthetic long-context tasks in the spirit of RULER, on a word-level vocabulary.
 
-Every key and every value is one token, so retrieval is associative recall, which small attention
-models learn quickly. Filler is plain English text (the licence texts every Debian system ships in
+Every key and every value is one token, and a needle puts its value right after its key, so that the
+question (which ends with the key) is answered by the induction pattern "find the earlier occurrence of
+this token, copy the one after it": associative recall, which small attention models learn quickly. Filler is plain English text (the licence texts every Debian system ships in
 /usr/share/common-licenses), tokenised by words. An example is a list of token ids plus the positions
 of its answer tokens; the model is trained on every next token, and evaluated on the answers only.
 
 Tasks:
-  niah_single       one needle "the magic number for K is V ." in filler; question "K ?" → V
+  niah_single       one needle "the magic number for K V ." in filler; question "<question> K" → V
   niah_multikey     four needles with different keys; the question asks one of them
   niah_multivalue   one key with three values; the question asks all three, in order
-  variable_tracking chains "X = V ." "Y = X ." …; the question "V ?" asks for the variables holding V
+  variable_tracking chains "X = V ." "Y = X ." …; the question "<question> V" asks for the variables
+                    holding V, in chain order
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from pathlib import Path
 CORPUS_DIR = Path("/usr/share/common-licenses")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>", "<question>", "<answer>", "the", "magic", "number", "for", "is",
             ".", "?", "=", ",", "and"]
-N_KEYS = 512
-N_VALUES = 512
+N_KEYS = 128
+N_VALUES = 128
 N_VARS = 64
 TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "variable_tracking"]
 
@@ -104,7 +106,7 @@ class Generator:
 
     def statement(self, key: int, value: int) -> list[int]:
         v = self.vocab
-        return [v.id("the"), v.id("magic"), v.id("number"), v.id("for"), key, v.id("is"), value, v.id(".")]
+        return [v.id("the"), v.id("magic"), v.id("number"), v.id("for"), key, value, v.id(".")]
 
     def embed(self, pieces: list[list[int]], length: int, tail: list[int]) -> list[int]:
         """Scatters the pieces, in order, at random points of `length` filler tokens."""
@@ -122,32 +124,45 @@ class Generator:
 
     def example(self, task: str, length: int) -> Example:
         v, r = self.vocab, self.rng
-        q, a = v.id("<question>"), v.id("<answer>")
+        q = v.id("<question>")
         if task == "niah_single":
             key, value = v.key(r.randrange(N_KEYS)), v.value(r.randrange(N_VALUES))
-            pieces, question, answer = [self.statement(key, value)], [q, key, v.id("?"), a], [value]
+            pieces, question, answer = [self.statement(key, value)], [q, key], [value]
         elif task == "niah_multikey":
             keys = r.sample(range(N_KEYS), 4)
             values = [v.value(r.randrange(N_VALUES)) for _ in keys]
             pieces = [self.statement(v.key(k), val) for k, val in zip(keys, values)]
             pick = r.randrange(4)
-            question, answer = [q, v.key(keys[pick]), v.id("?"), a], [values[pick]]
+            question, answer = [q, v.key(keys[pick])], [values[pick]]
         elif task == "niah_multivalue":
             key = v.key(r.randrange(N_KEYS))
             values = [v.value(i) for i in r.sample(range(N_VALUES), 3)]
             pieces = [self.statement(key, val) for val in values]
-            question, answer = [q, key, v.id("?"), a], values
+            question, answer = [q, key], values
         elif task == "variable_tracking":
             names = [v.var(i) for i in r.sample(range(N_VARS), 4)]
             value = v.value(r.randrange(N_VALUES))
             pieces = [[names[0], v.id("="), value, v.id(".")]]
             pieces += [[names[i], v.id("="), names[i - 1], v.id(".")] for i in range(1, 4)]
-            question, answer = [q, value, v.id("?"), a], names
+            question, answer = [q, value], names
         else:
             raise ValueError(f"unknown task {task}")
         tokens = self.embed(pieces, length, question + answer + [v.id("<eos>")])
         start = len(tokens) - 1 - len(answer)
         return Example(task, tokens, start, answer)
+
+    def drill(self, length: int, max_pairs: int = 8) -> tuple[list[int], list[int]]:
+        """A training-only sequence with many questions: 1 to `max_pairs` needles with different keys in
+        filler, then "<question> K V" for each of them in random order. Returns the tokens and the
+        positions of the answers (the V of each question), so one sequence teaches recall many times.
+        """
+        v, r = self.vocab, self.rng
+        pairs = [(v.key(k), v.value(r.randrange(N_VALUES))) for k in r.sample(range(N_KEYS), r.randint(1, max_pairs))]
+        asked = r.sample(pairs, len(pairs))
+        tail = [t for k, val in asked for t in (v.id("<question>"), k, val)] + [v.id("<eos>")]
+        tokens = self.embed([self.statement(k, val) for k, val in pairs], length, tail)
+        first = len(tokens) - len(tail)
+        return tokens, [first + 3 * i + 2 for i in range(len(asked))]
 
     def text(self, length: int) -> list[int]:
         return [self.vocab.id("<bos>")] + self.filler(length - 1)

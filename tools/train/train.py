@@ -1,6 +1,6 @@
 """Trains the small Llama-architecture model that kvcompress ships for its evaluation.
 
-    python tools/train/train.py --out models/kvc-recall --minutes 40 --seed 0
+    python tools/train/train.py --out models/kvc-recall --steps 1200 --seed 0
 
 Writes an HF checkpoint folder (config.json, model.safetensors), the vocabulary (vocab.json), the
 evaluation sets (tasks.jsonl: prompts and answers of every task at several context lengths, drawn from
@@ -9,8 +9,9 @@ training.json (the command, the seed, the recipe, the curriculum reached and the
 the evaluation set with the full cache).
 
 Recipe: a curriculum over context lengths (128 → 2,048 tokens, each stage until single-needle accuracy
-on a probe batch passes a threshold or its share of the time is spent), every batch a mix of the four
-tasks (80 %) and plain text (20 %), next-token loss on every token with the answer tokens weighted ×4.
+on a probe batch passes a threshold or its share of the steps is spent), every batch a mix of recall
+drills (50 %: up to 8 needles, then a question for each), the four tasks (40 %) and plain text (10 %);
+next-token loss on every token, the answer tokens of a drill or task sequence carrying half of its loss.
 """
 
 from __future__ import annotations
@@ -42,18 +43,29 @@ def model_config(vocab_size: int, args) -> LlamaConfig:
         attention_bias=False, mlp_bias=False, torch_dtype="float32")
 
 
-def batch(gen: T.Generator, length: int, size: int, text_share: float = 0.2):
-    """Token ids [size, length] and per-token loss weights [size, length - 1]."""
+def batch(gen: T.Generator, length: int, size: int, answer_share: float, text_share: float = 0.1,
+          drill_share: float = 0.5):
+    """Token ids [size, length] and per-token loss weights [size, length - 1].
+
+    A sequence is plain text, a recall drill (many questions, training only) or one of the evaluation
+    tasks. In a drill or task sequence the answer tokens carry `answer_share` of its loss: with a plain
+    per-token loss a 2,048-token example would spend 99.9 % of its gradient on the filler text.
+    """
     ids, weights = [], []
     for _ in range(size):
-        if gen.rng.random() < text_share:
-            toks, w = gen.text(length), [1.0] * (length - 1)
+        u = gen.rng.random()
+        if u < text_share:
+            toks, answers = gen.text(length), []
+        elif u < text_share + drill_share:
+            toks, answers = gen.drill(length)
         else:
             ex = gen.example(gen.rng.choice(T.TASKS), length)
-            toks = ex.tokens
-            w = [1.0] * (length - 1)
-            for i in range(len(ex.answer)):
-                w[ex.answer_start - 1 + i] = 4.0  # predicting tokens[answer_start + i]
+            toks, answers = ex.tokens, list(range(ex.answer_start, ex.answer_start + len(ex.answer)))
+        w = [1.0] * (length - 1)
+        if answers:
+            answer_weight = answer_share / (1.0 - answer_share) * (length - 1 - len(answers)) / len(answers)
+            for pos in answers:
+                w[pos - 1] = answer_weight  # the logits at pos - 1 predict tokens[pos]
         ids.append(toks)
         weights.append(w)
     return torch.tensor(ids), torch.tensor(weights)
@@ -75,14 +87,15 @@ def answer_accuracy(model, examples: list[T.Example]) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--minutes", type=float, default=40.0)
+    p.add_argument("--steps", type=int, default=1200, help="optimizer steps (a step count, not a time, so a run is reproducible)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--tokens-per-step", type=int, default=8192)
+    p.add_argument("--tokens-per-step", type=int, default=4096)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--answer-share", type=float, default=0.5, help="share of a task sequence's loss on its answer")
     p.add_argument("--threshold", type=float, default=0.9, help="probe accuracy that ends a stage early")
     p.add_argument("--eval-per-task", type=int, default=50)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -101,23 +114,26 @@ def main(argv=None) -> int:
     print(f"vocab {len(vocab)}, parameters {n_params / 1e6:.2f} M, device {args.device}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
 
-    deadline = time.time() + args.minutes * 60
     start, step, log = time.time(), 0, []
-    stage_budget = [0.1, 0.15, 0.2, 0.25, 0.3]  # shares of the time, longest contexts last
+    stage_share = [0.3, 0.2, 0.15, 0.15, 0.2]  # shares of the steps: recall is learned on short contexts
     for stage, length in enumerate(STAGES):
-        stage_end = min(deadline, time.time() + stage_budget[stage] * args.minutes * 60) \
-            if stage < len(STAGES) - 1 else deadline
+        # a stage that passes the probe early hands its remaining steps to the next ones
+        stage_end = args.steps if stage == len(STAGES) - 1 else \
+            step + round(stage_share[stage] / sum(stage_share[stage:]) * (args.steps - step))
         size = max(1, args.tokens_per_step // length)
         probe = [probe_gen.example("niah_single", length) for _ in range(16)]
-        while time.time() < stage_end:
-            ids, w = batch(train_gen, length, size)
+        while step < stage_end:
+            ids, w = batch(train_gen, length, size, args.answer_share)
             ids, w = ids.to(args.device), w.to(args.device)
             logits = model(ids).logits[:, :-1].float()
+            answers = w > 1.0
+            batch_recall = (logits.argmax(-1)[answers] == ids[:, 1:][answers]).float().mean().item() \
+                if answers.any() else 0.0
             loss_tok = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                          reduction="none")
             loss = (loss_tok * w.reshape(-1)).sum() / w.sum()
             lr = args.lr * min(1.0, (step + 1) / 100)  # warm-up, then constant until the final cool-down
-            remaining = (deadline - time.time()) / (args.minutes * 60)
+            remaining = (args.steps - step) / args.steps
             if remaining < 0.1:
                 lr *= max(0.05, remaining / 0.1)
             for g in opt.param_groups:
@@ -130,7 +146,8 @@ def main(argv=None) -> int:
             if step % 50 == 0:
                 acc = answer_accuracy(model, probe)
                 entry = {"step": step, "minutes": round((time.time() - start) / 60, 2), "length": length,
-                         "loss": round(loss.item(), 4), "probe_niah_single": acc}
+                         "loss": round(loss.item(), 4), "batch_answer_accuracy": round(batch_recall, 3),
+                         "probe_niah_single": acc}
                 log.append(entry)
                 print(json.dumps(entry), flush=True)
                 if acc >= args.threshold and stage < len(STAGES) - 1:

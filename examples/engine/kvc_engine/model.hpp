@@ -122,9 +122,10 @@ inline Model load_model(std::string const& folder) {
   m.final_norm = ck.take("model.norm.weight", {D});
   if (!c.tie_word_embeddings) m.lm_head = ck.take("lm_head.weight", {c.vocab_size, D}, " (config.json: tie_word_embeddings is false)");
   char const* const bias_why = " (config.json implies attention biases)";
-  m.layers.resize(static_cast<std::size_t>(c.num_layers));
+  // Each layer is appended once its first tensor is found: sizing the vector from config.json's
+  // num_hidden_layers first turned a corrupt count (up to 2^40) into std::bad_alloc.
   for (std::int64_t l = 0; l < c.num_layers; ++l) {
-    LayerWeights& w = m.layers[static_cast<std::size_t>(l)];
+    LayerWeights& w = m.layers.emplace_back();
     std::string const p = "model.layers." + std::to_string(l) + ".";
     w.input_norm = ck.take(p + "input_layernorm.weight", {D});
     w.post_norm = ck.take(p + "post_attention_layernorm.weight", {D});

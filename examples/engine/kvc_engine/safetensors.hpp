@@ -196,14 +196,17 @@ class SafetensorsFile {
 
     auto const& shape = entry.at("shape");
     KVC_CHECK(shape.is_array(), where << ": shape must be an array, got " << detail::brief(shape));
+    // Every partial product (times the item size) must fit in int64, not only the final one: numel()
+    // and the engine multiply left to right in int64, and a later 0 does not undo an earlier overflow.
     std::uint64_t numel = 1;
+    constexpr auto kMaxBytes = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
     for (auto const& s : shape) {
       KVC_CHECK(s.is_number_unsigned(), where << ": shape entries must be non-negative integers, got " << detail::brief(s));
       std::uint64_t const v = s.get<std::uint64_t>();
-      KVC_CHECK(v <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()),
-                where << ": shape entry " << v << " is too large");
-      KVC_CHECK(v == 0 || numel <= std::numeric_limits<std::uint64_t>::max() / v / t.item_bytes,
-                where << ": shape " << detail::brief(shape) << " overflows 64 bits");
+      KVC_CHECK(v <= kMaxBytes, where << ": shape entry " << v << " is too large");
+      KVC_CHECK(v == 0 || numel <= kMaxBytes / v / t.item_bytes,
+                where << ": shape " << detail::brief(shape) << " overflows 64 bits: " << numel << " x " << v << " elements of "
+                      << t.item_bytes << "-byte " << t.dtype << " exceed 2^63 - 1 bytes");
       numel *= v;
       t.shape.push_back(static_cast<std::int64_t>(v));
     }

@@ -30,6 +30,14 @@ struct RopeConfig {
   bool truncate = true;                               ///< yarn
 };
 
+/// \brief Yarn's attention scaling as HF derives it: `attention_factor` if given, else from the mscales.
+inline double yarn_attention_factor(RopeConfig const& c) {
+  if (c.attention_factor != 0.0) return c.attention_factor;
+  auto const mscale_of = [](double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  return (c.mscale != 0.0 && c.mscale_all_dim != 0.0) ? mscale_of(c.factor, c.mscale) / mscale_of(c.factor, c.mscale_all_dim)
+                                                       : mscale_of(c.factor, 1.0);
+}
+
 /// \brief Throws `kvcompress::Error` naming the field and the value for a configuration HF rejects
 /// or that would produce NaN frequencies.
 inline void validate(RopeConfig const& c) {
@@ -60,6 +68,13 @@ inline void validate(RopeConfig const& c) {
     KVC_CHECK(std::isfinite(c.mscale) && std::isfinite(c.mscale_all_dim),
               "yarn mscale and mscale_all_dim must be finite, got mscale = " << c.mscale << ", mscale_all_dim = "
                                                                             << c.mscale_all_dim);
+    // cos and sin are scaled by it in float: 0, a negative value, or one float cannot hold would
+    // silently zero, flip or overflow every rotated query and key.
+    double const a = yarn_attention_factor(c);
+    float const a32 = static_cast<float>(a);
+    KVC_CHECK(std::isfinite(a32) && a32 > 0.0f,
+              "yarn attention scaling must be a positive, finite float, got " << a << " (attention_factor = " << c.attention_factor
+                  << ", mscale = " << c.mscale << ", mscale_all_dim = " << c.mscale_all_dim << ", factor = " << c.factor << ")");
   }
 }
 

@@ -164,12 +164,7 @@ class RotaryEmbedding {
       }
       case RopeType::kYarn: {
         double const dim = c.head_dim;
-        auto const mscale_of = [](double scale, double m) { return scale <= 1.0 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
-        double attention = c.attention_factor;
-        if (attention == 0.0)
-          attention = (c.mscale != 0.0 && c.mscale_all_dim != 0.0)
-                          ? mscale_of(c.factor, c.mscale) / mscale_of(c.factor, c.mscale_all_dim)
-                          : mscale_of(c.factor, 1.0);
+        double const attention = yarn_attention_factor(c);
         auto const correction_dim = [&](double rotations) {
           return dim * std::log(static_cast<double>(c.original_max_position_embeddings) / (rotations * 2.0 * M_PI)) /
                  (2.0 * std::log(base));

@@ -1,0 +1,104 @@
+// docs/reliability.md catalogues the bad inputs and names, for each, the test that checks it. This
+// keeps the names honest: every reference `file › TEST_CASE › SECTION…` (or an abbreviation the
+// document defines) names a test case that exists, by its exact name, in that file under tests/, and
+// each section exists inside that test case; and the catalogue holds at least 40 checked rows.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// This file is tests/cpu/test_catalogue.cpp; CMake compiles it by its absolute path.
+fs::path const kTests = fs::path(__FILE__).parent_path().parent_path();
+fs::path const kCatalogue = kTests.parent_path() / "docs" / "reliability.md";
+std::string const kSep = " \u203a ";  // " › "
+
+std::string read(fs::path const& p) {
+  std::ifstream in(p);
+  REQUIRE(in.good());
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> split(std::string const& s, std::string const& sep) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  for (std::size_t at; (at = s.find(sep, start)) != std::string::npos; start = at + sep.size()) out.push_back(s.substr(start, at - start));
+  out.push_back(s.substr(start));
+  return out;
+}
+
+std::string trim(std::string s) {
+  auto const first = s.find_first_not_of(" \t");
+  auto const last = s.find_last_not_of(" \t");
+  return first == std::string::npos ? "" : s.substr(first, last - first + 1);
+}
+
+/// Why a reference does not resolve, or "" when it does.
+std::string resolve(std::string ref, std::map<std::string, std::string> const& abbreviations) {
+  if (ref.size() >= 2 && ref.front() == '`' && ref.back() == '`') ref = ref.substr(1, ref.size() - 2);
+  std::vector<std::string> parts = split(ref, kSep);
+  if (auto const it = abbreviations.find(parts[0]); it != abbreviations.end()) {
+    std::vector<std::string> expanded = split(it->second, kSep);
+    expanded.insert(expanded.end(), parts.begin() + 1, parts.end());
+    parts = expanded;
+  }
+  if (parts.size() < 2) return "names no test case";
+  fs::path const file = kTests / parts[0];
+  if (!fs::exists(file)) return "no file tests/" + parts[0];
+  std::string const source = read(file);
+  std::size_t const begin = source.find("TEST_CASE(\"" + parts[1] + "\"");
+  if (begin == std::string::npos) return "no TEST_CASE \"" + parts[1] + "\" in " + parts[0];
+  std::size_t const end = source.find("TEST_CASE(", begin + 1);
+  for (std::size_t i = 2; i < parts.size(); ++i) {
+    std::size_t const at = source.find("SECTION(\"" + parts[i] + "\"", begin);
+    if (at == std::string::npos || at > end) return "no SECTION \"" + parts[i] + "\" in TEST_CASE \"" + parts[1] + "\"";
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("the reliability catalogue names only tests that exist, by their exact names", "[catalogue]") {
+  std::string const doc = read(kCatalogue);
+
+  // Abbreviations: "- `name` = `file › test case`" lines.
+  std::map<std::string, std::string> abbreviations;
+  std::regex const abbreviation(R"(^- `([a-z0-9_]+)` = `([^`]+)`$)");
+  std::istringstream lines(doc);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(lines, line);) {
+    all.push_back(line);
+    std::smatch m;
+    if (std::regex_match(line, m, abbreviation)) abbreviations[m[1]] = m[2];
+  }
+  REQUIRE(abbreviations.count("rel") == 1);
+
+  // Rows of the tables whose header ends in "| test |".
+  int rows = 0;
+  bool in_test_table = false;
+  for (std::string const& line : all) {
+    if (line.rfind("| # |", 0) == 0) {
+      in_test_table = line.size() >= 8 && line.compare(line.size() - 8, 8, "| test |") == 0;
+      continue;
+    }
+    if (!in_test_table || line.rfind("| ", 0) != 0 || line.rfind("|---", 0) == 0) continue;
+    std::vector<std::string> const cells = split(line.substr(2, line.size() - 4), " | ");
+    REQUIRE(cells.size() == 4);
+    ++rows;
+    for (std::string const& ref : split(cells[3], "; ")) {
+      INFO("row " << cells[0] << ": " << trim(ref));
+      CHECK(resolve(trim(ref), abbreviations) == "");
+    }
+  }
+  CHECK(rows >= 40);
+}
