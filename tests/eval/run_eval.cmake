@@ -1,6 +1,7 @@
 # Runs kvcompress-eval once and checks the outcome (cmake -P):
 #   -DEVAL=<executable> -DARGS=<arguments separated by |> -DEXPECT=ok|error -DREGEX=<what the output must match>
-#   [-DCSV=<results.csv to count> -DCSV_ROWS=<data rows it must hold>]
+#   [-DCSV=<results.csv to count> -DCSV_ROWS=<data rows it must hold> [-DFULL_CACHE_RIGHT=ON]]
+# FULL_CACHE_RIGHT: every row at ratio 0 (the full cache) must have accuracy 1.
 # EXPECT=error needs a non-zero exit code and REGEX in stderr; EXPECT=ok needs exit code 0 and REGEX in stdout.
 string(REPLACE "|" ";" args "${ARGS}")
 execute_process(COMMAND ${EVAL} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
@@ -24,6 +25,23 @@ else()
     math(EXPR rows "${n} - 1")
     if(NOT rows EQUAL CSV_ROWS)
       message(FATAL_ERROR "${CSV} holds ${rows} data rows, expected ${CSV_ROWS}")
+    endif()
+    if(FULL_CACHE_RIGHT)
+      set(full_rows 0)
+      foreach(line IN LISTS lines)
+        string(REPLACE "," ";" fields "${line}")
+        list(GET fields 1 ratio)
+        list(GET fields 6 accuracy)
+        if(ratio STREQUAL "0")
+          math(EXPR full_rows "${full_rows} + 1")
+          if(NOT accuracy STREQUAL "1")
+            message(FATAL_ERROR "the full cache answered wrongly: ${line}")
+          endif()
+        endif()
+      endforeach()
+      if(full_rows EQUAL 0)
+        message(FATAL_ERROR "${CSV} has no full-cache row")
+      endif()
     endif()
   endif()
 endif()
