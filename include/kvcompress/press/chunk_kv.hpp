@@ -29,7 +29,7 @@ struct ChunkKVPress {
     std::int64_t const threads = detail::thread_count(dev, cache.extents.batch);
     // Per thread: chunk scores and chunk ids (at most cap chunks), the kept slots, a row partition.
     return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * cap + threads * cap)) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(threads * 3 * cap)) +
+           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(std::int64_t{3} * threads * cap)) +
            press.workspace_bytes(dev, obs, cache);
   }
 
@@ -51,11 +51,11 @@ struct ChunkKVPress {
     kvcompress::score(dev, press, obs, cache, scores, ws);
     int const threads = detail::thread_count(dev, cache.extents.batch);
     float* chunk_buf = ws.take<float>(static_cast<std::size_t>(threads * cap));
-    std::int32_t* idx_buf = ws.take<std::int32_t>(static_cast<std::size_t>(threads * 3 * cap));
+    std::int32_t* idx_buf = ws.take<std::int32_t>(static_cast<std::size_t>(std::int64_t{3} * threads * cap));
 
     detail::parallel_for(dev, cache.extents.batch, [&](std::int64_t b, int t) {
       std::int64_t const n = cache.lengths[b * heads], full = n / chunk_length, rest = n % chunk_length;
-      std::int32_t* chunk_idx = idx_buf + t * 3 * cap;  // [cap]
+      std::int32_t* chunk_idx = idx_buf + std::int64_t{3} * t * cap;  // [cap]
       std::int32_t* kept = chunk_idx + cap;             // [cap]
       std::int32_t* part = kept + cap;                  // [cap]
       if (full == 0) {                                  // as kvpress: the inner press compresses on its own
