@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/core/config.hpp"
 #include "kvcompress/core/device.hpp"
 #include "kvcompress/core/error.hpp"
 #include "kvcompress/cpu/compact.hpp"
@@ -51,7 +52,8 @@ namespace kvcompress {
 /// \brief Entries kept from n at ratio r, exactly as kvpress 0.5.5's `compute_n_kept`:
 /// `int(n * (1 - r))` in double, at least 1 so that truncation never empties a row, and 0 for r ≥ 1
 /// (evicting a whole layer on purpose). n=256, r=0.2 → 204; n=23, r=0.4 → 13; n=3, r=0.9 → 1.
-[[nodiscard]] inline std::int64_t kept_count(std::int64_t n, double ratio) noexcept {
+/// Host and device (the CUDA path computes each row's budget from its device-side length).
+[[nodiscard]] KVC_HOST_DEVICE std::int64_t kept_count(std::int64_t n, double ratio) noexcept {
   if (ratio >= 1.0) return 0;
   if (!(ratio >= 0.0)) return n;  // negative or NaN (compress rejects both first): nothing to evict
   // Above 2^53, n itself rounds in double (possibly up, to 2^63 at worst): the exact product
@@ -59,7 +61,7 @@ namespace kvcompress {
   double const x = static_cast<double>(n) * (1.0 - ratio);
   if (x >= 0x1p63) return n;
   auto const k = static_cast<std::int64_t>(x);
-  return k < 1 ? 1 : std::min(k, n);
+  return k < 1 ? 1 : (k < n ? k : n);
 }
 
 /// \brief Throws unless ratio ∈ [0, 1).

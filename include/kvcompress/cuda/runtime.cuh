@@ -1,0 +1,290 @@
+#pragma once
+/// \file
+/// \brief What every CUDA kernel of kvcompress shares: the storage-type map to CUDA's own types,
+/// error checking, the device-side cache view, the device status word, pointer checks and the one
+/// place where a runtime head_dim becomes a compile-time constant.
+///
+/// Errors come in two kinds. What the host can see (ratios, shapes, pointer kinds, workspace size)
+/// throws `kvcompress::Error` before anything is launched. What only the device can see (a row length
+/// outside [0, capacity], a row not longer than n_sink, a NaN or ±Inf score) is recorded in a
+/// `DeviceStatus` at the start of the workspace: the first kernel to find a problem records it, every
+/// later kernel of the same call sees it and leaves the cache untouched, and `check_status` (which
+/// synchronises the stream, so it is the caller's choice when to pay for it) turns it into an Error.
+
+#if !defined(__CUDACC__)
+#error "kvcompress/cuda/*.cuh contain CUDA kernels: compile this translation unit with nvcc (a .cu file), or use the kvcompress::cpu device"
+#endif
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
+#include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/core/device.hpp"
+#include "kvcompress/core/dtype.hpp"
+#include "kvcompress/core/error.hpp"
+#include "kvcompress/detail/workspace.hpp"
+
+/// Throws `kvcompress::Error` naming the failed runtime call and CUDA's error.
+#define KVC_CUDA_CHECK(expr)                                                                     \
+  do {                                                                                           \
+    cudaError_t const kvc_err_ = (expr);                                                         \
+    if (kvc_err_ != cudaSuccess)                                                                 \
+      KVC_THROW(#expr << " failed: " << cudaGetErrorName(kvc_err_) << ": " << cudaGetErrorString(kvc_err_)); \
+  } while (0)
+
+namespace kvcompress::cuda_impl {
+
+/// ⌈a / b⌉ for positive operands, as a grid dimension.
+[[nodiscard]] constexpr unsigned int ceil_div(std::int64_t a, std::int64_t b) noexcept {
+  return static_cast<unsigned int>((a + b - 1) / b);
+}
+
+// ---- storage types -------------------------------------------------------------------------------
+
+/// CUDA's type with the same bits as a kvcompress storage type (Eigen's half and bfloat16 are
+/// bit-compatible with `__half` and `__nv_bfloat16`).
+template <class T>
+struct device_storage;
+template <>
+struct device_storage<float> {
+  using type = float;
+};
+template <>
+struct device_storage<half> {
+  using type = __half;
+};
+template <>
+struct device_storage<bfloat16> {
+  using type = __nv_bfloat16;
+};
+template <class T>
+using device_storage_t = typename device_storage<std::remove_const_t<T>>::type;
+
+__device__ __forceinline__ float load(float x) { return x; }
+__device__ __forceinline__ float load(__half x) { return __half2float(x); }
+__device__ __forceinline__ float load(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class S>
+__device__ __forceinline__ S store(float x);
+template <>
+__device__ __forceinline__ float store<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half store<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+/// A host storage pointer as CUDA's type (same bits; the pointer is never dereferenced on the host).
+template <class T>
+[[nodiscard]] device_storage_t<T>* as_device(T* p) noexcept {
+  return reinterpret_cast<device_storage_t<T>*>(p);
+}
+template <class T>
+[[nodiscard]] device_storage_t<T> const* as_device(T const* p) noexcept {
+  return reinterpret_cast<device_storage_t<T> const*>(p);
+}
+
+// ---- the cache on the device ---------------------------------------------------------------------
+
+/// `KVCacheView` with CUDA's storage type: what kernels take by value.
+template <class T, class Layout>
+struct DeviceCache {
+  using S = device_storage_t<T>;
+  S* keys;
+  S* values;
+  CacheExtents extents;
+  Layout key_layout;
+  Layout value_layout;
+  std::int32_t* lengths;    // [batch, kv_heads]
+  std::int32_t* positions;  // [batch, kv_heads, capacity] or null
+
+  __device__ __forceinline__ S& key(std::int64_t b, std::int64_t h, std::int64_t s, std::int64_t d) const {
+    return keys[key_layout.offset(b, h, s, d)];
+  }
+  __device__ __forceinline__ S& value(std::int64_t b, std::int64_t h, std::int64_t s, std::int64_t d) const {
+    return values[value_layout.offset(b, h, s, d)];
+  }
+};
+
+template <class T, class Layout>
+[[nodiscard]] DeviceCache<T, Layout> device_cache(KVCacheView<T, Layout> const& c) noexcept {
+  return {as_device(c.keys), as_device(c.values), c.extents, c.key_layout, c.value_layout, c.lengths, c.positions};
+}
+
+// ---- device status -------------------------------------------------------------------------------
+
+/// What went wrong on the device. Codes are stable; `check_status` words each one.
+enum class StatusCode : int {
+  kOk = 0,
+  kLengthOutOfRange = 1,   // lengths[row] outside [0, capacity]; value = the length
+  kLengthNotAboveSink = 2, // lengths[row] ≤ the press's protected prefix (n_sink); value = the length
+  kNonFiniteScore = 3,     // a NaN or ±Inf score (from a NaN or ±Inf input); slot and value given
+  kNonFiniteInput = 4,     // a NaN or ±Inf in an input that scoring does not propagate; slot = element
+};
+
+/// The first problem a call found. Lives at the start of the workspace; zeroed by every call.
+struct DeviceStatus {
+  int code;
+  int aux;            // the press's protected prefix for kLengthNotAboveSink
+  long long row;      // batch · kv_heads + head
+  long long slot;     // entry (or element) index, -1 when not applicable
+  float value;        // the offending score
+  int length;         // the offending length
+};
+
+/// Records a problem unless one is already recorded (the first one wins).
+__device__ __forceinline__ void report(DeviceStatus* st, StatusCode code, long long row, long long slot,
+                                       float value, int length, int aux = 0) {
+  if (atomicCAS(&st->code, 0, static_cast<int>(code)) == 0) {
+    st->row = row;
+    st->slot = slot;
+    st->value = value;
+    st->length = length;
+    st->aux = aux;
+  }
+}
+
+/// Whether an earlier kernel of this call recorded a problem (then the caller's cache stays as it was).
+__device__ __forceinline__ bool failed(DeviceStatus const* st) {
+  return *static_cast<int const volatile*>(&st->code) != 0;
+}
+
+/// Formats a recorded status as the `kvcompress::Error` the CPU path would have thrown.
+inline void throw_if_failed(DeviceStatus const& st) {
+  switch (static_cast<StatusCode>(st.code)) {
+    case StatusCode::kOk: return;
+    case StatusCode::kLengthOutOfRange:
+      KVC_THROW("lengths[" << st.row << "] = " << st.length << " is outside [0, capacity] (found on the device; "
+                           << "the cache was left unchanged)");
+    case StatusCode::kLengthNotAboveSink:
+      KVC_THROW("cache length n = " << st.length << " of row " << st.row << " must exceed n_sink = " << st.aux
+                                    << " (found on the device; the cache was left unchanged)");
+    case StatusCode::kNonFiniteScore:
+      KVC_THROW("the press produced a non-finite score " << st.value << " at (row " << st.row << ", slot " << st.slot
+                                                         << "): an input it reads holds a NaN or ±Inf (found on the "
+                                                         << "device; the cache was left unchanged)");
+    case StatusCode::kNonFiniteInput:
+      KVC_THROW("an input holds a non-finite value " << st.value << " (row " << st.row << ", element " << st.slot
+                                                     << "; found on the device; the cache was left unchanged)");
+  }
+  KVC_THROW("unknown device status code " << st.code);
+}
+
+/// Records kLengthOutOfRange for a length outside [0, capacity] and kLengthNotAboveSink for one not
+/// above `min_exclusive` (a press's n_sink; pass -1 for none). \param lengths [rows]
+__global__ void check_lengths_kernel(std::int32_t const* lengths, std::int64_t rows, std::int64_t capacity,
+                                     std::int64_t min_exclusive, DeviceStatus* status) {
+  for (std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    int const n = lengths[r];
+    if (n < 0 || n > capacity) report(status, StatusCode::kLengthOutOfRange, r, -1, 0.0f, n);
+    else if (n <= min_exclusive)
+      report(status, StatusCode::kLengthNotAboveSink, r, -1, 0.0f, n, static_cast<int>(min_exclusive));
+  }
+}
+
+// ---- host-side checks ----------------------------------------------------------------------------
+
+/// Throws unless p is device or managed memory: a host pointer under a CUDA tag would fault in a
+/// kernel (or, with HMM, silently run at PCIe speed). `what` names the argument.
+inline void require_device_pointer(void const* p, char const* what) {
+  KVC_CHECK(p != nullptr, what << " must not be null");
+  cudaPointerAttributes a{};
+  cudaError_t const e = cudaPointerGetAttributes(&a, p);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky-free error so the next launch does not report it
+    KVC_THROW(what << " = " << p << " is not CUDA memory (" << cudaGetErrorString(e) << ")");
+  }
+  KVC_CHECK(a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged,
+            what << " = " << p << " is host memory; the kvcompress::cuda device needs device or managed memory");
+}
+
+/// Throws on a failed launch (bad configuration, no kernel image for this GPU). Does not synchronise.
+inline void check_launch(char const* kernel) {
+  cudaError_t const e = cudaGetLastError();
+  KVC_CHECK(e == cudaSuccess, "launching " << kernel << " failed: " << cudaGetErrorName(e) << ": "
+                                           << cudaGetErrorString(e));
+}
+
+/// Checks a cache view for the CUDA device: extents and layouts as on the CPU (host-only data), every
+/// pointer on the device. Lengths are device memory and are checked by the kernels.
+template <class T, class L>
+void require_device_cache(KVCacheView<T, L> const& cache) {
+  validate_extents(cache.extents);
+  require_device_pointer(cache.keys, "cache.keys");
+  require_device_pointer(cache.values, "cache.values");
+  KVC_CHECK(cache.keys != cache.values, "keys and values must not alias (both point to "
+                                            << static_cast<void const*>(cache.keys) << ")");
+  require_device_pointer(cache.lengths, "cache.lengths");
+  if (cache.positions) require_device_pointer(cache.positions, "cache.positions");
+  if constexpr (std::is_same_v<L, PagedLayout>) {
+    require_device_pointer(cache.key_layout.block_table, "cache.key_layout.block_table");
+    require_device_pointer(cache.value_layout.block_table, "cache.value_layout.block_table");
+  }
+}
+
+/// Launches `check_lengths_kernel` on the device's stream. \param lengths [rows] device memory
+inline void check_lengths(cuda const& dev, std::int32_t const* lengths, std::int64_t rows, std::int64_t capacity,
+                          std::int64_t min_exclusive, DeviceStatus* status) {
+  check_lengths_kernel<<<ceil_div(rows, 256) < 1024 ? ceil_div(rows, 256) : 1024u, 256, 0, dev.stream>>>(
+      lengths, rows, capacity, min_exclusive, status);
+  check_launch("check_lengths_kernel");
+}
+
+// ---- compile-time dispatch -----------------------------------------------------------------------
+
+/// The head dimensions the kernels are built for.
+inline constexpr int kHeadDims[] = {64, 80, 96, 128, 256};
+
+/// Calls f(std::integral_constant<int, D>{}) for D = head_dim; throws for any other value. The one
+/// place where a runtime head_dim becomes a template argument.
+template <class F>
+decltype(auto) dispatch_head_dim(std::int64_t head_dim, F&& f) {
+  switch (head_dim) {
+    case 64: return std::forward<F>(f)(std::integral_constant<int, 64>{});
+    case 80: return std::forward<F>(f)(std::integral_constant<int, 80>{});
+    case 96: return std::forward<F>(f)(std::integral_constant<int, 96>{});
+    case 128: return std::forward<F>(f)(std::integral_constant<int, 128>{});
+    case 256: return std::forward<F>(f)(std::integral_constant<int, 256>{});
+    default:
+      KVC_THROW("head_dim = " << head_dim << " is not supported by the kvcompress::cuda device "
+                              << "(64, 80, 96, 128 or 256; the CPU device takes any even head_dim)");
+  }
+}
+
+// ---- reductions ----------------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+/// Block-wide sum (or max) of one float per thread; every thread gets the result.
+/// \param smem [32] shared scratch; blockDim.x must be a multiple of 32.
+template <bool kMax>
+__device__ float block_reduce(float x, float* smem) {
+  int const lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  x = kMax ? warp_max(x) : warp_sum(x);
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) smem[warp] = x;
+  __syncthreads();
+  float y = lane < warps ? smem[lane] : (kMax ? -INFINITY : 0.0f);
+  y = kMax ? warp_max(y) : warp_sum(y);
+  return y;
+}
+
+/// Float max through the integer atomics (valid for any non-NaN floats; -0 < +0 is harmless here).
+__device__ __forceinline__ void atomic_max_float(float* addr, float v) {
+  if (v >= 0.0f) atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
+  else atomicMin(reinterpret_cast<unsigned int*>(addr), __float_as_uint(v));
+}
+
+}  // namespace kvcompress::cuda_impl
