@@ -1,4 +1,5 @@
-"""Times kvpress's own presses with PyTorch on the CPU, at the shapes of benchmarks/cpu/bench_cpu.cpp.
+"""Times kvpress's own presses with PyTorch at the shapes of benchmarks/cpu/bench_cpu.cpp (CPU, fp32) or
+benchmarks/cuda/bench_cuda.cu (--device cuda: bfloat16 on the GPU, synchronised around every call).
 
 kvpress's ExpectedAttentionPress.score recomputes the pre-RoPE queries from the hidden states with
 q_proj; kvcompress receives the queries from the engine. Both figures are reported: kvpress's score
@@ -39,11 +40,16 @@ def make_module():
     return module
 
 
-def best_of(fn, repeats):
+def best_of(fn, repeats, device):
+    """Best wall time of `repeats` calls after one warm-up (a GPU's first call pays for kernel loading)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fn()
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -53,35 +59,40 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    module = make_module()
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    module = make_module().to(device=dev, dtype=dtype)
+    randn = lambda *shape: torch.randn(*shape, device=dev, dtype=dtype)  # noqa: E731
     results = []
     with torch.no_grad():
         for n in args.sizes:
-            hidden = torch.randn(1, n, Q_HEADS * HEAD_DIM)
-            keys = torch.randn(1, KV_HEADS, n, HEAD_DIM)
-            values = torch.randn(1, KV_HEADS, n, HEAD_DIM)
-            pos = torch.arange(n).unsqueeze(0)
+            hidden = randn(1, n, Q_HEADS * HEAD_DIM)
+            keys = randn(1, KV_HEADS, n, HEAD_DIM)
+            values = randn(1, KV_HEADS, n, HEAD_DIM)
+            pos = torch.arange(n, device=dev).unsqueeze(0)
             kwargs = {"position_embeddings": module.rotary_emb(hidden, pos)}
             ea = ExpectedAttentionPress(compression_ratio=0.5)
             ea_nocov = ExpectedAttentionPress(compression_ratio=0.5, use_covariance=False)
-            row = {"tokens": n, "threads": args.threads}
-            row["q_proj_s"] = best_of(lambda: module.q_proj(hidden[:, ea.n_sink:]), args.repeats)
-            row["ea_score_cov_s"] = best_of(lambda: ea.score(module, hidden, keys, values, None, kwargs), args.repeats)
+            row = {"tokens": n, "threads": args.threads, "device": args.device}
+            row["q_proj_s"] = best_of(lambda: module.q_proj(hidden[:, ea.n_sink:]), args.repeats, args.device)
+            row["ea_score_cov_s"] = best_of(lambda: ea.score(module, hidden, keys, values, None, kwargs), args.repeats, args.device)
             row["ea_score_nocov_s"] = best_of(
-                lambda: ea_nocov.score(module, hidden, keys, values, None, kwargs), args.repeats)
-            row["ea_compress_s"] = best_of(lambda: ea.compress(module, hidden, keys, values, None, kwargs), args.repeats)
+                lambda: ea_nocov.score(module, hidden, keys, values, None, kwargs), args.repeats, args.device)
+            row["ea_compress_s"] = best_of(lambda: ea.compress(module, hidden, keys, values, None, kwargs), args.repeats, args.device)
             snap = SnapKVPress(compression_ratio=0.5, window_size=WINDOW, kernel_size=5)
-            row["snapkv_score_s"] = best_of(lambda: snap.score(module, hidden, keys, values, None, kwargs), args.repeats)
+            row["snapkv_score_s"] = best_of(lambda: snap.score(module, hidden, keys, values, None, kwargs), args.repeats, args.device)
             row["knorm_score_s"] = best_of(
-                lambda: KnormPress(compression_ratio=0.5).score(module, hidden, keys, values, None, kwargs), args.repeats)
+                lambda: KnormPress(compression_ratio=0.5).score(module, hidden, keys, values, None, kwargs), args.repeats, args.device)
             print(json.dumps(row), flush=True)
             results.append(row)
     with open(args.out, "w") as f:
-        json.dump({"torch": torch.__version__, "results": results}, f, indent=1)
+        gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+        json.dump({"torch": torch.__version__, "gpu": gpu, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import json
 import platform
 import subprocess
 
+from bench_json import load_benchmarks
+
 
 def cpu_model():
     try:
@@ -24,15 +26,8 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--command", required=True)
     a = p.parse_args()
-    ours = json.load(open(a.kvcompress))
+    bench, ctx = load_benchmarks(a.kvcompress)
     theirs = {r["tokens"]: r for r in json.load(open(a.kvpress))["results"]}
-    bench = {}
-    for b in ours["benchmarks"]:
-        # "BM_X/variant/4096/min_time:0.500/real_time" -> "BM_X/variant"
-        parts = [p for p in b["name"].split("/") if not p.isdigit() and ":" not in p and p != "real_time"]
-        name, tokens = "/".join(parts), int(b["tokens"])
-        bench[(name, tokens)] = b
-    ctx = ours["context"]
     lines = [
         "# CPU benchmarks",
         "",

@@ -331,6 +331,17 @@ void compress(CpuDevice const& dev, Press const& press, Observation<T> const& ob
   }
 }
 
+#if !defined(__CUDACC__)
+/// \brief The CUDA device's `compress` lives in `kvcompress/cuda.cuh`, which needs nvcc; this
+/// overload turns a call from a host-compiled file into a message saying so.
+template <class Press, class T, class L, class... Rest>
+void compress(cuda const&, Press const&, Observation<T> const&, KVCacheView<T, L> const&, Rest&&...) {
+  static_assert(detail::dependent_false_v<Press>,
+                "kvcompress::cuda needs nvcc: compile this file as CUDA (.cu) and include kvcompress/cuda.cuh, "
+                "or use kvcompress::cpu");
+}
+#endif
+
 /// \brief Allocating convenience overload of `compress`.
 template <class Press, class T, class L>
 void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
