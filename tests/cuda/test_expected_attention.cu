@@ -7,8 +7,12 @@
 // order: the GEMMs, the softmax normaliser and the averaged rotation), plus an absolute 1e-9 that
 // only matters for a probability that float exp flushes towards zero on one side: every score here
 // is ≥ ~1e-7 (the rows are ≤ 131072 entries long and the logits spread by a few units).
+#include <algorithm>
 #include <cstddef>
+#include <limits>
+#include <numeric>
 #include <random>
+#include <utility>
 
 #include "cuda_test_util.cuh"
 #include "kvcompress/cuda/expected_attention.cuh"
