@@ -5,3 +5,4 @@
 
 #include "kvcompress/kvcompress.hpp"
 #include "kvcompress/cuda/runtime.cuh"
+#include "kvcompress/cuda/compress.cuh"
