@@ -126,12 +126,12 @@ __global__ void __launch_bounds__(kWindowThreads)
     std::int64_t const k_end = k_begin + kWindowSplit < n ? k_begin + kWindowSplit : n;
     load_window_queries<D>(wq, r / heads, r % heads, group, window, q0, q_count, qs);
     float mx[8], sum[8];
-    std::int64_t visible[8];  // last slot each query sees
+    int visible[8];  // last slot each query sees (slots fit in int32: the capacity does)
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
       mx[u] = -INFINITY;
       sum[u] = 0.0f;
-      visible[u] = m + (q0 + warp + 8 * u) % window;
+      visible[u] = static_cast<int>(m + (q0 + warp + 8 * u) % window);
     }
     for (std::int64_t s0 = k_begin; s0 < k_end; s0 += kKeyTile) {
       int const count = static_cast<int>(k_end - s0 < kKeyTile ? k_end - s0 : kKeyTile);
@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kWindowThreads)
       tile_logits<D>(qs, ks, acc);
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        if (warp + 8 * u < q_count && lane < count && s0 + lane <= visible[u]) {
+        if (warp + 8 * u < q_count && lane < count && static_cast<int>(s0) + lane <= visible[u]) {
           float const z = acc[u] * inv_sqrt_d;
           if (z > mx[u]) {
             sum[u] = sum[u] * expf(mx[u] - z) + 1.0f;
