@@ -4,6 +4,8 @@
 using namespace kvcompress;
 using kvc_cuda_test::DeviceBuffer;
 
+void launch_from_second_unit(cuda_impl::DeviceStatus* status, std::int32_t const* lengths);  // second_unit.cu
+
 TEST_CASE("cuda dispatch_head_dim maps each supported head_dim to its constant and rejects others", "[cuda]") {
   for (int d : {64, 80, 96, 128, 256})
     CHECK(cuda_impl::dispatch_head_dim(d, [](auto dim) { return static_cast<int>(decltype(dim)::value); }) == d);
@@ -36,4 +38,12 @@ TEST_CASE("cuda check_lengths records the first bad length in the device status"
   CHECK(st2.code == static_cast<int>(cuda_impl::StatusCode::kLengthNotAboveSink));
   CHECK(st2.row == 2);
   CHECK_THROWS_WITH(cuda_impl::throw_if_failed(st2), Catch::Contains("must exceed n_sink = 4"));
+}
+
+TEST_CASE("cuda kernels defined in the headers link from two translation units", "[cuda]") {
+  DeviceBuffer<std::int32_t> lengths(std::vector<std::int32_t>{2});
+  DeviceBuffer<cuda_impl::DeviceStatus> status(1);
+  KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
+  launch_from_second_unit(status.get(), lengths.get());
+  CHECK(status.download()[0].code == static_cast<int>(cuda_impl::StatusCode::kLengthOutOfRange));
 }

@@ -159,7 +159,8 @@ TEST_CASE("cuda window presses reject bad input with the CPU's wording, and bad 
     }
     SECTION("a row not longer than the window is recorded on the device") {
       (void)device_scores(SnapKVPress{0.5, w, 5}, obs, c.device, st);
-      CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthNotAboveSink));
+      CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthNotAboveWindow));
+      CHECK_THROWS_WITH(cuda_impl::throw_if_failed(st), Catch::Contains("must exceed window_size = 8"));
       CHECK(st.row == 2);
       CHECK(st.length == 8);
       CHECK(st.aux == w);
@@ -170,7 +171,7 @@ TEST_CASE("cuda window presses reject bad input with the CPU's wording, and bad 
       o.attention = att.device;
       c.mirror.lengths.upload({40, 39, 40, 40});
       (void)device_scores(SnapKVPress{0.5, w, 5}, o, c.device, st);
-      CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthOutOfRange));
+      CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthMismatch));
       CHECK(st.row == 1);
       CHECK(st.length == 39);
       auto const short_att = attention_probs<float>(2, q_heads, w, 40, 5);
@@ -181,7 +182,7 @@ TEST_CASE("cuda window presses reject bad input with the CPU's wording, and bad 
     SECTION("TOVA: kv heads of one batch element with different lengths are recorded on the device") {
       c.mirror.lengths.upload({40, 40, 12, 40});
       (void)device_scores(TOVAPress{0.5}, obs, c.device, st);
-      CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthOutOfRange));
+      CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthMismatch));
       CHECK(st.row == 3);
       CHECK(st.length == 40);
       CHECK(st.aux == 12);

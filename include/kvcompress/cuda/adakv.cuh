@@ -52,6 +52,7 @@ struct AdaKVFloor {
 /// \param scores  [batch · kv_heads, capacity]
 /// \param lengths [batch · kv_heads]
 /// \param floors  [batch · kv_heads] out
+template <class = void>
 __global__ void __launch_bounds__(kSelectThreads)
     adakv_floor_kernel(float const* scores, std::int64_t rows, std::int64_t capacity, std::int32_t const* lengths,
                        double ratio, double alpha, AdaKVFloor* floors, DeviceStatus const* status) {
@@ -82,6 +83,7 @@ __global__ void __launch_bounds__(kSelectThreads)
 /// \param scores  [batch, kv_heads, capacity]
 /// \param floors  [batch · kv_heads]
 /// \param counts  [batch · kv_heads] out
+template <class = void>
 __global__ void __launch_bounds__(kSelectThreads)
     adakv_pool_kernel(float const* scores, std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity,
                       AdaKVFloor const* floors, std::int32_t* counts, DeviceStatus const* status) {

@@ -84,6 +84,7 @@ constexpr void require_cuda_press() {
 
 /// Records kNonFiniteScore for the first NaN or ±Inf among the live scores of any row.
 /// \param scores [rows, capacity] \param lengths [rows]
+template <class = void>
 __global__ void check_finite_scores_kernel(float const* scores, std::int32_t const* lengths, std::int64_t rows,
                                            std::int64_t capacity, DeviceStatus* status) {
   if (failed(status)) return;
@@ -108,6 +109,7 @@ inline void check_finite_scores(cuda const& dev, float const* scores, std::int32
 
 /// counts[r] = kvpress's budget of row r, `kept_count(lengths[r], ratio)`.
 /// \param lengths [rows] \param counts [rows]
+template <class = void>
 __global__ void kept_counts_kernel(std::int32_t const* lengths, std::int64_t rows, double ratio, std::int32_t* counts,
                                    DeviceStatus const* status) {
   if (failed(status)) return;

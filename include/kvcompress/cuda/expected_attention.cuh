@@ -245,6 +245,7 @@ __global__ void __launch_bounds__(kEaThreads)
 /// non-sink entries, and the global maximum of those scores into *gmax.
 /// \param lengths [rows] \param logits [rows, G, capacity] \param row_stats [rows, G, 2]
 /// \param scores [rows, capacity] (holds ‖v‖ on entry when use_vnorm) \param gmax [1]
+template <class = void>
 __global__ void __launch_bounds__(256)
     ea_scores_kernel(std::int32_t const* lengths, long long cap, EaArgs a, float const* logits,
                      float const* row_stats, float* scores, float* gmax, DeviceStatus const* status) {
@@ -274,6 +275,7 @@ __global__ void __launch_bounds__(256)
 
 /// Sinks [0, n_sink) of every row = the global maximum of the non-sink scores + 1 (kvpress pads
 /// them with the maximum over batch and heads). \param gmax [1] \param scores [rows, capacity]
+template <class = void>
 __global__ void __launch_bounds__(256)
     ea_sinks_kernel(long long rows, long long cap, long long n_sink, float const* gmax, float* scores,
                     DeviceStatus const* status) {

@@ -65,6 +65,7 @@ inline constexpr int kRopeAverageThreads = 128;
 /// frequency. Each term is rounded as the CPU rounds it (float angle, float cos, float product) and
 /// summed in double, so the result matches `RotaryEmbedding::averaged_rotation` to float rounding.
 /// \param cs [2, head_dim]: cos_mean then sin_mean
+template <class = void>
 __global__ void __launch_bounds__(kRopeAverageThreads)
     averaged_rotation_kernel(RopeAverageArgs a, float* cs, DeviceStatus const* status) {
   if (failed(status)) return;
@@ -101,24 +102,6 @@ __global__ void __launch_bounds__(kRopeAverageThreads)
 inline void averaged_rotation(cuda const& dev, RopeAverageArgs const& a, float* cs, DeviceStatus const* status) {
   averaged_rotation_kernel<<<static_cast<unsigned>(a.half_dim), kRopeAverageThreads, 0, dev.stream>>>(a, cs, status);
   check_launch("averaged_rotation_kernel");
-}
-
-// ---- the queries on the device -------------------------------------------------------------------
-
-/// A `Tensor4` of queries with CUDA's storage type: any strides, zero (broadcast) included.
-template <class S>
-struct QueryTensor {
-  S const* data;
-  long long strides[4];
-
-  __device__ __forceinline__ float operator()(long long i, long long j, long long k, long long l) const {
-    return load(data[i * strides[0] + j * strides[1] + k * strides[2] + l * strides[3]]);
-  }
-};
-
-template <class T>
-[[nodiscard]] QueryTensor<device_storage_t<T>> query_tensor(Tensor4<T> const& t) noexcept {
-  return {as_device(t.data), {t.strides[0], t.strides[1], t.strides[2], t.strides[3]}};
 }
 
 // ---- mean and covariance partials ----------------------------------------------------------------
@@ -158,7 +141,7 @@ inline constexpr int kMeanRows = 256 / D > 0 ? 256 / D : 1;
 /// contiguous head_dim reads coalesced. \param parts [bh, splits, D]
 template <int D, class S>
 __global__ void __launch_bounds__(D * kMeanRows<D>)
-    query_mean_partial_kernel(QueryTensor<S> q, QueryRange range, float* parts, DeviceStatus const* status) {
+    query_mean_partial_kernel(DeviceTensor4<S> q, QueryRange range, float* parts, DeviceStatus const* status) {
   if (failed(status)) return;
   constexpr int kRows = kMeanRows<D>;
   __shared__ float acc_s[kRows][D];
@@ -196,7 +179,7 @@ inline constexpr int kCovTokens = 32;    // tokens per shared-memory tile (the G
 /// \param mean_parts [bh, splits, D] \param parts [bh, splits, D, D]
 template <int D, class S>
 __global__ void __launch_bounds__(kCovThreads)
-    query_cov_partial_kernel(QueryTensor<S> q, QueryRange range, float const* mean_parts, float* parts,
+    query_cov_partial_kernel(DeviceTensor4<S> q, QueryRange range, float const* mean_parts, float* parts,
                              DeviceStatus const* status) {
   if (failed(status)) return;
   constexpr int kEdge = D > 128 ? 128 : D;  // output tile edge
@@ -329,7 +312,7 @@ void query_stats(cuda const& dev, Tensor4<T> const& q, std::int64_t n_sink, floa
   auto const n = static_cast<std::size_t>(bh * D);
   float* mean_parts = ws.take<float>(n * static_cast<std::size_t>(splits));
   float* cov_parts = cov ? ws.take<float>(n * D * static_cast<std::size_t>(splits)) : nullptr;
-  auto const dq = query_tensor(q);
+  auto const dq = device_tensor(q);
 
   query_mean_partial_kernel<D, S><<<dim3(static_cast<unsigned>(bh), static_cast<unsigned>(splits)),
                                     D * kMeanRows<D>, 0, dev.stream>>>(dq, range, mean_parts, status);

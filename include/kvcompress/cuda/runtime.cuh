@@ -10,6 +10,10 @@
 /// `DeviceStatus` at the start of the workspace: the first kernel to find a problem records it, every
 /// later kernel of the same call sees it and leaves the cache untouched, and `check_status` (which
 /// synchronises the stream, so it is the caller's choice when to pay for it) turns it into an Error.
+///
+/// Every kernel defined in these headers is a template (`template <class = void>` where nothing else
+/// is templated): a header-only library's kernels are compiled into every .cu that includes them, and
+/// only templates (like inline functions) may be defined in several translation units of one program.
 
 #if !defined(__CUDACC__)
 #error "kvcompress/cuda/*.cuh contain CUDA kernels: compile this translation unit with nvcc (a .cu file), or use the kvcompress::cpu device"
@@ -27,6 +31,7 @@
 #include "kvcompress/core/device.hpp"
 #include "kvcompress/core/dtype.hpp"
 #include "kvcompress/core/error.hpp"
+#include "kvcompress/core/tensor.hpp"
 #include "kvcompress/detail/workspace.hpp"
 
 /// Throws `kvcompress::Error` naming the failed runtime call and CUDA's error.
@@ -115,6 +120,23 @@ template <class T, class Layout>
   return {as_device(c.keys), as_device(c.values), c.extents, c.key_layout, c.value_layout, c.lengths, c.positions};
 }
 
+/// A read-only `Tensor4` activation (queries, window queries, attention probabilities) with CUDA's
+/// storage type: any strides, zero (broadcast) included.
+template <class S>
+struct DeviceTensor4 {
+  S const* data;
+  std::int64_t strides[4];  // elements
+
+  __device__ __forceinline__ float operator()(std::int64_t i, std::int64_t j, std::int64_t k, std::int64_t l) const {
+    return load(data[i * strides[0] + j * strides[1] + k * strides[2] + l * strides[3]]);
+  }
+};
+
+template <class T>
+[[nodiscard]] DeviceTensor4<device_storage_t<T>> device_tensor(Tensor4<T> const& t) noexcept {
+  return {as_device(t.data), {t.strides[0], t.strides[1], t.strides[2], t.strides[3]}};
+}
+
 // ---- device status -------------------------------------------------------------------------------
 
 /// What went wrong on the device. Codes are stable; `check_status` words each one.
@@ -124,6 +146,9 @@ enum class StatusCode : int {
   kLengthNotAboveSink = 2, // lengths[row] ≤ the press's protected prefix (n_sink); value = the length
   kNonFiniteScore = 3,     // a NaN or ±Inf score (from a NaN or ±Inf input); slot and value given
   kNonFiniteInput = 4,     // a NaN or ±Inf in an input that scoring does not propagate; slot = element
+  kLengthNotAboveWindow = 5,  // lengths[row] ≤ the press's window_size (aux); value = the length
+  kLengthMismatch = 6,     // lengths[row] differs from what the press needs (aux): the given attention's
+                           // key count, or (TOVA) the length of the sequence's first kv head
 };
 
 /// The first problem a call found. Lives at the start of the workspace; zeroed by every call.
@@ -170,20 +195,28 @@ inline void throw_if_failed(DeviceStatus const& st) {
     case StatusCode::kNonFiniteInput:
       KVC_THROW("an input holds a non-finite value " << st.value << " (row " << st.row << ", element " << st.slot
                                                      << "; found on the device; the cache was left unchanged)");
+    case StatusCode::kLengthNotAboveWindow:
+      KVC_THROW("cache length n = " << st.length << " of row " << st.row << " must exceed window_size = " << st.aux
+                                    << " (found on the device; the cache was left unchanged)");
+    case StatusCode::kLengthMismatch:
+      KVC_THROW("lengths[" << st.row << "] = " << st.length << " must equal " << st.aux
+                           << " (the given attention's key count, or the length of the sequence's other kv heads; "
+                           << "found on the device; the cache was left unchanged)");
   }
   KVC_THROW("unknown device status code " << st.code);
 }
 
-/// Records kLengthOutOfRange for a length outside [0, capacity] and kLengthNotAboveSink for one not
-/// above `min_exclusive` (a press's n_sink; pass -1 for none). \param lengths [rows]
+/// Records kLengthOutOfRange for a length outside [0, capacity] and `below` (kLengthNotAboveSink or
+/// kLengthNotAboveWindow) for one not above `min_exclusive` (pass -1 for none). \param lengths [rows]
+template <class = void>
 __global__ void check_lengths_kernel(std::int32_t const* lengths, std::int64_t rows, std::int64_t capacity,
-                                     std::int64_t min_exclusive, DeviceStatus* status) {
+                                     std::int64_t min_exclusive, StatusCode below, DeviceStatus* status) {
   for (std::int64_t r = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; r < rows;
        r += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     int const n = lengths[r];
     if (n < 0 || n > capacity) report(status, StatusCode::kLengthOutOfRange, r, -1, 0.0f, n);
     else if (n <= min_exclusive)
-      report(status, StatusCode::kLengthNotAboveSink, r, -1, 0.0f, n, static_cast<int>(min_exclusive));
+      report(status, below, r, -1, 0.0f, n, static_cast<int>(min_exclusive));
   }
 }
 
@@ -229,9 +262,10 @@ void require_device_cache(KVCacheView<T, L> const& cache) {
 
 /// Launches `check_lengths_kernel` on the device's stream. \param lengths [rows] device memory
 inline void check_lengths(cuda const& dev, std::int32_t const* lengths, std::int64_t rows, std::int64_t capacity,
-                          std::int64_t min_exclusive, DeviceStatus* status) {
+                          std::int64_t min_exclusive, DeviceStatus* status,
+                          StatusCode below = StatusCode::kLengthNotAboveSink) {
   check_lengths_kernel<<<ceil_div(rows, 256) < 1024 ? ceil_div(rows, 256) : 1024u, 256, 0, dev.stream>>>(
-      lengths, rows, capacity, min_exclusive, status);
+      lengths, rows, capacity, min_exclusive, below, status);
   check_launch("check_lengths_kernel");
 }
 

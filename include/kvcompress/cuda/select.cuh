@@ -113,6 +113,7 @@ inline constexpr int kCompactTile = kSelectThreads * kCompactItems;
 /// \param lengths [rows]
 /// \param counts  [rows]
 /// \param kept    [rows, capacity] out: kept[r·capacity + 0..counts[r]) ascending
+template <class = void>
 __global__ void __launch_bounds__(kSelectThreads)
     select_topk_kernel(float const* scores, std::int64_t rows, std::int64_t capacity, std::int32_t const* lengths,
                        std::int32_t const* counts, std::int32_t* kept, DeviceStatus const* status) {

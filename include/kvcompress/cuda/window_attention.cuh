@@ -39,22 +39,6 @@ inline constexpr int kWindowThreads = 256;  // 8 warps; a warp owns 8 of the res
 inline constexpr int kWindowQueries = 64;   // queries resident in shared memory per block
 inline constexpr int kWindowSplit = 512;    // keys per block along the sequence
 
-/// A read-only rank-4 activation on the device (window queries or attention probabilities).
-template <class S>
-struct DeviceTensor4 {
-  S const* data;
-  std::int64_t s0, s1, s2, s3;  // element strides of the four axes
-
-  __device__ __forceinline__ float operator()(std::int64_t i, std::int64_t j, std::int64_t k, std::int64_t l) const {
-    return load(data[i * s0 + j * s1 + k * s2 + l * s3]);
-  }
-};
-
-template <class T>
-[[nodiscard]] DeviceTensor4<device_storage_t<T>> device_tensor(Tensor4<T> const& t) noexcept {
-  return {as_device(t.data), t.strides[0], t.strides[1], t.strides[2], t.strides[3]};
-}
-
 /// Shared-memory carve-up of the window kernels, in floats. Pass 1 needs everything before kProbs.
 template <int D>
 struct WindowSmem {
@@ -357,19 +341,19 @@ __global__ void __launch_bounds__(kWindowThreads)
 }
 
 /// Records a row whose length differs from `expected` (the key count of the given attention) as
-/// kLengthOutOfRange: the CPU's "observation.attention covers ... keys" check, read on the device.
+/// kLengthMismatch: the CPU's "observation.attention covers ... keys" check, read on the device.
 /// \param lengths [rows]
 template <class Index>
 __global__ void check_key_count_kernel(Index const* lengths, std::int64_t rows, std::int64_t expected,
                                        DeviceStatus* status) {
   for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
        r += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
-    if (lengths[r] != expected) report(status, StatusCode::kLengthOutOfRange, r, -1, 0.0f, lengths[r],
+    if (lengths[r] != expected) report(status, StatusCode::kLengthMismatch, r, -1, 0.0f, lengths[r],
                                        static_cast<int>(expected));
 }
 
 /// Records a kv head whose length differs from head 0's of the same batch element as
-/// kLengthOutOfRange: TOVA's "every kv head of a batch element needs the same length", on the device.
+/// kLengthMismatch: TOVA's "every kv head of a batch element needs the same length", on the device.
 /// \param lengths [batch, heads]
 template <class Index>
 __global__ void check_equal_head_lengths_kernel(Index const* lengths, std::int64_t batch, std::int64_t heads,
@@ -377,7 +361,7 @@ __global__ void check_equal_head_lengths_kernel(Index const* lengths, std::int64
   for (std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < batch * heads;
        r += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
     if (lengths[r] != lengths[r - r % heads])
-      report(status, StatusCode::kLengthOutOfRange, r, -1, 0.0f, lengths[r], lengths[r - r % heads]);
+      report(status, StatusCode::kLengthMismatch, r, -1, 0.0f, lengths[r], lengths[r - r % heads]);
 }
 
 [[nodiscard]] inline unsigned int check_grid(std::int64_t n) {
@@ -416,12 +400,12 @@ bool window_input_from_queries(Observation<T> const& obs, KVCacheView<T, L> cons
 }
 
 /// Device half of `window_from_queries`: every row longer than the window (recorded as
-/// kLengthNotAboveSink with aux = window) and, from attention, every row as long as its key count.
+/// kLengthNotAboveWindow with aux = window) and, from attention, every row as long as its key count.
 template <class T, class L>
 void check_window_lengths(cuda const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
                           std::int64_t window, bool from_queries, DeviceStatus* status) {
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-  check_lengths(dev, cache.lengths, rows, cache.extents.capacity, window, status);
+  check_lengths(dev, cache.lengths, rows, cache.extents.capacity, window, status, StatusCode::kLengthNotAboveWindow);
   if (from_queries) return;
   check_key_count_kernel<<<check_grid(rows), kWindowThreads, 0, dev.stream>>>(cache.lengths, rows,
                                                                               obs.attention.shape[3], status);
