@@ -4,15 +4,18 @@
 /// (and original position) of slot kept[j] for j < counts[r], then lengths[r] = counts[r] — what
 /// `cpu_impl::compact_row` does row by row.
 ///
-/// Why two launches through a staging copy: the CPU moves entries one after the other, which is safe
+/// Why launches through a staging copy: the CPU moves entries one after the other, which is safe
 /// because kept is ascending (kept[j] ≥ j, so a source is read before anything overwrites it). Done in
 /// parallel, slot j may be overwritten while an earlier j' (kept[j'] = j) still has to read it. So the
-/// first kernel copies every moved entry into the workspace (slot j's new content, at [row, j]), and
-/// the second, ordered after it on the stream, copies them back to slot j: no slot is written before
-/// every read of it has finished, whatever the grid's schedule. Entries with kept[j] = j stay where
-/// they are and cost nothing; the rest cost two reads and two writes (twice the gather roofline) in
-/// exchange for full parallelism over rows and slots. The workspace is sized by capacity (K and V of
-/// every slot, and the positions when the cache has them): the size of one layer's cache.
+/// slots are moved in waves of W destination slots per row, in order: a first kernel copies the wave's
+/// sources into the workspace, a second, ordered after it on the stream, writes them to their slots.
+/// Wave w writes slots [wW, (w+1)W): the sources of earlier waves there were read by earlier launches,
+/// its own were read by its first kernel, and every later wave's sources lie at or beyond (w+1)W
+/// (kept[j] ≥ j) — so no slot is written before every read of it has finished, whatever the grid's
+/// schedule, with full parallelism over rows and slots inside a wave. Entries with kept[j] = j stay
+/// where they are and cost nothing; the rest cost two reads and two writes (twice the gather roofline).
+/// W is chosen so that the staging copy stays near kStageBytes (at least kMoveEntries slots): a fixed
+/// scratch instead of one the size of the layer, for a few more launches on long rows.
 ///
 /// Copies move 16-byte vectors where an entry's channels are contiguous (`unit_dim_stride`: always
 /// when paged, at run time when strided) and the address allows it, one element at a time otherwise.
@@ -29,6 +32,23 @@ namespace kvcompress::cuda_impl {
 inline constexpr int kMoveThreads = 256;
 /// Slots of one row per CTA.
 inline constexpr int kMoveEntries = 64;
+/// Target size of the staging copy (K and V of one wave of every row).
+inline constexpr std::size_t kStageBytes = std::size_t{64} << 20;
+
+/// Destination slots per row and wave: `requested` rounded up to a multiple of kMoveEntries if it is
+/// positive (tests use it to force many waves), else as many as fit kStageBytes; at least
+/// kMoveEntries, at most the capacity rounded up.
+template <class T, class L>
+[[nodiscard]] std::int64_t compact_wave_slots(KVCacheView<T, L> const& cache, std::int64_t requested = 0) {
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
+  std::int64_t const per_slot = rows * (2 * cache.extents.head_dim * static_cast<std::int64_t>(sizeof(T)) +
+                                        (cache.positions ? 4 : 0));
+  std::int64_t w = requested > 0 ? (requested + kMoveEntries - 1) / kMoveEntries * kMoveEntries
+                                 : static_cast<std::int64_t>(kStageBytes) / per_slot / kMoveEntries * kMoveEntries;
+  std::int64_t const whole = (cache.extents.capacity + kMoveEntries - 1) / kMoveEntries * kMoveEntries;
+  if (w < kMoveEntries) w = kMoveEntries;
+  return w < whole ? w : whole;
+}
 
 /// Moves unit `u` of one entry between the cache (slot `slot` of row (b, h)) and its staging copy:
 /// a 16-byte vector of channels when `runs` (channels contiguous), else channel u.
@@ -56,18 +76,20 @@ __device__ __forceinline__ void move_unit(S* cache, L const& layout, bool runs, 
   }
 }
 
-/// kToStage: stage[row, j] ← slot kept[j]; else slot j ← stage[row, j] and lengths ← counts.
-/// Grid: x over slot tiles of kMoveEntries, y over rows (strided).
+/// One wave, destination slots [wave_first, wave_first + wave_slots) of every row. kToStage:
+/// stage[row, j − wave_first] ← slot kept[j]; else slot j ← stage[row, j − wave_first] (and, in the
+/// first wave, lengths ← counts). Grid: x over slot tiles of kMoveEntries, y over rows (strided).
 /// \param kept    [rows, capacity] ascending kept slots
 /// \param counts  [rows]
-/// \param k_stage [rows, capacity, D]
-/// \param v_stage [rows, capacity, D]
-/// \param p_stage [rows, capacity], or null when the cache has no positions
+/// \param k_stage [rows, wave_slots, D]
+/// \param v_stage [rows, wave_slots, D]
+/// \param p_stage [rows, wave_slots], or null when the cache has no positions
 template <int D, bool kToStage, class T, class L>
 __global__ void __launch_bounds__(kMoveThreads)
     compact_move_kernel(DeviceCache<T, L> c, std::int32_t const* kept, std::int32_t const* counts,
-                        device_storage_t<T>* k_stage, device_storage_t<T>* v_stage, std::int32_t* p_stage,
-                        bool k_runs, bool v_runs, DeviceStatus const* status) {
+                        std::int64_t wave_first, std::int64_t wave_slots, device_storage_t<T>* k_stage,
+                        device_storage_t<T>* v_stage, std::int32_t* p_stage, bool k_runs, bool v_runs,
+                        DeviceStatus const* status) {
   using S = device_storage_t<T>;
   static_assert((D * sizeof(S)) % 16 == 0, "an entry must be whole 16-byte vectors in the staging copy");
   constexpr int kVecs = static_cast<int>(D * sizeof(S) / 16);
@@ -77,10 +99,11 @@ __global__ void __launch_bounds__(kMoveThreads)
   int const t = static_cast<int>(threadIdx.x);
   for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     std::int64_t const count = counts[r] < 0 ? 0 : (counts[r] > cap ? cap : counts[r]);
-    if (!kToStage && blockIdx.x == 0 && t == 0) c.lengths[r] = static_cast<std::int32_t>(count);
-    std::int64_t const j0 = static_cast<std::int64_t>(blockIdx.x) * kMoveEntries;
-    if (j0 >= count) continue;
-    int const m = static_cast<int>(count - j0 < kMoveEntries ? count - j0 : kMoveEntries);
+    if (!kToStage && wave_first == 0 && blockIdx.x == 0 && t == 0) c.lengths[r] = static_cast<std::int32_t>(count);
+    std::int64_t const j0 = wave_first + static_cast<std::int64_t>(blockIdx.x) * kMoveEntries;
+    std::int64_t const end = count < wave_first + wave_slots ? count : wave_first + wave_slots;
+    if (j0 >= end) continue;
+    int const m = static_cast<int>(end - j0 < kMoveEntries ? end - j0 : kMoveEntries);
     __syncthreads();  // the previous row's tile is no longer read
     if (t < m) {
       std::int32_t const s = kept[r * cap + j0 + t];
@@ -88,7 +111,7 @@ __global__ void __launch_bounds__(kMoveThreads)
     }
     __syncthreads();
     std::int64_t const b = r / heads, h = r % heads;
-    std::int64_t const first = r * cap + j0;  // staging index of the tile's first slot
+    std::int64_t const first = r * wave_slots + (j0 - wave_first);  // staging index of the tile's first slot
     int const k_units = k_runs ? kVecs : D, v_units = v_runs ? kVecs : D;
     for (int w = t; w < m * k_units; w += kMoveThreads) {
       int const e = w / k_units;
@@ -109,11 +132,11 @@ __global__ void __launch_bounds__(kMoveThreads)
   }
 }
 
-/// Scratch bytes of `compact`: a staging copy of K and V (and positions when present) per slot.
+/// Scratch bytes of `compact`: a staging copy of K and V (and positions when present) for one wave.
 template <class T, class L>
-[[nodiscard]] std::size_t compact_workspace_bytes(KVCacheView<T, L> const& cache) {
+[[nodiscard]] std::size_t compact_workspace_bytes(KVCacheView<T, L> const& cache, std::int64_t wave_slots = 0) {
   auto const slots = static_cast<std::size_t>(cache.extents.batch) * static_cast<std::size_t>(cache.extents.kv_heads) *
-                     static_cast<std::size_t>(cache.extents.capacity);
+                     static_cast<std::size_t>(compact_wave_slots(cache, wave_slots));
   auto const elems = slots * static_cast<std::size_t>(cache.extents.head_dim);
   return 2 * Workspace::bytes_for<T>(elems) + (cache.positions ? Workspace::bytes_for<std::int32_t>(slots) : 0);
 }
@@ -125,28 +148,32 @@ template <class T, class L>
 /// \param kept   [batch · kv_heads, capacity] device memory, ascending per row
 /// \param counts [batch · kv_heads] device memory
 /// \param status device memory
+/// \param wave_slots destination slots per wave (0: sized by kStageBytes; see compact_wave_slots)
 template <class T, class L>
 void compact(cuda const& dev, KVCacheView<T, L> const& cache, std::int32_t const* kept, std::int32_t const* counts,
-             Workspace& ws, DeviceStatus const* status) {
+             Workspace& ws, DeviceStatus const* status, std::int64_t wave_slots = 0) {
   validate_extents(cache.extents);
   using S = device_storage_t<T>;
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-  auto const slots = static_cast<std::size_t>(rows) * static_cast<std::size_t>(cap);
+  std::int64_t const wave = compact_wave_slots(cache, wave_slots);
+  auto const slots = static_cast<std::size_t>(rows) * static_cast<std::size_t>(wave);
   auto const elems = slots * static_cast<std::size_t>(cache.extents.head_dim);
-  S* k_stage = ws.take<S>(elems);                                                // [rows, capacity, head_dim]
-  S* v_stage = ws.take<S>(elems);                                                // [rows, capacity, head_dim]
-  std::int32_t* p_stage = cache.positions ? ws.take<std::int32_t>(slots) : nullptr;  // [rows, capacity]
+  S* k_stage = ws.take<S>(elems);                                                // [rows, wave, head_dim]
+  S* v_stage = ws.take<S>(elems);                                                // [rows, wave, head_dim]
+  std::int32_t* p_stage = cache.positions ? ws.take<std::int32_t>(slots) : nullptr;  // [rows, wave]
   bool const k_runs = detail::unit_dim_stride(cache.key_layout), v_runs = detail::unit_dim_stride(cache.value_layout);
-  dim3 const grid(ceil_div(cap, kMoveEntries), rows < 65535 ? static_cast<unsigned int>(rows) : 65535u);
+  dim3 const grid(ceil_div(wave, kMoveEntries), rows < 65535 ? static_cast<unsigned int>(rows) : 65535u);
   auto const dc = device_cache(cache);
   dispatch_head_dim(cache.extents.head_dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
-    compact_move_kernel<D, true><<<grid, kMoveThreads, 0, dev.stream>>>(dc, kept, counts, k_stage, v_stage, p_stage,
-                                                                        k_runs, v_runs, status);
-    check_launch("compact_move_kernel (to the staging copy)");
-    compact_move_kernel<D, false><<<grid, kMoveThreads, 0, dev.stream>>>(dc, kept, counts, k_stage, v_stage, p_stage,
-                                                                         k_runs, v_runs, status);
-    check_launch("compact_move_kernel (back to the cache)");
+    for (std::int64_t first = 0; first < cap; first += wave) {
+      compact_move_kernel<D, true><<<grid, kMoveThreads, 0, dev.stream>>>(dc, kept, counts, first, wave, k_stage,
+                                                                          v_stage, p_stage, k_runs, v_runs, status);
+      check_launch("compact_move_kernel (to the staging copy)");
+      compact_move_kernel<D, false><<<grid, kMoveThreads, 0, dev.stream>>>(dc, kept, counts, first, wave, k_stage,
+                                                                           v_stage, p_stage, k_runs, v_runs, status);
+      check_launch("compact_move_kernel (back to the cache)");
+    }
   });
 }
 
