@@ -291,20 +291,11 @@ __global__ void __launch_bounds__(256)
 namespace detail_ea {
 
 /// `detail::check_expected_attention_common` without the length loop (lengths live on the device:
-/// `check_lengths` checks them there), with the CPU's wording.
+/// `check_lengths` checks them there), and the grid's limit on rows.
 template <class T, class L>
 void check_common(kvcompress::detail::ExpectedAttentionParams const& p, Observation<T> const& obs,
                   KVCacheView<T, L> const& cache, std::int64_t q_heads) {
-  KVC_CHECK(p.n_sink >= 0, "n_sink must be non-negative, got " << p.n_sink);
-  KVC_CHECK(p.n_future_positions > 0, "n_future_positions must be positive, got " << p.n_future_positions);
-  KVC_CHECK(std::isfinite(p.epsilon), "epsilon must be finite, got " << p.epsilon);
-  KVC_CHECK(obs.rope != nullptr, "observation.rope must be set (Expected Attention rotates the query "
-                                 "statistics to the future positions)");
-  KVC_CHECK(obs.rope->head_dim() == cache.extents.head_dim,
-            "observation.rope head_dim = " << obs.rope->head_dim() << " does not match the cache head_dim = "
-                                           << cache.extents.head_dim);
-  KVC_CHECK(q_heads > 0 && q_heads % cache.extents.kv_heads == 0,
-            "query heads = " << q_heads << " must be a positive multiple of kv_heads = " << cache.extents.kv_heads);
+  kvcompress::detail::check_expected_attention_shapes(p, obs, cache, q_heads);
   KVC_CHECK(cache.extents.batch * cache.extents.kv_heads <= 65535,
             "batch × kv_heads = " << cache.extents.batch * cache.extents.kv_heads
                                   << " exceeds 65535 (the grid's y dimension) on the kvcompress::cuda device");

@@ -371,32 +371,15 @@ __global__ void check_equal_head_lengths_kernel(Index const* lengths, std::int64
 
 // ---- the window-mean attention (shared by SnapKV and TOVA) ----------------------------------------
 
-/// Host half of the CPU's `detail::window_from_queries` (the same checks and wording); whether the
-/// window queries (true) or the attention (false) are used. Lengths are checked by
-/// `check_window_lengths` on the device.
+/// Host half of the CPU's `detail::window_from_queries` (the same checks and wording) and the pointer
+/// kind of the chosen input; whether the window queries (true) or the attention (false) are used.
+/// Lengths are checked by `check_window_lengths` on the device.
 template <class T, class L>
 bool window_input_from_queries(Observation<T> const& obs, KVCacheView<T, L> const& cache, std::int64_t window) {
-  auto const& e = cache.extents;
-  if (!obs.window_queries.empty()) {
-    auto const& s = obs.window_queries.shape;
-    KVC_CHECK(s[0] == e.batch, "observation.window_queries batch = " << s[0] << " does not match the cache batch = " << e.batch);
-    KVC_CHECK(s[1] > 0 && s[1] % e.kv_heads == 0,
-              "observation.window_queries heads = " << s[1] << " must be a multiple of kv_heads = " << e.kv_heads);
-    KVC_CHECK(s[2] == window, "observation.window_queries holds " << s[2] << " tokens, window_size = " << window);
-    KVC_CHECK(s[3] == e.head_dim, "observation.window_queries head_dim = " << s[3] << " does not match the cache head_dim = "
-                                                                          << e.head_dim);
-    require_device_pointer(obs.window_queries.data, "observation.window_queries");
-    return true;
-  }
-  KVC_CHECK(!obs.attention.empty(), "observation.window_queries (post-RoPE queries of the last "
-                                        << window << " tokens) or observation.attention must be given");
-  auto const& s = obs.attention.shape;
-  KVC_CHECK(s[0] == e.batch, "observation.attention batch = " << s[0] << " does not match the cache batch = " << e.batch);
-  KVC_CHECK(s[1] > 0 && s[1] % e.kv_heads == 0,
-            "observation.attention heads = " << s[1] << " must be a multiple of kv_heads = " << e.kv_heads);
-  KVC_CHECK(s[2] > window, "observation.attention q_len = " << s[2] << " must exceed window_size = " << window);
-  require_device_pointer(obs.attention.data, "observation.attention");
-  return false;
+  bool const queries = kvcompress::detail::window_input_is_queries(obs, cache.extents, window);
+  if (queries) require_device_pointer(obs.window_queries.data, "observation.window_queries");
+  else require_device_pointer(obs.attention.data, "observation.attention");
+  return queries;
 }
 
 /// Device half of `window_from_queries`: every row longer than the window (recorded as

@@ -52,8 +52,9 @@ std::size_t ea_scoring_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cach
          f(threads * group * cache.extents.capacity) + f(rows);
 }
 
+/// The checks that read no cache memory (shared with the CUDA device, which checks lengths on the device).
 template <class T, class L>
-void check_expected_attention_common(ExpectedAttentionParams const& p, Observation<T> const& obs,
+void check_expected_attention_shapes(ExpectedAttentionParams const& p, Observation<T> const& obs,
                                      KVCacheView<T, L> const& cache, std::int64_t q_heads) {
   KVC_CHECK(p.n_sink >= 0, "n_sink must be non-negative, got " << p.n_sink);
   KVC_CHECK(p.n_future_positions > 0, "n_future_positions must be positive, got " << p.n_future_positions);
@@ -65,6 +66,12 @@ void check_expected_attention_common(ExpectedAttentionParams const& p, Observati
                                            << cache.extents.head_dim);
   KVC_CHECK(q_heads > 0 && q_heads % cache.extents.kv_heads == 0,
             "query heads = " << q_heads << " must be a positive multiple of kv_heads = " << cache.extents.kv_heads);
+}
+
+template <class T, class L>
+void check_expected_attention_common(ExpectedAttentionParams const& p, Observation<T> const& obs,
+                                     KVCacheView<T, L> const& cache, std::int64_t q_heads) {
+  check_expected_attention_shapes(p, obs, cache, q_heads);
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   for (std::int64_t r = 0; r < rows; ++r)
     KVC_CHECK(cache.lengths[r] > p.n_sink, "cache length n = " << cache.lengths[r] << " of row (batch "

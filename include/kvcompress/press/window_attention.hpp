@@ -20,14 +20,11 @@
 
 namespace kvcompress::detail {
 
-/// Which input a window press uses; checks shapes against the cache. Throws when neither is given.
-template <class T, class L>
-bool window_from_queries(Observation<T> const& obs, KVCacheView<T, L> const& cache, std::int64_t window) {
-  auto const& e = cache.extents;
-  std::int64_t const rows = e.batch * e.kv_heads;
-  for (std::int64_t r = 0; r < rows; ++r)
-    KVC_CHECK(cache.lengths[r] > window, "cache length n = " << cache.lengths[r] << " of row " << r
-                                                             << " must exceed window_size = " << window);
+/// Which input a window press uses — the window queries (true) or the attention (false) — with the
+/// checks of their shapes against the cache's extents; throws when neither is given. Reads no cache
+/// memory (shared with the CUDA device).
+template <class T>
+bool window_input_is_queries(Observation<T> const& obs, CacheExtents const& e, std::int64_t window) {
   if (!obs.window_queries.empty()) {
     auto const& s = obs.window_queries.shape;
     KVC_CHECK(s[0] == e.batch, "observation.window_queries batch = " << s[0] << " does not match the cache batch = " << e.batch);
@@ -45,9 +42,22 @@ bool window_from_queries(Observation<T> const& obs, KVCacheView<T, L> const& cac
   KVC_CHECK(s[1] > 0 && s[1] % e.kv_heads == 0,
             "observation.attention heads = " << s[1] << " must be a multiple of kv_heads = " << e.kv_heads);
   KVC_CHECK(s[2] > window, "observation.attention q_len = " << s[2] << " must exceed window_size = " << window);
+  return false;
+}
+
+/// Which input a window press uses; checks it and the row lengths against the cache.
+template <class T, class L>
+bool window_from_queries(Observation<T> const& obs, KVCacheView<T, L> const& cache, std::int64_t window) {
+  auto const& e = cache.extents;
+  std::int64_t const rows = e.batch * e.kv_heads;
   for (std::int64_t r = 0; r < rows; ++r)
-    KVC_CHECK(s[3] == cache.lengths[r], "observation.attention covers " << s[3] << " keys, row " << r << " holds "
-                                                                        << cache.lengths[r]);
+    KVC_CHECK(cache.lengths[r] > window, "cache length n = " << cache.lengths[r] << " of row " << r
+                                                             << " must exceed window_size = " << window);
+  if (window_input_is_queries(obs, e, window)) return true;
+  for (std::int64_t r = 0; r < rows; ++r)
+    KVC_CHECK(obs.attention.shape[3] == cache.lengths[r], "observation.attention covers " << obs.attention.shape[3]
+                                                                                           << " keys, row " << r << " holds "
+                                                                                           << cache.lengths[r]);
   return false;
 }
 
