@@ -9,12 +9,16 @@
 #include <vector>
 
 #include "kvcompress/kvcompress.hpp"
+#include "llama31_layer.hpp"
 
 namespace kvc = kvcompress;
 
 namespace {
 
-constexpr std::int64_t kQHeads = 32, kKvHeads = 8, kDim = 128, kWindow = 64;
+using kvc_bench::kDim;
+using kvc_bench::kKvHeads;
+using kvc_bench::kQHeads;
+using kvc_bench::kWindow;
 kvc::CpuDevice const kDevice{2};
 
 /// One layer's prefill state of n tokens, built once per size and shared by the benchmarks.
@@ -33,24 +37,13 @@ struct Layer {
         window_queries(static_cast<std::size_t>(kQHeads * kWindow * kDim)),
         lengths(kKvHeads, static_cast<std::int32_t>(n)),
         extents{1, kKvHeads, n, kDim},
-        rope(config()) {
+        rope(kvc_bench::llama31_rope()) {
     std::mt19937 gen(42);
     std::normal_distribution<float> normal;
     for (auto* v : {&keys, &values, &queries, &window_queries})
       for (float& x : *v) x = normal(gen);
     pristine_keys = keys;
     pristine_values = values;
-  }
-
-  static kvc::RopeConfig config() {
-    kvc::RopeConfig c;
-    c.type = kvc::RopeType::kLlama3;
-    c.theta = 500000.0;
-    c.head_dim = static_cast<int>(kDim);
-    c.factor = 8.0;
-    c.original_max_position_embeddings = 8192;
-    c.max_position_embeddings = 131072;
-    return c;
   }
 
   void restore() {

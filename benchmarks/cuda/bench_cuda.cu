@@ -16,12 +16,16 @@
 #include <vector>
 
 #include "kvcompress/cuda.cuh"
+#include "llama31_layer.hpp"
 
 namespace kvc = kvcompress;
 
 namespace {
 
-constexpr std::int64_t kQHeads = 32, kKvHeads = 8, kDim = 128, kWindow = 64;
+using kvc_bench::kDim;
+using kvc_bench::kKvHeads;
+using kvc_bench::kQHeads;
+using kvc_bench::kWindow;
 using Storage = kvc::bfloat16;
 
 struct Peaks {
@@ -61,7 +65,7 @@ struct Layer {
   std::int32_t* lengths;                              // [8]
   std::vector<std::int32_t> full_lengths;
 
-  explicit Layer(std::int64_t tokens) : n(tokens), extents{1, kKvHeads, tokens, kDim}, rope(config()) {
+  explicit Layer(std::int64_t tokens) : n(tokens), extents{1, kKvHeads, tokens, kDim}, rope(kvc_bench::llama31_rope()) {
     std::mt19937 gen(42);
     std::normal_distribution<float> normal;
     auto random = [&](std::int64_t count) {
@@ -80,17 +84,6 @@ struct Layer {
     BENCH_CUDA(cudaMemcpy(pristine_values, values, kv * sizeof(Storage), cudaMemcpyDeviceToDevice));
     full_lengths.assign(kKvHeads, static_cast<std::int32_t>(n));
     lengths = device_copy(full_lengths);
-  }
-
-  static kvc::RopeConfig config() {
-    kvc::RopeConfig c;
-    c.type = kvc::RopeType::kLlama3;
-    c.theta = 500000.0;
-    c.head_dim = static_cast<int>(kDim);
-    c.factor = 8.0;
-    c.original_max_position_embeddings = 8192;
-    c.max_position_embeddings = 131072;
-    return c;
   }
 
   /// Puts the cache back as it was before any compression (outside the timed region).
