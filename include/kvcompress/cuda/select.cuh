@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "kvcompress/cuda/runtime.cuh"
@@ -36,10 +37,16 @@ inline constexpr int kRadixBins = 2048;
 
 /// The selection order as an unsigned key: larger key = ranks before. NaN is 0 (below -Inf, whose key
 /// is 0x007fffff), all NaNs tie; -0 and +0 share +0's key because the CPU's `!=` finds them equal.
-__device__ __forceinline__ std::uint32_t rank_key(float x) {
-  if (isnan(x)) return 0u;
+/// Host and device, so that the CPU suite checks the order against `cpu_impl::RanksBefore`.
+__host__ __device__ __forceinline__ std::uint32_t rank_key(float x) {
+  if (x != x) return 0u;  // NaN
   if (x == 0.0f) return 0x80000000u;
+#if defined(__CUDA_ARCH__)
   std::uint32_t const u = __float_as_uint(x);
+#else
+  std::uint32_t u = 0;
+  std::memcpy(&u, &x, sizeof u);
+#endif
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
