@@ -392,17 +392,7 @@ template <class T, class L>
 void score(cuda const& dev, ExpectedAttentionPress const& press, Observation<T> const& obs,
            KVCacheView<T, L> const& cache, float* scores, Workspace& ws, DeviceStatus* status) {
   Tensor4<T> const& q = obs.queries;
-  KVC_CHECK(!q.empty(), "observation.queries must be given (pre-RoPE queries of the chunk, "
-                        "[batch, q_heads, q_len, head_dim]); use ExpectedAttentionStatsPress for "
-                        "precomputed statistics");
-  KVC_CHECK(q.shape[0] == cache.extents.batch,
-            "observation.queries batch = " << q.shape[0] << " does not match the cache batch = " << cache.extents.batch);
-  KVC_CHECK(q.shape[3] == cache.extents.head_dim, "observation.queries head_dim = "
-                                                      << q.shape[3] << " does not match the cache head_dim = "
-                                                      << cache.extents.head_dim);
-  KVC_CHECK(q.shape[2] > press.n_sink, "observation.queries q_len = " << q.shape[2] << " must exceed n_sink = "
-                                                                      << press.n_sink
-                                                                      << " (the first n_sink queries are dropped)");
+  kvcompress::detail::check_expected_attention_queries(obs, cache.extents, press.n_sink);
   auto const p = press.params();
   std::int64_t const q_heads = q.shape[1], bh = cache.extents.batch * q_heads;
   detail_ea::check_common(p, obs, cache, q_heads);

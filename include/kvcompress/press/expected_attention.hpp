@@ -52,6 +52,23 @@ std::size_t ea_scoring_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cach
          f(threads * group * cache.extents.capacity) + f(rows);
 }
 
+/// The queries ExpectedAttentionPress estimates its statistics from, against the cache's extents
+/// (shared with the CUDA device).
+template <class T>
+void check_expected_attention_queries(Observation<T> const& obs, CacheExtents const& e, std::int64_t n_sink) {
+  Tensor4<T> const& q = obs.queries;
+  KVC_CHECK(!q.empty(), "observation.queries must be given (pre-RoPE queries of the chunk, "
+                        "[batch, q_heads, q_len, head_dim]); use ExpectedAttentionStatsPress for "
+                        "precomputed statistics");
+  KVC_CHECK(q.shape[0] == e.batch, "observation.queries batch = " << q.shape[0] << " does not match the cache batch = "
+                                                                  << e.batch);
+  KVC_CHECK(q.shape[3] == e.head_dim, "observation.queries head_dim = " << q.shape[3]
+                                                                        << " does not match the cache head_dim = "
+                                                                        << e.head_dim);
+  KVC_CHECK(q.shape[2] > n_sink, "observation.queries q_len = " << q.shape[2] << " must exceed n_sink = " << n_sink
+                                                                << " (the first n_sink queries are dropped)");
+}
+
 /// The checks that read no cache memory (shared with the CUDA device, which checks lengths on the device).
 template <class T, class L>
 void check_expected_attention_shapes(ExpectedAttentionParams const& p, Observation<T> const& obs,
@@ -212,16 +229,7 @@ struct ExpectedAttentionPress {
              Workspace& ws) const {
     using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     Tensor4<T> const& q = obs.queries;
-    KVC_CHECK(!q.empty(), "observation.queries must be given (pre-RoPE queries of the chunk, "
-                          "[batch, q_heads, q_len, head_dim]); use ExpectedAttentionStatsPress for "
-                          "precomputed statistics");
-    KVC_CHECK(q.shape[0] == cache.extents.batch,
-              "observation.queries batch = " << q.shape[0] << " does not match the cache batch = " << cache.extents.batch);
-    KVC_CHECK(q.shape[3] == cache.extents.head_dim, "observation.queries head_dim = "
-                                                        << q.shape[3] << " does not match the cache head_dim = "
-                                                        << cache.extents.head_dim);
-    KVC_CHECK(q.shape[2] > n_sink, "observation.queries q_len = " << q.shape[2] << " must exceed n_sink = " << n_sink
-                                                                  << " (the first n_sink queries are dropped)");
+    detail::check_expected_attention_queries(obs, cache.extents, n_sink);
     auto const p = params();
     std::int64_t const batch = cache.extents.batch, q_heads = q.shape[1], d = cache.extents.head_dim;
     detail::check_expected_attention_common(p, obs, cache, q_heads);
