@@ -59,7 +59,11 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=0, help="0: hidden / heads")
+    p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-count", type=int, default=2,
+                   help="filler words that occur fewer times are left out of the vocabulary (train.py: 2)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     args = p.parse_args(argv)
     if args.length < 9:
@@ -68,7 +72,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    vocab = T.build_vocab(T.corpus_words())
+    vocab = T.build_vocab(T.corpus_words(), args.min_count)
     model = LlamaForCausalLM(model_config(len(vocab), args))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
     start, recent = time.time(), []
