@@ -84,7 +84,8 @@ def write_induction_circuit(model, reach: int, generator: torch.Generator) -> No
     k = att.k_proj.weight.view(n_kv, hd, d)
     v = att.v_proj.weight.view(n_kv, hd, d)
     o = att.o_proj.weight.view(d, n_heads, hd)
-    q[0].zero_(), k[0].zero_(), v[0].zero_()
+    for w in (q[0], k[0], v[0]):
+        w.zero_()
     amp = math.sqrt(POSITION_LOGIT * attn_scale) / s0
     for i in range(POSITION_PAIRS):
         # key (amp, 0), query amp * e^{-i theta}: the score amp^2 cos(theta (distance - 1)) peaks at 1
@@ -107,7 +108,8 @@ def write_induction_circuit(model, reach: int, generator: torch.Generator) -> No
     for kv in range(2):
         head = kv * group
         proj = torch.linalg.qr(rand(b, len(slow)))[0].T        # [len(slow), b], orthonormal rows
-        q[head].zero_(), k[kv].zero_(), v[kv].zero_()
+        for w in (q[head], k[kv], v[kv]):
+            w.zero_()
         q[head][slow, :b] = proj * match
         k[kv][slow, a + 1:] = proj * match
         width = min(a, hd)
