@@ -38,6 +38,16 @@ def _lowest_pair(theta: float, half: int, reach: int) -> int:
     return math.ceil(half * math.log(reach) / math.log(theta))
 
 
+def _head_views(att, cfg):
+    """The projections of one attention layer seen per head: q [heads, head_dim, d], k and v
+    [kv heads, head_dim, d], o [d, heads, head_dim]; writing into a view writes the weight."""
+    d, hd = cfg.hidden_size, cfg.head_dim
+    return (att.q_proj.weight.view(cfg.num_attention_heads, hd, d),
+            att.k_proj.weight.view(cfg.num_key_value_heads, hd, d),
+            att.v_proj.weight.view(cfg.num_key_value_heads, hd, d),
+            att.o_proj.weight.view(d, cfg.num_attention_heads, hd))
+
+
 @torch.no_grad()
 def write_induction_circuit(model, reach: int, generator: torch.Generator) -> None:
     cfg = model.config
@@ -79,11 +89,7 @@ def write_induction_circuit(model, reach: int, generator: torch.Generator) -> No
     freqs = theta ** (-torch.arange(half, dtype=torch.float64) / half)
 
     # Layer 0, query head 0 over KV head 0: attend to the previous token, copy its identity.
-    att = model.model.layers[0].self_attn
-    q = att.q_proj.weight.view(n_heads, hd, d)
-    k = att.k_proj.weight.view(n_kv, hd, d)
-    v = att.v_proj.weight.view(n_kv, hd, d)
-    o = att.o_proj.weight.view(d, n_heads, hd)
+    q, k, v, o = _head_views(model.model.layers[0].self_attn, cfg)
     for w in (q[0], k[0], v[0]):
         w.zero_()
     amp = math.sqrt(POSITION_LOGIT * attn_scale) / s0
@@ -98,12 +104,8 @@ def write_induction_circuit(model, reach: int, generator: torch.Generator) -> No
 
     # Layer 1, the first query head of KV heads 0 and 1: match the current token against the previous
     # token stored at each position, through a random projection onto the slow pairs, and copy.
-    att = model.model.layers[1].self_attn
-    q = att.q_proj.weight.view(n_heads, hd, d)
-    k = att.k_proj.weight.view(n_kv, hd, d)
-    v = att.v_proj.weight.view(n_kv, hd, d)
-    o = att.o_proj.weight.view(d, n_heads, hd)
-    slow = [i for i in range(low, half)] + [i + half for i in range(low, half)]
+    q, k, v, o = _head_views(model.model.layers[1].self_attn, cfg)
+    slow = list(range(low, half)) + list(range(low + half, hd))   # both halves of each slow pair
     match = math.sqrt(MATCH_LOGIT * attn_scale * b / len(slow)) / s1
     for kv in range(2):
         head = kv * group

@@ -20,6 +20,14 @@ import torch
 from transformers import LlamaForCausalLM
 
 
+@torch.no_grad()
+def greedy_answer(model, prompt: list[int], n: int) -> list[int]:
+    """The n tokens of transformers' greedy continuation of `prompt`, on the model's device."""
+    ids = torch.tensor([prompt], device=model.device)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
 def write_torch_answers(model, model_dir: Path, length: int, per_task: int) -> int:
     """Returns the number of examples written."""
     taken: dict[str, int] = {}
@@ -29,11 +37,7 @@ def write_torch_answers(model, model_dir: Path, length: int, per_task: int) -> i
         if ex["length"] != length or taken.get(ex["task"], 0) >= per_task:
             continue
         taken[ex["task"]] = taken.get(ex["task"], 0) + 1
-        ids = torch.tensor([ex["prompt"]])
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(ex["answer"]),
-                                 do_sample=False, pad_token_id=0)
-        lines.append({**ex, "answer": out[0, ids.shape[1]:].tolist()})
+        lines.append({**ex, "answer": greedy_answer(model, ex["prompt"], len(ex["answer"]))})
     if not lines:
         raise ValueError(f"{model_dir / 'tasks.jsonl'} has no example of length {length}")
     with open(model_dir / "torch_answers.jsonl", "w") as f:

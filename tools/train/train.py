@@ -33,7 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 sys.path.insert(0, str(Path(__file__).parent))
 import tasks as T  # noqa: E402
 from circuit import write_induction_circuit  # noqa: E402
-from torch_answers import write_torch_answers  # noqa: E402
+from torch_answers import greedy_answer, write_torch_answers  # noqa: E402
 
 STAGES = [128, 256, 512, 1024, 2048]
 EVAL_LENGTHS = [512, 1024, 2048]
@@ -79,15 +79,10 @@ def batch(gen: T.Generator, length: int, size: int, answer_share: float, text_sh
     return torch.tensor(ids), torch.tensor(weights)
 
 
-@torch.no_grad()
 def answer_accuracy(model, examples: list[T.Example]) -> float:
     """Greedy decoding of the answer after the prompt; exact match of every answer token."""
     model.eval()
-    right = 0
-    for ex in examples:
-        ids = torch.tensor([ex.tokens[:ex.answer_start]])
-        out = model.generate(ids, max_new_tokens=len(ex.answer), do_sample=False, pad_token_id=0)
-        right += int(out[0, ex.answer_start:].tolist() == ex.answer)
+    right = sum(greedy_answer(model, ex.tokens[:ex.answer_start], len(ex.answer)) == ex.answer for ex in examples)
     model.train()
     return right / len(examples)
 
