@@ -300,7 +300,7 @@ TEST_CASE("bad paged layouts and page tables are rejected with the argument and 
     table[6] = 1;
     auto const l = make_paged_layout(e, good);
     REQUIRE_THROWS_WITH(make_cache_view(k.data(), v.data(), e, l, l, lengths.data()),
-                        Catch::Contains("page 1 is live in block_table[1] and block_table[6]"));
+                        Catch::Contains("key_layout: page 1 (block_table[6]) is live twice"));
   }
   SECTION("entries past the live pages are not read") {
     std::fill(lengths.begin(), lengths.end(), 20);  // 2 live pages per sequence

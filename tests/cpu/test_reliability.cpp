@@ -263,7 +263,7 @@ TEST_CASE("reliability: Expected Attention parameters and observation fields", "
   SECTION("n_future_positions not positive") {
     auto p = ea();
     p.n_future_positions = 0;
-    REQUIRE_THROWS_WITH(run(p), Contains("n_future_positions must be positive, got 0"));
+    REQUIRE_THROWS_WITH(run(p), Contains("n_future_positions must be in [1, 2^31) (positions are int32), got 0"));
   }
   SECTION("non-finite epsilon") {
     auto p = ea();
@@ -421,10 +421,10 @@ TEST_CASE("reliability: non-finite RoPE parameters and averaged-rotation ranges"
     std::vector<float> cs(8), sn(8);
     REQUIRE_THROWS_WITH(rope.averaged_rotation(-1, 4, cs.data(), sn.data()), Contains("start must be non-negative, got -1"));
   }
-  SECTION("averaged rotation whose end overflows 64 bits") {
+  SECTION("averaged rotation whose end passes the int32 positions") {
     auto const rope = rope_of(8);
     std::vector<float> cs(8), sn(8);
     REQUIRE_THROWS_WITH(rope.averaged_rotation(kMax - 1, 4, cs.data(), sn.data()),
-                        Contains("start + count overflows 64 bits") && Contains("count = 4"));
+                        Contains("must stay below 2^31") && Contains("count = 4"));
   }
 }

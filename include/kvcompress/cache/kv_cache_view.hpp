@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <cstddef>
 #include <vector>
 
 #include "kvcompress/cache/extents.hpp"
 #include "kvcompress/cache/paged_layout.hpp"
 #include "kvcompress/cache/strided_layout.hpp"
+#include "kvcompress/cache/view_checks.hpp"
 #include "kvcompress/core/config.hpp"
 #include "kvcompress/core/dtype.hpp"
 #include "kvcompress/core/error.hpp"
@@ -55,21 +57,9 @@ struct KVCacheView {
   }
 };
 
-namespace detail {
-
-/// Throws unless every row length is in [0, capacity]. Compression re-checks the lengths, because
-/// the engine updates them in place between calls. \param lengths [batch, kv_heads]
-inline void validate_lengths(CacheExtents const& extents, std::int32_t const* lengths) {
-  std::int64_t const rows = extents.batch * extents.kv_heads;
-  for (std::int64_t r = 0; r < rows; ++r)
-    KVC_CHECK(lengths[r] >= 0 && lengths[r] <= extents.capacity,
-              "lengths[" << r << "] = " << lengths[r] << " is outside [0, capacity = " << extents.capacity << "]");
-}
-
-}  // namespace detail
-
-/// \brief Validates and builds a view. Throws `kvcompress::Error` on null pointers, K aliasing V,
-/// bad extents or layouts, and lengths outside [0, capacity].
+/// \brief Validates and builds a view. Throws `kvcompress::Error` on null pointers, buffers that
+/// share memory (K and V, lengths, positions, block tables; `view_checks.hpp`), bad extents or
+/// layouts, lengths outside [0, capacity], and live block-table entries outside the pool or live twice.
 /// \param lengths   [batch, kv_heads] live lengths (read and later updated in place)
 /// \param positions [batch, kv_heads, capacity] original positions, or null
 template <class T, class Layout>
@@ -81,25 +71,14 @@ template <class T, class Layout>
                                                      // NOLINTNEXTLINE(readability-non-const-parameter)
                                                      std::int32_t* positions = nullptr) {
   static_assert(is_storage_type_v<T>, "the cache stores float, kvcompress::half or kvcompress::bfloat16");
-  validate_extents(extents);
-  KVC_CHECK(keys != nullptr, "keys must not be null");
-  KVC_CHECK(values != nullptr, "values must not be null");
-  KVC_CHECK(keys != values, "keys and values must not alias (both point to "
-                                << static_cast<void const*>(keys) << ")");
-  KVC_CHECK(lengths != nullptr, "lengths must not be null");
-  detail::validate_lengths(extents, lengths);
-  // A hand-built StridedLayout gets the checks of make_strided_layout: a negative or overlapping
-  // stride would address memory outside the buffers the extents describe.
-  if constexpr (std::is_same_v<Layout, StridedLayout>) {
-    detail::validate_strides(extents, key_layout.strides, "key_layout.strides");
-    detail::validate_strides(extents, value_layout.strides, "value_layout.strides");
-  } else if constexpr (std::is_same_v<Layout, PagedLayout>) {
-    auto const length = [&](std::int64_t b, std::int64_t h) { return lengths[b * extents.kv_heads + h]; };
-    detail::check_live_pages(extents, key_layout, length, "key_layout");
-    if (value_layout.block_table != key_layout.block_table)
-      detail::check_live_pages(extents, value_layout, length, "value_layout");
+  KVCacheView<T, Layout> const view{keys, values, extents, key_layout, value_layout, lengths, positions};
+  detail::validate_view(view);
+  if constexpr (std::is_same_v<Layout, PagedLayout>) {
+    // compress checks this again with its workspace; here the factory pays for the bitmap.
+    std::vector<std::byte> bitmap(detail::view_check_bytes(view));
+    detail::check_unique_pages(view, Workspace(bitmap.data(), bitmap.size()));
   }
-  return KVCacheView<T, Layout>{keys, values, extents, key_layout, value_layout, lengths, positions};
+  return view;
 }
 
 /// \brief Convenience: K and V share one strided layout.

@@ -9,6 +9,7 @@
 
 #include "kvcompress/cache/kv_cache_view.hpp"
 #include "kvcompress/cache/paged_layout.hpp"
+#include "kvcompress/cache/view_checks.hpp"
 #include "kvcompress/core/error.hpp"
 
 namespace kvcompress {
@@ -41,8 +42,14 @@ void for_each_table_row(PagedLayout const& l, CacheExtents const& e, std::int32_
 inline std::int64_t released_pages(PagedLayout const& layout, CacheExtents const& e,
                                    std::int32_t const* previous_lengths, std::int32_t const* lengths,
                                    std::int32_t* freed, std::int64_t freed_capacity) {
-  KVC_CHECK(previous_lengths != nullptr, "previous_lengths must not be null");
-  KVC_CHECK(lengths != nullptr, "lengths must not be null");
+  validate_extents(e);
+  detail::validate_paged_layout(e, layout, "layout", "layout's page strides");
+  detail::validate_lengths(e, previous_lengths, "previous_lengths");
+  detail::validate_lengths(e, lengths, "lengths");
+  KVC_CHECK(freed_capacity >= 0, "freed_capacity must be non-negative, got " << freed_capacity);
+  // Every entry this reads (the live ones before) must name a page; ids handed to an allocator are trusted.
+  auto const previous = [&](std::int64_t b, std::int64_t h) { return previous_lengths[b * e.kv_heads + h]; };
+  detail::check_live_pages_in_pool(e, layout, previous, "layout (under previous_lengths)");
   std::int64_t count = 0;
   detail::for_each_table_row(layout, e, previous_lengths, lengths, [&](std::int64_t, std::int64_t before, std::int64_t now) {
     if (before > now) count += before - now;
@@ -64,6 +71,7 @@ inline std::int64_t released_pages(PagedLayout const& layout, CacheExtents const
 template <class T>
 std::int64_t released_pages(KVCacheView<T, PagedLayout> const& cache, std::int32_t const* previous_lengths,
                             std::int32_t* freed, std::int64_t freed_capacity) {
+  detail::validate_view(cache);
   KVC_CHECK(cache.value_layout.block_table == cache.key_layout.block_table,
             "keys and values use different block tables; call released_pages(layout, ...) for each");
   return released_pages(cache.key_layout, cache.extents, previous_lengths, cache.lengths, freed, freed_capacity);
@@ -89,6 +97,8 @@ struct MemoryReport {
 /// \param previous_lengths [batch, kv_heads] lengths before compression, or null
 template <class T, class L>
 [[nodiscard]] MemoryReport memory_report(KVCacheView<T, L> const& cache, std::int32_t const* previous_lengths = nullptr) {
+  detail::validate_view(cache);
+  if (previous_lengths != nullptr) detail::validate_lengths(cache.extents, previous_lengths, "previous_lengths");
   auto const& e = cache.extents;
   std::int64_t const rows = e.batch * e.kv_heads;
   std::int64_t const entry = 2 * e.head_dim * static_cast<std::int64_t>(sizeof(T));

@@ -9,7 +9,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <vector>
 
 #include "kvcompress/cache/extents.hpp"
 #include "kvcompress/core/config.hpp"
@@ -68,7 +67,7 @@ struct PagedConfig {
 
 /// \brief A validated paged layout for a cache of extents `e`. The capacity of each row is
 /// `pages_per_row · page_size`, which must cover `e.capacity`. Table entries are checked against
-/// the pool by `make_cache_view`, which knows which of them are live.
+/// the pool by `make_cache_view` and by every entry point, which know which of them are live.
 inline PagedLayout make_paged_layout(CacheExtents const& e, PagedConfig const& c) {
   validate_extents(e);
   KVC_CHECK(c.block_table != nullptr, "block_table must not be null");
@@ -127,29 +126,6 @@ std::int64_t live_pages(PagedLayout const& l, CacheExtents const& e, std::int64_
 /// Block-table rows: one per sequence, or one per (sequence, head).
 inline std::int64_t table_rows_per_sequence(PagedLayout const& l, CacheExtents const& e) noexcept {
   return l.table_head_stride != 0 ? e.kv_heads : 1;
-}
-
-/// Throws unless every live block-table entry (one that holds a slot below some row's length)
-/// names a page of the pool and no page is live twice: a duplicate would let compaction of one
-/// head overwrite another's entries.
-template <class LengthFn>
-void check_live_pages(CacheExtents const& e, PagedLayout const& l, LengthFn&& length, char const* what) {
-  std::vector<std::int64_t> owner(static_cast<std::size_t>(l.num_pages), -1);  // table index using each page
-  std::int64_t const rows = table_rows_per_sequence(l, e);
-  for (std::int64_t b = 0; b < e.batch; ++b)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      std::int64_t const first = b * l.table_batch_stride + r * l.table_head_stride;
-      std::int64_t const live = live_pages(l, e, b, r, length);
-      for (std::int64_t i = 0; i < live; ++i) {
-        std::int32_t const page = l.block_table[first + i];
-        KVC_CHECK(page >= 0 && page < l.num_pages, what << ": block_table[" << first + i << "] = " << page
-                                                        << " is outside the pool [0, num_pages = " << l.num_pages << ")");
-        std::int64_t& o = owner[static_cast<std::size_t>(page)];
-        KVC_CHECK(o < 0, what << ": page " << page << " is live in block_table[" << o << "] and block_table["
-                              << first + i << "]");
-        o = first + i;
-      }
-    }
 }
 
 }  // namespace detail

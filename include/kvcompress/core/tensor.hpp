@@ -27,6 +27,33 @@ struct Tensor4 {
   }
 };
 
+namespace detail {
+
+/// The checks of `make_tensor4` on a tensor however it was built (an engine may fill in the
+/// aggregate itself): positive extents, non-negative strides, element count and largest offset in
+/// 64 bits. `what` names the tensor in the message.
+template <class T>
+void validate_tensor(Tensor4<T> const& t, char const* what) {
+  KVC_CHECK(t.data != nullptr, what << " data must not be null");
+  std::int64_t count = 1;
+  for (int a = 0; a < 4; ++a) {
+    KVC_CHECK(t.shape[a] > 0, what << " shape[" << a << "] must be positive, got " << t.shape[a]);
+    KVC_CHECK(t.strides[a] >= 0, what << " strides[" << a << "] must be non-negative, got " << t.strides[a]);
+    KVC_CHECK(count <= std::numeric_limits<std::int64_t>::max() / t.shape[a],
+              what << " element count overflows 64 bits at shape[" << a << "] = " << t.shape[a]);
+    count *= t.shape[a];
+  }
+  std::int64_t span = 0;  // the largest offset, which operator() must be able to form
+  for (int a = 0; a < 4; ++a) {
+    KVC_CHECK(t.shape[a] == 1 || t.strides[a] <= (std::numeric_limits<std::int64_t>::max() - span) / (t.shape[a] - 1),
+              what << " offsets overflow 64 bits at strides[" << a << "] = " << t.strides[a] << " (shape[" << a
+                   << "] = " << t.shape[a] << ")");
+    span += (t.shape[a] - 1) * t.strides[a];
+  }
+}
+
+}  // namespace detail
+
 /// \brief A strided rank-4 view. Throws on a null pointer, a non-positive extent, a negative
 /// stride, or an element count or offset that overflows 64 bits. (Zero strides are allowed:
 /// broadcasting one query head to several is legitimate.)
@@ -34,23 +61,9 @@ template <class T>
 [[nodiscard]] Tensor4<T> make_tensor4(T const* data, std::array<std::int64_t, 4> shape,
                                       std::array<std::int64_t, 4> strides) {
   static_assert(is_storage_type_v<T>, "tensors hold float, kvcompress::half or kvcompress::bfloat16");
-  KVC_CHECK(data != nullptr, "tensor data must not be null");
-  std::int64_t count = 1;
-  for (int a = 0; a < 4; ++a) {
-    KVC_CHECK(shape[a] > 0, "tensor shape[" << a << "] must be positive, got " << shape[a]);
-    KVC_CHECK(strides[a] >= 0, "tensor strides[" << a << "] must be non-negative, got " << strides[a]);
-    KVC_CHECK(count <= std::numeric_limits<std::int64_t>::max() / shape[a],
-              "tensor element count overflows 64 bits at shape[" << a << "] = " << shape[a]);
-    count *= shape[a];
-  }
-  std::int64_t span = 0;  // the largest offset, which operator() must be able to form
-  for (int a = 0; a < 4; ++a) {
-    KVC_CHECK(shape[a] == 1 || strides[a] <= (std::numeric_limits<std::int64_t>::max() - span) / (shape[a] - 1),
-              "tensor offsets overflow 64 bits at strides[" << a << "] = " << strides[a] << " (shape[" << a
-                                                            << "] = " << shape[a] << ")");
-    span += (shape[a] - 1) * strides[a];
-  }
-  return Tensor4<T>{data, shape, strides};
+  Tensor4<T> const t{data, shape, strides};
+  detail::validate_tensor(t, "tensor");
+  return t;
 }
 
 /// \brief A contiguous (row-major) rank-4 view.
@@ -78,20 +91,37 @@ struct Tensor2 {
   }
 };
 
+namespace detail {
+
+/// The checks of `make_tensor2` on a matrix however it was built; `what` names it.
+template <class T>
+void validate_matrix(Tensor2<T> const& m, char const* what) {
+  KVC_CHECK(m.data != nullptr, what << " data must not be null");
+  for (int a = 0; a < 2; ++a) {
+    KVC_CHECK(m.shape[a] > 0, what << " shape[" << a << "] must be positive, got " << m.shape[a]);
+    KVC_CHECK(m.strides[a] >= 0, what << " strides[" << a << "] must be non-negative, got " << m.strides[a]);
+  }
+  KVC_CHECK(m.shape[0] <= std::numeric_limits<std::int64_t>::max() / m.shape[1],
+            what << " element count overflows 64 bits: " << m.shape[0] << " x " << m.shape[1]);
+  std::int64_t span = 0;  // the largest offset, which operator() must be able to form
+  for (int a = 0; a < 2; ++a) {
+    KVC_CHECK(m.shape[a] == 1 || m.strides[a] <= (std::numeric_limits<std::int64_t>::max() - span) / (m.shape[a] - 1),
+              what << " offsets overflow 64 bits at strides[" << a << "] = " << m.strides[a]);
+    span += (m.shape[a] - 1) * m.strides[a];
+  }
+}
+
+}  // namespace detail
+
 /// \brief A strided matrix view; throws on a null pointer, a non-positive extent, a negative stride
-/// or an element count that overflows 64 bits.
+/// or an element count or offset that overflows 64 bits.
 template <class T>
 [[nodiscard]] Tensor2<T> make_tensor2(T const* data, std::array<std::int64_t, 2> shape,
                                       std::array<std::int64_t, 2> strides) {
   static_assert(is_storage_type_v<T>, "tensors hold float, kvcompress::half or kvcompress::bfloat16");
-  KVC_CHECK(data != nullptr, "matrix data must not be null");
-  for (int a = 0; a < 2; ++a) {
-    KVC_CHECK(shape[a] > 0, "matrix shape[" << a << "] must be positive, got " << shape[a]);
-    KVC_CHECK(strides[a] >= 0, "matrix strides[" << a << "] must be non-negative, got " << strides[a]);
-  }
-  KVC_CHECK(shape[0] <= std::numeric_limits<std::int64_t>::max() / shape[1],
-            "matrix element count overflows 64 bits: " << shape[0] << " x " << shape[1]);
-  return Tensor2<T>{data, shape, strides};
+  Tensor2<T> const m{data, shape, strides};
+  detail::validate_matrix(m, "matrix");
+  return m;
 }
 
 /// \brief A contiguous (row-major) matrix view.

@@ -5,10 +5,48 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kvcompress/core/error.hpp"
 
 namespace kvcompress {
+
+namespace detail {
+
+/// No scratch buffer, and no sum of a few of them, can reach 2^56 bytes (64 PiB): a size above it
+/// comes from parameters no machine can serve, and the limit keeps every later sum from wrapping.
+inline constexpr std::size_t kMaxScratchBytes = std::size_t{1} << 56;
+
+/// The number of objects of a scratch buffer, Π factors, each a non-negative size (extents, head
+/// counts, threads, ...). Throws, naming the factors, when the product would pass 2^56: every
+/// workspace size is computed through this or `Workspace::bytes_for`, so none can overflow.
+inline std::size_t size_product(std::initializer_list<std::int64_t> factors) {
+  std::size_t n = 1;
+  bool fits = true;
+  for (std::int64_t f : factors) {
+    KVC_CHECK(f >= 0, "a scratch size factor is negative: " << f);
+    if (f != 0 && n > kMaxScratchBytes / static_cast<std::size_t>(f)) fits = false;
+    else n *= static_cast<std::size_t>(f);
+  }
+  if (fits) return n;
+  std::ostringstream os;
+  char const* sep = "";
+  for (std::int64_t f : factors) {
+    os << sep << f;
+    sep = " x ";
+  }
+  KVC_THROW("scratch of " << os.str() << " objects exceeds 2^56 (no machine holds it): check the extents, "
+                          << "head counts and press parameters that size it");
+}
+
+/// Σ of scratch byte counts, each at most 2^56 (from `bytes_for`), so the sum cannot wrap.
+inline std::size_t sum_bytes(std::initializer_list<std::size_t> parts) noexcept {
+  std::size_t total = 0;
+  for (std::size_t p : parts) total += p;
+  return total;
+}
+
+}  // namespace detail
 
 /// \brief Non-owning scratch arena. `take<U>(n)` returns 64-byte-aligned storage for n objects
 /// (uninitialised) or throws `kvcompress::Error` when the arena is too small.
@@ -20,8 +58,11 @@ class Workspace {
   Workspace(void* data, std::size_t bytes) noexcept : data_(static_cast<std::byte*>(data)), bytes_(bytes) {}
 
   /// Bytes that `take<U>(n)` consumes at most, alignment included; sums of these size an arena.
+  /// Throws when n objects pass 2^56 bytes (`detail::kMaxScratchBytes`).
   template <class U>
-  [[nodiscard]] static constexpr std::size_t bytes_for(std::size_t n) noexcept {
+  [[nodiscard]] static std::size_t bytes_for(std::size_t n) {
+    KVC_CHECK(n <= detail::kMaxScratchBytes / sizeof(U),
+              "scratch of " << n << " objects of " << sizeof(U) << " bytes exceeds 2^56 bytes (no machine holds it)");
     return (n * sizeof(U) + kAlignment - 1) / kAlignment * kAlignment + kAlignment;
   }
 

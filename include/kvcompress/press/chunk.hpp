@@ -44,9 +44,8 @@ struct ChunkPress {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const c = window_capacity(cache);
     auto const sizing = window(cache, nullptr, c, cache.lengths);
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * (cap + c))) +
-           Workspace::bytes_for<std::int32_t>(
-               static_cast<std::size_t>(2 * rows + detail::thread_count(dev, rows) * cap)) +
+    return Workspace::bytes_for<float>(detail::size_product({rows, 2, cap})) +
+           Workspace::bytes_for<std::int32_t>(detail::size_product({2 + detail::thread_count(dev, rows), rows, cap})) +
            Workspace::bytes_for<std::byte>(press.workspace_bytes(dev, detail::without_window_inputs(obs), sizing));
   }
 
@@ -56,6 +55,7 @@ struct ChunkPress {
     check_compression_ratio(ratio);
     if (ratio == 0.0) return;
     KVC_CHECK(chunk_length > 0, "chunk_length must be positive, got " << chunk_length);
+    detail::require_not_ragged(obs, "ChunkPress");
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const c = window_capacity(cache);
     float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));       // [rows, cap]

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kvcompress/detail/finite.hpp"
 #include "kvcompress/detail/gather.hpp"
@@ -53,7 +54,7 @@ std::size_t value_projection_bytes(CpuDevice const& dev, Observation<T> const& o
   std::int64_t const hidden = obs.output_projection.empty() ? 0 : obs.output_projection.shape[0];
   std::int64_t const d = cache.extents.head_dim;
   auto const threads = thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
-  return Workspace::bytes_for<float>(static_cast<std::size_t>(threads * (hidden * d + kValueTile * (d + hidden))));
+  return Workspace::bytes_for<float>(size_product({threads, hidden + kValueTile, d + kValueTile}));
 }
 
 /// kvpress's `vwl1norm`: norms[r, i] = (1/G) Σ_{j in the group of row r} ‖W_o[:, j·d : (j+1)·d] · v_i‖₁.
@@ -66,6 +67,7 @@ void value_projection_norms(CpuDevice const& dev, Observation<T> const& obs, KVC
   Tensor2<T> const& w = obs.output_projection;
   std::int64_t const heads = cache.extents.kv_heads, d = cache.extents.head_dim, cap = cache.extents.capacity;
   std::int64_t const hidden = w.shape[0], rows = cache.extents.batch * heads;
+  // (hidden + tile)(d + tile) bounds hidden·d + tile·(d + hidden), the size `value_projection_bytes` checked.
   std::int64_t const per_thread = hidden * d + kValueTile * (d + hidden);
   float* buf = ws.take<float>(static_cast<std::size_t>(thread_count(dev, rows) * per_thread));
   parallel_for(dev, rows, [&](std::int64_t r, int t) {
@@ -130,9 +132,9 @@ struct CriticalKVPress {
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                             KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-    return press.workspace_bytes(dev, obs, cache) + Workspace::bytes_for<float>(static_cast<std::size_t>(rows * cap)) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap)) +
-           detail::value_projection_bytes(dev, obs, cache);
+    return detail::sum_bytes({press.workspace_bytes(dev, obs, cache), Workspace::bytes_for<float>(detail::size_product({rows, cap})),
+                              Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
+                              detail::value_projection_bytes(dev, obs, cache)});
   }
 
   template <class T, class L>
@@ -180,11 +182,11 @@ struct CriticalAdaKVPress {
   [[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                                      KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-    auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-    auto const i = [](std::int64_t n) { return Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(n)); };
-    return 2 * f(rows * cap) + 2 * i(rows) + 2 * i(detail::thread_count(dev, rows) * cap) +
-           detail::adakv_counts_bytes(dev, cache) + detail::value_projection_bytes(dev, obs, cache) +
-           press.workspace_bytes(dev, obs, cache);
+    auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(detail::size_product(n)); };
+    auto const i = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<std::int32_t>(detail::size_product(n)); };
+    return detail::sum_bytes({2 * f({rows, cap}), 2 * i({rows}), 2 * i({detail::thread_count(dev, rows), cap}),
+                              detail::adakv_counts_bytes(dev, cache), detail::value_projection_bytes(dev, obs, cache),
+                              press.workspace_bytes(dev, obs, cache)});
   }
 
   template <class T, class L>

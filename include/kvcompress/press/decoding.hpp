@@ -21,6 +21,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <new>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -114,11 +116,23 @@ class BasicDecodingPress {
     KVC_CHECK(shape_.batch > 0, "shape.batch must be positive, got " << shape_.batch);
     KVC_CHECK(shape_.q_heads > 0, "shape.q_heads must be positive, got " << shape_.q_heads);
     KVC_CHECK(shape_.head_dim > 0, "shape.head_dim must be positive, got " << shape_.head_dim);
+    KVC_CHECK(options_.query_buffer_size < std::numeric_limits<std::int32_t>::max(),
+              "query_buffer_size must be below 2^31 - 1 (buffered queries are positions of one sequence), got "
+                  << options_.query_buffer_size);
     ring_ = options_.query_buffer_size + 1;
-    layer_elems_ = shape_.batch * shape_.q_heads * ring_ * shape_.head_dim;
-    queries_.resize(static_cast<std::size_t>(shape_.num_layers * layer_elems_));
-    positions_.resize(static_cast<std::size_t>(shape_.num_layers * ring_));
-    layers_.resize(static_cast<std::size_t>(shape_.num_layers));
+    std::size_t const elems = detail::size_product({shape_.num_layers, shape_.batch, shape_.q_heads, ring_, shape_.head_dim});
+    layer_elems_ = static_cast<std::int64_t>(elems) / shape_.num_layers;
+    try {
+      queries_.resize(elems);
+      positions_.resize(detail::size_product({shape_.num_layers, ring_}));
+      layers_.resize(static_cast<std::size_t>(shape_.num_layers));
+    } catch (std::bad_alloc const&) {
+      KVC_THROW("cannot allocate the query ring buffers: " << elems << " queries of " << sizeof(T)
+                                                           << " bytes (query_buffer_size = " << options_.query_buffer_size
+                                                           << ", num_layers = " << shape_.num_layers << ", batch = "
+                                                           << shape_.batch << ", q_heads = " << shape_.q_heads
+                                                           << ", head_dim = " << shape_.head_dim << ")");
+    }
   }
 
   [[nodiscard]] Inner const& inner() const noexcept { return inner_; }
@@ -145,12 +159,12 @@ class BasicDecodingPress {
     view.queries = make_tensor4(queries_.data(), {shape_.batch, shape_.q_heads, ring_, d});
     view.window_queries = w > 0 ? make_tensor4(queries_.data(), {shape_.batch, shape_.q_heads, w, d}) : Tensor4<T>{};
     view.chunk_length = ring_;
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * cap)) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap)) +
-           Workspace::bytes_for<T>(static_cast<std::size_t>(bh * ring_ * d)) +
-           Workspace::bytes_for<T>(static_cast<std::size_t>(bh * std::max<std::int64_t>(w, 0) * d)) +
-           Workspace::bytes_for<float>(static_cast<std::size_t>(d / 2 + 2 * d)) +
-           inner_.workspace_bytes(dev, view, cache);
+    return detail::sum_bytes({Workspace::bytes_for<float>(detail::size_product({rows, cap})),
+                              Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
+                              Workspace::bytes_for<T>(detail::size_product({bh, ring_, d})),
+                              Workspace::bytes_for<T>(detail::size_product({bh, std::max<std::int64_t>(w, 0), d})),
+                              Workspace::bytes_for<float>(detail::size_product({3, d})),
+                              inner_.workspace_bytes(dev, view, cache)});
   }
 
   /// \brief One decode step of one layer. Call it after the step's keys and values were appended.
@@ -161,7 +175,8 @@ class BasicDecodingPress {
   template <class L>
   bool step(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace workspace) {
     LayerState& st = state(obs.layer_idx);
-    KVC_CHECK(obs.position >= 0, "observation.position must be non-negative, got " << obs.position);
+    detail::validate_inputs(obs, cache);
+    detail::require_not_ragged(obs, "DecodingPress (one query per sequence and step)");
     if (obs.position == 0) {
       st = LayerState{};
       return false;
@@ -219,6 +234,8 @@ class BasicDecodingPress {
                                             << "] does not match the buffer's [batch = " << shape_.batch
                                             << ", q_heads = " << shape_.q_heads << ", q_len, head_dim = " << shape_.head_dim
                                             << "]");
+    KVC_CHECK(obs.position <= std::numeric_limits<std::int64_t>::max() - s[2],
+              "observation.position = " << obs.position << " plus the step's " << s[2] << " tokens overflows 64 bits");
     KVC_CHECK(obs.position > st.last_position, "observation.position = " << obs.position << " of layer " << obs.layer_idx
                                                                          << " does not follow the previous step's last position "
                                                                          << st.last_position);

@@ -47,9 +47,9 @@ std::size_t ea_scoring_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cach
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, d = cache.extents.head_dim;
   std::int64_t const threads = thread_count(dev, rows);
   std::int64_t const group = std::max<std::int64_t>(1, q_heads / cache.extents.kv_heads);
-  auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-  return f(threads * kEaKeyChunk * d) + f(threads * kEaKeyChunk * (cov ? d : group)) +
-         f(threads * group * cache.extents.capacity) + f(rows);
+  auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(size_product(n)); };
+  return sum_bytes({f({threads, kEaKeyChunk, d}), f({threads, kEaKeyChunk, cov ? d : group}),
+                    f({threads, group, cache.extents.capacity}), f({rows})});
 }
 
 /// The queries ExpectedAttentionPress estimates its statistics from, against the cache's extents
@@ -60,13 +60,20 @@ void check_expected_attention_queries(Observation<T> const& obs, CacheExtents co
   KVC_CHECK(!q.empty(), "observation.queries must be given (pre-RoPE queries of the chunk, "
                         "[batch, q_heads, q_len, head_dim]); use ExpectedAttentionStatsPress for "
                         "precomputed statistics");
-  KVC_CHECK(q.shape[0] == e.batch, "observation.queries batch = " << q.shape[0] << " does not match the cache batch = "
-                                                                  << e.batch);
+  KVC_CHECK(obs.ragged() || q.shape[0] == e.batch, "observation.queries batch = "
+                                                       << q.shape[0] << " does not match the cache batch = " << e.batch);
   KVC_CHECK(q.shape[3] == e.head_dim, "observation.queries head_dim = " << q.shape[3]
                                                                         << " does not match the cache head_dim = "
                                                                         << e.head_dim);
-  KVC_CHECK(q.shape[2] > n_sink, "observation.queries q_len = " << q.shape[2] << " must exceed n_sink = " << n_sink
-                                                                << " (the first n_sink queries are dropped)");
+  if (!obs.ragged()) {
+    KVC_CHECK(q.shape[2] > n_sink, "observation.queries q_len = " << q.shape[2] << " must exceed n_sink = " << n_sink
+                                                                  << " (the first n_sink queries are dropped)");
+    return;
+  }
+  for (std::int64_t b = 0; b < e.batch; ++b)
+    KVC_CHECK(obs.chunk_tokens(b) > n_sink, "observation.queries of sequence " << b << " hold " << obs.chunk_tokens(b)
+                                                                              << " tokens, which must exceed n_sink = "
+                                                                              << n_sink << " (the first n_sink are dropped)");
 }
 
 /// The checks that read no cache memory (shared with the CUDA device, which checks lengths on the device).
@@ -74,7 +81,8 @@ template <class T, class L>
 void check_expected_attention_shapes(ExpectedAttentionParams const& p, Observation<T> const& obs,
                                      KVCacheView<T, L> const& cache, std::int64_t q_heads) {
   KVC_CHECK(p.n_sink >= 0, "n_sink must be non-negative, got " << p.n_sink);
-  KVC_CHECK(p.n_future_positions > 0, "n_future_positions must be positive, got " << p.n_future_positions);
+  KVC_CHECK(p.n_future_positions > 0 && p.n_future_positions < RotaryEmbedding::kMaxPosition,
+            "n_future_positions must be in [1, 2^31) (positions are int32), got " << p.n_future_positions);
   KVC_CHECK(std::isfinite(p.epsilon), "epsilon must be finite, got " << p.epsilon);
   KVC_CHECK(obs.rope != nullptr, "observation.rope must be set (Expected Attention rotates the query "
                                  "statistics to the future positions)");
@@ -187,15 +195,39 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   for (std::int64_t r = 0; r < rows; ++r) std::fill(scores + r * cap, scores + r * cap + p.n_sink, protect);
 }
 
-/// Future window of the averaged rotation: [start, start + T), start = position after the chunk.
+/// Future window of the averaged rotation of batch element b: [start, start + T), start = the
+/// position after its chunk (the same for every b unless the batch is ragged).
+template <class T>
+std::int64_t future_start(Observation<T> const& obs, std::int64_t b, std::int64_t n_future) {
+  std::int64_t const q = obs.chunk_tokens(b), p = obs.sequence_position(b);
+  KVC_CHECK(q > 0, "observation.chunk_length (or queries) must give the chunk length, got " << q);
+  KVC_CHECK(p >= 0, "observation.position must be non-negative, got " << p);
+  KVC_CHECK(p <= std::numeric_limits<std::int64_t>::max() - q,
+            "observation.position = " << p << " plus the chunk length " << q << " overflows 64 bits");
+  KVC_CHECK(p + q <= RotaryEmbedding::kMaxPosition - n_future,
+            "observation.position = " << p << " + chunk length " << q << " + n_future_positions = " << n_future
+                                      << " passes 2^31: the future positions would not fit the cache's int32 positions");
+  return p + q;
+}
+
+/// The future window's start of a batch that shares one: the CUDA device's form, which takes no
+/// ragged batch yet.
 template <class T>
 std::int64_t future_start(Observation<T> const& obs) {
-  std::int64_t const q = obs.chunk_tokens();
-  KVC_CHECK(q > 0, "observation.chunk_length (or queries) must give the chunk length, got " << q);
-  KVC_CHECK(obs.position >= 0, "observation.position must be non-negative, got " << obs.position);
-  KVC_CHECK(obs.position <= std::numeric_limits<std::int64_t>::max() - q,
-            "observation.position = " << obs.position << " plus the chunk length " << q << " overflows 64 bits");
-  return obs.position + q;
+  require_not_ragged(obs, "the kvcompress::cuda device's Expected Attention");
+  return future_start(obs, 0, 0);
+}
+
+/// The averaged rotation of every batch element: cs [batch, 2, head_dim] (cos_mean, then sin_mean).
+/// Computed once when every element shares its future window.
+template <class T>
+void averaged_rotations(Observation<T> const& obs, std::int64_t batch, std::int64_t n_future, std::int64_t d,
+                        float* cs) {
+  for (std::int64_t b = 0; b < batch; ++b) {
+    float* out = cs + b * 2 * d;
+    if (b > 0 && !obs.ragged()) std::copy(cs, cs + 2 * d, out);
+    else obs.rope->averaged_rotation(future_start(obs, b, n_future), n_future, out, out + d);
+  }
 }
 
 }  // namespace detail
@@ -217,11 +249,13 @@ struct ExpectedAttentionPress {
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                             KVCacheView<T, L> const& cache) const {
     std::int64_t const q_heads = obs.queries.empty() ? cache.extents.kv_heads : obs.queries.shape[1];
-    std::int64_t const bh = cache.extents.batch * q_heads, d = cache.extents.head_dim;
-    std::int64_t const threads = detail::thread_count(dev, bh);
-    auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-    return f(2 * d) + f(bh * d) + (use_covariance ? f(bh * d * d) + f(threads * d * d) : 0) +
-           f(threads * detail::kEaKeyChunk * d) + detail::ea_scoring_bytes(dev, cache, q_heads, use_covariance);
+    std::int64_t const batch = cache.extents.batch, d = cache.extents.head_dim;
+    std::int64_t const threads = detail::thread_count(dev, static_cast<std::int64_t>(detail::size_product({batch, q_heads})));
+    auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(detail::size_product(n)); };
+    return detail::sum_bytes({f({2, batch, d}), f({batch, q_heads, d}),
+                              use_covariance ? f({batch, q_heads, d, d}) + f({threads, d, d}) : 0,
+                              f({threads, detail::kEaKeyChunk, d}),
+                              detail::ea_scoring_bytes(dev, cache, q_heads, use_covariance)});
   }
 
   template <class T, class L>
@@ -234,24 +268,26 @@ struct ExpectedAttentionPress {
     std::int64_t const batch = cache.extents.batch, q_heads = q.shape[1], d = cache.extents.head_dim;
     detail::check_expected_attention_common(p, obs, cache, q_heads);
 
-    float* cs = ws.take<float>(static_cast<std::size_t>(2 * d));
-    obs.rope->averaged_rotation(detail::future_start(obs), n_future_positions, cs, cs + d);
+    float* cs = ws.take<float>(static_cast<std::size_t>(2 * batch * d));  // [batch, 2, d]
+    detail::averaged_rotations(obs, batch, n_future_positions, d, cs);
     float* mu = ws.take<float>(static_cast<std::size_t>(batch * q_heads * d));
     float* cov = use_covariance ? ws.take<float>(static_cast<std::size_t>(batch * q_heads * d * d)) : nullptr;
     int const threads = detail::thread_count(dev, batch * q_heads);
     float* tmp_buf = use_covariance ? ws.take<float>(static_cast<std::size_t>(threads * d * d)) : nullptr;
     float* qbuf = ws.take<float>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d));
-    std::int64_t const count = q.shape[2] - n_sink;
 
     // Statistics per (batch, query head): two passes over chunks of queries (mean, then centred
-    // second moment), so scratch does not grow with the chunk length.
+    // second moment), so scratch does not grow with the chunk length. In a ragged batch element b's
+    // queries are its own slice of the packed tensor.
     detail::parallel_for(dev, batch * q_heads, [&](std::int64_t bj, int t) {
       std::int64_t const b = bj / q_heads, j = bj % q_heads;
+      std::int64_t const qb = obs.query_batch(b), first = obs.query_start(b) + n_sink;
+      std::int64_t const count = (obs.ragged() ? obs.chunk_tokens(b) : q.shape[2]) - n_sink;
       float* qc = qbuf + t * detail::kEaKeyChunk * d;
       Eigen::Map<Eigen::VectorXf> m(mu + bj * d, d);
       auto load = [&](std::int64_t i0, std::int64_t c) {
         for (std::int64_t i = 0; i < c; ++i)
-          for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(q(b, j, n_sink + i0 + i, e));
+          for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(q(qb, j, first + i0 + i, e));
         return Eigen::Map<RowMat>(qc, c, d);
       };
       m.setZero();
@@ -272,7 +308,8 @@ struct ExpectedAttentionPress {
         }
         sigma /= static_cast<float>(count);
       }
-      detail::rotate_and_scale_stats(cs, cs + d, d, mu + bj * d, cov ? cov + bj * d * d : nullptr, tmp);
+      float const* cs_b = cs + b * 2 * d;
+      detail::rotate_and_scale_stats(cs_b, cs_b + d, d, mu + bj * d, cov ? cov + bj * d * d : nullptr, tmp);
     });
     detail::expected_attention_scores(dev, p, cache, q_heads, batch, mu, cov, scores, ws);
   }
@@ -297,9 +334,10 @@ struct ExpectedAttentionStatsPress {
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                             KVCacheView<T, L> const& cache) const {
     std::int64_t const h = obs.stats.q_heads, d = cache.extents.head_dim;
-    auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-    return f(2 * d) + f(h * d) + (use_covariance ? f(h * d * d) : 0) + f(d * d) +
-           detail::ea_scoring_bytes(dev, cache, h, use_covariance);
+    std::int64_t const sb = obs.ragged() ? cache.extents.batch : 1;  // a ragged batch rotates per sequence
+    auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(detail::size_product(n)); };
+    return detail::sum_bytes({f({2, sb, d}), f({sb, h, d}), use_covariance ? f({sb, h, d, d}) : 0, f({d, d}),
+                              detail::ea_scoring_bytes(dev, cache, h, use_covariance)});
   }
 
   template <class T, class L>
@@ -318,16 +356,23 @@ struct ExpectedAttentionStatsPress {
       for (std::int64_t i = 0; i < q_heads * d * d; ++i)
         KVC_CHECK(std::isfinite(obs.stats.covariance[i]),
                   "observation.stats.covariance[" << i << "] = " << obs.stats.covariance[i] << " is not finite");
-    float* cs = ws.take<float>(static_cast<std::size_t>(2 * d));
-    obs.rope->averaged_rotation(detail::future_start(obs), n_future_positions, cs, cs + d);
-    float* mu = ws.take<float>(static_cast<std::size_t>(q_heads * d));
-    float* cov = use_covariance ? ws.take<float>(static_cast<std::size_t>(q_heads * d * d)) : nullptr;
+    // One set of rotated statistics, or one per sequence of a ragged batch (each has its own future).
+    std::int64_t const sb = obs.ragged() ? cache.extents.batch : 1;
+    float* cs = ws.take<float>(static_cast<std::size_t>(2 * sb * d));  // [sb, 2, d]
+    detail::averaged_rotations(obs, sb, n_future_positions, d, cs);
+    float* mu = ws.take<float>(static_cast<std::size_t>(sb * q_heads * d));                                     // [sb, H, d]
+    float* cov = use_covariance ? ws.take<float>(static_cast<std::size_t>(sb * q_heads * d * d)) : nullptr;  // [sb, H, d, d]
     float* tmp = ws.take<float>(static_cast<std::size_t>(d * d));
-    std::copy(obs.stats.mean, obs.stats.mean + q_heads * d, mu);
-    if (cov) std::copy(obs.stats.covariance, obs.stats.covariance + q_heads * d * d, cov);
-    for (std::int64_t j = 0; j < q_heads; ++j)
-      detail::rotate_and_scale_stats(cs, cs + d, d, mu + j * d, cov ? cov + j * d * d : nullptr, tmp);
-    detail::expected_attention_scores(dev, p, cache, q_heads, 1, mu, cov, scores, ws);
+    for (std::int64_t b = 0; b < sb; ++b) {
+      float const* cs_b = cs + b * 2 * d;
+      float* mu_b = mu + b * q_heads * d;
+      float* cov_b = cov ? cov + b * q_heads * d * d : nullptr;
+      std::copy(obs.stats.mean, obs.stats.mean + q_heads * d, mu_b);
+      if (cov_b) std::copy(obs.stats.covariance, obs.stats.covariance + q_heads * d * d, cov_b);
+      for (std::int64_t j = 0; j < q_heads; ++j)
+        detail::rotate_and_scale_stats(cs_b, cs_b + d, d, mu_b + j * d, cov_b ? cov_b + j * d * d : nullptr, tmp);
+    }
+    detail::expected_attention_scores(dev, p, cache, q_heads, sb, mu, cov, scores, ws);
   }
 };
 

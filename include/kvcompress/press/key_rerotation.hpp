@@ -31,9 +31,11 @@ struct KeyRerotationPress {
   [[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                                      KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * cap + cache.extents.head_dim / 2)) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(rows + detail::thread_count(dev, rows) * cap)) +
-           press.workspace_bytes(dev, obs, cache);
+    return detail::sum_bytes({Workspace::bytes_for<float>(static_cast<std::size_t>(cache.extents.head_dim / 2)),
+                              Workspace::bytes_for<float>(detail::size_product({rows, cap})),
+                              Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(rows)),
+                              Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
+                              press.workspace_bytes(dev, obs, cache)});
   }
 
   template <class T, class L>
@@ -46,6 +48,7 @@ struct KeyRerotationPress {
     KVC_CHECK(obs.rope != nullptr, "observation.rope must be set: KeyRerotation re-applies RoPE to the kept keys");
     KVC_CHECK(obs.rope->head_dim() == d,
               "observation.rope head_dim = " << obs.rope->head_dim() << " does not match the cache head_dim = " << d);
+    check_positions(cache);
     float* inv_freq = ws.take<float>(static_cast<std::size_t>(hd));  // [head_dim / 2]
     obs.rope->inv_freq_for(rotated_length(obs, cache), inv_freq);
     float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));
@@ -72,9 +75,29 @@ struct KeyRerotationPress {
   }
 
  private:
-  /// Length of the forward that rotated the cached keys (only dynamic NTK depends on it).
+  /// The original positions of live entries are rotated back by: a negative one is no position.
+  /// O(live entries), read only when the engine keeps positions.
+  template <class T, class L>
+  static void check_positions(KVCacheView<T, L> const& cache) {
+    if (cache.positions == nullptr) return;
+    for (std::int64_t b = 0; b < cache.extents.batch; ++b)
+      for (std::int64_t h = 0; h < cache.extents.kv_heads; ++h)
+        for (std::int64_t s = 0; s < cache.length(b, h); ++s)
+          KVC_CHECK(cache.position(b, h, s) >= 0, "positions[" << b << ", " << h << ", " << s << "] = "
+                                                               << cache.position(b, h, s) << " is negative");
+  }
+
+  /// Length of the forward that rotated the cached keys (only dynamic NTK depends on it). In a
+  /// ragged batch that is the longest sequence's, as HF's dynamic NTK takes the batch's largest
+  /// position.
   template <class T, class L>
   [[nodiscard]] static std::int64_t rotated_length(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+    if (obs.ragged()) {
+      std::int64_t longest = 0;
+      for (std::int64_t b = 0; b < cache.extents.batch; ++b)
+        longest = std::max(longest, obs.sequence_position(b) + obs.chunk_tokens(b));
+      return longest;
+    }
     if (obs.chunk_tokens() > 0) return obs.position + obs.chunk_tokens();
     std::int64_t last = -1;
     for (std::int64_t b = 0; b < cache.extents.batch; ++b)

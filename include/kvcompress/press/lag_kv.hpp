@@ -46,12 +46,13 @@ struct LagKVPress {
 
   template <class T, class L>
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&,
-                                            KVCacheView<T, L> const& cache) const noexcept {
+                                            KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
     std::int64_t const threads = detail::thread_count(dev, rows);
     std::int64_t const g = scratch_lag(cache.extents.capacity);
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(threads * (3 * cache.extents.head_dim + 2 * g))) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(threads * g));
+    // 3·(head_dim + g) bounds 3·head_dim + 2·g without forming a sum that could wrap.
+    return Workspace::bytes_for<float>(detail::size_product({threads, 3, cache.extents.head_dim + g})) +
+           Workspace::bytes_for<std::int32_t>(detail::size_product({threads, g}));
   }
 
   /// \param scores [batch, kv_heads, capacity]

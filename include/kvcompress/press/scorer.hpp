@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "kvcompress/cache/kv_cache_view.hpp"
+#include "kvcompress/cache/view_checks.hpp"
 #include "kvcompress/core/config.hpp"
 #include "kvcompress/core/device.hpp"
 #include "kvcompress/core/error.hpp"
@@ -156,12 +157,13 @@ float global_max(KVCacheView<T, L> const& cache, float const* scores) {
   return std::isfinite(m) ? m : 0.0f;
 }
 
-/// The engine updates the lengths in place between calls: a length outside [0, capacity] would
-/// send every press and the compaction past the row.
+/// What every entry point checks before it reads anything: the view (the engine may have built the
+/// aggregate itself, and updates lengths and block tables in place between calls) and the
+/// observation. O(rows + pages + batch).
 template <class T, class L>
-void require_valid_lengths(KVCacheView<T, L> const& cache) {
-  KVC_CHECK(cache.lengths != nullptr, "cache.lengths must not be null");
-  validate_lengths(cache.extents, cache.lengths);
+void validate_inputs(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+  validate_view(cache);
+  validate_observation(obs, cache.extents.batch);
 }
 
 }  // namespace detail
@@ -171,20 +173,36 @@ template <class Press, class T, class L>
 [[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Press const& press,
                                                    Observation<T> const& obs,
                                                    KVCacheView<T, L> const& cache) {
+  detail::validate_inputs(obs, cache);
+  std::size_t bytes = 0;
   if constexpr (detail::has_compress_member<Press, T, L>::value) {
-    return press.compress_workspace_bytes(dev, obs, cache);
+    bytes = press.compress_workspace_bytes(dev, obs, cache);
   } else {
-    std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    std::size_t const cap = static_cast<std::size_t>(cache.extents.capacity);
-    std::size_t const counts =
-        detail::has_kept_counts<Press, T, L>::value ? Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(rows)) : 0;
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(rows) * cap) + counts +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows)) * cap) +
-           press.workspace_bytes(dev, obs, cache);
+    std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
+    std::size_t const counts = detail::has_kept_counts<Press, T, L>::value ? Workspace::bytes_for<std::int32_t>(rows) : 0;
+    bytes = detail::sum_bytes({Workspace::bytes_for<float>(detail::size_product({rows, cap})), counts,
+                               Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
+                               press.workspace_bytes(dev, obs, cache)});
   }
+  // The page check's bitmap is taken from the same memory before the press runs.
+  return std::max(bytes, detail::view_check_bytes(cache));
 }
 
 namespace detail {
+
+/// Throws, before anything moves, when `ws` is smaller than `compress_workspace_bytes` says. The size
+/// depends on the device's thread count (one scratch row per thread), so the message names it.
+template <class Press, class T, class L>
+void require_workspace(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+                       KVCacheView<T, L> const& cache, Workspace const& ws) {
+  std::size_t const need = compress_workspace_bytes(dev, press, obs, cache);
+  std::size_t const have = ws.capacity() - ws.used();
+  KVC_CHECK(have >= need, "workspace too small: " << have << " bytes given, compress_workspace_bytes = " << need
+                                                  << " for this press, cache and a device of "
+                                                  << thread_count(dev, cache.extents.batch * cache.extents.kv_heads)
+                                                  << " thread(s); size it with the device that compresses (CpuDevice{"
+                                                  << dev.num_threads << "})");
+}
 
 /// `keep_topk`'s default: nothing to do once a row is compacted.
 struct NothingAfterCompaction {
@@ -203,10 +221,10 @@ template <class T, class L, class KeptFn, class AfterFn = detail::NothingAfterCo
 void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const* scores, KeptFn&& n_kept,
                Workspace& ws, AfterFn&& after = AfterFn{}) {
   KVC_CHECK(scores != nullptr, "scores must not be null");
-  detail::require_valid_lengths(cache);
+  detail::validate_view(cache);
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   std::int64_t const cap = cache.extents.capacity;
-  std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap));
+  std::int32_t* idx = ws.take<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap}));
   detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
     std::int32_t const n = cache.lengths[r];
     std::int64_t k = 0;
@@ -266,7 +284,7 @@ template <class Press, class T, class L>
 void score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
            KVCacheView<T, L> const& cache, float* scores, Workspace& ws) {
   KVC_CHECK(scores != nullptr, "scores must not be null");
-  detail::require_valid_lengths(cache);
+  detail::validate_inputs(obs, cache);
   press.score(dev, obs, cache, scores, ws);
   detail::require_finite_scores(dev, obs, cache, scores);
 }
@@ -275,6 +293,7 @@ void score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
 template <class Press, class T, class L>
 [[nodiscard]] std::vector<float> score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
                                        KVCacheView<T, L> const& cache) {
+  detail::validate_inputs(obs, cache);
   std::vector<float> scores(static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads *
                                                      cache.extents.capacity));
   std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, cache));
@@ -311,17 +330,22 @@ void row_kept_counts(CpuDevice const& dev, Press const& press, Observation<T> co
 template <class Press, class T, class L>
 void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
               KVCacheView<T, L> const& cache, Workspace workspace) {
+  detail::validate_inputs(obs, cache);
   if constexpr (detail::has_compress_member<Press, T, L>::value) {
+    detail::require_workspace(dev, press, obs, cache, workspace);
+    detail::check_unique_pages(cache, workspace);
     press.compress(dev, obs, cache, workspace);
   } else {
     double const ratio = compression_ratio_of(press);
     check_compression_ratio(ratio);
     if (ratio == 0.0) return;
+    detail::require_workspace(dev, press, obs, cache, workspace);
+    detail::check_unique_pages(cache, workspace);
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    float* scores = workspace.take<float>(static_cast<std::size_t>(rows * cache.extents.capacity));
+    float* scores = workspace.take<float>(detail::size_product({rows, cache.extents.capacity}));
     score(dev, press, obs, cache, scores, workspace);
     if constexpr (detail::has_kept_counts<Press, T, L>::value) {
-      std::int32_t* counts = workspace.take<std::int32_t>(static_cast<std::size_t>(rows));
+      std::int32_t* counts = workspace.take<std::int32_t>(rows);
       press.kept_counts(dev, obs, cache, scores, counts, workspace);
       keep_topk(dev, cache, scores, [counts](std::int64_t r, std::int64_t) { return counts[r]; }, workspace);
     } else {

@@ -100,30 +100,35 @@ class RotaryEmbedding {
 
   /// \brief R̄ = (1/count) Σ_{p=start}^{start+count−1} R_p = diag(cos_mean) + diag(sin_mean)·P, with
   /// the cos/sin HF returns for position_ids = arange(start, start + count) (so seq_len =
-  /// start + count for dynamic NTK). Sums in double.
+  /// start + count for dynamic NTK). O(head_dim) for any count: per frequency f the sum is the
+  /// geometric series Σ_p e^{ifp} = e^{if(start + (count−1)/2)} · sin(f·count/2) / sin(f/2), in
+  /// double. It equals summing HF's float32 cos/sin position by position to float rounding (those
+  /// round each angle f·p to float; the closed form does not).
   /// \param cos_mean [head_dim] \param sin_mean [head_dim]
   void averaged_rotation(std::int64_t start, std::int64_t count, float* cos_mean, float* sin_mean) const {
     KVC_CHECK(count > 0, "averaged_rotation count must be positive, got " << count);
     KVC_CHECK(start >= 0, "averaged_rotation start must be non-negative, got " << start);
-    KVC_CHECK(count <= std::numeric_limits<std::int64_t>::max() - start,
-              "averaged_rotation start + count overflows 64 bits: start = " << start << ", count = " << count);
+    KVC_CHECK(count <= kMaxPosition - start,
+              "averaged_rotation positions [start, start + count) must stay below 2^31 (the cache's positions are "
+              "int32): start = " << start << ", count = " << count);
     int const hd = config_.head_dim / 2;
     // Allocation-free (it runs inside compress): the inverse frequencies wait in the upper half of
     // cos_mean, and frequency i's entries are read before they are overwritten.
     float* inv = cos_mean + hd;
     inv_freq_for(start + count, inv);
+    double const n = static_cast<double>(count), centre = static_cast<double>(start) + (n - 1.0) / 2.0;
     for (int i = 0; i < hd; ++i) {
-      float const f = inv[i];
-      double cs = 0.0, ss = 0.0;
-      for (std::int64_t p = start; p < start + count; ++p) {
-        float const angle = f * static_cast<float>(p);
-        cs += static_cast<float>(std::cos(angle)) * attention_scaling_;
-        ss += static_cast<float>(std::sin(angle)) * attention_scaling_;
-      }
-      cos_mean[i] = cos_mean[i + hd] = static_cast<float>(cs / static_cast<double>(count));
-      sin_mean[i] = sin_mean[i + hd] = static_cast<float>(ss / static_cast<double>(count));
+      double const f = inv[i], half_sin = std::sin(f / 2.0);
+      // sin(f·count/2) / sin(f/2) → count as f/2 → 0 (mod π); inverse frequencies are at most 1.
+      double const dirichlet = std::fabs(half_sin) < 1e-300 ? n : std::sin(f * n / 2.0) / half_sin;
+      double const scale = dirichlet * attention_scaling_ / n;
+      cos_mean[i] = cos_mean[i + hd] = static_cast<float>(std::cos(f * centre) * scale);
+      sin_mean[i] = sin_mean[i + hd] = static_cast<float>(std::sin(f * centre) * scale);
     }
   }
+
+  /// Positions are int32 in the cache view, so no averaged window may reach 2^31.
+  static constexpr std::int64_t kMaxPosition = std::int64_t{1} << 31;
 
  private:
   /// HF's default inverse frequencies in float32: 1 / base^(2i/d).
