@@ -1,5 +1,6 @@
 // libFuzzer target: the view factories, the workspace and compress on fuzzed shapes, strides,
-// lengths, ratios, press parameters and activations (NaN and ±Inf included).
+// lengths, ratios, press parameters and activations (NaN and ±Inf included), with views and
+// tensors the engine built by hand (aggregates, wrong strides, overlapping K/V) and ragged batches.
 // Accepted outcomes: success, or kvcompress::Error. A crash, a sanitizer report, any other
 // exception, or a cache that breaks compress's postconditions is a bug.
 #include <fuzzer/FuzzedDataProvider.h>
@@ -179,8 +180,14 @@ void fuzz_compress(FuzzedDataProvider& in) {
   }
   I64 const span = span_of(e, layout.strides);
   if (span == 0) return;
+  // An engine may fill in the view itself: an aggregate no factory checked, sometimes with a stride
+  // it got wrong (negative or zero) or a value buffer inside the key buffer (where the two may be
+  // element-disjoint, or not). compress must reject what is wrong before it reads through it. The
+  // key buffer then holds the values too.
+  bool const aggregate = in.ConsumeIntegralInRange(0, 3) == 0;
+  I64 const values_offset = aggregate && in.ConsumeIntegralInRange(0, 3) == 0 ? in.ConsumeIntegralInRange<I64>(0, span - 1) : -1;
   Floats kbuf, vbuf;
-  kbuf.resize(static_cast<std::size_t>(span + 1));
+  kbuf.resize(static_cast<std::size_t>(span + 1 + std::max<I64>(values_offset, 0)));
   vbuf.resize(static_cast<std::size_t>(span));
   fill(in, kbuf, 2.0f);
   fill(in, vbuf, 2.0f);
@@ -197,12 +204,22 @@ void fuzz_compress(FuzzedDataProvider& in) {
   std::vector<std::int32_t> positions(static_cast<std::size_t>(rows * cap));
   for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>(static_cast<I64>(i) % cap);
   bool const with_positions = in.ConsumeBool();
-  auto const cache = make_cache_view(keys, values, e, layout, lengths.data(), with_positions ? positions.data() : nullptr);
+  std::int32_t* const pos = with_positions ? positions.data() : nullptr;
+  StridedLayout key_layout = layout, value_layout = layout;
+  float* const aggregate_values = values_offset >= 0 ? keys + values_offset : values;
+  if (aggregate && in.ConsumeBool()) {
+    I64& stride = (in.ConsumeBool() ? key_layout : value_layout).strides[in.ConsumeIntegralInRange<std::size_t>(0, 3)];
+    stride = in.ConsumeBool() ? -stride : 0;
+  }
+  auto const cache = aggregate ? KVCacheView<float>{keys, aggregate_values, e, key_layout, value_layout, lengths.data(), pos}
+                               : make_cache_view(keys, values, e, layout, lengths.data(), pos);
 
   // Activations: shapes mostly consistent with the cache, sometimes not.
   auto pick = [&](I64 good, I64 lo, I64 hi) { return in.ConsumeIntegralInRange(0, 7) == 0 ? in.ConsumeIntegralInRange(lo, hi) : good; };
   I64 const group = in.ConsumeIntegralInRange<I64>(1, 3);
-  I64 const qb = pick(batch, 1, 4), qh = pick(heads * group, 1, 12), qd = pick(d, 1, 25);
+  bool const ragged = in.ConsumeIntegralInRange(0, 3) == 0;  // queries packed per sequence, cu_seqlens-style
+  I64 const qb = ragged && in.ConsumeIntegralInRange(0, 7) != 0 ? 1 : pick(batch, 1, 4);
+  I64 const qh = pick(heads * group, 1, 12), qd = pick(d, 1, 25);
   I64 const q_len = in.ConsumeIntegralInRange<I64>(1, cap + 2), w = in.ConsumeIntegralInRange<I64>(1, 6);
   I64 const n0 = lengths[0];
   I64 const a_q = pick(std::max<I64>(n0, 1), 1, cap + 1), a_n = pick(std::max<I64>(n0, 1), 1, cap + 1);
@@ -246,11 +263,36 @@ void fuzz_compress(FuzzedDataProvider& in) {
   obs.rope = rope ? &*rope : nullptr;
   obs.position = in.ConsumeIntegralInRange(0, 15) == 0 ? any_i64(in) : in.ConsumeIntegralInRange<I64>(0, 100000);
   obs.chunk_length = in.ConsumeIntegralInRange(0, 3) == 0 ? in.ConsumeIntegralInRange<I64>(-1, cap + 2) : 0;
+  // A hand-built tensor with a negative stride must be rejected, never read backwards.
+  if (with_queries && in.ConsumeIntegralInRange(0, 15) == 0)
+    obs.queries.strides[in.ConsumeIntegralInRange<std::size_t>(0, 3)] *= -1;
+  if (with_window && in.ConsumeIntegralInRange(0, 15) == 0)
+    obs.window_queries.strides[in.ConsumeIntegralInRange<std::size_t>(0, 3)] *= -1;
+  // Ragged: batch + 1 offsets partitioning the packed q_len (sometimes broken), and per-sequence
+  // start positions (sometimes negative or huge).
+  std::vector<std::int32_t> offsets;
+  std::vector<I64> sequence_positions;
+  if (ragged) {
+    offsets.resize(static_cast<std::size_t>(batch + 1));
+    for (I64 b = 1; b < batch; ++b) offsets[static_cast<std::size_t>(b)] = in.ConsumeIntegralInRange<std::int32_t>(0, static_cast<std::int32_t>(q_len));
+    offsets[static_cast<std::size_t>(batch)] = static_cast<std::int32_t>(q_len);
+    std::sort(offsets.begin(), offsets.end());
+    if (in.ConsumeIntegralInRange(0, 7) == 0)
+      offsets[in.ConsumeIntegralInRange<std::size_t>(0, static_cast<std::size_t>(batch))] += in.ConsumeIntegralInRange(-3, 3);
+    obs.query_offsets = offsets.data();
+    if (in.ConsumeBool()) {
+      sequence_positions.resize(static_cast<std::size_t>(batch));
+      for (auto& p : sequence_positions)
+        p = in.ConsumeIntegralInRange(0, 15) == 0 ? any_i64(in) : in.ConsumeIntegralInRange<I64>(0, 100000);
+      obs.sequence_positions = sequence_positions.data();
+    }
+  }
 
   // One press with fuzzed parameters.
   double const ratio = any_ratio(in);
   CpuDevice const dev{in.ConsumeIntegralInRange(0, 7) == 0 ? 2 : 1};
   std::vector<std::int32_t> const before = lengths;
+  bool negative_position = false;
   auto run = [&](auto const& press) {
     std::size_t bytes = compress_workspace_bytes(dev, press, obs, cache);
     if (bytes > (std::size_t{64} << 20)) return;
@@ -264,7 +306,7 @@ void fuzz_compress(FuzzedDataProvider& in) {
       if (!std::is_same_v<decltype(press), PyramidKVPress const&> &&
           k != (ratio == 0.0 ? n : std::clamp<I64>(kept_count(n, ratio), 0, n)))
         postcondition_failed();
-      if (with_positions)
+      if (with_positions && !negative_position)  // a no-op compress (ratio 0) leaves the injected one
         for (std::int32_t j = 1; j < k; ++j)
           if (positions[static_cast<std::size_t>(r * cap + j)] <= positions[static_cast<std::size_t>(r * cap + j - 1)])
             postcondition_failed();
@@ -272,7 +314,7 @@ void fuzz_compress(FuzzedDataProvider& in) {
   };
   I64 const n_sink = in.ConsumeIntegralInRange<I64>(-1, 10);
   I64 const window = in.ConsumeIntegralInRange<I64>(-1, 8), kernel = in.ConsumeIntegralInRange<I64>(-1, 9);
-  switch (in.ConsumeIntegralInRange(0, 12)) {
+  switch (in.ConsumeIntegralInRange(0, 13)) {
     case 0:
     case 1: {
       ExpectedAttentionPress p;
@@ -317,6 +359,18 @@ void fuzz_compress(FuzzedDataProvider& in) {
     case 9: run(SnapKVPress{ratio, window, kernel}); break;
     case 10: run(PyramidKVPress{ratio, window, kernel, in.ConsumeBool() ? 20.0 : in.ConsumeFloatingPointInRange(0.0, 40.0)}); break;
     case 11: run(TOVAPress{ratio}); break;
+    case 12: {
+      // Re-rotation reads the positions: sometimes one is negative.
+      if (with_positions && in.ConsumeIntegralInRange(0, 3) == 0) {
+        positions[in.ConsumeIntegralInRange<std::size_t>(0, positions.size() - 1)] = -in.ConsumeIntegralInRange(1, 9);
+        negative_position = true;
+      }
+      ExpectedAttentionPress p;
+      p.compression_ratio = ratio;
+      p.n_sink = n_sink;
+      run(KeyRerotationPress{p});
+      break;
+    }
     default: run(ObservedAttentionPress{ratio}); break;
   }
 }

@@ -375,6 +375,19 @@ TEST_CASE("boundary: KeyRerotation rejects negative positions before anything mo
   CHECK(c.k == k0);
 }
 
+TEST_CASE("boundary: a position whose chunk end overflows reaches no press", "[reliability][boundary]") {
+  // Found by fuzz_compress: KeyRerotation formed position + chunk length (signed overflow).
+  kvc_test::OwnedCache<float> c(1, 2, 8, 4);
+  c.fill_random(1);
+  RotaryEmbedding const rope = rope_of(4);
+  Observation<float> obs;
+  obs.rope = &rope;
+  obs.chunk_length = 8;
+  obs.position = std::numeric_limits<std::int64_t>::max() - 3;
+  REQUIRE_THROWS_WITH(compress(cpu, KeyRerotationPress{KnormPress{0.5}}, obs, c.view()),
+                      Contains("observation.position = 9223372036854775804 plus the chunk length 8 overflows 64 bits"));
+}
+
 TEST_CASE("boundary: a workspace sized for one thread and used with two says so", "[reliability][boundary]") {
   kvc_test::OwnedCache<float> c(1, 8, 64, 16);
   c.fill_random(1);

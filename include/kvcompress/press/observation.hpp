@@ -81,7 +81,12 @@ void validate_observation(Observation<T> const& obs, std::int64_t batch) {
   if (!obs.output_projection.empty()) validate_matrix(obs.output_projection, "observation.output_projection");
   KVC_CHECK(obs.position >= 0, "observation.position must be non-negative, got " << obs.position);
   KVC_CHECK(obs.chunk_length >= 0, "observation.chunk_length must be non-negative, got " << obs.chunk_length);
-  if (!obs.ragged()) return;
+  if (!obs.ragged()) {
+    KVC_CHECK(obs.position <= std::numeric_limits<std::int64_t>::max() - obs.chunk_tokens(),
+              "observation.position = " << obs.position << " plus the chunk length " << obs.chunk_tokens()
+                                        << " overflows 64 bits");
+    return;
+  }
   std::int32_t const* off = obs.query_offsets;
   KVC_CHECK(!obs.queries.empty(), "observation.query_offsets needs observation.queries (packed [1, q_heads, "
                                   "total_q, head_dim])");
