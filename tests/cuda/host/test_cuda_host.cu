@@ -248,7 +248,7 @@ TEST_CASE("cuda host: a failed launch names our kernel and leaves an earlier pen
   (void)cudaGetLastError();
 }
 
-TEST_CASE("cuda host: more than 65535 rows are not refused; the row grid strides over them", "[cuda][host]") {
+TEST_CASE("cuda host: more than 65535 rows are not refused, and the row grid strides over them", "[cuda][host]") {
   std::vector<std::int32_t> lengths(1);
   CacheExtents const e{70000, 1, 16, 64};
   auto const layout = make_strided_layout(e, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim});
