@@ -1,7 +1,8 @@
 #pragma once
 /// \file
 /// \brief What every CUDA kernel of kvcompress shares: the storage-type map to CUDA's own types,
-/// error checking, the device-side cache view, the device status word, pointer checks and the one
+/// error checking and the launch helper (which attribute only our own failures), the device-side
+/// cache view, the device status word, pointer checks, the row grid, the global max cell and the one
 /// place where a runtime head_dim becomes a compile-time constant.
 ///
 /// Errors come in two kinds. What the host can see (ratios, shapes, pointer kinds, workspace size)
