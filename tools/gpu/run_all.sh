@@ -53,7 +53,7 @@ gather() {
     for name in "${order[@]}"; do
       echo
       echo "######## $name"
-      cat "$logs/$name.log"
+      tail -c 1000000 "$logs/$name.log"  # the end of a runaway log: steps.log must stay under 16 MiB
     done
   } > "$out/steps.log"
 }
@@ -76,7 +76,9 @@ targets=(kvc_bench_cuda)
 for src in tests/cuda/test_*.cu; do targets+=("kvc_cuda_$(basename "$src" .cu)"); done
 bin=build/cuda/tests/cuda
 
-step configure 60 cmake --preset cuda -DKVC_BUILD_EXAMPLES=OFF
+# Warnings are not errors here: CI holds the sources to gcc 12 and nvcc with -Werror, and a newer host
+# gcc's new warnings (gcc 13's -Wdangling-reference in -Wall) must not cost a lent GPU its run.
+step configure 60 cmake --preset cuda -DKVC_BUILD_EXAMPLES=OFF -DKVC_WERROR=OFF
 step build 300 cmake --build --preset cuda --target "${targets[@]}"
 step ctest 150 ctest --preset cuda --timeout 120 -j 4 --output-junit "$out/ctest.xml"
 
