@@ -83,11 +83,12 @@ step build 300 cmake --build --preset cuda --target "${targets[@]}"
 step ctest 150 ctest --preset cuda --timeout 120 -j 4 --output-junit "$out/ctest.xml"
 
 # The reduced suite under a sanitizer: every kernel of a compress call (float, head_dim 64, the small
-# cases), the selection and the runtime. Logs named sanitizer-TOOL-WHAT.log (tools/bench/report_cuda.py).
+# cases), the selection and the runtime. Catch's test spec separates names with commas: `\,` is a
+# comma inside a name. Logs named sanitizer-TOOL-WHAT.log (tools/bench/report_cuda.py).
 sanitize() {
   local tool=$1 limit=$2
   step "sanitizer-$tool-compress" "$limit" compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_compress" \
-    "cuda compress: Knorm, StreamingLLM, KeyDiff equal the CPU path,cuda compress: SnapKV and TOVA equal the CPU path,cuda compress: ExpectedAttention without covariance equals the CPU path,cuda compress: AdaKV around ExpectedAttention equals the CPU path" \
+    "cuda compress: Knorm\\, StreamingLLM\\, KeyDiff equal the CPU path,cuda compress: SnapKV and TOVA equal the CPU path,cuda compress: ExpectedAttention without covariance equals the CPU path,cuda compress: AdaKV around ExpectedAttention equals the CPU path" \
     -c "float, head_dim 64"
   step "sanitizer-$tool-select" "$limit" compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_select"
   step "sanitizer-$tool-runtime" 30 compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_runtime"
