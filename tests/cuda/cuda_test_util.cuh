@@ -14,6 +14,11 @@
 
 namespace kvc_cuda_test {
 
+/// The device of most tests: the default stream, every pointer checked on every call, so that a
+/// test handing host memory gets the Error it expects (the library's default checks only in
+/// `make_device_cache_view`; the tests of that default name `kvcompress::cuda{}` themselves).
+inline constexpr kvcompress::cuda kChecked{nullptr, true};
+
 /// Device memory of n objects of U, freed on destruction.
 template <class U>
 class DeviceBuffer {

@@ -128,7 +128,7 @@ std::vector<float> device_scores(P const& press, kvcompress::Observation<T> cons
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(ci::DeviceStatus)));
   KVC_CUDA_CHECK(cudaMemset(scores.get(), 0xff, n * sizeof(float)));
   kvcompress::Workspace ws(scratch.get(), bytes);
-  ci::score(kvcompress::cuda{}, press, obs, cache, scores.get(), ws, status.get());
+  ci::score(kvc_cuda_test::kChecked, press, obs, cache, scores.get(), ws, status.get());
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
   st = status.download()[0];
   return scores.download();

@@ -50,7 +50,7 @@ void check_counts(std::int64_t batch, std::int64_t heads, std::int64_t capacity,
   std::size_t const bytes = cuda_impl::adakv_counts_workspace_bytes(batch, heads, capacity);
   DeviceBuffer<std::byte> ws_mem(bytes);
   Workspace ws(ws_mem.get(), bytes);
-  cuda_impl::adakv_counts(kvcompress::cuda{}, d_scores.get(), batch, heads, capacity, d_lengths.get(), ratio, alpha,
+  cuda_impl::adakv_counts(kvc_cuda_test::kChecked, d_scores.get(), batch, heads, capacity, d_lengths.get(), ratio, alpha,
                           d_counts.get(), ws, status.get());
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<std::int32_t> const counts = d_counts.download();
@@ -81,7 +81,7 @@ TEST_CASE("cuda adakv_counts over long rows", "[cuda][adakv]") {
 TEST_CASE("cuda adakv_counts rejects alpha_safeguard outside [0, 1]", "[cuda][adakv]") {
   Workspace ws;
   for (double alpha : {-0.1, 1.5})
-    CHECK_THROWS_WITH(cuda_impl::adakv_counts(kvcompress::cuda{}, nullptr, 1, 8, 16, nullptr, 0.5, alpha, nullptr, ws,
+    CHECK_THROWS_WITH(cuda_impl::adakv_counts(kvc_cuda_test::kChecked, nullptr, 1, 8, 16, nullptr, 0.5, alpha, nullptr, ws,
                                               nullptr),
                       Catch::Contains("alpha_safeguard must be in [0, 1], got"));
 }

@@ -72,7 +72,7 @@ void check_compact(Case<T, L>& c, std::int64_t wave = 0) {
   std::size_t const bytes = cuda_impl::compact_workspace_bytes(dev, wave);
   DeviceBuffer<std::byte> ws_mem(bytes);
   Workspace ws(ws_mem.get(), bytes);
-  cuda_impl::compact(kvcompress::cuda{}, dev, d_kept.get(), d_counts.get(), ws, status.get(), wave);
+  cuda_impl::compact(kvc_cuda_test::kChecked, dev, d_kept.get(), d_counts.get(), ws, status.get(), wave);
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
 
   for (std::int64_t b = 0; b < c.e.batch; ++b)
@@ -197,7 +197,7 @@ TEST_CASE("cuda compact leaves the cache untouched once the status records a fai
   std::size_t const bytes = cuda_impl::compact_workspace_bytes(dev);
   DeviceBuffer<std::byte> ws_mem(bytes);
   Workspace ws(ws_mem.get(), bytes);
-  cuda_impl::compact(kvcompress::cuda{}, dev, d_kept.get(), d_counts.get(), ws, status.get());
+  cuda_impl::compact(kvc_cuda_test::kChecked, dev, d_kept.get(), d_counts.get(), ws, status.get());
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
   REQUIRE(mirror.k.download() == c.k);
   REQUIRE(mirror.v.download() == c.v);

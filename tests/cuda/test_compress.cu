@@ -1,5 +1,5 @@
 // `compress` on the CUDA device end to end, against the CPU path: for every press with CUDA kernels,
-// strided and paged caches, float and bfloat16, batches with different per-head lengths. The kept set
+// strided and paged caches, float, bfloat16 and half, batches with different per-head lengths. The kept set
 // of each row must equal the CPU's (an entry may differ only where its CPU score is within the scoring
 // tolerance of the row's cut), every kept slot must hold exactly the original entry at its position,
 // and the lengths must equal the CPU's. Then the error paths: host-visible ones throw before anything
@@ -137,7 +137,7 @@ void check_strided(Press const& press, Case<T> const& c) {
   DeviceBuffer<T> k(c.k), v(c.v), q(c.queries), w(c.window);
   DeviceBuffer<std::int32_t> lengths(c.lengths), positions(c.positions);
   KVCacheView<T> const view{k.get(), v.get(), c.e, c.hf(), c.hf(), lengths.get(), positions.get()};
-  compress(kvcompress::cuda{}, press, c.observation(q.get(), w.get()), view);
+  compress(kvc_cuda_test::kChecked, press, c.observation(q.get(), w.get()), view);
   auto const gk = k.download(), gv = v.download();
   auto const layout = c.hf();
   require_same_compression(c, cpu.scores, cpu.lengths, cpu.positions, lengths.download(), positions.download(),
@@ -173,7 +173,7 @@ void check_paged(Press const& press, Case<T> const& c) {
   PagedLayout layout = host_layout;
   layout.block_table = d_table.get();
   KVCacheView<T, PagedLayout> const view{k.get(), v.get(), c.e, layout, layout, lengths.get(), positions.get()};
-  compress(kvcompress::cuda{}, press, c.observation(q.get(), w.get()), view);
+  compress(kvc_cuda_test::kChecked, press, c.observation(q.get(), w.get()), view);
   auto const gk = k.download(), gv = v.download();
   auto const gl = lengths.download();
   require_same_compression(c, cpu.scores, cpu.lengths, cpu.positions, gl, positions.download(),
@@ -201,6 +201,11 @@ void check_press(Press const& press, bool uniform = false) {
     }
     SECTION("bfloat16, head_dim " + std::to_string(d)) {
       Case<bfloat16> const c(d, 12, uniform);
+      check_strided(press, c);
+      check_paged(press, c);
+    }
+    SECTION("half, head_dim " + std::to_string(d)) {
+      Case<kvcompress::half> const c(d, 13, uniform);
       check_strided(press, c);
       check_paged(press, c);
     }
@@ -255,7 +260,7 @@ TEST_CASE("cuda compress: ratio 0 leaves the cache untouched", "[cuda]") {
   DeviceBuffer<float> k(c.k), v(c.v), q(c.queries), w(c.window);
   DeviceBuffer<std::int32_t> lengths(c.lengths);
   KVCacheView<float> const view{k.get(), v.get(), c.e, c.hf(), c.hf(), lengths.get(), nullptr};
-  compress(kvcompress::cuda{}, KnormPress{0.0}, c.observation(q.get(), w.get()), view);
+  compress(kvc_cuda_test::kChecked, KnormPress{0.0}, c.observation(q.get(), w.get()), view);
   REQUIRE(k.download() == c.k);
   REQUIRE(lengths.download() == c.lengths);
 }
@@ -266,19 +271,19 @@ TEST_CASE("cuda compress: host-visible errors throw before anything runs", "[cud
   DeviceBuffer<std::int32_t> lengths(c.lengths);
   KVCacheView<float> const view{k.get(), v.get(), c.e, c.hf(), c.hf(), lengths.get(), nullptr};
   auto const obs = c.observation(q.get(), w.get());
-  CHECK_THROWS_WITH(compress(kvcompress::cuda{}, KnormPress{1.0}, obs, view),
+  CHECK_THROWS_WITH(compress(kvc_cuda_test::kChecked, KnormPress{1.0}, obs, view),
                     Catch::Contains("compression_ratio must be in [0, 1), got 1"));
   std::vector<float> host_k(c.k);
   KVCacheView<float> host_keys = view;
   host_keys.keys = host_k.data();
-  CHECK_THROWS_WITH(compress(kvcompress::cuda{}, KnormPress{0.5}, obs, host_keys),
+  CHECK_THROWS_WITH(compress(kvc_cuda_test::kChecked, KnormPress{0.5}, obs, host_keys),
                     Catch::Contains("cache.keys") && Catch::Contains("host memory"));
   Case<float> const odd(72, 4);
   DeviceBuffer<float> k72(odd.k), v72(odd.v);
   KVCacheView<float> const view72{k72.get(), v72.get(), odd.e, odd.hf(), odd.hf(), lengths.get(), nullptr};
-  CHECK_THROWS_WITH(compress(kvcompress::cuda{}, KnormPress{0.5}, obs, view72), Catch::Contains("head_dim = 72"));
+  CHECK_THROWS_WITH(compress(kvc_cuda_test::kChecked, KnormPress{0.5}, obs, view72), Catch::Contains("head_dim = 72"));
   AdaKVPress<KnormPress> ada{KnormPress{0.5}, 1.5};
-  CHECK_THROWS_WITH(compress(kvcompress::cuda{}, ada, obs, view), Catch::Contains("alpha_safeguard must be in [0, 1]"));
+  CHECK_THROWS_WITH(compress(kvc_cuda_test::kChecked, ada, obs, view), Catch::Contains("alpha_safeguard must be in [0, 1]"));
 }
 
 TEST_CASE("cuda compress: a length above capacity or a NaN key leaves the cache untouched and throws", "[cuda]") {
@@ -290,13 +295,54 @@ TEST_CASE("cuda compress: a length above capacity or a NaN key leaves the cache 
   KVCacheView<float> const view{k.get(), v.get(), c.e, c.hf(), c.hf(), lengths.get(), nullptr};
   KnormPress const p{0.5};
   auto const obs = c.observation(q.get(), w.get());
-  std::size_t const bytes = compress_workspace_bytes(kvcompress::cuda{}, p, obs, view);
+  std::size_t const bytes = compress_workspace_bytes(kvc_cuda_test::kChecked, p, obs, view);
   DeviceBuffer<std::byte> scratch(bytes);
-  compress(kvcompress::cuda{}, p, obs, view, Workspace(scratch.get(), bytes));
-  CHECK_THROWS_AS(check_status(kvcompress::cuda{}, scratch.get()), Error);
+  compress(kvc_cuda_test::kChecked, p, obs, view, Workspace(scratch.get(), bytes));
+  CHECK_THROWS_AS(check_status(kvc_cuda_test::kChecked, scratch.get()), Error);
   auto const gk = k.download();
   REQUIRE(std::equal(gk.begin(), gk.end(), c.k.begin(), [](float a, float b) {
     return a == b || (std::isnan(a) && std::isnan(b));
   }));
   REQUIRE(lengths.download() == c.lengths);
+}
+
+TEST_CASE("cuda compress: a largest score of -0 gives the sinks the CPU's max + 1", "[cuda]") {
+  // ε = −1 puts every (p + ε) below 0; a zero value vector then makes the score −0 (and the others
+  // negative), so the largest non-sink score is −0: the sinks get 1, as on the CPU.
+  Case<float> c(64, 21);
+  for (std::size_t e = 0; e < c.v.size(); e += 2 * static_cast<std::size_t>(c.d))
+    std::fill(c.v.begin() + static_cast<std::ptrdiff_t>(e), c.v.begin() + static_cast<std::ptrdiff_t>(e) + c.d, 0.0f);
+  ExpectedAttentionPress p;
+  p.compression_ratio = 0.5;
+  p.epsilon = -1.0f;
+  SECTION("every other value vector zero") { check_strided(p, c); }
+  SECTION("every value vector zero: every non-sink score is -0") {
+    std::fill(c.v.begin(), c.v.end(), 0.0f);
+    check_strided(p, c);
+  }
+}
+
+TEST_CASE("cuda compress: an error pending from the engine's own work is neither reported nor cleared", "[cuda]") {
+  Case<float> const c(64, 22);
+  DeviceBuffer<float> k(c.k), v(c.v), q(c.queries), w(c.window);
+  DeviceBuffer<std::int32_t> lengths(c.lengths);
+  DeviceBuffer<cuda_impl::DeviceStatus> engine_status(1);
+  KVCacheView<float> const view{k.get(), v.get(), c.e, c.hf(), c.hf(), lengths.get(), nullptr};
+  KnormPress const p{0.5};
+  auto const obs = c.observation(q.get(), w.get());
+  std::size_t const bytes = compress_workspace_bytes(kvcompress::cuda{}, p, obs, view);
+  DeviceBuffer<std::byte> scratch(bytes);
+  // The engine's launch with too many threads: a non-sticky error that the engine will read itself.
+  cuda_impl::check_lengths_kernel<><<<1, 4096>>>(lengths.get(), 1, kCap, -1, cuda_impl::StatusCode::kLengthNotAboveSink,
+                                                 engine_status.get());
+  REQUIRE(cudaPeekAtLastError() == cudaErrorInvalidConfiguration);
+  REQUIRE_NOTHROW(compress(kvcompress::cuda{}, p, obs, view, Workspace(scratch.get(), bytes)));
+  REQUIRE_NOTHROW(check_status(kvcompress::cuda{}, scratch.get()));
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);  // still there for the engine
+  CHECK(cudaGetLastError() == cudaSuccess);
+  // And pointer checks made with a pending error leave it pending too.
+  cuda_impl::check_lengths_kernel<><<<1, 4096>>>(lengths.get(), 1, kCap, -1, cuda_impl::StatusCode::kLengthNotAboveSink,
+                                                 engine_status.get());
+  CHECK_NOTHROW(make_device_cache_view(kvcompress::cuda{}, k.get(), v.get(), c.e, c.hf(), c.hf(), lengths.get()));
+  CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
 }

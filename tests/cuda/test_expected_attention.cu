@@ -145,7 +145,7 @@ std::vector<float> cuda_scores(Press const& press, Observation<T> const& obs_dev
   DeviceBuffer<float> scores(static_cast<std::size_t>(e.batch * e.kv_heads * e.capacity));
   DeviceBuffer<cuda_impl::DeviceStatus> status(1);
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
-  cuda_impl::score(kvcompress::cuda{}, press, obs_dev, view_dev, scores.get(), ws, status.get());
+  cuda_impl::score(kvc_cuda_test::kChecked, press, obs_dev, view_dev, scores.get(), ws, status.get());
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
   cuda_impl::throw_if_failed(status.download()[0]);
   return scores.download();
@@ -330,7 +330,7 @@ TEST_CASE("cuda ExpectedAttention rejects an unsupported head_dim and host queri
     std::size_t const bytes = cuda_impl::score_workspace_bytes(press, obs, s.view);
     DeviceBuffer<std::byte> scratch(bytes);
     Workspace ws(scratch.get(), bytes);
-    CHECK_THROWS_WITH(cuda_impl::score(kvcompress::cuda{}, press, obs, s.view, scores.get(), ws, status.get()),
+    CHECK_THROWS_WITH(cuda_impl::score(kvc_cuda_test::kChecked, press, obs, s.view, scores.get(), ws, status.get()),
                       Catch::Contains("head_dim = 72"));
   }
   {
@@ -340,7 +340,7 @@ TEST_CASE("cuda ExpectedAttention rejects an unsupported head_dim and host queri
     std::size_t const bytes = cuda_impl::score_workspace_bytes(press, obs, s.view);
     DeviceBuffer<std::byte> scratch(bytes);
     Workspace ws(scratch.get(), bytes);
-    CHECK_THROWS_WITH(cuda_impl::score(kvcompress::cuda{}, press, obs, s.view, scores.get(), ws, status.get()),
+    CHECK_THROWS_WITH(cuda_impl::score(kvc_cuda_test::kChecked, press, obs, s.view, scores.get(), ws, status.get()),
                       Catch::Contains("observation.queries") && Catch::Contains("host memory"));
   }
 }
@@ -355,7 +355,7 @@ TEST_CASE("cuda ExpectedAttention records a row not longer than n_sink in the de
   DeviceBuffer<float> scores(2 * 16);
   DeviceBuffer<cuda_impl::DeviceStatus> status(1);
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
-  cuda_impl::score(kvcompress::cuda{}, press, obs, s.view, scores.get(), ws, status.get());
+  cuda_impl::score(kvc_cuda_test::kChecked, press, obs, s.view, scores.get(), ws, status.get());
   auto const st = status.download()[0];
   CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthNotAboveSink));
   CHECK(st.row == 1);
@@ -379,7 +379,7 @@ TEST_CASE("cuda ExpectedAttentionStats records a non-finite statistic in the dev
   DeviceBuffer<float> scores(16);
   DeviceBuffer<cuda_impl::DeviceStatus> status(1);
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
-  cuda_impl::score(kvcompress::cuda{}, press, obs, s.view, scores.get(), ws, status.get());
+  cuda_impl::score(kvc_cuda_test::kChecked, press, obs, s.view, scores.get(), ws, status.get());
   auto const st = status.download()[0];
   CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kNonFiniteInput));
   CHECK(st.slot == 3);

@@ -26,14 +26,14 @@ TEST_CASE("cuda check_lengths records the first bad length in the device status"
   DeviceBuffer<std::int32_t> lengths(std::vector<std::int32_t>{5, 9, 3});
   DeviceBuffer<cuda_impl::DeviceStatus> status(1);
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
-  cuda_impl::check_lengths(kvcompress::cuda{}, lengths.get(), 3, 8, -1, status.get());
+  cuda_impl::check_lengths(kvc_cuda_test::kChecked, lengths.get(), 3, 8, -1, status.get());
   auto const st = status.download()[0];
   CHECK(st.code == static_cast<int>(cuda_impl::StatusCode::kLengthOutOfRange));
   CHECK(st.row == 1);
   CHECK_THROWS_WITH(cuda_impl::throw_if_failed(st), Catch::Contains("lengths[1] = 9"));
 
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
-  cuda_impl::check_lengths(kvcompress::cuda{}, lengths.get(), 3, 16, 4, status.get());
+  cuda_impl::check_lengths(kvc_cuda_test::kChecked, lengths.get(), 3, 16, 4, status.get());
   auto const st2 = status.download()[0];
   CHECK(st2.code == static_cast<int>(cuda_impl::StatusCode::kLengthNotAboveSink));
   CHECK(st2.row == 2);

@@ -46,7 +46,7 @@ void check_select(std::vector<float> const& scores, std::int64_t rows, std::int6
   std::size_t const bytes = cuda_impl::select_workspace_bytes(rows, capacity);
   DeviceBuffer<std::byte> ws_mem(bytes);
   Workspace ws(ws_mem.get(), bytes);
-  cuda_impl::select_topk(kvcompress::cuda{}, d_scores.get(), rows, capacity, d_lengths.get(), d_counts.get(),
+  cuda_impl::select_topk(kvc_cuda_test::kChecked, d_scores.get(), rows, capacity, d_lengths.get(), d_counts.get(),
                          d_kept.get(), ws, status.get());
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<std::int32_t> const kept = d_kept.download();
@@ -108,7 +108,7 @@ TEST_CASE("cuda select_topk leaves kept untouched once the status records a fail
   failed_status.code = static_cast<int>(cuda_impl::StatusCode::kLengthOutOfRange);
   DeviceBuffer<cuda_impl::DeviceStatus> status(std::vector<cuda_impl::DeviceStatus>{failed_status});
   Workspace ws;
-  cuda_impl::select_topk(kvcompress::cuda{}, d_scores.get(), 1, 100, d_lengths.get(), d_counts.get(), d_kept.get(), ws,
+  cuda_impl::select_topk(kvc_cuda_test::kChecked, d_scores.get(), 1, 100, d_lengths.get(), d_counts.get(), d_kept.get(), ws,
                          status.get());
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
   for (std::int32_t x : d_kept.download()) REQUIRE(x == -7);

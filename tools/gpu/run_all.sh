@@ -1,46 +1,121 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU (run from the repository root): builds the `cuda` preset, runs the
-# CUDA test suite, the same suite under compute-sanitizer (memcheck, racecheck, initcheck), the CUDA
-# benchmarks, and kvpress's PyTorch presses on the same GPU and shapes; writes everything to $OUT
-# (default build/gpu-results) and the report docs/benchmarks/cuda.md into $OUT as well.
-# Every step runs even when an earlier one fails; the exit status is 1 if any failed.
+# On a machine with an NVIDIA GPU, from the repository root, after `bash tools/gpu/prepare.sh` on the
+# development machine (the GPU machine has no network: the build dependencies come in .gpu-deps and
+# the Python modules in .whl, both carried). In order, each step bounded by its own timeout and by
+# the whole run's budget (KVC_GPU_BUDGET_S, default 450 s, so that the run ends inside 8 minutes
+# whatever hangs): configure and build the CUDA tests and benchmarks (`cuda` preset, sm_90a), the
+# CUDA suite (ctest), compute-sanitizer memcheck on a reduced suite, the CUDA benchmarks, kvpress's
+# PyTorch presses on the same GPU and shapes, the report, then racecheck, initcheck and synccheck on
+# the reduced suite while time is left. Every step runs even when an earlier one failed (a step whose
+# input is missing says so); the exit status is 1 if any step failed or was skipped for time.
+#
+# What comes back from $OUT (at most 8 files): steps.log (every step's output, in order), ctest.xml,
+# kvcompress_cuda.json, kvpress_cuda.json and cuda.md (the report for docs/benchmarks/).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-out=${OUT:-build/gpu-results}
-mkdir -p "$out"
+cd "$(dirname "$0")/../.." || exit 1
+out=$(realpath -m "${OUT:-build/gpu-results}")
+logs=$PWD/build/gpu-logs  # one log per step, gathered into $out/steps.log at the end
+mkdir -p "$out" "$logs"
+rm -f "$logs"/*.log
+budget=${KVC_GPU_BUDGET_S:-450}
+start=$SECONDS
 status=0
-step() {  # step NAME COMMAND...: runs, logs to $out/NAME.log, records the status
-  local name=$1; shift
-  echo "== $name: $*"
+order=()  # step names as they ran, for steps.log
+
+# step NAME TIMEOUT COMMAND...: runs COMMAND into $logs/NAME.log for at most TIMEOUT seconds (less if
+# the budget runs out first; skipped when under 5 s are left) and records a failure.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  order+=("$name")
+  local left=$((budget - (SECONDS - start)))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 5 ]; then
+    echo "== $name: skipped, the ${budget} s budget is spent" | tee "$logs/$name.log"
+    status=1
+    return 1
+  fi
+  echo "== $name (at most $limit s): $*"
   local t0=$SECONDS
-  "$@" > "$out/$name.log" 2>&1
+  timeout --signal=TERM --kill-after=5 "$limit" "$@" > "$logs/$name.log" 2>&1
   local rc=$?
+  [ $rc -eq 124 ] && echo "(timed out after $limit s)" >> "$logs/$name.log"
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
-  tail -n 25 "$out/$name.log"
+  tail -n 15 "$logs/$name.log"
   [ $rc -eq 0 ] || status=1
   return $rc
 }
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$out/gpu.csv" 2>&1
-cat "$out/gpu.csv"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+gather() {
+  {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+    for name in "${order[@]}"; do
+      echo
+      echo "######## $name"
+      tail -c 1000000 "$logs/$name.log"  # the end of a runaway log: steps.log must stay under 16 MiB
+    done
+  } > "$out/steps.log"
+}
+trap gather EXIT
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+[ -d /usr/local/cuda/bin ] && export PATH="/usr/local/cuda/bin:$PATH"  # nvcc, compute-sanitizer
+if [ -d .gpu-deps/usr ]; then
+  export CMAKE_PREFIX_PATH="$PWD/.gpu-deps/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+else
+  echo "no .gpu-deps: the build needs Eigen, Catch2, nlohmann_json and Google Benchmark installed here"
 fi
-step configure cmake --preset cuda -DKVC_BUILD_EXAMPLES=OFF
-step build cmake --build --preset cuda
-step ctest ctest --preset cuda --output-junit "$PWD/$out/ctest.xml"
-for tool in memcheck racecheck initcheck; do
-  for exe in build/cuda/tests/cuda/kvc_cuda_test_*; do
-    [ -x "$exe" ] || continue
-    step "sanitizer-$tool-$(basename "$exe")" compute-sanitizer --tool "$tool" --error-exitcode 1 "$exe"
-  done
-done
-step bench ./build/cuda/benchmarks/cuda/kvc_bench_cuda --benchmark_repetitions=3 \
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/kvc-site .whl/*.whl \
+    && export PYTHONPATH="/tmp/kvc-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+# The CUDA executables only: the CPU suite and benchmarks need nothing from this machine.
+targets=(kvc_bench_cuda)
+for src in tests/cuda/test_*.cu; do targets+=("kvc_cuda_$(basename "$src" .cu)"); done
+bin=build/cuda/tests/cuda
+
+# Warnings are not errors here: CI holds the sources to gcc 12 and nvcc with -Werror, and a newer host
+# gcc's new warnings (gcc 13's -Wdangling-reference in -Wall) must not cost a lent GPU its run.
+step configure 60 cmake --preset cuda -DKVC_BUILD_EXAMPLES=OFF -DKVC_WERROR=OFF
+step build 300 cmake --build --preset cuda --target "${targets[@]}"
+# ctest stops starting tests 20 s before its step's limit, so that it still writes its results.
+ctest_limit=$((budget - (SECONDS - start)))
+[ "$ctest_limit" -gt 200 ] && ctest_limit=200
+step ctest 200 ctest --preset cuda --timeout 120 -j 4 --output-junit "$out/ctest.xml" \
+  --stop-time "$(date -d "+$((ctest_limit - 20)) seconds" +%H:%M:%S)"
+
+# The reduced suite under a sanitizer: every kernel of a compress call (float, head_dim 64, the small
+# cases), the selection and the runtime. Catch's test spec separates names with commas: `\,` is a
+# comma inside a name. Logs named sanitizer-TOOL-WHAT.log (tools/bench/report_cuda.py).
+sanitize() {
+  local tool=$1 limit=$2
+  step "sanitizer-$tool-compress" "$limit" compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_compress" \
+    "cuda compress: Knorm\\, StreamingLLM\\, KeyDiff equal the CPU path,cuda compress: SnapKV and TOVA equal the CPU path,cuda compress: ExpectedAttention without covariance equals the CPU path,cuda compress: AdaKV around ExpectedAttention equals the CPU path" \
+    -c "float, head_dim 64"
+  step "sanitizer-$tool-select" "$limit" compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_select"
+  step "sanitizer-$tool-runtime" 30 compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_runtime"
+}
+sanitize memcheck 60
+
+step bench 120 ./build/cuda/benchmarks/cuda/kvc_bench_cuda --benchmark_repetitions=3 --benchmark_min_time=0.2 \
   --benchmark_report_aggregates_only=true --benchmark_format=json --benchmark_out="$out/kvcompress_cuda.json" \
   --benchmark_out_format=json
-step kvpress python3 tools/bench/bench_kvpress.py --device cuda --sizes 4096 32768 131072 --repeats 5 \
+step kvpress 90 python3 tools/bench/bench_kvpress.py --device cuda --sizes 4096 32768 131072 --repeats 5 \
   --out "$out/kvpress_cuda.json"
-step report python3 tools/bench/report_cuda.py --kvcompress "$out/kvcompress_cuda.json" \
-  --kvpress "$out/kvpress_cuda.json" --sanitizer-logs "$out" --out "$out/cuda.md" \
-  --command "bash tools/gpu/prepare.sh (here), then bash tools/gpu/run_all.sh (on the GPU machine)"
+# shellcheck disable=SC2317
+report() {  # run by `step` through `bash -c`, hence exported with the paths it reads
+  [ -f "$out/kvcompress_cuda.json" ] || { echo "no kvcompress_cuda.json: the bench step failed"; return 1; }
+  python3 tools/bench/report_cuda.py --kvcompress "$out/kvcompress_cuda.json" --kvpress "$out/kvpress_cuda.json" \
+    --sanitizer-logs "$logs" --out "$out/cuda.md" \
+    --command "bash tools/gpu/prepare.sh (here), then bash tools/gpu/run_all.sh (on the GPU machine)"
+}
+export -f report
+export out logs
+step report 30 bash -c report
+
+for tool in racecheck initcheck synccheck; do sanitize "$tool" 45; done
+[ -f "$out/kvcompress_cuda.json" ] && step report-final 30 bash -c report  # with every sanitizer's summary
+echo "== done after $((SECONDS - start)) s, status $status"
 exit $status

@@ -20,8 +20,16 @@ inline constexpr CpuDevice cpu{};
 
 /// \brief Runs on an NVIDIA GPU, on the caller's stream. Usable only from translation units
 /// compiled by nvcc that include `kvcompress/cuda.cuh`.
+///
+/// `check_pointers`: whether every call asks the driver that each pointer it is given (cache,
+/// lengths, activations, workspace) is device memory. Off by default, so that a call makes no
+/// driver query: a cache view made by `make_device_cache_view` has had its pointers checked once,
+/// and the engine's activations and workspace are its own device buffers. Turn it on while
+/// integrating or debugging (`kvcompress::cuda{stream, true}`): a host pointer then throws
+/// `kvcompress::Error` naming the argument instead of faulting in a kernel.
 struct cuda {
   CUstream_st* stream = nullptr;
+  bool check_pointers = false;
 };
 
 template <class Device>

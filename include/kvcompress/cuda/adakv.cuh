@@ -171,14 +171,10 @@ inline void adakv_counts(cuda const& dev, float const* scores, std::int64_t batc
   std::int64_t const rows = batch * kv_heads;
   if (rows == 0) return;
   AdaKVFloor* floors = ws.take<AdaKVFloor>(static_cast<std::size_t>(rows));
-  unsigned int const row_grid = rows < 65535 ? static_cast<unsigned int>(rows) : 65535u;
-  adakv_floor_kernel<<<row_grid, kSelectThreads, 0, dev.stream>>>(scores, rows, capacity, lengths, ratio,
-                                                                  alpha_safeguard, floors, status);
-  check_launch("adakv_floor_kernel");
-  unsigned int const seq_grid = batch < 65535 ? static_cast<unsigned int>(batch) : 65535u;
-  adakv_pool_kernel<<<seq_grid, kSelectThreads, 0, dev.stream>>>(scores, batch, kv_heads, capacity, floors, counts,
-                                                                 status);
-  check_launch("adakv_pool_kernel");
+  launch("adakv_floor_kernel", adakv_floor_kernel<>, row_grid(rows), kSelectThreads, 0, dev.stream, scores, rows,
+         capacity, lengths, ratio, alpha_safeguard, floors, status);
+  launch("adakv_pool_kernel", adakv_pool_kernel<>, row_grid(batch), kSelectThreads, 0, dev.stream, scores, batch,
+         kv_heads, capacity, floors, counts, status);
 }
 
 }  // namespace kvcompress::cuda_impl

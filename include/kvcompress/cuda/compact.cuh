@@ -50,6 +50,35 @@ template <class T, class L>
   return w < whole ? w : whole;
 }
 
+/// Staging index of destination slot j of row r in the wave [wave_first, wave_first + wave_slots):
+/// the staging copy is [rows, wave_slots]. Host and device, so that the CPU suite checks the
+/// arithmetic (`tests/cuda/host`).
+__host__ __device__ __forceinline__ std::int64_t stage_index(std::int64_t r, std::int64_t wave_first,
+                                                             std::int64_t wave_slots, std::int64_t j) {
+  return r * wave_slots + (j - wave_first);
+}
+
+/// The slot that destination slot j of row r takes its entry from, or -1 when nothing moves: the
+/// entry is already there (kept[j] = j), or kept[j] names no slot (skipped, never followed).
+/// \param kept [rows, capacity]
+__host__ __device__ __forceinline__ std::int32_t move_source(std::int32_t const* kept, std::int64_t r,
+                                                             std::int64_t capacity, std::int64_t j) {
+  std::int32_t const s = kept[r * capacity + j];
+  return (s == j || s < 0 || s >= capacity) ? -1 : s;
+}
+
+/// The positions' half of a wave for destination slot j of row r, whose source is `src` (≥ 0):
+/// kToStage: p_stage[stage_index] ← positions[r, src]; else positions[r, j] ← p_stage[stage_index].
+/// \param positions [rows, capacity] \param p_stage [rows, wave_slots]
+template <bool kToStage>
+__host__ __device__ __forceinline__ void move_position(std::int32_t* positions, std::int32_t* p_stage, std::int64_t r,
+                                                       std::int64_t capacity, std::int64_t wave_first,
+                                                       std::int64_t wave_slots, std::int64_t j, std::int32_t src) {
+  std::int64_t const staged = stage_index(r, wave_first, wave_slots, j);
+  if (kToStage) p_stage[staged] = positions[r * capacity + src];
+  else positions[r * capacity + j] = p_stage[staged];
+}
+
 /// Moves unit `u` of one entry between the cache (slot `slot` of row (b, h)) and its staging copy:
 /// a 16-byte vector of channels when `runs` (channels contiguous), else channel u.
 /// \param stage [D] the entry's staging copy, 16-byte aligned
@@ -105,13 +134,10 @@ __global__ void __launch_bounds__(kMoveThreads)
     if (j0 >= end) continue;
     int const m = static_cast<int>(end - j0 < kMoveEntries ? end - j0 : kMoveEntries);
     __syncthreads();  // the previous row's tile is no longer read
-    if (t < m) {
-      std::int32_t const s = kept[r * cap + j0 + t];
-      src[t] = (s == j0 + t || s < 0 || s >= cap) ? -1 : s;  // out-of-range sources are skipped, not followed
-    }
+    if (t < m) src[t] = move_source(kept, r, cap, j0 + t);
     __syncthreads();
     std::int64_t const b = r / heads, h = r % heads;
-    std::int64_t const first = r * wave_slots + (j0 - wave_first);  // staging index of the tile's first slot
+    std::int64_t const first = stage_index(r, wave_first, wave_slots, j0);  // staging index of the tile's first slot
     int const k_units = k_runs ? kVecs : D, v_units = v_runs ? kVecs : D;
     for (int w = t; w < m * k_units; w += kMoveThreads) {
       int const e = w / k_units;
@@ -125,10 +151,8 @@ __global__ void __launch_bounds__(kMoveThreads)
       move_unit<D, kToStage>(c.values, c.value_layout, v_runs, b, h, kToStage ? src[e] : j0 + e,
                              v_stage + (first + e) * D, w - e * v_units);
     }
-    if (p_stage != nullptr && t < m && src[t] >= 0) {
-      if (kToStage) p_stage[first + t] = c.positions[r * cap + src[t]];
-      else c.positions[first + t] = p_stage[first + t];
-    }
+    if (p_stage != nullptr && t < m && src[t] >= 0)
+      move_position<kToStage>(c.positions, p_stage, r, cap, wave_first, wave_slots, j0 + t, src[t]);
   }
 }
 
@@ -162,17 +186,15 @@ void compact(cuda const& dev, KVCacheView<T, L> const& cache, std::int32_t const
   S* v_stage = ws.take<S>(elems);                                                // [rows, wave, head_dim]
   std::int32_t* p_stage = cache.positions ? ws.take<std::int32_t>(slots) : nullptr;  // [rows, wave]
   bool const k_runs = detail::unit_dim_stride(cache.key_layout), v_runs = detail::unit_dim_stride(cache.value_layout);
-  dim3 const grid(ceil_div(wave, kMoveEntries), rows < 65535 ? static_cast<unsigned int>(rows) : 65535u);
+  dim3 const grid(ceil_div(wave, kMoveEntries), row_grid(rows));
   auto const dc = device_cache(cache);
   dispatch_head_dim(cache.extents.head_dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     for (std::int64_t first = 0; first < cap; first += wave) {
-      compact_move_kernel<D, true><<<grid, kMoveThreads, 0, dev.stream>>>(dc, kept, counts, first, wave, k_stage,
-                                                                          v_stage, p_stage, k_runs, v_runs, status);
-      check_launch("compact_move_kernel (to the staging copy)");
-      compact_move_kernel<D, false><<<grid, kMoveThreads, 0, dev.stream>>>(dc, kept, counts, first, wave, k_stage,
-                                                                           v_stage, p_stage, k_runs, v_runs, status);
-      check_launch("compact_move_kernel (back to the cache)");
+      launch("compact_move_kernel (to the staging copy)", compact_move_kernel<D, true, T, L>, grid, kMoveThreads, 0,
+             dev.stream, dc, kept, counts, first, wave, k_stage, v_stage, p_stage, k_runs, v_runs, status);
+      launch("compact_move_kernel (back to the cache)", compact_move_kernel<D, false, T, L>, grid, kMoveThreads, 0,
+             dev.stream, dc, kept, counts, first, wave, k_stage, v_stage, p_stage, k_runs, v_runs, status);
     }
   });
 }

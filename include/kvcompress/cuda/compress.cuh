@@ -75,8 +75,8 @@ constexpr void require_cuda_press() {
   return reinterpret_cast<DeviceStatus*>(aligned);
 }
 
-/// Blocks for a grid-stride loop over `work` items of 256 threads, at most 65535 (a grid y/z limit
-/// and plenty to fill any GPU).
+/// Blocks for a grid-stride loop over `work` items of 256 threads, at most 65535 (plenty to fill
+/// any GPU).
 [[nodiscard]] inline unsigned int grid_for(std::int64_t work) noexcept {
   unsigned int const g = ceil_div(work < 1 ? 1 : work, 256);
   return g < 65535u ? g : 65535u;
@@ -102,9 +102,8 @@ __global__ void check_finite_scores_kernel(float const* scores, std::int32_t con
 inline void check_finite_scores(cuda const& dev, float const* scores, std::int32_t const* lengths, std::int64_t rows,
                                 std::int64_t capacity, DeviceStatus* status) {
   unsigned int const along = grid_for(capacity) < 64u ? grid_for(capacity) : 64u;
-  unsigned int const down = static_cast<unsigned int>(rows < 65535 ? rows : 65535);
-  check_finite_scores_kernel<<<dim3(along, down), 256, 0, dev.stream>>>(scores, lengths, rows, capacity, status);
-  check_launch("check_finite_scores_kernel");
+  launch("check_finite_scores_kernel", check_finite_scores_kernel<>, dim3(along, row_grid(rows)), 256, 0, dev.stream,
+         scores, lengths, rows, capacity, status);
 }
 
 /// counts[r] = kvpress's budget of row r, `kept_count(lengths[r], ratio)`.
@@ -133,7 +132,48 @@ std::size_t scoring_phase_bytes(Press const& press, Observation<T> const& obs, K
   return bytes;
 }
 
+/// Where one compress call keeps its arrays in the caller's workspace: the status first (where
+/// `status_in` finds it), then the scores, budgets and kept slots, and the rest of the workspace as
+/// the region that the phases (scoring, AdaKV's budgets, selection, compaction) share in turn.
+struct CompressScratch {
+  DeviceStatus* status;
+  float* scores;        // [rows, capacity]
+  std::int32_t* counts; // [rows]
+  std::int32_t* kept;   // [rows, capacity]
+  std::byte* phase;     // [phase_bytes], 64-byte aligned
+  std::size_t phase_bytes;
+};
+
+/// Carves `CompressScratch` for `rows` rows of `capacity` from `ws` (host arithmetic only). The phase
+/// region starts at the next 64-byte boundary after the kept slots, as `Workspace::take` places it,
+/// and takes every byte from there to the end: `compress_workspace_bytes` sized it, alignment
+/// included, for any base address.
+[[nodiscard]] inline CompressScratch carve_compress_scratch(Workspace& ws, std::int64_t rows, std::int64_t capacity) {
+  auto const n = static_cast<std::size_t>(rows * capacity);
+  CompressScratch s{};
+  s.status = ws.take<DeviceStatus>(1);
+  s.scores = ws.take<float>(n);
+  s.counts = ws.take<std::int32_t>(static_cast<std::size_t>(rows));
+  s.kept = ws.take<std::int32_t>(n);
+  s.phase = ws.take<std::byte>(0);  // the next 64-byte boundary (throws if the workspace ends before it)
+  s.phase_bytes = ws.capacity() - ws.used();
+  return s;
+}
+
 }  // namespace cuda_impl
+
+/// \brief A device cache view (device pointers throughout), its pointers checked once: every pointer
+/// present and device or managed memory, keys and values distinct, the extents as on the CPU. Build the
+/// view of each layer with it when the cache is allocated; `compress` then makes no driver query per
+/// call (unless `dev.check_pointers`). Lengths live on the device and are checked by every call there.
+template <class T, class L>
+[[nodiscard]] KVCacheView<T, L> make_device_cache_view(cuda const&, T* keys, T* values, CacheExtents const& extents,
+                                                       L const& key_layout, L const& value_layout,
+                                                       std::int32_t* lengths, std::int32_t* positions = nullptr) {
+  KVCacheView<T, L> const view{keys, values, extents, key_layout, value_layout, lengths, positions};
+  cuda_impl::require_device_cache(view, true);
+  return view;
+}
 
 /// \brief Scratch bytes that `score(dev, press, obs, cache, scores, workspace)` needs on the device.
 template <class Press, class T, class L>
@@ -151,10 +191,10 @@ template <class Press, class T, class L>
 void score(cuda const& dev, Press const& press, Observation<T> const& obs, KVCacheView<T, L> const& cache,
            float* scores, Workspace workspace) {
   cuda_impl::require_cuda_press<Press, T, L>();
-  cuda_impl::require_device_cache(cache);
-  cuda_impl::require_device_pointer(scores, "scores");
+  cuda_impl::require_device_cache(dev, cache);
+  cuda_impl::require_device_pointer(dev, scores, "scores");
   auto* status = workspace.take<cuda_impl::DeviceStatus>(1);
-  cuda_impl::require_device_pointer(status, "workspace");
+  cuda_impl::require_device_pointer(dev, status, "workspace");
   KVC_CUDA_CHECK(cudaMemsetAsync(status, 0, sizeof(cuda_impl::DeviceStatus), dev.stream));
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
   cuda_impl::check_lengths(dev, cache.lengths, rows, cap, -1, status);
@@ -193,18 +233,23 @@ void compress(cuda const& dev, Press const& press, Observation<T> const& obs, KV
   double const ratio = compression_ratio_of(press);
   check_compression_ratio(ratio);
   if constexpr (cuda_impl::is_adakv<Press>::value) detail::check_alpha_safeguard(press.alpha_safeguard);
-  cuda_impl::require_device_cache(cache);
-  auto* status = workspace.take<cuda_impl::DeviceStatus>(1);
-  cuda_impl::require_device_pointer(status, "workspace");
-  KVC_CUDA_CHECK(cudaMemsetAsync(status, 0, sizeof(cuda_impl::DeviceStatus), dev.stream));
-  if (ratio == 0.0) return;
-
+  cuda_impl::require_device_cache(dev, cache);
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-  float* scores = workspace.take<float>(static_cast<std::size_t>(rows * cap));                // [rows, cap]
-  std::int32_t* counts = workspace.take<std::int32_t>(static_cast<std::size_t>(rows));        // [rows]
-  std::int32_t* kept = workspace.take<std::int32_t>(static_cast<std::size_t>(rows * cap));    // [rows, cap]
-  std::size_t const phase_bytes = workspace.capacity() - workspace.used();
-  std::byte* phase = workspace.take<std::byte>(phase_bytes);
+  if (ratio == 0.0) {  // only the status is reset: nothing else of the workspace is needed
+    auto* status = workspace.take<cuda_impl::DeviceStatus>(1);
+    cuda_impl::require_device_pointer(dev, status, "workspace");
+    KVC_CUDA_CHECK(cudaMemsetAsync(status, 0, sizeof(cuda_impl::DeviceStatus), dev.stream));
+    return;
+  }
+  cuda_impl::CompressScratch const scratch = cuda_impl::carve_compress_scratch(workspace, rows, cap);
+  cuda_impl::DeviceStatus* const status = scratch.status;
+  cuda_impl::require_device_pointer(dev, status, "workspace");
+  KVC_CUDA_CHECK(cudaMemsetAsync(status, 0, sizeof(cuda_impl::DeviceStatus), dev.stream));
+  float* const scores = scratch.scores;          // [rows, cap]
+  std::int32_t* const counts = scratch.counts;   // [rows]
+  std::int32_t* const kept = scratch.kept;       // [rows, cap]
+  std::byte* const phase = scratch.phase;
+  std::size_t const phase_bytes = scratch.phase_bytes;
 
   cuda_impl::check_lengths(dev, cache.lengths, rows, cap, -1, status);
   {
@@ -217,9 +262,8 @@ void compress(cuda const& dev, Press const& press, Observation<T> const& obs, KV
     cuda_impl::adakv_counts(dev, scores, cache.extents.batch, cache.extents.kv_heads, cap, cache.lengths, ratio,
                             press.alpha_safeguard, counts, ws, status);
   } else {
-    cuda_impl::kept_counts_kernel<<<cuda_impl::grid_for(rows), 256, 0, dev.stream>>>(cache.lengths, rows, ratio,
-                                                                                     counts, status);
-    cuda_impl::check_launch("kept_counts_kernel");
+    cuda_impl::launch("kept_counts_kernel", cuda_impl::kept_counts_kernel<>, cuda_impl::grid_for(rows), 256, 0,
+                      dev.stream, cache.lengths, rows, ratio, counts, status);
   }
   {
     Workspace ws(phase, phase_bytes);

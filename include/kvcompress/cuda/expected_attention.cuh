@@ -125,7 +125,7 @@ __device__ __forceinline__ void add_quadratic_form(float const* k_s, float* sig_
   }
 }
 
-/// One block per (tile of kEaKeys keys, row). Writes logits[row, j, s] for the tile's keys s,
+/// One block per (tile of kEaKeys keys, row), rows strided by gridDim.y (any number of rows). Writes logits[row, j, s] for the tile's keys s,
 /// scores[row, s] = ‖v_s‖ (use_vnorm), the tile's softmax partials, and, in the last tile of the
 /// row to finish, the row's softmax (max, Σexp) per head.
 /// \param mu [stat_batch, H, D] \param cov [stat_batch, H, D, D] (kCov)
@@ -146,95 +146,99 @@ __global__ void __launch_bounds__(kEaThreads)
   float* z_s = mu_s + g * D;           // [G, kKeys]
   float* sig_s = z_s + g * kKeys;      // [kEaSigmaRows, D] (kCov)
 
-  long long const r = blockIdx.y, cap = cache.extents.capacity, heads = cache.extents.kv_heads;
-  long long const b = r / heads, h = r % heads, n = cache.lengths[r];
-  if (n <= a.n_sink || n > cap) return;  // check_lengths has reported it
-  long long const m = n - a.n_sink, tiles_row = (m + kKeys - 1) / kKeys, tile = blockIdx.x;
-  if (tile >= tiles_row) return;
-  long long const first = a.n_sink + tile * kKeys;
-  int const cnt = static_cast<int>(m - tile * kKeys < kKeys ? m - tile * kKeys : kKeys);
+  long long const cap = cache.extents.capacity, heads = cache.extents.kv_heads, rows = cache.extents.batch * heads;
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    // Every condition that skips a row is uniform over the block. The previous row's last reads of
+    // the shared arrays came before its final __syncthreads, so this row may overwrite them.
+    long long const b = r / heads, h = r % heads, n = cache.lengths[r];
+    if (n <= a.n_sink || n > cap) continue;  // check_lengths has reported it
+    long long const m = n - a.n_sink, tiles_row = (m + kKeys - 1) / kKeys, tile = blockIdx.x;
+    if (tile >= tiles_row) continue;
+    long long const first = a.n_sink + tile * kKeys;
+    int const cnt = static_cast<int>(m - tile * kKeys < kKeys ? m - tile * kKeys : kKeys);
 
-  // Keys of the tile as float (zero beyond the row: they add nothing and are never written out).
-  constexpr int kChunks = D / kChunk<S>;
-  for (int e = tid; e < kKeys * kChunks; e += kEaThreads) {
-    int const k = e / kChunks, c0 = (e % kChunks) * kChunk<S>;
-    float* o = k_s + k * kPitch + c0;
-    if (k < cnt) load_chunk(cache.keys, cache.key_layout, b, h, first + k, c0, o);
-    else
-      for (int v = 0; v < kChunk<S>; ++v) o[v] = 0.0f;
-  }
-  long long const stat_row = (a.stats_per_batch ? b : 0) * a.q_heads + h * g;  // first head of the group
-  for (int e = tid; e < g * D; e += kEaThreads) mu_s[e] = mu[stat_row * D + e];
-  // ‖v‖ of the tile's entries, a warp per entry, parked in `scores` until ea_scores_kernel reads it.
-  if (a.use_vnorm) {
-    for (int k = warp; k < cnt; k += kWarps) {
-      float ss = 0.0f;
-      for (int c0 = lane * kChunk<S>; c0 < D; c0 += 32 * kChunk<S>) {
-        float v[kChunk<S>];
-        load_chunk(cache.values, cache.value_layout, b, h, first + k, c0, v);
-#pragma unroll
-        for (int x = 0; x < kChunk<S>; ++x) ss = fmaf(v[x], v[x], ss);
+    // Keys of the tile as float (zero beyond the row: they add nothing and are never written out).
+    constexpr int kChunks = D / kChunk<S>;
+    for (int e = tid; e < kKeys * kChunks; e += kEaThreads) {
+      int const k = e / kChunks, c0 = (e % kChunks) * kChunk<S>;
+      float* o = k_s + k * kPitch + c0;
+      if (k < cnt) load_chunk(cache.keys, cache.key_layout, b, h, first + k, c0, o);
+      else
+        for (int v = 0; v < kChunk<S>; ++v) o[v] = 0.0f;
+    }
+    long long const stat_row = (a.stats_per_batch ? b : 0) * a.q_heads + h * g;  // first head of the group
+    for (int e = tid; e < g * D; e += kEaThreads) mu_s[e] = mu[stat_row * D + e];
+    // ‖v‖ of the tile's entries, a warp per entry, parked in `scores` until ea_scores_kernel reads it.
+    if (a.use_vnorm) {
+      for (int k = warp; k < cnt; k += kWarps) {
+        float ss = 0.0f;
+        for (int c0 = lane * kChunk<S>; c0 < D; c0 += 32 * kChunk<S>) {
+          float v[kChunk<S>];
+          load_chunk(cache.values, cache.value_layout, b, h, first + k, c0, v);
+  #pragma unroll
+          for (int x = 0; x < kChunk<S>; ++x) ss = fmaf(v[x], v[x], ss);
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) scores[r * cap + first + k] = sqrtf(ss);
       }
-      ss = warp_sum(ss);
-      if (lane == 0) scores[r * cap + first + k] = sqrtf(ss);
     }
-  }
-  __syncthreads();
+    __syncthreads();
 
-  // Mean term μ̃_jᵀk for every (head, key): consecutive threads take consecutive keys (pitch D + 1:
-  // distinct banks), μ̃_j is a broadcast.
-  for (int p = tid; p < g * kKeys; p += kEaThreads) {
-    int const j = p / kKeys, k = p % kKeys;
-    float dot = 0.0f;
-#pragma unroll 8
-    for (int c = 0; c < D; ++c) dot = fmaf(mu_s[j * D + c], k_s[k * kPitch + c], dot);
-    z_s[p] = dot;
-  }
-  if constexpr (kCov) {
-    for (int j = 0; j < g; ++j)
-      add_quadratic_form<D>(k_s, sig_s, cov + (stat_row + j) * D * D, z_s + j * kKeys);
-  }
-  __syncthreads();
-
-  // The tile's softmax partials per head, then its logits.
-  for (int j = warp; j < g; j += kWarps) {
-    float mx = -INFINITY;
-    for (int k = lane; k < cnt; k += 32) mx = fmaxf(mx, z_s[j * kKeys + k]);
-    mx = warp_max(mx);
-    float sum = 0.0f;
-    for (int k = lane; k < cnt; k += 32) sum += expf(z_s[j * kKeys + k] - mx);
-    sum = warp_sum(sum);
-    if (lane == 0) {
-      float* pp = part + ((r * g + j) * a.tiles + tile) * 2;
-      pp[0] = mx;
-      pp[1] = sum;
+    // Mean term μ̃_jᵀk for every (head, key): consecutive threads take consecutive keys (pitch D + 1:
+    // distinct banks), μ̃_j is a broadcast.
+    for (int p = tid; p < g * kKeys; p += kEaThreads) {
+      int const j = p / kKeys, k = p % kKeys;
+      float dot = 0.0f;
+  #pragma unroll 8
+      for (int c = 0; c < D; ++c) dot = fmaf(mu_s[j * D + c], k_s[k * kPitch + c], dot);
+      z_s[p] = dot;
     }
-  }
-  for (int e = tid; e < g * cnt; e += kEaThreads) {
-    int const j = e / cnt, k = e % cnt;
-    logits[(r * g + j) * cap + first + k] = z_s[j * kKeys + k];
-  }
-
-  // The last tile of the row to finish merges the row's partials.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) is_last = atomicAdd(done + r, 1u) == static_cast<unsigned int>(tiles_row - 1);
-  __syncthreads();
-  if (!is_last) return;
-  for (int j = warp; j < g; j += kWarps) {
-    float const* pp = part + (r * g + j) * a.tiles * 2;
-    float mx = -INFINITY, sum = 0.0f;
-    for (long long t = lane; t < tiles_row; t += 32) {
-      float const tm = __ldcg(pp + 2 * t), ts = __ldcg(pp + 2 * t + 1);  // L2: written by other blocks
-      float const nm = fmaxf(mx, tm);
-      sum = sum * expf(mx - nm) + ts * expf(tm - nm);
-      mx = nm;
+    if constexpr (kCov) {
+      for (int j = 0; j < g; ++j)
+        add_quadratic_form<D>(k_s, sig_s, cov + (stat_row + j) * D * D, z_s + j * kKeys);
     }
-    float const row_mx = warp_max(mx);
-    sum = warp_sum(mx == -INFINITY ? 0.0f : sum * expf(mx - row_mx));
-    if (lane == 0) {
-      row_stats[(r * g + j) * 2] = row_mx;
-      row_stats[(r * g + j) * 2 + 1] = sum;
+    __syncthreads();
+
+    // The tile's softmax partials per head, then its logits.
+    for (int j = warp; j < g; j += kWarps) {
+      float mx = -INFINITY;
+      for (int k = lane; k < cnt; k += 32) mx = fmaxf(mx, z_s[j * kKeys + k]);
+      mx = warp_max(mx);
+      float sum = 0.0f;
+      for (int k = lane; k < cnt; k += 32) sum += expf(z_s[j * kKeys + k] - mx);
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        float* pp = part + ((r * g + j) * a.tiles + tile) * 2;
+        pp[0] = mx;
+        pp[1] = sum;
+      }
+    }
+    for (int e = tid; e < g * cnt; e += kEaThreads) {
+      int const j = e / cnt, k = e % cnt;
+      logits[(r * g + j) * cap + first + k] = z_s[j * kKeys + k];
+    }
+
+    // The last tile of the row to finish merges the row's partials.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(done + r, 1u) == static_cast<unsigned int>(tiles_row - 1);
+    __syncthreads();
+    if (!is_last) continue;
+    for (int j = warp; j < g; j += kWarps) {
+      float const* pp = part + (r * g + j) * a.tiles * 2;
+      float mx = -INFINITY, sum = 0.0f;
+      for (long long t = lane; t < tiles_row; t += 32) {
+        float const tm = __ldcg(pp + 2 * t), ts = __ldcg(pp + 2 * t + 1);  // L2: written by other blocks
+        float const nm = fmaxf(mx, tm);
+        sum = sum * expf(mx - nm) + ts * expf(tm - nm);
+        mx = nm;
+      }
+      float const row_mx = warp_max(mx);
+      sum = warp_sum(mx == -INFINITY ? 0.0f : sum * expf(mx - row_mx));
+      if (lane == 0) {
+        row_stats[(r * g + j) * 2] = row_mx;
+        row_stats[(r * g + j) * 2 + 1] = sum;
+      }
     }
   }
 }
@@ -242,45 +246,48 @@ __global__ void __launch_bounds__(kEaThreads)
 // ---- scores ----------------------------------------------------------------------------------------
 
 /// scores[row, s] = (mean_j softmax_j(s) + ε)·‖v_s‖ (use_vnorm; else the mean alone) for the
-/// non-sink entries, and the global maximum of those scores into *gmax.
-/// \param lengths [rows] \param logits [rows, G, capacity] \param row_stats [rows, G, 2]
-/// \param scores [rows, capacity] (holds ‖v‖ on entry when use_vnorm) \param gmax [1]
+/// non-sink entries, and the global maximum of those scores into the max cell *gmax (a `rank_key`).
+/// Rows strided by gridDim.y. \param lengths [rows] \param logits [rows, G, capacity]
+/// \param row_stats [rows, G, 2] \param scores [rows, capacity] (holds ‖v‖ on entry when use_vnorm)
+/// \param gmax [1]
 template <class = void>
 __global__ void __launch_bounds__(256)
-    ea_scores_kernel(std::int32_t const* lengths, long long cap, EaArgs a, float const* logits,
-                     float const* row_stats, float* scores, float* gmax, DeviceStatus const* status) {
+    ea_scores_kernel(std::int32_t const* lengths, long long rows, long long cap, EaArgs a, float const* logits,
+                     float const* row_stats, float* scores, unsigned int* gmax, DeviceStatus const* status) {
   if (failed(status)) return;
   __shared__ float red[32];
-  long long const r = blockIdx.y, n = lengths[r];
-  if (n <= a.n_sink || n > cap) return;
-  long long const lo = a.n_sink + static_cast<long long>(blockIdx.x) * kEaScoreKeys;
-  if (lo >= n) return;  // block-uniform, so block_reduce below sees every thread
-  long long const hi = lo + kEaScoreKeys < n ? lo + kEaScoreKeys : n;
-  int const g = a.group;
-  float best = -INFINITY;
-  for (long long i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-    float out = 0.0f;
-    for (int j = 0; j < g; ++j) {
-      float const mx = row_stats[(r * g + j) * 2], sum = row_stats[(r * g + j) * 2 + 1];
-      float const w = 1.0f / (sum * static_cast<float>(g));  // the CPU's order of operations
-      out += expf(logits[(r * g + j) * cap + i] - mx) * w;
+  for (long long r = blockIdx.y; r < rows; r += gridDim.y) {
+    long long const n = lengths[r];
+    if (n <= a.n_sink || n > cap) continue;
+    long long const lo = a.n_sink + static_cast<long long>(blockIdx.x) * kEaScoreKeys;
+    if (lo >= n) continue;  // block-uniform, so block_reduce below sees every thread
+    long long const hi = lo + kEaScoreKeys < n ? lo + kEaScoreKeys : n;
+    int const g = a.group;
+    float best = -INFINITY;
+    for (long long i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+      float out = 0.0f;
+      for (int j = 0; j < g; ++j) {
+        float const mx = row_stats[(r * g + j) * 2], sum = row_stats[(r * g + j) * 2 + 1];
+        float const w = 1.0f / (sum * static_cast<float>(g));  // the CPU's order of operations
+        out += expf(logits[(r * g + j) * cap + i] - mx) * w;
+      }
+      if (a.use_vnorm) out = (out + a.epsilon) * scores[r * cap + i];
+      scores[r * cap + i] = out;
+      best = fmaxf(best, out);
     }
-    if (a.use_vnorm) out = (out + a.epsilon) * scores[r * cap + i];
-    scores[r * cap + i] = out;
-    best = fmaxf(best, out);
+    best = block_reduce<true>(best, red);
+    if (threadIdx.x == 0) atomic_max_key(gmax, best);
   }
-  best = block_reduce<true>(best, red);
-  if (threadIdx.x == 0) atomic_max_float(gmax, best);
 }
 
 /// Sinks [0, n_sink) of every row = the global maximum of the non-sink scores + 1 (kvpress pads
-/// them with the maximum over batch and heads). \param gmax [1] \param scores [rows, capacity]
+/// them with the maximum over batch and heads). \param gmax [1] the max cell \param scores [rows, capacity]
 template <class = void>
 __global__ void __launch_bounds__(256)
-    ea_sinks_kernel(long long rows, long long cap, long long n_sink, float const* gmax, float* scores,
+    ea_sinks_kernel(long long rows, long long cap, long long n_sink, unsigned int const* gmax, float* scores,
                     DeviceStatus const* status) {
   if (failed(status)) return;
-  float const protect = *gmax + 1.0f;
+  float const protect = from_rank_key(*gmax) + 1.0f;
   for (long long e = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; e < rows * n_sink;
        e += static_cast<long long>(gridDim.x) * blockDim.x)
     scores[(e / n_sink) * cap + e % n_sink] = protect;
@@ -291,14 +298,11 @@ __global__ void __launch_bounds__(256)
 namespace detail_ea {
 
 /// `detail::check_expected_attention_common` without the length loop (lengths live on the device:
-/// `check_lengths` checks them there), and the grid's limit on rows.
+/// `check_lengths` checks them there). Any number of rows: the kernels stride over them.
 template <class T, class L>
 void check_common(kvcompress::detail::ExpectedAttentionParams const& p, Observation<T> const& obs,
                   KVCacheView<T, L> const& cache, std::int64_t q_heads) {
   kvcompress::detail::check_expected_attention_shapes(p, obs, cache, q_heads);
-  KVC_CHECK(cache.extents.batch * cache.extents.kv_heads <= 65535,
-            "batch × kv_heads = " << cache.extents.batch * cache.extents.kv_heads
-                                  << " exceeds 65535 (the grid's y dimension) on the kvcompress::cuda device");
 }
 
 /// Key tiles of the longest possible row (≥ 1, so that the grid is never empty).
@@ -316,7 +320,7 @@ template <class T, class L>
   auto const tiles = static_cast<std::size_t>(key_tiles(cache.extents.capacity, n_sink, cache.extents.head_dim));
   return Workspace::bytes_for<float>(rows * g * cap) + Workspace::bytes_for<float>(rows * g * tiles * 2) +
          Workspace::bytes_for<float>(rows * g * 2) + Workspace::bytes_for<unsigned int>(rows) +
-         Workspace::bytes_for<float>(1);
+         Workspace::bytes_for<unsigned int>(1);
 }
 
 /// Scratch of the rotation and the rotated statistics (both presses).
@@ -339,35 +343,31 @@ void scoring(cuda const& dev, kvcompress::detail::ExpectedAttentionParams const&
   float* part = ws.take<float>(u(rows * g * tiles * 2));
   float* row_stats = ws.take<float>(u(rows * g * 2));
   auto* done = ws.take<unsigned int>(u(rows));
-  float* gmax = ws.take<float>(1);
+  auto* gmax = ws.take<unsigned int>(1);
   KVC_CUDA_CHECK(cudaMemsetAsync(done, 0, u(rows) * sizeof(unsigned int), dev.stream));
-  // All-ones bits sit below every float in both branches of atomic_max_float (as int: −1, below any
-  // non-negative float; as unsigned: the largest, above any negative float's bits), so the first
-  // score replaces it whatever its sign (ε may be negative).
-  KVC_CUDA_CHECK(cudaMemsetAsync(gmax, 0xFF, sizeof(float), dev.stream));
+  // The empty max cell lies below every score's key, −0 and negatives included (ε may be negative).
+  static_assert(kEmptyMaxCell == 0u, "the cell is emptied with a zero memset");
+  KVC_CUDA_CHECK(cudaMemsetAsync(gmax, 0, sizeof(unsigned int), dev.stream));
 
   EaArgs const a{q_heads, p.n_sink, tiles, static_cast<int>(g), stats_per_batch ? 1 : 0, p.use_vnorm ? 1 : 0,
                  p.epsilon};
   auto const dc = device_cache(cache);
-  dim3 const grid(static_cast<unsigned int>(tiles), static_cast<unsigned int>(rows));
-  auto const launch = [&](auto kernel, std::size_t smem) {
-    if (smem > 48 * 1024)
-      KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<grid, kEaThreads, smem, dev.stream>>>(dc, a, mu, cov, logits, part, row_stats, done, scores, status);
-    check_launch("ea_logits_kernel");
+  dim3 const grid(static_cast<unsigned int>(tiles), row_grid(rows));
+  auto const launch_logits = [&](auto kernel, std::size_t smem) {
+    allow_dynamic_smem(kernel, smem);
+    launch("ea_logits_kernel", kernel, grid, kEaThreads, smem, dev.stream, dc, a, mu, cov, logits, part, row_stats,
+           done, scores, status);
   };
-  if (cov) launch(ea_logits_kernel<D, true, T, L>, ea_logits_smem<D, true>(g));
-  else launch(ea_logits_kernel<D, false, T, L>, ea_logits_smem<D, false>(g));
+  if (cov) launch_logits(ea_logits_kernel<D, true, T, L>, ea_logits_smem<D, true>(g));
+  else launch_logits(ea_logits_kernel<D, false, T, L>, ea_logits_smem<D, false>(g));
 
-  ea_scores_kernel<<<dim3(ceil_div(std::max<std::int64_t>(1, cap - p.n_sink), kEaScoreKeys),
-                          static_cast<unsigned int>(rows)),
-                     256, 0, dev.stream>>>(cache.lengths, cap, a, logits, row_stats, scores, gmax, status);
-  check_launch("ea_scores_kernel");
+  launch("ea_scores_kernel", ea_scores_kernel<>,
+         dim3(ceil_div(std::max<std::int64_t>(1, cap - p.n_sink), kEaScoreKeys), row_grid(rows)), 256, 0, dev.stream,
+         cache.lengths, rows, cap, a, logits, row_stats, scores, gmax, status);
   if (p.n_sink > 0) {
     std::int64_t const sinks = rows * p.n_sink;
-    ea_sinks_kernel<<<std::min(ceil_div(sinks, 256), 1024u), 256, 0, dev.stream>>>(rows, cap, p.n_sink, gmax, scores,
-                                                                                     status);
-    check_launch("ea_sinks_kernel");
+    launch("ea_sinks_kernel", ea_sinks_kernel<>, std::min(ceil_div(sinks, 256), 1024u), 256, 0, dev.stream, rows, cap,
+           p.n_sink, gmax, scores, status);
   }
 }
 
@@ -397,7 +397,7 @@ void score(cuda const& dev, ExpectedAttentionPress const& press, Observation<T> 
   std::int64_t const q_heads = q.shape[1], bh = cache.extents.batch * q_heads;
   detail_ea::check_common(p, obs, cache, q_heads);
   std::int64_t const start = kvcompress::detail::future_start(obs);
-  require_device_pointer(q.data, "observation.queries");
+  require_device_pointer(dev, q.data, "observation.queries");
   dispatch_head_dim(cache.extents.head_dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     RopeAverageArgs const rope = rope_average_args(*obs.rope, start, press.n_future_positions);
@@ -436,8 +436,8 @@ void score(cuda const& dev, ExpectedAttentionStatsPress const& press, Observatio
   std::int64_t const q_heads = obs.stats.q_heads;
   detail_ea::check_common(p, obs, cache, q_heads);
   std::int64_t const start = kvcompress::detail::future_start(obs);
-  require_device_pointer(obs.stats.mean, "observation.stats.mean");
-  if (press.use_covariance) require_device_pointer(obs.stats.covariance, "observation.stats.covariance");
+  require_device_pointer(dev, obs.stats.mean, "observation.stats.mean");
+  if (press.use_covariance) require_device_pointer(dev, obs.stats.covariance, "observation.stats.covariance");
   dispatch_head_dim(cache.extents.head_dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     RopeAverageArgs const rope = rope_average_args(*obs.rope, start, press.n_future_positions);

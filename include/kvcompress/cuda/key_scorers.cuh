@@ -29,7 +29,7 @@ inline constexpr int kScorerKeysPerBlock = 8 * kKeyTile;  // keys of one row per
 /// Grid of a per-key scorer: x over the capacity in kScorerKeysPerBlock chunks, y over the rows.
 [[nodiscard]] inline dim3 key_scorer_grid(CacheExtents const& e) {
   std::int64_t const rows = e.batch * e.kv_heads;
-  return dim3(ceil_div(e.capacity, kScorerKeysPerBlock), static_cast<unsigned int>(rows < kMaxGridY ? rows : kMaxGridY));
+  return dim3(ceil_div(e.capacity, kScorerKeysPerBlock), row_grid(rows));
 }
 
 // ---- Knorm ---------------------------------------------------------------------------------------
@@ -72,16 +72,15 @@ template <class T, class L>
 template <class T, class L>
 void score(cuda const& dev, KnormPress const&, Observation<T> const&, KVCacheView<T, L> const& cache, float* scores,
            Workspace&, DeviceStatus* status) {
-  require_device_cache(cache);
-  require_device_pointer(scores, "scores");
-  require_device_pointer(status, "status");
+  require_device_cache(dev, cache);
+  require_device_pointer(dev, scores, "scores");
+  require_device_pointer(dev, status, "status");
   auto const& e = cache.extents;
   check_lengths(dev, cache.lengths, e.batch * e.kv_heads, e.capacity, -1, status);
   dispatch_head_dim(e.head_dim, [&](auto dim) {
     dispatch_key_vectorisation(cache, [&](auto vec) {
-      knorm_kernel<decltype(dim)::value, decltype(vec)::value>
-          <<<key_scorer_grid(e), kScorerThreads, 0, dev.stream>>>(device_cache(cache), scores, status);
-      check_launch("knorm_kernel");
+      launch("knorm_kernel", knorm_kernel<decltype(dim)::value, decltype(vec)::value, T, L>, key_scorer_grid(e),
+             kScorerThreads, 0, dev.stream, device_cache(cache), scores, status);
     });
   });
 }
@@ -119,17 +118,16 @@ void score(cuda const& dev, StreamingLLMPress const& press, Observation<T> const
            float* scores, Workspace&, DeviceStatus* status) {
   check_compression_ratio(press.compression_ratio);
   KVC_CHECK(press.n_sink >= 0, "n_sink must be non-negative, got " << press.n_sink);
-  require_device_cache(cache);
-  require_device_pointer(scores, "scores");
-  require_device_pointer(status, "status");
+  require_device_cache(dev, cache);
+  require_device_pointer(dev, scores, "scores");
+  require_device_pointer(dev, status, "status");
   auto const& e = cache.extents;
   std::int64_t const rows = e.batch * e.kv_heads;
   // The CPU's "StreamingLLM needs more entries than n_sink" reads the lengths: here on the device.
   check_lengths(dev, cache.lengths, rows, e.capacity, press.n_sink, status);
-  dim3 const grid(ceil_div(e.capacity, kScorerThreads), static_cast<unsigned int>(rows < kMaxGridY ? rows : kMaxGridY));
-  streaming_llm_kernel<<<grid, kScorerThreads, 0, dev.stream>>>(cache.lengths, rows, e.capacity,
-                                                                press.compression_ratio, press.n_sink, scores, status);
-  check_launch("streaming_llm_kernel");
+  dim3 const grid(ceil_div(e.capacity, kScorerThreads), row_grid(rows));
+  launch("streaming_llm_kernel", streaming_llm_kernel<std::int32_t>, grid, kScorerThreads, 0, dev.stream,
+         cache.lengths, rows, e.capacity, press.compression_ratio, press.n_sink, scores, status);
 }
 
 // ---- KeyDiff -------------------------------------------------------------------------------------
@@ -255,9 +253,9 @@ template <class T, class L>
 template <class T, class L>
 void score(cuda const& dev, KeyDiffPress const&, Observation<T> const&, KVCacheView<T, L> const& cache, float* scores,
            Workspace& ws, DeviceStatus* status) {
-  require_device_cache(cache);
-  require_device_pointer(scores, "scores");
-  require_device_pointer(status, "status");
+  require_device_cache(dev, cache);
+  require_device_pointer(dev, scores, "scores");
+  require_device_pointer(dev, status, "status");
   auto const& e = cache.extents;
   std::int64_t const rows = e.batch * e.kv_heads;
   dim3 const grid = key_scorer_grid(e);
@@ -269,18 +267,14 @@ void score(cuda const& dev, KeyDiffPress const&, Observation<T> const&, KVCacheV
   dispatch_head_dim(e.head_dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
     dispatch_key_vectorisation(cache, [&](auto vec) {
-      key_diff_sum_kernel<D, decltype(vec)::value>
-          <<<grid, kScorerThreads, 0, dev.stream>>>(device_cache(cache), partial, status);
-      check_launch("key_diff_sum_kernel");
+      launch("key_diff_sum_kernel", key_diff_sum_kernel<D, decltype(vec)::value, T, L>, grid, kScorerThreads, 0,
+             dev.stream, device_cache(cache), partial, status);
     });
-    key_diff_anchor_kernel<D><<<static_cast<unsigned int>(rows < kMaxGridY ? rows : kMaxGridY), kScorerThreads, 0,
-                                dev.stream>>>(cache.lengths, rows, e.capacity, partial, grid.x, anchor, anchor_norm,
-                                              status);
-    check_launch("key_diff_anchor_kernel");
+    launch("key_diff_anchor_kernel", key_diff_anchor_kernel<D>, row_grid(rows), kScorerThreads, 0, dev.stream,
+           cache.lengths, rows, e.capacity, partial, grid.x, anchor, anchor_norm, status);
     dispatch_key_vectorisation(cache, [&](auto vec) {
-      key_diff_score_kernel<D, decltype(vec)::value>
-          <<<grid, kScorerThreads, 0, dev.stream>>>(device_cache(cache), anchor, anchor_norm, scores, status);
-      check_launch("key_diff_score_kernel");
+      launch("key_diff_score_kernel", key_diff_score_kernel<D, decltype(vec)::value, T, L>, grid, kScorerThreads, 0,
+             dev.stream, device_cache(cache), anchor, anchor_norm, scores, status);
     });
   });
 }

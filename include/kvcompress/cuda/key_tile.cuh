@@ -21,9 +21,6 @@ inline constexpr int kKeyTile = 32;
 template <int D>
 inline constexpr int kKeyTileStride = D + 4;
 
-/// CUDA's limit on gridDim.y and gridDim.z: kernels loop over rows past it.
-inline constexpr std::int64_t kMaxGridY = 65535;
-
 /// A row's length clamped to [0, capacity]: kernels stay in bounds even for a length that
 /// `check_lengths` has already reported (they return on a failed status, but never rely on it alone).
 /// \param lengths [rows]

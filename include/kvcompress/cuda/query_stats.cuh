@@ -100,8 +100,8 @@ __global__ void __launch_bounds__(kRopeAverageThreads)
 
 /// Launches `averaged_rotation_kernel`. \param cs [2, head_dim] device
 inline void averaged_rotation(cuda const& dev, RopeAverageArgs const& a, float* cs, DeviceStatus const* status) {
-  averaged_rotation_kernel<<<static_cast<unsigned>(a.half_dim), kRopeAverageThreads, 0, dev.stream>>>(a, cs, status);
-  check_launch("averaged_rotation_kernel");
+  launch("averaged_rotation_kernel", averaged_rotation_kernel<>, static_cast<unsigned>(a.half_dim),
+         kRopeAverageThreads, 0, dev.stream, a, cs, status);
 }
 
 // ---- mean and covariance partials ----------------------------------------------------------------
@@ -287,8 +287,7 @@ template <int D>
 void rotate_stats(cuda const& dev, RawStats const& raw, std::int64_t stat_heads, float const* cs, float* mu,
                   float* cov, DeviceStatus* status) {
   dim3 const grid(static_cast<unsigned>(stat_heads), raw.cov_parts ? D : 1);
-  rotate_stats_kernel<D><<<grid, 128, 0, dev.stream>>>(raw, cs, mu, cov, status);
-  check_launch("rotate_stats_kernel");
+  launch("rotate_stats_kernel", rotate_stats_kernel<D>, grid, 128, 0, dev.stream, raw, cs, mu, cov, status);
 }
 
 /// Scratch of `query_stats` for `bh` (batch, head) pairs of `count` tokens each.
@@ -314,14 +313,14 @@ void query_stats(cuda const& dev, Tensor4<T> const& q, std::int64_t n_sink, floa
   float* cov_parts = cov ? ws.take<float>(n * D * static_cast<std::size_t>(splits)) : nullptr;
   auto const dq = device_tensor(q);
 
-  query_mean_partial_kernel<D, S><<<dim3(static_cast<unsigned>(bh), static_cast<unsigned>(splits)),
-                                    D * kMeanRows<D>, 0, dev.stream>>>(dq, range, mean_parts, status);
-  check_launch("query_mean_partial_kernel");
+  launch("query_mean_partial_kernel", query_mean_partial_kernel<D, S>,
+         dim3(static_cast<unsigned>(bh), static_cast<unsigned>(splits)), D * kMeanRows<D>, 0, dev.stream, dq, range,
+         mean_parts, status);
   if (cov) {
     constexpr int kTiles = cov_tiles_per_side(D);
     dim3 const grid(static_cast<unsigned>(bh), static_cast<unsigned>(splits), kTiles * kTiles);
-    query_cov_partial_kernel<D, S><<<grid, kCovThreads, 0, dev.stream>>>(dq, range, mean_parts, cov_parts, status);
-    check_launch("query_cov_partial_kernel");
+    launch("query_cov_partial_kernel", query_cov_partial_kernel<D, S>, grid, kCovThreads, 0, dev.stream, dq, range,
+           mean_parts, cov_parts, status);
   }
   rotate_stats<D>(dev, RawStats{mean_parts, cov_parts, splits, static_cast<float>(count), false}, bh, cs, mu, cov,
                   status);

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
 /// \brief What every CUDA kernel of kvcompress shares: the storage-type map to CUDA's own types,
-/// error checking, the device-side cache view, the device status word, pointer checks and the one
+/// error checking and the launch helper (which attribute only our own failures), the device-side
+/// cache view, the device status word, pointer checks, the row grid, the global max cell and the one
 /// place where a runtime head_dim becomes a compile-time constant.
 ///
 /// Errors come in two kinds. What the host can see (ratios, shapes, pointer kinds, workspace size)
@@ -23,9 +24,14 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <mutex>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "kvcompress/cache/kv_cache_view.hpp"
 #include "kvcompress/core/device.hpp"
@@ -34,12 +40,32 @@
 #include "kvcompress/core/tensor.hpp"
 #include "kvcompress/detail/workspace.hpp"
 
-/// Throws `kvcompress::Error` naming the failed runtime call and CUDA's error.
-#define KVC_CUDA_CHECK(expr)                                                                     \
-  do {                                                                                           \
-    cudaError_t const kvc_err_ = (expr);                                                         \
-    if (kvc_err_ != cudaSuccess)                                                                 \
-      KVC_THROW(#expr << " failed: " << cudaGetErrorName(kvc_err_) << ": " << cudaGetErrorString(kvc_err_)); \
+namespace kvcompress::cuda_impl {
+
+/// Throws `kvcompress::Error` for a failed runtime call of ours: `what` names it, `e` is what it
+/// returned, `pending` what `cudaPeekAtLastError` held just before it. CUDA keeps one "last error"
+/// per host thread, which the engine may be about to read: a failure of ours is consumed from it
+/// (the exception reports it) only when nothing was pending before our call, so an error of the
+/// engine's own work is never cleared; when one was pending, the message names it as well, since
+/// it may be the cause (a sticky error from an earlier kernel fails every later call).
+[[noreturn]] inline void throw_cuda_error(char const* what, cudaError_t e, cudaError_t pending) {
+  if (pending == cudaSuccess) (void)cudaGetLastError();
+  if (pending != cudaSuccess)
+    KVC_THROW(what << " failed: " << cudaGetErrorName(e) << ": " << cudaGetErrorString(e)
+                   << " (an earlier error, " << cudaGetErrorName(pending)
+                   << ", was already pending on this thread and may be the cause)");
+  KVC_THROW(what << " failed: " << cudaGetErrorName(e) << ": " << cudaGetErrorString(e));
+}
+
+}  // namespace kvcompress::cuda_impl
+
+/// Throws `kvcompress::Error` naming the failed runtime call and CUDA's error; an error pending from
+/// earlier work is left pending (see `cuda_impl::throw_cuda_error`).
+#define KVC_CUDA_CHECK(expr)                                                             \
+  do {                                                                                   \
+    cudaError_t const kvc_pending_ = cudaPeekAtLastError();                              \
+    cudaError_t const kvc_err_ = (expr);                                                 \
+    if (kvc_err_ != cudaSuccess) ::kvcompress::cuda_impl::throw_cuda_error(#expr, kvc_err_, kvc_pending_); \
   } while (0)
 
 namespace kvcompress::cuda_impl {
@@ -223,50 +249,108 @@ __global__ void check_lengths_kernel(std::int32_t const* lengths, std::int64_t r
 // ---- host-side checks ----------------------------------------------------------------------------
 
 /// Throws unless p is device or managed memory: a host pointer under a CUDA tag would fault in a
-/// kernel (or, with HMM, silently run at PCIe speed). `what` names the argument.
+/// kernel (or, with HMM, silently run at PCIe speed). `what` names the argument. One driver call
+/// (`cudaPointerGetAttributes`): `compress` makes it only under `cuda::check_pointers`; a view made
+/// by `make_device_cache_view` has been through it once.
 inline void require_device_pointer(void const* p, char const* what) {
   KVC_CHECK(p != nullptr, what << " must not be null");
   cudaPointerAttributes a{};
+  cudaError_t const pending = cudaPeekAtLastError();
   cudaError_t const e = cudaPointerGetAttributes(&a, p);
   if (e != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky-free error so the next launch does not report it
+    if (pending == cudaSuccess) (void)cudaGetLastError();  // ours, reported here; never the engine's
     KVC_THROW(what << " = " << p << " is not CUDA memory (" << cudaGetErrorString(e) << ")");
   }
   KVC_CHECK(a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged,
             what << " = " << p << " is host memory; the kvcompress::cuda device needs device or managed memory");
 }
 
-/// Throws on a failed launch (bad configuration, no kernel image for this GPU). Does not synchronise.
-inline void check_launch(char const* kernel) {
-  cudaError_t const e = cudaGetLastError();
-  KVC_CHECK(e == cudaSuccess, "launching " << kernel << " failed: " << cudaGetErrorName(e) << ": "
-                                           << cudaGetErrorString(e));
+/// `require_device_pointer` when the device tag asks for per-call pointer checks, else the null
+/// check alone (no driver call).
+inline void require_device_pointer(cuda const& dev, void const* p, char const* what) {
+  if (dev.check_pointers) require_device_pointer(p, what);
+  else KVC_CHECK(p != nullptr, what << " must not be null");
 }
 
-/// Checks a cache view for the CUDA device: extents and layouts as on the CPU (host-only data), every
-/// pointer on the device. Lengths are device memory and are checked by the kernels.
+/// Launches kernel<<<grid, block, smem, stream>>>(args...) and throws, naming `name`, if this launch
+/// failed (bad configuration, no kernel image for this GPU). `cudaLaunchKernelEx` returns this
+/// launch's own error, so an error left pending by the engine's earlier work is neither reported as
+/// ours nor cleared (see `throw_cuda_error`). Does not synchronise.
+template <class... Params, class... Args>
+void launch(char const* name, void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem,
+            cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaError_t const pending = cudaPeekAtLastError();
+  cudaError_t const e = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (e != cudaSuccess) throw_cuda_error(name, e, pending);
+}
+
+/// Raises `kernel`'s dynamic shared memory limit to `bytes` on the current device, once: the first
+/// call per (kernel, device) makes the driver call, later ones with no more bytes only a lookup
+/// (`cudaFuncSetAttribute` costs a driver round trip on every call otherwise).
+template <class... Params>
+void allow_dynamic_smem(void (*kernel)(Params...), std::size_t bytes) {
+  if (bytes <= 48 * 1024) return;  // every GPU allows this much without opting in
+  struct Entry {
+    void const* kernel;
+    int device;
+    std::size_t bytes;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> done;  // a few dozen kernels at most
+  int device = 0;
+  KVC_CUDA_CHECK(cudaGetDevice(&device));
+  auto const* key = reinterpret_cast<void const*>(kernel);
+  std::lock_guard<std::mutex> const lock(mutex);
+  auto it = std::find_if(done.begin(), done.end(), [&](Entry const& x) { return x.kernel == key && x.device == device; });
+  if (it != done.end() && it->bytes >= bytes) return;
+  KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  if (it != done.end()) it->bytes = bytes;
+  else done.push_back({key, device, bytes});
+}
+
+/// Checks a cache view for the CUDA device: extents as on the CPU (host-only data), every pointer
+/// present, keys and values distinct, and (with `check_pointers`) every pointer on the device.
+/// Lengths are device memory and are checked by the kernels.
 template <class T, class L>
-void require_device_cache(KVCacheView<T, L> const& cache) {
+void require_device_cache(KVCacheView<T, L> const& cache, bool check_pointers = true) {
   validate_extents(cache.extents);
-  require_device_pointer(cache.keys, "cache.keys");
-  require_device_pointer(cache.values, "cache.values");
+  cuda const dev{nullptr, check_pointers};
+  require_device_pointer(dev, cache.keys, "cache.keys");
+  require_device_pointer(dev, cache.values, "cache.values");
   KVC_CHECK(cache.keys != cache.values, "keys and values must not alias (both point to "
                                             << static_cast<void const*>(cache.keys) << ")");
-  require_device_pointer(cache.lengths, "cache.lengths");
-  if (cache.positions) require_device_pointer(cache.positions, "cache.positions");
+  require_device_pointer(dev, cache.lengths, "cache.lengths");
+  if (cache.positions) require_device_pointer(dev, cache.positions, "cache.positions");
   if constexpr (std::is_same_v<L, PagedLayout>) {
-    require_device_pointer(cache.key_layout.block_table, "cache.key_layout.block_table");
-    require_device_pointer(cache.value_layout.block_table, "cache.value_layout.block_table");
+    require_device_pointer(dev, cache.key_layout.block_table, "cache.key_layout.block_table");
+    require_device_pointer(dev, cache.value_layout.block_table, "cache.value_layout.block_table");
   }
+}
+
+/// `require_device_cache` with the device tag's pointer policy.
+template <class T, class L>
+void require_device_cache(cuda const& dev, KVCacheView<T, L> const& cache) {
+  require_device_cache(cache, dev.check_pointers);
+}
+
+/// Blocks along a grid's y or z axis for `rows` rows: CUDA's limit there is 65535, so kernels loop
+/// over rows r = blockIdx.y, blockIdx.y + gridDim.y, … and any number of rows runs.
+[[nodiscard]] inline unsigned int row_grid(std::int64_t rows) noexcept {
+  return rows < 1 ? 1u : (rows < 65535 ? static_cast<unsigned int>(rows) : 65535u);
 }
 
 /// Launches `check_lengths_kernel` on the device's stream. \param lengths [rows] device memory
 inline void check_lengths(cuda const& dev, std::int32_t const* lengths, std::int64_t rows, std::int64_t capacity,
                           std::int64_t min_exclusive, DeviceStatus* status,
                           StatusCode below = StatusCode::kLengthNotAboveSink) {
-  check_lengths_kernel<<<ceil_div(rows, 256) < 1024 ? ceil_div(rows, 256) : 1024u, 256, 0, dev.stream>>>(
-      lengths, rows, capacity, min_exclusive, below, status);
-  check_launch("check_lengths_kernel");
+  unsigned int const blocks = ceil_div(rows < 1 ? 1 : rows, 256);
+  launch("check_lengths_kernel", check_lengths_kernel<>, blocks < 1024 ? blocks : 1024u, 256, 0, dev.stream, lengths,
+         rows, capacity, min_exclusive, below, status);
 }
 
 // ---- compile-time dispatch -----------------------------------------------------------------------
@@ -315,10 +399,39 @@ __device__ float block_reduce(float x, float* smem) {
   return y;
 }
 
-/// Float max through the integer atomics (valid for any non-NaN floats; -0 < +0 is harmless here).
-__device__ __forceinline__ void atomic_max_float(float* addr, float v) {
-  if (v >= 0.0f) atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
-  else atomicMin(reinterpret_cast<unsigned int*>(addr), __float_as_uint(v));
+/// A float's rank as an unsigned key: larger key = larger float (the selection's order: larger key
+/// ranks before). NaN is 0, below −Inf (0x007fffff); −0 and +0 share +0's key, since the CPU's
+/// comparisons find them equal. Host and device, so that the CPU suite checks it.
+__host__ __device__ __forceinline__ std::uint32_t rank_key(float x) {
+  if (x != x) return 0u;  // NaN
+  if (x == 0.0f) return 0x80000000u;
+#if defined(__CUDA_ARCH__)
+  std::uint32_t const u = __float_as_uint(x);
+#else
+  std::uint32_t u = 0;
+  std::memcpy(&u, &x, sizeof u);
+#endif
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+
+/// The float whose `rank_key` is `key` (+0 for the key of ±0; a NaN for 0, the empty max cell).
+__host__ __device__ __forceinline__ float from_rank_key(std::uint32_t key) {
+  std::uint32_t const u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x = 0.0f;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+
+/// A global float maximum kept as a `rank_key` in an unsigned cell: `kEmptyMaxCell` (0, set with
+/// cudaMemsetAsync) lies below every float's key, one unsigned atomicMax per update is exact for
+/// every value (−0, negatives and ±Inf included), and `from_rank_key` reads the result back (a NaN
+/// while the cell is still empty).
+inline constexpr std::uint32_t kEmptyMaxCell = 0u;
+
+__device__ __forceinline__ void atomic_max_key(unsigned int* cell, float v) { atomicMax(cell, rank_key(v)); }
 
 }  // namespace kvcompress::cuda_impl

@@ -24,7 +24,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 
 #include "kvcompress/cuda/runtime.cuh"
@@ -35,20 +34,7 @@ namespace kvcompress::cuda_impl {
 inline constexpr int kSelectThreads = 1024;
 inline constexpr int kRadixBins = 2048;
 
-/// The selection order as an unsigned key: larger key = ranks before. NaN is 0 (below -Inf, whose key
-/// is 0x007fffff), all NaNs tie; -0 and +0 share +0's key because the CPU's `!=` finds them equal.
-/// Host and device, so that the CPU suite checks the order against `cpu_impl::RanksBefore`.
-__host__ __device__ __forceinline__ std::uint32_t rank_key(float x) {
-  if (x != x) return 0u;  // NaN
-  if (x == 0.0f) return 0x80000000u;
-#if defined(__CUDA_ARCH__)
-  std::uint32_t const u = __float_as_uint(x);
-#else
-  std::uint32_t u = 0;
-  std::memcpy(&u, &x, sizeof u);
-#endif
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
+// The selection order is `rank_key` (runtime.cuh): larger key = ranks before; NaN ranks last.
 
 /// Shared memory of `block_radix_select`.
 struct RadixSelectStorage {
@@ -216,9 +202,8 @@ inline void select_topk(cuda const& dev, float const* scores, std::int64_t rows,
   KVC_CHECK(capacity >= 0 && capacity <= std::numeric_limits<std::int32_t>::max(),
             "select_topk: capacity must be in [0, 2^31 - 1] (slots are int32), got " << capacity);
   if (rows == 0 || capacity == 0) return;
-  unsigned int const grid = rows < 65535 ? static_cast<unsigned int>(rows) : 65535u;
-  select_topk_kernel<<<grid, kSelectThreads, 0, dev.stream>>>(scores, rows, capacity, lengths, counts, kept, status);
-  check_launch("select_topk_kernel");
+  launch("select_topk_kernel", select_topk_kernel<>, row_grid(rows), kSelectThreads, 0, dev.stream, scores, rows,
+         capacity, lengths, counts, kept, status);
 }
 
 }  // namespace kvcompress::cuda_impl

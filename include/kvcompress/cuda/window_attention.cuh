@@ -21,7 +21,7 @@
 ///     thread, so no atomics are needed and results are reproducible.
 /// SnapKV then pools the probs along the sequence and averages the group (`snap_kv_pool_kernel`),
 /// TOVA averages every head of a batch element (`tova_mean_kernel`); both keep the global max with
-/// `atomic_max_float`, and `protect_window_kernel` gives the protected slots max + 1.
+/// `atomic_max_key`, and `protect_window_kernel` gives the protected slots max + 1.
 
 #include <algorithm>
 #include <cmath>
@@ -271,7 +271,7 @@ template <class Index>
 __global__ void __launch_bounds__(kWindowThreads)
     snap_kv_pool_kernel(Index const* lengths, std::int64_t rows, std::int64_t cap, float const* probs,
                         std::int64_t group, std::int64_t window, std::int64_t kernel, float weight, float* scores,
-                        float* global_max, DeviceStatus const* status) {
+                        unsigned int* global_max, DeviceStatus const* status) {
   if (failed(status)) return;
   __shared__ float red[32];
   std::int64_t const i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, half_k = kernel / 2;
@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(kWindowThreads)
       v = out;
     }
     v = block_reduce<true>(v, red);  // fmaxf: a NaN never wins, as with the CPU's std::max
-    if (threadIdx.x == 0 && v > -INFINITY) atomic_max_float(global_max, v);
+    if (threadIdx.x == 0 && v > -INFINITY) atomic_max_key(global_max, v);
   }
 }
 
@@ -301,8 +301,8 @@ __global__ void __launch_bounds__(kWindowThreads)
 template <class Index>
 __global__ void __launch_bounds__(kWindowThreads)
     tova_mean_kernel(Index const* lengths, std::int64_t batch, std::int64_t heads, std::int64_t cap,
-                     float const* probs, std::int64_t group, float inv_heads, float* scores, float* global_max,
-                     DeviceStatus const* status) {
+                     float const* probs, std::int64_t group, float inv_heads, float* scores,
+                     unsigned int* global_max, DeviceStatus const* status) {
   if (failed(status)) return;
   __shared__ float red[32];
   std::int64_t const i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(kWindowThreads)
       for (std::int64_t h = 0; h < heads; ++h) scores[(b * heads + h) * cap + i] = v;
     }
     v = block_reduce<true>(v, red);
-    if (threadIdx.x == 0 && v > -INFINITY) atomic_max_float(global_max, v);
+    if (threadIdx.x == 0 && v > -INFINITY) atomic_max_key(global_max, v);
   }
 }
 
@@ -329,9 +329,9 @@ __global__ void __launch_bounds__(kWindowThreads)
 template <class Index>
 __global__ void __launch_bounds__(kWindowThreads)
     protect_window_kernel(Index const* lengths, std::int64_t rows, std::int64_t cap, std::int64_t window,
-                          float const* global_max, float* scores, DeviceStatus const* status) {
+                          unsigned int const* global_max, float* scores, DeviceStatus const* status) {
   if (failed(status)) return;
-  float const mx = *global_max;
+  float const mx = from_rank_key(*global_max);  // a NaN while empty
   float const protect = (::isfinite(mx) ? mx : 0.0f) + 1.0f;
   std::int64_t const x = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -375,10 +375,10 @@ __global__ void check_equal_head_lengths_kernel(Index const* lengths, std::int64
 /// kind of the chosen input; whether the window queries (true) or the attention (false) are used.
 /// Lengths are checked by `check_window_lengths` on the device.
 template <class T, class L>
-bool window_input_from_queries(Observation<T> const& obs, KVCacheView<T, L> const& cache, std::int64_t window) {
+bool window_input_from_queries(cuda const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, std::int64_t window) {
   bool const queries = kvcompress::detail::window_input_is_queries(obs, cache.extents, window);
-  if (queries) require_device_pointer(obs.window_queries.data, "observation.window_queries");
-  else require_device_pointer(obs.attention.data, "observation.attention");
+  if (queries) require_device_pointer(dev, obs.window_queries.data, "observation.window_queries");
+  else require_device_pointer(dev, obs.attention.data, "observation.attention");
   return queries;
 }
 
@@ -390,9 +390,8 @@ void check_window_lengths(cuda const& dev, Observation<T> const& obs, KVCacheVie
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   check_lengths(dev, cache.lengths, rows, cache.extents.capacity, window, status, StatusCode::kLengthNotAboveWindow);
   if (from_queries) return;
-  check_key_count_kernel<<<check_grid(rows), kWindowThreads, 0, dev.stream>>>(cache.lengths, rows,
-                                                                              obs.attention.shape[3], status);
-  check_launch("check_key_count_kernel");
+  launch("check_key_count_kernel", check_key_count_kernel<std::int32_t>, check_grid(rows), kWindowThreads, 0,
+         dev.stream, cache.lengths, rows, obs.attention.shape[3], status);
 }
 
 /// Key chunks of the window passes: enough for the capacity (lengths are on the device).
@@ -419,14 +418,13 @@ void window_attention_mean(cuda const& dev, Observation<T> const& obs, KVCacheVi
                            DeviceStatus* status) {
   auto const& e = cache.extents;
   std::int64_t const rows = e.batch * e.kv_heads, group = kvcompress::detail::window_group(obs, cache);
-  auto const grid_z = static_cast<unsigned int>(rows < kMaxGridY ? rows : kMaxGridY);
+  unsigned int const grid_z = row_grid(rows);
   if (!from_queries) {
     auto const& a = obs.attention;
     dim3 const grid(ceil_div(e.capacity, kWindowThreads), static_cast<unsigned int>(group), grid_z);
-    window_mean_from_attention_kernel<<<grid, kWindowThreads, 0, dev.stream>>>(
-        cache.lengths, e.kv_heads, rows, e.capacity, device_tensor(a), a.shape[2], a.shape[3], group, window, probs,
-        status);
-    check_launch("window_mean_from_attention_kernel");
+    launch("window_mean_from_attention_kernel", window_mean_from_attention_kernel<device_storage_t<T>>, grid,
+           kWindowThreads, 0, dev.stream, cache.lengths, e.kv_heads, rows, e.capacity, device_tensor(a), a.shape[2],
+           a.shape[3], group, window, probs, status);
     return;
   }
   std::int64_t const nq = group * window, chunks = window_chunks(e);
@@ -441,34 +439,29 @@ void window_attention_mean(cuda const& dev, Observation<T> const& obs, KVCacheVi
     dispatch_key_vectorisation(cache, [&](auto vec) {
       constexpr bool kVec = decltype(vec)::value;
       auto* stats_kernel = window_stats_kernel<D, kVec, T, L>;
-      KVC_CUDA_CHECK(cudaFuncSetAttribute(stats_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(WindowSmem<D>::kStatsBytes)));
+      allow_dynamic_smem(stats_kernel, WindowSmem<D>::kStatsBytes);
       dim3 const grid1(static_cast<unsigned int>(chunks), ceil_div(nq, kWindowQueries), grid_z);
-      stats_kernel<<<grid1, kWindowThreads, WindowSmem<D>::kStatsBytes, dev.stream>>>(
-          device_cache(cache), wq, group, window, inv_sqrt_d, partial, status);
-      check_launch("window_stats_kernel");
+      launch("window_stats_kernel", stats_kernel, grid1, kWindowThreads, WindowSmem<D>::kStatsBytes, dev.stream,
+             device_cache(cache), wq, group, window, inv_sqrt_d, partial, status);
 
-      window_stats_combine_kernel<<<std::min(ceil_div(rows * nq, kWindowThreads), 4096u), kWindowThreads, 0,
-                                    dev.stream>>>(cache.lengths, rows, e.capacity, nq, window, partial,
-                                                  static_cast<unsigned int>(chunks), stats, status);
-      check_launch("window_stats_combine_kernel");
+      launch("window_stats_combine_kernel", window_stats_combine_kernel<std::int32_t>,
+             std::min(ceil_div(rows * nq, kWindowThreads), 4096u), kWindowThreads, 0, dev.stream, cache.lengths, rows,
+             e.capacity, nq, window, partial, static_cast<unsigned int>(chunks), stats, status);
 
       auto* probs_kernel = window_probs_kernel<D, kVec, T, L>;
-      KVC_CUDA_CHECK(cudaFuncSetAttribute(probs_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(WindowSmem<D>::kProbsBytes)));
+      allow_dynamic_smem(probs_kernel, WindowSmem<D>::kProbsBytes);
       dim3 const grid3(static_cast<unsigned int>(chunks), ceil_div(group, per_block), grid_z);
-      probs_kernel<<<grid3, kWindowThreads, WindowSmem<D>::kProbsBytes, dev.stream>>>(
-          device_cache(cache), wq, group, window, per_block, inv_sqrt_d, stats, probs, status);
-      check_launch("window_probs_kernel");
+      launch("window_probs_kernel", probs_kernel, grid3, kWindowThreads, WindowSmem<D>::kProbsBytes, dev.stream,
+             device_cache(cache), wq, group, window, per_block, inv_sqrt_d, stats, probs, status);
     });
   });
 }
 
-/// Sets the global-max cell to the bits 0xffffffff: a NaN that `atomic_max_float` replaces with
-/// the first non-NaN value (atomicMax on int sees −1, atomicMin on unsigned sees the largest), and
-/// that `protect_window_kernel` reads as "no finite score", as the CPU's −∞ start.
-inline void reset_global_max(cuda const& dev, float* global_max) {
-  KVC_CUDA_CHECK(cudaMemsetAsync(global_max, 0xff, sizeof(float), dev.stream));
+/// Empties the global-max cell (`kEmptyMaxCell`, below every float's key), which
+/// `protect_window_kernel` reads as "no finite score", as the CPU's −∞ start.
+inline void reset_global_max(cuda const& dev, unsigned int* global_max) {
+  static_assert(kEmptyMaxCell == 0u, "the cell is emptied with a zero memset");
+  KVC_CUDA_CHECK(cudaMemsetAsync(global_max, 0, sizeof(unsigned int), dev.stream));
 }
 
 // ---- SnapKV --------------------------------------------------------------------------------------
@@ -479,7 +472,7 @@ template <class T, class L>
                                                   std::int64_t window) {
   auto const& e = cache.extents;
   auto const probs = static_cast<std::size_t>(e.batch * e.kv_heads * kvcompress::detail::window_group(obs, cache) * e.capacity);
-  return Workspace::bytes_for<float>(probs) + Workspace::bytes_for<float>(1) +
+  return Workspace::bytes_for<float>(probs) + Workspace::bytes_for<unsigned int>(1) +
          window_attention_bytes(obs, cache, window);
 }
 
@@ -491,25 +484,25 @@ void snap_kv_scores(cuda const& dev, Observation<T> const& obs, KVCacheView<T, L
   KVC_CHECK(window > 0, "window_size must be positive, got " << window);
   KVC_CHECK(kernel > 0 && kernel % 2 == 1, "kernel_size must be odd and positive, got "
                                                << kernel << " (an even kernel changes the pooled length; kvpress fails too)");
-  require_device_cache(cache);
-  require_device_pointer(scores, "scores");
-  require_device_pointer(status, "status");
-  bool const from_queries = window_input_from_queries(obs, cache, window);
+  require_device_cache(dev, cache);
+  require_device_pointer(dev, scores, "scores");
+  require_device_pointer(dev, status, "status");
+  bool const from_queries = window_input_from_queries(dev, obs, cache, window);
   auto const& e = cache.extents;
   std::int64_t const rows = e.batch * e.kv_heads, group = kvcompress::detail::window_group(obs, cache);
   float* probs = ws.take<float>(static_cast<std::size_t>(rows * group * e.capacity));
-  float* global_max = ws.take<float>(1);
+  auto* global_max = ws.take<unsigned int>(1);
   check_window_lengths(dev, obs, cache, window, from_queries, status);
   window_attention_mean(dev, obs, cache, window, from_queries, probs, ws, status);
   reset_global_max(dev, global_max);
-  auto const grid_y = static_cast<unsigned int>(rows < kMaxGridY ? rows : kMaxGridY);
+  unsigned int const grid_y = row_grid(rows);
   float const weight = 1.0f / static_cast<float>(group) / static_cast<float>(kernel);  // the CPU's add_avg_pool weight
-  snap_kv_pool_kernel<<<dim3(ceil_div(e.capacity, kWindowThreads), grid_y), kWindowThreads, 0, dev.stream>>>(
-      cache.lengths, rows, e.capacity, probs, group, window, kernel, weight, scores, global_max, status);
-  check_launch("snap_kv_pool_kernel");
-  protect_window_kernel<<<dim3(ceil_div(window, kWindowThreads), grid_y), kWindowThreads, 0, dev.stream>>>(
-      cache.lengths, rows, e.capacity, window, global_max, scores, status);
-  check_launch("protect_window_kernel");
+  launch("snap_kv_pool_kernel", snap_kv_pool_kernel<std::int32_t>, dim3(ceil_div(e.capacity, kWindowThreads), grid_y),
+         kWindowThreads, 0, dev.stream, cache.lengths, rows, e.capacity, probs, group, window, kernel, weight, scores,
+         global_max, status);
+  launch("protect_window_kernel", protect_window_kernel<std::int32_t>,
+         dim3(ceil_div(window, kWindowThreads), grid_y), kWindowThreads, 0, dev.stream, cache.lengths, rows,
+         e.capacity, window, global_max, scores, status);
 }
 
 template <class T, class L>
@@ -540,30 +533,26 @@ template <class T, class L>
 void score(cuda const& dev, TOVAPress const&, Observation<T> const& given, KVCacheView<T, L> const& cache,
            float* scores, Workspace& ws, DeviceStatus* status) {
   Observation<T> const obs = TOVAPress::last_query(given);
-  require_device_cache(cache);
-  require_device_pointer(scores, "scores");
-  require_device_pointer(status, "status");
-  bool const from_queries = window_input_from_queries(obs, cache, 1);
+  require_device_cache(dev, cache);
+  require_device_pointer(dev, scores, "scores");
+  require_device_pointer(dev, status, "status");
+  bool const from_queries = window_input_from_queries(dev, obs, cache, 1);
   auto const& e = cache.extents;
   std::int64_t const rows = e.batch * e.kv_heads, group = kvcompress::detail::window_group(obs, cache);
   float* probs = ws.take<float>(static_cast<std::size_t>(rows * group * e.capacity));
-  float* global_max = ws.take<float>(1);
+  auto* global_max = ws.take<unsigned int>(1);
   // The CPU checks equal head lengths first, then the window's lengths: the first report wins.
-  check_equal_head_lengths_kernel<<<check_grid(rows), kWindowThreads, 0, dev.stream>>>(cache.lengths, e.batch,
-                                                                                       e.kv_heads, status);
-  check_launch("check_equal_head_lengths_kernel");
+  launch("check_equal_head_lengths_kernel", check_equal_head_lengths_kernel<std::int32_t>, check_grid(rows),
+         kWindowThreads, 0, dev.stream, cache.lengths, e.batch, e.kv_heads, status);
   check_window_lengths(dev, obs, cache, 1, from_queries, status);
   window_attention_mean(dev, obs, cache, 1, from_queries, probs, ws, status);
   reset_global_max(dev, global_max);
   float const inv_heads = 1.0f / static_cast<float>(group * e.kv_heads);
-  auto const grid_y = static_cast<unsigned int>(e.batch < kMaxGridY ? e.batch : kMaxGridY);
-  tova_mean_kernel<<<dim3(ceil_div(e.capacity, kWindowThreads), grid_y), kWindowThreads, 0, dev.stream>>>(
-      cache.lengths, e.batch, e.kv_heads, e.capacity, probs, group, inv_heads, scores, global_max, status);
-  check_launch("tova_mean_kernel");
-  auto const rows_y = static_cast<unsigned int>(rows < kMaxGridY ? rows : kMaxGridY);
-  protect_window_kernel<<<dim3(1, rows_y), kWindowThreads, 0, dev.stream>>>(cache.lengths, rows, e.capacity, 1,
-                                                                            global_max, scores, status);
-  check_launch("protect_window_kernel");
+  launch("tova_mean_kernel", tova_mean_kernel<std::int32_t>, dim3(ceil_div(e.capacity, kWindowThreads), row_grid(e.batch)),
+         kWindowThreads, 0, dev.stream, cache.lengths, e.batch, e.kv_heads, e.capacity, probs, group, inv_heads,
+         scores, global_max, status);
+  launch("protect_window_kernel", protect_window_kernel<std::int32_t>, dim3(1, row_grid(rows)), kWindowThreads, 0,
+         dev.stream, cache.lengths, rows, e.capacity, std::int64_t{1}, global_max, scores, status);
 }
 
 }  // namespace kvcompress::cuda_impl
