@@ -4,8 +4,11 @@
 /// `tokenizer.ggml.pre` name. Each variant is a sequence of Unicode patterns; every pattern cuts each
 /// piece the previous one left into its matches and the text between them (nothing is dropped).
 ///
-/// The patterns are data: those of the models' own tokenizer.json files, in PCRE2 syntax (which reads
-/// them as Oniguruma, HF tokenizers' engine, does). Where a variant also changes how BPE runs, it says so.
+/// The patterns are data: those of the models' own tokenizer.json files, written for Oniguruma (HF
+/// tokenizers' engine). PCRE2 reads them alike but for one class: its `\s` also matches U+180E MONGOLIAN
+/// VOWEL SEPARATOR (in `\h`), which Oniguruma's `\s`, the Unicode White_Space property, does not; so
+/// `\s` / `\S` are rewritten as `\p{White_Space}` / `\P{White_Space}` before compiling. Where a variant
+/// also changes how BPE runs, it says so.
 
 #include <string>
 #include <string_view>
@@ -31,6 +34,31 @@ inline constexpr char kQwen2[] =
 
 }  // namespace pre_tokenizer_patterns
 
+namespace detail {
+
+/// An Oniguruma pattern with `\s` and `\S` spelled as the White_Space property they mean there.
+inline std::string with_unicode_white_space(std::string_view pattern) {
+  std::string out;
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '\\' && i + 1 < pattern.size()) {
+      char const next = pattern[++i];
+      if (next == 's') {
+        out += "\\p{White_Space}";
+      } else if (next == 'S') {
+        out += "\\P{White_Space}";
+      } else {
+        out += '\\';
+        out += next;
+      }
+    } else {
+      out += pattern[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace detail
+
 /// \brief The `tokenizer.ggml.pre` names this engine knows, for error messages.
 inline constexpr char kSupportedPreTokenizers[] = "gpt-2 (or gpt2), smollm, llama-bpe (or llama3, llama-v3), qwen2 (or deepseek-r1-qwen)";
 
@@ -41,16 +69,16 @@ class PreTokenizer {
   explicit PreTokenizer(std::string const& name) : name_(name) {
     namespace p = pre_tokenizer_patterns;
     if (name == "gpt-2" || name == "gpt2") {
-      regexes_.emplace_back(p::kGpt2);
+      regexes_.emplace_back(detail::with_unicode_white_space(p::kGpt2));
     } else if (name == "smollm") {
-      regexes_.emplace_back(p::kEachDigit);
-      regexes_.emplace_back(p::kGpt2);
+      regexes_.emplace_back(detail::with_unicode_white_space(p::kEachDigit));
+      regexes_.emplace_back(detail::with_unicode_white_space(p::kGpt2));
     } else if (name == "llama-bpe" || name == "llama3" || name == "llama-v3") {
-      regexes_.emplace_back(p::kLlama3);
+      regexes_.emplace_back(detail::with_unicode_white_space(p::kLlama3));
       // Llama 3's tokenizer.json sets the BPE model's ignore_merges: a piece that is a token is kept whole.
       ignore_merges_ = true;
     } else if (name == "qwen2" || name == "deepseek-r1-qwen") {
-      regexes_.emplace_back(p::kQwen2);
+      regexes_.emplace_back(detail::with_unicode_white_space(p::kQwen2));
     } else {
       KVC_THROW("tokenizer.ggml.pre '" << name << "' is not a supported pre-tokenizer (" << kSupportedPreTokenizers
                                        << ")");

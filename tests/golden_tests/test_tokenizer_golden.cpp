@@ -1,0 +1,121 @@
+// The engine's tokenizer against HF tokenizers (tools/golden/generate_tokenizer.py): every string of each fixture
+// encodes to exactly the reference's ids and decodes back to itself, for SmolLM2's GGUF (smollm and gpt2
+// pre-tokenizers over its vocabulary) and for the tiny Llama 3, Qwen2 and SentencePiece GGUFs the script trained.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "golden_scenario.hpp"
+#include "kvc_engine/gguf.hpp"
+#include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
+#include "kvc_engine/tokenizer/tokenizer.hpp"
+
+using kvc_engine::Tokenizer;
+
+namespace {
+
+std::string const kTokenizerDir = std::string(KVC_GOLDEN_DIR) + "/tokenizer";
+
+/// The SmolLM2 GGUF: $KVC_SMOLLM2_GGUF, else where the project's fetch script puts it (CMake's KVC_SMOLLM2_GGUF).
+std::string smollm2_path() {
+  char const* env = std::getenv("KVC_SMOLLM2_GGUF");
+  return env != nullptr && *env != '\0' ? std::string(env) : std::string(KVC_SMOLLM2_GGUF);
+}
+
+kvc_engine::TokenizerModel model_from(std::string const& path) {
+  return kvc_engine::tokenizer_model_from_gguf(kvc_engine::GgufFile::open(path));
+}
+
+struct Case {
+  std::string text;
+  std::vector<std::int32_t> ids;
+};
+
+std::vector<Case> read_cases(std::string const& name) {
+  std::ifstream in(kTokenizerDir + "/" + name);
+  REQUIRE(in.good());
+  std::vector<Case> cases;
+  std::string line;
+  while (std::getline(in, line)) {
+    auto const j = nlohmann::json::parse(line);
+    cases.push_back(Case{j.at("s").get<std::string>(), j.at("ids").get<std::vector<std::int32_t>>()});
+  }
+  return cases;
+}
+
+/// What decode(encode(text)) gives: the text itself, except that SentencePiece writes spaces as U+2581, so a
+/// U+2581 in the text comes back as a space.
+std::string round_trip(Tokenizer const& tokenizer, std::string text) {
+  if (tokenizer.model().model != "llama") return text;
+  for (std::size_t at = text.find(Tokenizer::kSpmSpace); at != std::string::npos; at = text.find(Tokenizer::kSpmSpace, at)) {
+    text.replace(at, Tokenizer::kSpmSpace.size(), " ");
+  }
+  return text;
+}
+
+/// Encodes and decodes every case; reports the first few that differ, then requires that none does.
+void check_fixture(Tokenizer const& tokenizer, std::string const& name, std::size_t expected_count) {
+  std::vector<Case> const cases = read_cases(name);
+  REQUIRE(cases.size() == expected_count);
+  std::size_t wrong_ids = 0;
+  std::size_t wrong_text = 0;
+  std::size_t ids_total = 0;
+  for (Case const& c : cases) {
+    std::vector<std::int32_t> const ids = tokenizer.encode(c.text, /*add_bos_eos=*/false);
+    ids_total += ids.size();
+    if (ids != c.ids && ++wrong_ids <= 5) {
+      UNSCOPED_INFO("ids differ for " << nlohmann::json(c.text).dump() << ": got " << nlohmann::json(ids).dump()
+                                      << ", HF tokenizers " << nlohmann::json(c.ids).dump());
+    }
+    if (tokenizer.decode(ids) != round_trip(tokenizer, c.text) && ++wrong_text <= 5) {
+      UNSCOPED_INFO("decode(encode(s)) != s for " << nlohmann::json(c.text).dump());
+    }
+  }
+  CAPTURE(name, cases.size(), ids_total);
+  CHECK(wrong_ids == 0);
+  CHECK(wrong_text == 0);
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer: SmolLM2's GGUF tokenizes 10,000 strings as HF tokenizers does", "[tokenizer][golden][smollm2]") {
+  kvc_engine::TokenizerModel model = model_from(smollm2_path());
+  REQUIRE(model.model == "gpt2");
+  REQUIRE(model.pre == "smollm");
+  SECTION("smollm pre-tokenizer (the model's own)") {
+    Tokenizer const tokenizer(model);
+    CHECK(tokenizer.vocab_size() == 49152);
+    CHECK(tokenizer.eos_id() == 2);  // <|im_end|>
+    CHECK_FALSE(model.add_bos);
+    check_fixture(tokenizer, "smollm2.jsonl", 10000);
+  }
+  SECTION("gpt2 pre-tokenizer over the same vocabulary") {
+    model.pre = "gpt2";
+    check_fixture(Tokenizer(model), "gpt2.jsonl", 2000);
+  }
+}
+
+TEST_CASE("tokenizer: tiny Llama 3, Qwen2 and SentencePiece GGUFs tokenize as HF tokenizers does", "[tokenizer][golden]") {
+  SECTION("llama-bpe") {
+    Tokenizer const tokenizer(model_from(kTokenizerDir + "/llama3.gguf"));
+    CHECK(tokenizer.model().pre == "llama-bpe");
+    check_fixture(tokenizer, "llama3.jsonl", 2000);
+  }
+  SECTION("qwen2") {
+    Tokenizer const tokenizer(model_from(kTokenizerDir + "/qwen2.gguf"));
+    CHECK(tokenizer.model().pre == "qwen2");
+    check_fixture(tokenizer, "qwen2.jsonl", 2000);
+  }
+  SECTION("SentencePiece (llama)") {
+    Tokenizer const tokenizer(model_from(kTokenizerDir + "/spm.gguf"));
+    CHECK(tokenizer.model().model == "llama");
+    CHECK(tokenizer.model().add_space_prefix);
+    check_fixture(tokenizer, "spm.jsonl", 2000);
+  }
+}
