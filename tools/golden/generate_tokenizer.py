@@ -22,8 +22,10 @@ gives, written as JSON lines to tests/golden/tokenizer/<name>.jsonl (`{"s": text
   Prepend("▁") + Replace(" ", "▁") normaliser) — the script asserts the two agree. Written to a tiny GGUF
   (tokenizer.ggml.model = llama). Its strings include `<s>` inside text, which HF matches as a special token.
 
-Also tests/golden/tokenizer/chat_smollm2.json: conversations rendered by transformers' `apply_chat_template` with the
-chat template the SmolLM2 GGUF carries.
+Also tests/golden/tokenizer/chat_templates.json: conversations rendered by transformers' `apply_chat_template` with
+the chat template the SmolLM2 GGUF carries and with ChatML (OpenHermes 2.5), Llama 3 (Meta-Llama-3-8B-Instruct),
+Mistral-7B-Instruct-v0.1 and Mixtral-8x7B-Instruct-v0.1 templates (their Jinja source is below), including the
+conversations those templates refuse.
 
 Run: python tools/golden/generate_tokenizer.py --smollm2-gguf PATH/SmolLM2-135M-Instruct.Q4_1.gguf
 """
@@ -285,29 +287,57 @@ def encode_all(tk: Tokenizer, strings: list[str]) -> list[list[int]]:
     return [e.ids for e in tk.encode_batch(strings, add_special_tokens=False)]
 
 
-def chat_fixture(template: str, out: Path) -> None:
+# Chat templates as their models ship them (Jinja source), besides the one the SmolLM2 GGUF carries.
+CHATML_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+                   "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                   "{% endif %}")  # teknium/OpenHermes-2.5-Mistral-7B
+LLAMA3_TEMPLATE = ("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+                   "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + "
+                   "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+                   "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+                   "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")  # Meta-Llama-3-8B-Instruct
+_MISTRAL = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+            "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+            "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+            "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token@@ }}{% else %}"
+            "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+MISTRAL_V01_TEMPLATE = _MISTRAL.replace("@@", " + ' '")  # mistralai/Mistral-7B-Instruct-v0.1
+MIXTRAL_TEMPLATE = _MISTRAL.replace("@@", "")  # mistralai/Mixtral-8x7B-Instruct-v0.1
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+    [{"role": "system", "content": "Answer in French.\nBe brief."}, {"role": "user", "content": "Hello"},
+     {"role": "assistant", "content": "Bonjour"}],
+    [{"role": "user", "content": "  spaces and\ttabs  \n"}, {"role": "assistant", "content": "   I am an assistant   "}],
+    [{"role": "user", "content": ""}],
+    [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+]
+
+
+def chat_fixture(smollm2_template: str, out: Path) -> None:
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()))
-    tok.chat_template = template
-    conversations = [
-        [{"role": "user", "content": "What is the capital of France?"}],
-        [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}],
-        [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
-         {"role": "user", "content": "And 3+3?"}],
-        [{"role": "system", "content": "Answer in French.\nBe brief."}, {"role": "user", "content": "Hello"},
-         {"role": "assistant", "content": "Bonjour"}],
-        [{"role": "user", "content": "  spaces and\ttabs  \n"}],
-        [{"role": "user", "content": ""}],
-    ]
-    cases = []
-    for messages in conversations:
-        for gen in (False, True):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-            cases.append({"messages": messages, "add_generation_prompt": gen, "text": text})
-    out.write_text(json.dumps({"template": template, "cases": cases}, ensure_ascii=False, indent=1) + "\n",
-                   encoding="utf-8")
-    print(f"{out.relative_to(REPO)}: {len(cases)} conversations")
+    formats = []
+    for name, template, bos, eos in (("smollm2", smollm2_template, "<|im_start|>", "<|im_end|>"),
+                                     ("chatml", CHATML_TEMPLATE, "<s>", "</s>"),
+                                     ("llama3", LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>"),
+                                     ("mistral-v0.1", MISTRAL_V01_TEMPLATE, "<s>", "</s>"),
+                                     ("mixtral", MIXTRAL_TEMPLATE, "<s>", "</s>")):
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), bos_token=bos, eos_token=eos)
+        tok.chat_template = template
+        cases = []
+        for messages in CONVERSATIONS:
+            for gen in (False, True):
+                try:
+                    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+                    cases.append({"messages": messages, "add_generation_prompt": gen, "text": text})
+                except Exception as e:  # the template refuses the conversation (raise_exception)
+                    cases.append({"messages": messages, "add_generation_prompt": gen, "error": str(e)})
+        formats.append({"name": name, "template": template, "bos": bos, "eos": eos, "cases": cases})
+    out.write_text(json.dumps({"formats": formats}, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print(f"{out.relative_to(REPO)}: {len(formats)} templates, {sum(len(f['cases']) for f in formats)} conversations")
 
 
 def main() -> int:
@@ -327,7 +357,7 @@ def main() -> int:
     write_jsonl(args.out / "smollm2.jsonl", strings, encode_all(smollm2, strings))
     small = make_strings(args.count_small, SEED + 1)
     write_jsonl(args.out / "gpt2.jsonl", small, encode_all(byte_level_from_gguf(fields, gpt2_pre()), small))
-    chat_fixture(fields["tokenizer.chat_template"], args.out / "chat_smollm2.json")
+    chat_fixture(fields["tokenizer.chat_template"], args.out / "chat_templates.json")
 
     corpus = make_strings(20000, SEED + 2, specials=False)
     for name, pattern, pre, ignore in (("llama3", LLAMA3_PATTERN, "llama-bpe", True),
