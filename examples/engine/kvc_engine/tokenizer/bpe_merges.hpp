@@ -25,12 +25,6 @@ class BpeMerges {
   /// right or the joined token is not in the vocabulary. A pair listed twice keeps its first rank.
   BpeMerges(std::vector<std::string> const& merges, std::unordered_map<std::string, std::int32_t> const& vocab) {
     table_.reserve(merges.size());
-    auto const id_of = [&](std::string const& text, std::size_t rank, std::string const& merge, char const* role) {
-      auto const it = vocab.find(text);
-      KVC_CHECK(it != vocab.end(), "tokenizer.ggml.merges[" << rank << "] = '" << merge << "': its " << role << " '"
-                                                          << text << "' is not in the vocabulary");
-      return it->second;
-    };
     for (std::size_t rank = 0; rank < merges.size(); ++rank) {
       std::string const& merge = merges[rank];
       std::size_t const space = merge.find(' ');
@@ -39,8 +33,10 @@ class BpeMerges {
                 "tokenizer.ggml.merges[" << rank << "] = '" << merge << "' is not two tokens separated by one space");
       std::string const left = merge.substr(0, space);
       std::string const right = merge.substr(space + 1);
-      Merge const m{static_cast<std::int32_t>(rank), id_of(left + right, rank, merge, "joined token")};
-      table_.emplace(key(id_of(left, rank, merge, "left token"), id_of(right, rank, merge, "right token")), m);
+      std::int32_t const left_id = token_id(vocab, left, rank, merge, "left token");
+      std::int32_t const right_id = token_id(vocab, right, rank, merge, "right token");
+      std::int32_t const joined_id = token_id(vocab, left + right, rank, merge, "joined token");
+      table_.emplace(key(left_id, right_id), Merge{static_cast<std::int32_t>(rank), joined_id});
     }
   }
 
@@ -104,6 +100,14 @@ class BpeMerges {
       return a.rank != b.rank ? a.rank > b.rank : a.left > b.left;
     }
   };
+
+  static std::int32_t token_id(std::unordered_map<std::string, std::int32_t> const& vocab, std::string const& text,
+                               std::size_t rank, std::string const& merge, char const* role) {
+    auto const it = vocab.find(text);
+    KVC_CHECK(it != vocab.end(), "tokenizer.ggml.merges[" << rank << "] = '" << merge << "': its " << role << " '"
+                                                        << text << "' is not in the vocabulary");
+    return it->second;
+  }
 
   static std::uint64_t key(std::int32_t left, std::int32_t right) noexcept {
     return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) | static_cast<std::uint32_t>(right);

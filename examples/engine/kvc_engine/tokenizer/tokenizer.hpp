@@ -215,13 +215,9 @@ class Tokenizer {
   }
 
   void init_byte_level() {
+    KVC_CHECK(!model_.pre.empty(), "tokenizer.ggml.pre is missing; a gpt2 (byte-level BPE) tokenizer needs one of: "
+                                       << kSupportedPreTokenizers);
     pre_.emplace(model_.pre);
-    vocab_ = text_to_id([](TokenType) { return true; });
-    merges_ = BpeMerges(model_.merges, vocab_);
-    for (unsigned b = 0; b < 256; ++b) {
-      auto const it = vocab_.find(detail::byte_to_symbol()[b]);
-      byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
-    }
     token_bytes_.resize(vocab_size());
     for (std::size_t i = 0; i < vocab_size(); ++i) {
       std::string const& text = model_.tokens[i];
@@ -231,6 +227,12 @@ class Tokenizer {
         continue;
       }
       token_bytes_[i] = byte_level_bytes(text, i);
+    }
+    vocab_ = text_to_id([](TokenType) { return true; });
+    merges_ = BpeMerges(model_.merges, vocab_);
+    for (unsigned b = 0; b < 256; ++b) {
+      auto const it = vocab_.find(detail::byte_to_symbol()[b]);
+      byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
     }
   }
 
