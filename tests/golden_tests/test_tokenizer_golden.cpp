@@ -3,10 +3,14 @@
 // pre-tokenizers over its vocabulary) and for the tiny Llama 3, Qwen2 and SentencePiece GGUFs the script trained.
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -117,5 +121,36 @@ TEST_CASE("tokenizer: tiny Llama 3, Qwen2 and SentencePiece GGUFs tokenize as HF
     CHECK(tokenizer.model().model == "llama");
     CHECK(tokenizer.model().add_space_prefix);
     check_fixture(tokenizer, "spm.jsonl", 2000);
+  }
+}
+
+// Not run by default (hidden tag): the speed figures of docs/engine.md. Run with `kvc_tests_golden "[.perf]"`.
+TEST_CASE("tokenizer: encoding speed on SmolLM2's vocabulary", "[.perf][tokenizer]") {
+  Tokenizer const tokenizer(model_from(smollm2_path()));
+  std::string mixed;
+  for (Case const& c : read_cases("smollm2.jsonl")) mixed += c.text + "\n";
+  std::string docs;
+  for (auto const& entry : std::filesystem::directory_iterator(std::string(KVC_GOLDEN_DIR) + "/../../docs")) {
+    if (entry.path().extension() != ".md") continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    docs += std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  REQUIRE_FALSE(docs.empty());
+  std::string markdown;  // the docs repeated to more than 100k tokens
+  while (markdown.size() < 400000) markdown += docs;
+  for (auto const& [name, text] : {std::pair<char const*, std::string const&>{"fixture strings", mixed},
+                                   std::pair<char const*, std::string const&>{"docs/*.md", markdown}}) {
+    auto const t0 = std::chrono::steady_clock::now();
+    std::vector<std::int32_t> const ids = tokenizer.encode(text, false);
+    auto const t1 = std::chrono::steady_clock::now();
+    std::string const back = tokenizer.decode(ids);
+    auto const t2 = std::chrono::steady_clock::now();
+    double const encode_s = std::chrono::duration<double>(t1 - t0).count();
+    WARN(name << ": " << text.size() << " bytes -> " << ids.size() << " tokens; encode " << encode_s << " s ("
+              << static_cast<double>(ids.size()) / encode_s << " tokens/s), decode "
+              << std::chrono::duration<double>(t2 - t1).count() << " s");
+    CHECK(ids.size() >= 100000);
+    CHECK(back == text);
+    CHECK(encode_s * 100000.0 / static_cast<double>(ids.size()) < 1.0);  // 100k tokens well under a second
   }
 }
