@@ -14,7 +14,7 @@ gives, written as JSON lines to tests/golden/tokenizer/<name>.jsonl (`{"s": text
 * gpt2 — the same vocabulary and merges under GPT-2's pre-tokenizer (ByteLevel with its regex, no Digits step).
 * llama3 / qwen2 — small byte-level BPE vocabularies (2,000 tokens) trained here with HF tokenizers' BpeTrainer on
   the strings below, under Llama 3's and Qwen2's Split patterns followed by ByteLevel(use_regex=False); Llama 3's
-  BPE model has ignore_merges, as its tokenizer.json does. Written to tiny GGUF files (no tensors) with the `gguf`
+  BPE model has ignore_merges and Qwen2's tokenizer an NFC normaliser, as their tokenizer.json files do. Written to tiny GGUF files (no tensors) with the `gguf`
   package's GGUFWriter (tokenizer.ggml.pre = llama-bpe / qwen2).
 * spm — a SentencePiece BPE model (1,500 pieces, byte fallback, identity normalisation, dummy prefix, as Llama 2's)
   trained with the `sentencepiece` package; expected ids from sentencepiece itself, and the same strings through
@@ -37,6 +37,7 @@ import json
 import random
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import gguf
@@ -193,8 +194,11 @@ def split_pre(pattern: str):
 SPECIAL_BPE = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|eot_id|>"]
 
 
-def train_byte_level(pattern: str, corpus: list[str], ignore_merges: bool) -> tuple[Tokenizer, list[str], list[str]]:
+def train_byte_level(pattern: str, corpus: list[str], ignore_merges: bool,
+                     nfc: bool) -> tuple[Tokenizer, list[str], list[str]]:
     tk = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    if nfc:
+        tk.normalizer = normalizers.NFC()
     tk.pre_tokenizer = split_pre(pattern)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=2000, min_frequency=2, special_tokens=SPECIAL_BPE,
@@ -276,10 +280,15 @@ def spm_as_hf(sp: spm.SentencePieceProcessor) -> Tokenizer:
 # Output
 
 
-def write_jsonl(path: Path, strings: list[str], ids: list[list[int]]) -> None:
+def write_jsonl(path: Path, strings: list[str], ids: list[list[int]], decoded=lambda s: s) -> None:
+    """One line per string: {"s": text, "ids": [...]}, plus "d": what decoding the ids gives where the model
+    changes the text (Qwen2's NFC, SentencePiece's U+2581 read as a space)."""
     with path.open("w", encoding="utf-8") as f:
         for s, i in zip(strings, ids):
-            f.write(json.dumps({"s": s, "ids": i}, ensure_ascii=False, separators=(",", ":")) + "\n")
+            line = {"s": s, "ids": i}
+            if decoded(s) != s:
+                line["d"] = decoded(s)
+            f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
     print(f"{path.relative_to(REPO)}: {len(strings)} strings, {sum(map(len, ids))} ids, {path.stat().st_size} bytes")
 
 
@@ -360,14 +369,15 @@ def main() -> int:
     chat_fixture(fields["tokenizer.chat_template"], args.out / "chat_templates.json")
 
     corpus = make_strings(20000, SEED + 2, specials=False)
-    for name, pattern, pre, ignore in (("llama3", LLAMA3_PATTERN, "llama-bpe", True),
-                                       ("qwen2", QWEN2_PATTERN, "qwen2", False)):
-        tk, tokens, merges = train_byte_level(pattern, corpus, ignore)
+    for name, pattern, pre, ignore, nfc in (("llama3", LLAMA3_PATTERN, "llama-bpe", True, False),
+                                            ("qwen2", QWEN2_PATTERN, "qwen2", False, True)):
+        tk, tokens, merges = train_byte_level(pattern, corpus, ignore, nfc)
         types = [3 if t in SPECIAL_BPE else 1 for t in tokens]
         write_gguf(args.out / f"{name}.gguf", "gpt2", pre, tokens, types, merges, None, bos=tokens.index(SPECIAL_BPE[0]),
                    eos=tokens.index(SPECIAL_BPE[1]), unk=None, add_bos=False, add_space_prefix=None, template=None)
         strings_v = make_strings(args.count_small, SEED + 3)
-        write_jsonl(args.out / f"{name}.jsonl", strings_v, encode_all(tk, strings_v))
+        write_jsonl(args.out / f"{name}.jsonl", strings_v, encode_all(tk, strings_v),
+                    (lambda s: unicodedata.normalize("NFC", s)) if nfc else (lambda s: s))
 
     # SentencePiece keeps every character of its corpus as a piece: train on English, code and the sample
     # sentences of other scripts only, so that the random characters of the test strings go through byte fallback.
@@ -394,7 +404,7 @@ def main() -> int:
                 print(f"sentencepiece and HF disagree on {s!r}: {sp_ids} vs {hf_ids}", file=sys.stderr)
         expected.append(hf_ids)
     print(f"spm: sentencepiece and HF tokenizers disagree on {disagree} of {len(strings_spm)} strings")
-    write_jsonl(args.out / "spm.jsonl", strings_spm, expected)
+    write_jsonl(args.out / "spm.jsonl", strings_spm, expected, lambda s: s.replace("▁", " "))
     return 0 if disagree == 0 else 1
 
 

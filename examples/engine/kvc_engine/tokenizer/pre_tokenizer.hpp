@@ -79,6 +79,8 @@ class PreTokenizer {
       ignore_merges_ = true;
     } else if (name == "qwen2" || name == "deepseek-r1-qwen") {
       regexes_.emplace_back(detail::with_unicode_white_space(p::kQwen2));
+      // Qwen2's tokenizer.json normalises text to NFC before splitting it.
+      nfc_ = true;
     } else {
       KVC_THROW("tokenizer.ggml.pre '" << name << "' is not a supported pre-tokenizer (" << kSupportedPreTokenizers
                                        << ")");
@@ -88,6 +90,8 @@ class PreTokenizer {
   [[nodiscard]] std::string const& name() const noexcept { return name_; }
   /// \brief Whether BPE keeps a piece that is itself a vocabulary entry as one token, without merging.
   [[nodiscard]] bool ignore_merges() const noexcept { return ignore_merges_; }
+  /// \brief Whether text is normalised to NFC before it is split.
+  [[nodiscard]] bool nfc() const noexcept { return nfc_; }
 
   /// \brief Replaces `pieces` by the pieces of `text` (valid UTF-8); `scratch` is reused between calls.
   void split(std::string_view text, std::vector<std::string_view>& pieces, std::vector<std::string_view>& scratch) const {
@@ -104,6 +108,7 @@ class PreTokenizer {
   std::string name_;
   std::vector<UnicodeRegex> regexes_;
   bool ignore_merges_ = false;
+  bool nfc_ = false;
 };
 
 }  // namespace kvc_engine

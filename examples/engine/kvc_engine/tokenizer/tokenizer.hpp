@@ -12,7 +12,8 @@
 ///
 /// Input text must be valid UTF-8 (an error names the offset otherwise). `decode` is the exact inverse of
 /// `encode` on the bytes: tokens that hold part of a UTF-8 character are concatenated as bytes, never
-/// replaced, so decode(encode(s)) == s for every text s (special tokens come back as their text).
+/// replaced, so decode(encode(s)) == s for every text s (special tokens come back as their text) — but for
+/// what the model itself changes: Qwen2 normalises to NFC, SentencePiece reads U+2581 as a space.
 
 #include <array>
 #include <cmath>
@@ -35,6 +36,7 @@
 #include "kvc_engine/tokenizer/sentencepiece_merges.hpp"
 #include "kvc_engine/tokenizer/special_tokens.hpp"
 #include "kvc_engine/tokenizer/tokenizer_model.hpp"
+#include "kvc_engine/tokenizer/unicode_nfc.hpp"
 #include "kvc_engine/tokenizer/utf8.hpp"
 #include "kvcompress/core/error.hpp"
 
@@ -192,6 +194,7 @@ class Tokenizer {
     std::vector<std::int32_t> symbols;
     std::vector<SpmPiece> spm_pieces;
     std::string text;
+    std::string normalized;  // the NFC form of a text stretch, for pre-tokenizers that ask for it
   };
 
   static bool is_special(TokenType t) noexcept {
@@ -305,6 +308,10 @@ class Tokenizer {
   }
 
   void encode_byte_level(std::string_view text, std::vector<std::int32_t>& ids, Scratch& s) const {
+    if (pre_->nfc()) {
+      s.normalized = detail::nfc(text);
+      text = s.normalized;
+    }
     pre_->split(text, s.pieces, s.pieces_scratch);
     for (std::string_view piece : s.pieces) {
       if (pre_->ignore_merges()) {
