@@ -3,9 +3,9 @@
 // SentencePiece GGUFs of tests/golden/tokenizer/, and the Llama 3 vocabulary under the smollm and gpt2
 // pre-tokenizers — and whether special tokens are parsed; the rest is the text. Checked: valid UTF-8
 // encodes without error to ids inside the vocabulary that decode back to the text (SentencePiece: with
-// U+2581 as a space; Qwen2: in NFC); anything else is refused with kvcompress::Error. The same bytes, read as 16-bit ids,
-// decode without error exactly when all are inside the vocabulary; as a chat template they are recognised
-// or refused with kvcompress::Error.
+// U+2581 as a space; Qwen2: in NFC); anything else is refused with kvcompress::Error. The same bytes, read as 16-bit
+// ids, decode without error exactly when all are inside the vocabulary; as a chat template they are recognised or
+// refused with kvcompress::Error.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

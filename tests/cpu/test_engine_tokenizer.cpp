@@ -2,7 +2,6 @@
 // kvcompress::Error naming the field and the value), and the byte-exact decode of tokens that hold part of a
 // UTF-8 character. Agreement with HF tokenizers on real vocabularies is checked in golden_tests/.
 #include <catch2/catch.hpp>
-
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -12,9 +11,9 @@
 #include "kvc_engine/tokenizer/tokenizer.hpp"
 #include "kvcompress/core/error.hpp"
 
+using Catch::Matchers::Contains;
 using kvc_engine::Tokenizer;
 using kvc_engine::TokenizerModel;
-using Catch::Matchers::Contains;
 
 namespace {
 
@@ -25,7 +24,9 @@ TokenizerModel byte_level_model() {
   m.model = "gpt2";
   m.pre = "smollm";
   for (unsigned b = 0; b < 256; ++b) m.tokens.push_back(kvc_engine::detail::byte_to_symbol()[b]);
-  m.tokens.push_back("\xC4\xA0" "a");  // Ġa
+  m.tokens.push_back(
+      "\xC4\xA0"
+      "a");  // Ġa
   m.tokens.push_back("<|end|>");
   m.token_types.assign(m.tokens.size(), 1);
   m.token_types.back() = 3;
@@ -79,15 +80,18 @@ TEST_CASE("tokenizer: merges that are malformed or name unknown tokens", "[engin
   TokenizerModel m = byte_level_model();
   SECTION("a left token outside the vocabulary") {
     m.merges.push_back("xyz a");
-    CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.merges[1] = 'xyz a': its left token 'xyz' is not in the vocabulary"));
+    CHECK_THROWS_WITH(Tokenizer(m),
+                      Contains("tokenizer.ggml.merges[1] = 'xyz a': its left token 'xyz' is not in the vocabulary"));
   }
   SECTION("a joined token outside the vocabulary") {
     m.merges.push_back("a b");
-    CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.merges[1] = 'a b': its joined token 'ab' is not in the vocabulary"));
+    CHECK_THROWS_WITH(Tokenizer(m),
+                      Contains("tokenizer.ggml.merges[1] = 'a b': its joined token 'ab' is not in the vocabulary"));
   }
   SECTION("not two tokens") {
     m.merges.push_back("ab");
-    CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.merges[1] = 'ab' is not two tokens separated by one space"));
+    CHECK_THROWS_WITH(Tokenizer(m),
+                      Contains("tokenizer.ggml.merges[1] = 'ab' is not two tokens separated by one space"));
   }
 }
 
@@ -102,7 +106,8 @@ TEST_CASE("tokenizer: inconsistent vocabulary arrays and special ids", "[engine]
   SECTION("special ids") {
     TokenizerModel m = byte_level_model();
     m.eos_id = 258;
-    CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.eos_token_id = 258 is outside the vocabulary of 258 tokens"));
+    CHECK_THROWS_WITH(Tokenizer(m),
+                      Contains("tokenizer.ggml.eos_token_id = 258 is outside the vocabulary of 258 tokens"));
     m.eos_id = -1;
     m.add_bos = true;
     CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.add_bos_token is set but there is no bos_token_id"));
@@ -115,20 +120,22 @@ TEST_CASE("tokenizer: inconsistent vocabulary arrays and special ids", "[engine]
   SECTION("a byte-level token outside the GPT-2 alphabet") {
     TokenizerModel m = byte_level_model();
     m.tokens[256] = "a b";
-    CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.tokens[256] = 'a b' is not written in the byte-level alphabet"));
+    CHECK_THROWS_WITH(Tokenizer(m),
+                      Contains("tokenizer.ggml.tokens[256] = 'a b' is not written in the byte-level alphabet"));
   }
   SECTION("a byte token not written <0xNN>") {
     TokenizerModel m = sentencepiece_model();
     m.tokens[3] = "<0xZZ>";
-    CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.tokens[3] = '<0xZZ>' is a byte token but not written <0xNN>"));
+    CHECK_THROWS_WITH(Tokenizer(m),
+                      Contains("tokenizer.ggml.tokens[3] = '<0xZZ>' is a byte token but not written <0xNN>"));
   }
 }
 
 TEST_CASE("tokenizer: text that is not valid UTF-8 is refused with the offset", "[engine][tokenizer]") {
   Tokenizer const t(byte_level_model());
   CHECK_THROWS_WITH(t.encode("ab\xC3("), Contains("text is not valid UTF-8: byte 0xC3 at offset 2 of 4"));
-  CHECK_THROWS_WITH(t.encode("\xED\xA0\x80"), Contains("byte 0xED at offset 0"));   // a UTF-16 surrogate
-  CHECK_THROWS_WITH(t.encode("x\xC0\xAF"), Contains("byte 0xC0 at offset 1"));     // an overlong '/'
+  CHECK_THROWS_WITH(t.encode("\xED\xA0\x80"), Contains("byte 0xED at offset 0"));      // a UTF-16 surrogate
+  CHECK_THROWS_WITH(t.encode("x\xC0\xAF"), Contains("byte 0xC0 at offset 1"));         // an overlong '/'
   CHECK_THROWS_WITH(t.encode("\xF4\x90\x80\x80"), Contains("byte 0xF4 at offset 0"));  // above U+10FFFF
 }
 
@@ -151,7 +158,7 @@ TEST_CASE("tokenizer: a byte with no token and no unknown token", "[engine][toke
 TEST_CASE("tokenizer: tokens holding part of a UTF-8 character decode to their exact bytes", "[engine][tokenizer]") {
   Tokenizer const t(byte_level_model());
   std::vector<std::int32_t> const ids = t.encode("\xC3\xA9 a<|end|>");  // é, " a", <|end|>
-  CHECK(ids == std::vector<std::int32_t>{0xC3, 0xA9, 256, 257});  // byte b is token b here
+  CHECK(ids == std::vector<std::int32_t>{0xC3, 0xA9, 256, 257});        // byte b is token b here
   CHECK(t.decode({ids[0]}) == "\xC3");
   CHECK(t.decode({ids[1]}) == "\xA9");
   CHECK(t.decode(ids) == "\xC3\xA9 a<|end|>");

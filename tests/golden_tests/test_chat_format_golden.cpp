@@ -2,12 +2,10 @@
 // SmolLM2 GGUF's template and ChatML, Llama 3, Mistral v0.1 and Mixtral templates, each conversation rendered to
 // the same text, and the conversations a template refuses refused.
 #include <catch2/catch.hpp>
-
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "kvc_engine/chat_format.hpp"
 #include "kvcompress/core/error.hpp"
@@ -24,14 +22,15 @@ TEST_CASE("chat format: five templates render as transformers' apply_chat_templa
   for (auto const& f : fixture.at("formats")) {
     std::string const name = f.at("name").get<std::string>();
     CAPTURE(name);
-    ChatFormat const format = ChatFormat::from_template(f.at("template").get<std::string>(), f.at("bos").get<std::string>(),
-                                                       f.at("eos").get<std::string>());
+    ChatFormat const format = ChatFormat::from_template(f.at("template").get<std::string>(),
+                                                        f.at("bos").get<std::string>(), f.at("eos").get<std::string>());
     if (name == "smollm2") {
       CHECK(format.default_system() == "You are a helpful AI assistant named SmolLM, trained by Hugging Face");
     }
     for (auto const& c : f.at("cases")) {
       std::vector<ChatMessage> messages;
-      for (auto const& m : c.at("messages")) messages.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
+      for (auto const& m : c.at("messages"))
+        messages.push_back({m.at("role").get<std::string>(), m.at("content").get<std::string>()});
       bool const gen = c.at("add_generation_prompt").get<bool>();
       CAPTURE(c.at("messages").dump(), gen);
       if (c.contains("error")) {

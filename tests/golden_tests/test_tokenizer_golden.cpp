@@ -2,18 +2,16 @@
 // encodes to exactly the reference's ids and decodes back to itself, for SmolLM2's GGUF (smollm and gpt2
 // pre-tokenizers over its vocabulary) and for the tiny Llama 3, Qwen2 and SentencePiece GGUFs the script trained.
 #include <catch2/catch.hpp>
-
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "golden_scenario.hpp"
 #include "kvc_engine/gguf.hpp"
@@ -98,7 +96,8 @@ TEST_CASE("tokenizer: SmolLM2's GGUF tokenizes 10,000 strings as HF tokenizers d
   }
 }
 
-TEST_CASE("tokenizer: tiny Llama 3, Qwen2 and SentencePiece GGUFs tokenize as HF tokenizers does", "[tokenizer][golden]") {
+TEST_CASE("tokenizer: tiny Llama 3, Qwen2 and SentencePiece GGUFs tokenize as HF tokenizers does",
+          "[tokenizer][golden]") {
   SECTION("llama-bpe") {
     Tokenizer const tokenizer(model_from(kTokenizerDir + "/llama3.gguf"));
     CHECK(tokenizer.model().pre == "llama-bpe");

@@ -14,8 +14,8 @@ gives, written as JSON lines to tests/golden/tokenizer/<name>.jsonl (`{"s": text
 * gpt2 — the same vocabulary and merges under GPT-2's pre-tokenizer (ByteLevel with its regex, no Digits step).
 * llama3 / qwen2 — small byte-level BPE vocabularies (2,000 tokens) trained here with HF tokenizers' BpeTrainer on
   the strings below, under Llama 3's and Qwen2's Split patterns followed by ByteLevel(use_regex=False); Llama 3's
-  BPE model has ignore_merges and Qwen2's tokenizer an NFC normaliser, as their tokenizer.json files do. Written to tiny GGUF files (no tensors) with the `gguf`
-  package's GGUFWriter (tokenizer.ggml.pre = llama-bpe / qwen2).
+  BPE model has ignore_merges and Qwen2's tokenizer an NFC normaliser, as their tokenizer.json files do. Written
+  to tiny GGUF files (no tensors) with the `gguf` package's GGUFWriter (tokenizer.ggml.pre = llama-bpe / qwen2).
 * spm — a SentencePiece BPE model (1,500 pieces, byte fallback, identity normalisation, dummy prefix, as Llama 2's)
   trained with the `sentencepiece` package; expected ids from sentencepiece itself, and the same strings through
   HF tokenizers' BPE built as transformers converts a SentencePiece model (merges by piece score, byte fallback,
@@ -33,6 +33,7 @@ Run: python tools/golden/generate_tokenizer.py --smollm2-gguf PATH/SmolLM2-135M-
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import random
 import sys
@@ -41,7 +42,6 @@ import unicodedata
 from pathlib import Path
 
 import gguf
-import numpy as np
 import sentencepiece as spm
 import tokenizers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -110,7 +110,8 @@ def number(rng: random.Random) -> str:
         return f"{rng.randint(1900, 2100)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
     if kind == 4:
         return f"{rng.random():.3e}"
-    return "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 12))) + rng.choice(["%", "px", "kg", "th", ""])
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 12)))
+    return digits + rng.choice(["%", "px", "kg", "th", ""])
 
 
 def sentence(rng: random.Random) -> str:
@@ -316,10 +317,12 @@ MIXTRAL_TEMPLATE = _MISTRAL.replace("@@", "")  # mistralai/Mixtral-8x7B-Instruct
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+    [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "And 3+3?"}],
     [{"role": "system", "content": "Answer in French.\nBe brief."}, {"role": "user", "content": "Hello"},
      {"role": "assistant", "content": "Bonjour"}],
-    [{"role": "user", "content": "  spaces and\ttabs  \n"}, {"role": "assistant", "content": "   I am an assistant   "}],
+    [{"role": "user", "content": "  spaces and\ttabs  \n"},
+     {"role": "assistant", "content": "   I am an assistant   "}],
     [{"role": "user", "content": ""}],
     [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
 ]
@@ -357,7 +360,7 @@ def main() -> int:
     ap.add_argument("--count-small", type=int, default=2000, help="strings for each of the other tokenizers")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"tokenizers {tokenizers.__version__}, gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, "
+    print(f"tokenizers {tokenizers.__version__}, gguf {importlib.metadata.version('gguf')}, "
           f"sentencepiece {spm.__version__}")
 
     fields = gguf_tokenizer_fields(args.smollm2_gguf)
@@ -373,8 +376,9 @@ def main() -> int:
                                             ("qwen2", QWEN2_PATTERN, "qwen2", False, True)):
         tk, tokens, merges = train_byte_level(pattern, corpus, ignore, nfc)
         types = [3 if t in SPECIAL_BPE else 1 for t in tokens]
-        write_gguf(args.out / f"{name}.gguf", "gpt2", pre, tokens, types, merges, None, bos=tokens.index(SPECIAL_BPE[0]),
-                   eos=tokens.index(SPECIAL_BPE[1]), unk=None, add_bos=False, add_space_prefix=None, template=None)
+        write_gguf(args.out / f"{name}.gguf", "gpt2", pre, tokens, types, merges, None,
+                   bos=tokens.index(SPECIAL_BPE[0]), eos=tokens.index(SPECIAL_BPE[1]), unk=None, add_bos=False,
+                   add_space_prefix=None, template=None)
         strings_v = make_strings(args.count_small, SEED + 3)
         write_jsonl(args.out / f"{name}.jsonl", strings_v, encode_all(tk, strings_v),
                     (lambda s: unicodedata.normalize("NFC", s)) if nfc else (lambda s: s))

@@ -55,8 +55,10 @@ class ChatFormat {
       f.style_ = ChatStyle::kMistral;
       f.space_after_eos_ = contains(jinja, "eos_token + ' '");
     } else {
-      KVC_THROW("tokenizer.chat_template is not a chat format this engine knows (ChatML, Llama 3, Mistral [INST]); "
-                "it begins: '" << jinja.substr(0, 120) << (jinja.size() > 120 ? "...'" : "'"));
+      KVC_THROW(
+          "tokenizer.chat_template is not a chat format this engine knows (ChatML, Llama 3, Mistral [INST]); "
+          "it begins: '"
+          << jinja.substr(0, 120) << (jinja.size() > 120 ? "...'" : "'"));
     }
     return f;
   }
@@ -64,9 +66,12 @@ class ChatFormat {
   [[nodiscard]] ChatStyle style() const noexcept { return style_; }
   [[nodiscard]] char const* name() const noexcept {
     switch (style_) {
-      case ChatStyle::kChatMl: return "ChatML";
-      case ChatStyle::kLlama3: return llama31_date_ ? "Llama 3.1" : "Llama 3";
-      case ChatStyle::kMistral: return "Mistral";
+      case ChatStyle::kChatMl:
+        return "ChatML";
+      case ChatStyle::kLlama3:
+        return llama31_date_ ? "Llama 3.1" : "Llama 3";
+      case ChatStyle::kMistral:
+        return "Mistral";
     }
     return "?";
   }
@@ -77,9 +82,12 @@ class ChatFormat {
   /// `add_generation_prompt`. Special tokens appear as their text: encode with parse_special on.
   [[nodiscard]] std::string apply(std::vector<ChatMessage> const& messages, bool add_generation_prompt) const {
     switch (style_) {
-      case ChatStyle::kChatMl: return chatml(messages, add_generation_prompt);
-      case ChatStyle::kLlama3: return llama3(messages, add_generation_prompt);
-      case ChatStyle::kMistral: return mistral(messages);
+      case ChatStyle::kChatMl:
+        return chatml(messages, add_generation_prompt);
+      case ChatStyle::kLlama3:
+        return llama3(messages, add_generation_prompt);
+      case ChatStyle::kMistral:
+        return mistral(messages);
     }
     return {};
   }

@@ -47,7 +47,8 @@ class BpeMerges {
     if (ids.size() < 2) return;
     auto const n = static_cast<std::int32_t>(ids.size());
     std::vector<Node> nodes(ids.size());
-    for (std::int32_t i = 0; i < n; ++i) nodes[static_cast<std::size_t>(i)] = Node{ids[static_cast<std::size_t>(i)], i - 1, i + 1 < n ? i + 1 : -1};
+    for (std::int32_t i = 0; i < n; ++i)
+      nodes[static_cast<std::size_t>(i)] = Node{ids[static_cast<std::size_t>(i)], i - 1, i + 1 < n ? i + 1 : -1};
     std::priority_queue<Candidate, std::vector<Candidate>, Later> heap;
     auto const push = [&](std::int32_t left) {
       if (left < 0) return;
@@ -74,7 +75,8 @@ class BpeMerges {
       push(c.left);
     }
     ids.clear();
-    for (std::int32_t i = 0; i >= 0; i = nodes[static_cast<std::size_t>(i)].next) ids.push_back(nodes[static_cast<std::size_t>(i)].id);
+    for (std::int32_t i = 0; i >= 0; i = nodes[static_cast<std::size_t>(i)].next)
+      ids.push_back(nodes[static_cast<std::size_t>(i)].id);
   }
 
  private:
@@ -105,7 +107,7 @@ class BpeMerges {
                                std::size_t rank, std::string const& merge, char const* role) {
     auto const it = vocab.find(text);
     KVC_CHECK(it != vocab.end(), "tokenizer.ggml.merges[" << rank << "] = '" << merge << "': its " << role << " '"
-                                                        << text << "' is not in the vocabulary");
+                                                          << text << "' is not in the vocabulary");
     return it->second;
   }
 

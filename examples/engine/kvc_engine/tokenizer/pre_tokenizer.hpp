@@ -60,7 +60,8 @@ inline std::string with_unicode_white_space(std::string_view pattern) {
 }  // namespace detail
 
 /// \brief The `tokenizer.ggml.pre` names this engine knows, for error messages.
-inline constexpr char kSupportedPreTokenizers[] = "gpt-2 (or gpt2), smollm, llama-bpe (or llama3, llama-v3), qwen2 (or deepseek-r1-qwen)";
+inline constexpr char kSupportedPreTokenizers[] =
+    "gpt-2 (or gpt2), smollm, llama-bpe (or llama3, llama-v3), qwen2 (or deepseek-r1-qwen)";
 
 /// \brief A pre-tokenizer variant: its patterns, applied in order.
 class PreTokenizer {
@@ -94,7 +95,8 @@ class PreTokenizer {
   [[nodiscard]] bool nfc() const noexcept { return nfc_; }
 
   /// \brief Replaces `pieces` by the pieces of `text` (valid UTF-8); `scratch` is reused between calls.
-  void split(std::string_view text, std::vector<std::string_view>& pieces, std::vector<std::string_view>& scratch) const {
+  void split(std::string_view text, std::vector<std::string_view>& pieces,
+             std::vector<std::string_view>& scratch) const {
     pieces.clear();
     pieces.push_back(text);
     for (UnicodeRegex const& regex : regexes_) {

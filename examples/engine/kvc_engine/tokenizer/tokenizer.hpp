@@ -45,7 +45,7 @@ namespace kvc_engine {
 namespace detail {
 
 /// A text for an error message: at most 40 bytes, control bytes escaped.
-inline std::string printable(std::string_view s) {
+inline std::string excerpt(std::string_view s) {
   std::ostringstream os;
   for (std::size_t i = 0; i < s.size() && i < 40; ++i) {
     auto const b = static_cast<unsigned char>(s[i]);
@@ -84,15 +84,18 @@ class Tokenizer {
     KVC_CHECK(model_.token_types.empty() || model_.token_types.size() == n,
               "tokenizer.ggml.token_type holds " << model_.token_types.size() << " entries for " << n << " tokens");
     for (std::size_t i = 0; i < model_.token_types.size(); ++i) {
-      KVC_CHECK(model_.token_types[i] >= 0 && model_.token_types[i] <= 6,
-                "tokenizer.ggml.token_type[" << i << "] = " << model_.token_types[i] << " is not a token type (0 to 6)");
+      KVC_CHECK(model_.token_types[i] >= 0 && model_.token_types[i] <= 6, "tokenizer.ggml.token_type["
+                                                                              << i << "] = " << model_.token_types[i]
+                                                                              << " is not a token type (0 to 6)");
     }
     check_id(model_.bos_id, "tokenizer.ggml.bos_token_id");
     check_id(model_.eos_id, "tokenizer.ggml.eos_token_id");
     check_id(model_.unknown_id, "tokenizer.ggml.unknown_token_id");
     check_id(model_.padding_id, "tokenizer.ggml.padding_token_id");
-    KVC_CHECK(!model_.add_bos || model_.bos_id >= 0, "tokenizer.ggml.add_bos_token is set but there is no bos_token_id");
-    KVC_CHECK(!model_.add_eos || model_.eos_id >= 0, "tokenizer.ggml.add_eos_token is set but there is no eos_token_id");
+    KVC_CHECK(!model_.add_bos || model_.bos_id >= 0,
+              "tokenizer.ggml.add_bos_token is set but there is no bos_token_id");
+    KVC_CHECK(!model_.add_eos || model_.eos_id >= 0,
+              "tokenizer.ggml.add_eos_token is set but there is no eos_token_id");
 
     for (std::size_t i = 0; i < n; ++i) {
       std::int32_t const id = static_cast<std::int32_t>(i);
@@ -125,8 +128,9 @@ class Tokenizer {
   [[nodiscard]] std::vector<std::int32_t> encode(std::string_view text, bool add_bos_eos = true,
                                                  bool parse_special = true) const {
     std::size_t const bad = detail::first_invalid_utf8(text);
-    KVC_CHECK(bad == text.size(), "text is not valid UTF-8: byte " << detail::hex_byte(static_cast<unsigned char>(text[bad]))
-                                                                   << " at offset " << bad << " of " << text.size());
+    KVC_CHECK(bad == text.size(), "text is not valid UTF-8: byte "
+                                      << detail::hex_byte(static_cast<unsigned char>(text[bad])) << " at offset " << bad
+                                      << " of " << text.size());
     std::vector<std::int32_t> ids;
     if (add_bos_eos && model_.add_bos) ids.push_back(bos_id());
     std::vector<TextSegment> segments;
@@ -251,7 +255,7 @@ class Tokenizer {
         cp = ((static_cast<unsigned char>(text[k]) & 0x1Fu) << 6) | (static_cast<unsigned char>(text[k + 1]) & 0x3Fu);
       }
       std::int16_t const byte = len == 0 || len > 2 || cp >= 0x200 ? -1 : detail::code_point_to_byte()[cp];
-      KVC_CHECK(byte >= 0, "tokenizer.ggml.tokens[" << id << "] = '" << detail::printable(text)
+      KVC_CHECK(byte >= 0, "tokenizer.ggml.tokens[" << id << "] = '" << detail::excerpt(text)
                                                     << "' is not written in the byte-level alphabet (at byte " << k
                                                     << ")");
       bytes.push_back(static_cast<char>(byte));
@@ -264,7 +268,8 @@ class Tokenizer {
     KVC_CHECK(model_.scores.size() == vocab_size(),
               "tokenizer.ggml.scores holds " << model_.scores.size() << " entries for " << vocab_size() << " tokens");
     for (std::size_t i = 0; i < vocab_size(); ++i) {
-      KVC_CHECK(std::isfinite(model_.scores[i]), "tokenizer.ggml.scores[" << i << "] = " << model_.scores[i] << " is not finite");
+      KVC_CHECK(std::isfinite(model_.scores[i]),
+                "tokenizer.ggml.scores[" << i << "] = " << model_.scores[i] << " is not finite");
     }
     vocab_ = text_to_id([](TokenType t) { return t == TokenType::kNormal || t == TokenType::kUndefined; });
     for (unsigned b = 0; b < 256; ++b) byte_ids_[b] = -1;
@@ -276,7 +281,7 @@ class Tokenizer {
         unsigned value = 0;
         bool const ok = text.size() == 6 && text.compare(0, 3, "<0x") == 0 && text[5] == '>' &&
                         std::sscanf(text.c_str() + 3, "%2x", &value) == 1;
-        KVC_CHECK(ok, "tokenizer.ggml.tokens[" << i << "] = '" << detail::printable(text)
+        KVC_CHECK(ok, "tokenizer.ggml.tokens[" << i << "] = '" << detail::excerpt(text)
                                                << "' is a byte token but not written <0xNN>");
         byte_ids_[value] = static_cast<std::int32_t>(i);
         token_bytes_[i] = std::string(1, static_cast<char>(value));
@@ -301,9 +306,9 @@ class Tokenizer {
   [[nodiscard]] std::int32_t byte_id(unsigned char b, std::string_view context, std::size_t offset) const {
     std::int32_t const id = byte_ids_[b];
     if (id >= 0) return id;
-    KVC_CHECK(model_.unknown_id >= 0, "the vocabulary has no token for byte " << detail::hex_byte(b) << " (in '"
-                                                                              << detail::printable(context) << "' at offset "
-                                                                              << offset << ") and no unknown token");
+    KVC_CHECK(model_.unknown_id >= 0, "the vocabulary has no token for byte "
+                                          << detail::hex_byte(b) << " (in '" << detail::excerpt(context)
+                                          << "' at offset " << offset << ") and no unknown token");
     return static_cast<std::int32_t>(model_.unknown_id);
   }
 
@@ -324,7 +329,8 @@ class Tokenizer {
         }
       }
       s.symbols.clear();
-      for (std::size_t k = 0; k < piece.size(); ++k) s.symbols.push_back(byte_id(static_cast<unsigned char>(piece[k]), piece, k));
+      for (std::size_t k = 0; k < piece.size(); ++k)
+        s.symbols.push_back(byte_id(static_cast<unsigned char>(piece[k]), piece, k));
       merges_.apply(s.symbols);
       ids.insert(ids.end(), s.symbols.begin(), s.symbols.end());
     }
@@ -348,16 +354,17 @@ class Tokenizer {
         ids.push_back(it->second);
         continue;
       }
-      for (std::size_t k = 0; k < piece.size(); ++k) ids.push_back(byte_id(static_cast<unsigned char>(piece[k]), piece, k));
+      for (std::size_t k = 0; k < piece.size(); ++k)
+        ids.push_back(byte_id(static_cast<unsigned char>(piece[k]), piece, k));
     }
   }
 
   TokenizerModel model_;
-  std::optional<PreTokenizer> pre_;                     // byte-level models only
+  std::optional<PreTokenizer> pre_;                      // byte-level models only
   std::unordered_map<std::string, std::int32_t> vocab_;  // byte-level: every token; SentencePiece: mergeable ones
   BpeMerges merges_;
-  std::array<std::int32_t, 256> byte_ids_{};             // the token of each byte (-1: none)
-  std::vector<std::string> token_bytes_;                 // id → the bytes it decodes to
+  std::array<std::int32_t, 256> byte_ids_{};  // the token of each byte (-1: none)
+  std::vector<std::string> token_bytes_;      // id → the bytes it decodes to
   SpecialTokenSplitter specials_;
 };
 

@@ -17,7 +17,7 @@ enum class TokenType : std::int32_t {
   kControl = 3,      // <s>, <|im_start|>: matched in the text before pre-tokenisation, decoded as written
   kUserDefined = 4,  // added tokens: treated like control tokens
   kUnused = 5,
-  kByte = 6,         // SentencePiece byte fallback <0xNN>
+  kByte = 6,  // SentencePiece byte fallback <0xNN>
 };
 
 /// \brief Everything the tokenizer needs, field for field from GGUF metadata.

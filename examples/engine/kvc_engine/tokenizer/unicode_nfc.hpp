@@ -3,12 +3,12 @@
 /// \brief Unicode normalisation form C (canonical composition), through utf8proc: the normaliser of
 /// Qwen2's tokenizer.json, which HF tokenizers applies to text before pre-tokenisation.
 
+#include <utf8proc.h>
+
 #include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
-
-#include <utf8proc.h>
 
 #include "kvcompress/core/error.hpp"
 
