@@ -323,7 +323,9 @@ class Tokenizer {
         s.text.clear();
         for (char c : piece) s.text += detail::byte_to_symbol()[static_cast<unsigned char>(c)];
         auto const it = vocab_.find(s.text);
-        if (it != vocab_.end()) {
+        // Only a normal token stands for a piece (HF's BPE vocabulary holds no added tokens).
+        if (it != vocab_.end() &&
+            (type(it->second) == TokenType::kNormal || type(it->second) == TokenType::kUndefined)) {
           ids.push_back(it->second);
           continue;
         }
