@@ -3,6 +3,8 @@
 // UTF-8 character. Agreement with HF tokenizers on real vocabularies is checked in golden_tests/.
 #include <catch2/catch.hpp>
 #include <cstdint>
+#include <cstdio>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -116,6 +118,8 @@ TEST_CASE("tokenizer: inconsistent vocabulary arrays and special ids", "[engine]
     TokenizerModel m = sentencepiece_model();
     m.scores.pop_back();
     CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.scores holds 260 entries for 261 tokens"));
+    m.scores.push_back(std::numeric_limits<float>::quiet_NaN());
+    CHECK_THROWS_WITH(Tokenizer(m), Contains("tokenizer.ggml.scores[260] = nan is not finite"));
   }
   SECTION("a byte-level token outside the GPT-2 alphabet") {
     TokenizerModel m = byte_level_model();
