@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kvc_engine/chat_format.hpp"
@@ -175,4 +176,29 @@ TEST_CASE("chat format: a template of no known family, or none", "[engine][chat]
                              "[INST]); it begins: '{{ messages[0]['content'] }}'"));
   CHECK_THROWS_WITH(kvc_engine::ChatFormat::from_template("", "<s>", "</s>"),
                     Contains("the model has no tokenizer.chat_template"));
+}
+
+TEST_CASE("tokenizer: one tokenizer encodes and decodes from several threads at once", "[engine][tokenizer]") {
+  // encode and decode are const and keep their state on the stack (the compiled patterns are shared and
+  // read-only), so an engine may share one tokenizer between threads; the thread sanitizer build checks it.
+  Tokenizer const t(byte_level_model());
+  std::vector<std::string> texts;
+  for (int i = 0; i < 64; ++i)
+    texts.push_back("item " + std::to_string(i * 7919) + " a\xC3\xA9 <|end|>\t" + std::string(i, ' '));
+  std::vector<std::vector<std::int32_t>> expected;
+  for (auto const& s : texts) expected.push_back(t.encode(s));
+  std::vector<int> wrong(4, 0);
+  std::vector<std::thread> threads;
+  for (std::size_t k = 0; k < wrong.size(); ++k) {
+    threads.emplace_back([&, k] {
+      for (int round = 0; round < 20; ++round) {
+        for (std::size_t i = 0; i < texts.size(); ++i) {
+          std::vector<std::int32_t> const ids = t.encode(texts[i]);
+          if (ids != expected[i] || t.decode(ids) != texts[i]) ++wrong[k];
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(wrong == std::vector<int>(4, 0));
 }
