@@ -80,7 +80,9 @@ TEST_CASE("GGUF v2 reads as v3; big-endian files are refused", "[golden][gguf]")
 }
 
 TEST_CASE("GGUF architecture metadata gives the config transformers derives", "[golden][gguf]") {
-  for (auto const& arch : kvc_test::load_json(kDir + "/index.json").at("models")) {
+  json const index = kvc_test::load_json(kDir + "/index.json");  // not a temporary: the loop reads into it
+  REQUIRE(index.at("models").size() == 3);
+  for (auto const& arch : index.at("models")) {
     json const meta = kvc_test::load_json(kDir + "/" + arch.get<std::string>() + ".json");
     json const& hf = meta.at("transformers_config");
     kvc_engine::GgufFile const f = kvc_engine::GgufFile::open(kDir + "/" + meta.at("file").get<std::string>());
@@ -106,7 +108,9 @@ TEST_CASE("GGUF architecture metadata gives the config transformers derives", "[
 }
 
 TEST_CASE("GGUF models' logits equal transformers' loading the same file (fp32)", "[golden][gguf]") {
-  for (auto const& arch : kvc_test::load_json(kDir + "/index.json").at("models")) {
+  json const index = kvc_test::load_json(kDir + "/index.json");  // not a temporary: the loop reads into it
+  REQUIRE(index.at("models").size() == 3);
+  for (auto const& arch : index.at("models")) {
     json const meta = kvc_test::load_json(kDir + "/" + arch.get<std::string>() + ".json");
     std::vector<std::int32_t> const prompt = meta.at("prompt");
     kvc_engine::Model const model = kvc_engine::load_model(kDir + "/" + meta.at("file").get<std::string>());
