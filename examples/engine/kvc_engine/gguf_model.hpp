@@ -254,9 +254,8 @@ class GgufTensors {
 
 }  // namespace detail
 
-/// \brief Loads a GGUF model file: its configuration and its weights, dequantised to float.
-inline Model load_gguf_model(std::string const& path) {
-  GgufFile const f = GgufFile::open(path);
+/// \brief A model from a validated GGUF file: its configuration and its weights, dequantised to float.
+inline Model load_gguf_model(GgufFile const& f) {
   Model m;
   m.config = gguf_model_config(f);
   ModelConfig const& c = m.config;
@@ -306,5 +305,8 @@ inline Model load_gguf_model(std::string const& path) {
   }
   return m;
 }
+
+/// \brief Loads a GGUF model file (memory-mapped while its tensors are dequantised).
+inline Model load_gguf_model(std::string const& path) { return load_gguf_model(GgufFile::open(path)); }
 
 }  // namespace kvc_engine
