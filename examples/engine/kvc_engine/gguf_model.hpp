@@ -13,6 +13,7 @@
 /// Partial rotary, per-layer head counts, other RoPE fields and unknown architectures are errors naming
 /// the key and the value.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
