@@ -244,7 +244,7 @@ TEST_CASE("GGUF reader refuses malformed files, naming the key or tensor and the
 }
 
 TEST_CASE("GGUF model metadata: the llama permutation, RoPE fields, and errors naming the key", "[gguf]") {
-  SECTION("a valid file loads; Q and K rows are un-permuted per head") {
+  SECTION("a valid file loads, Q and K rows are un-permuted per head") {
     kvc_engine::ModelConfig const c = kvc_engine::gguf_model_config(parse(tiny_llama().bytes()));
     CHECK(c.head_dim == 16);
     CHECK(c.tie_word_embeddings);

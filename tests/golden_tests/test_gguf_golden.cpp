@@ -65,7 +65,7 @@ TEST_CASE("GGUF dequantisation equals the gguf package's, element for element", 
   CHECK(types == 13);
 }
 
-TEST_CASE("GGUF v2 reads as v3; big-endian files are refused", "[golden][gguf]") {
+TEST_CASE("GGUF v2 reads as v3, big-endian files are refused", "[golden][gguf]") {
   SECTION("version 2") {
     std::vector<unsigned char> bytes = read_bytes(kDir + "/dequant.gguf");
     bytes[4] = 2;  // v2 and v3 have the same little-endian layout
