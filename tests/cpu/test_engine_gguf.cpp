@@ -284,6 +284,11 @@ TEST_CASE("GGUF model metadata: the llama permutation, RoPE fields, and errors n
                       Contains("metadata 'llama.rope.scaling.alpha' is a RoPE field the engine does not support"));
     CHECK_THROWS_WITH(config(tiny_llama().str("llama.rope.scaling.type", "longrope")),
                       Contains("llama.rope.scaling.type = 'longrope' is not supported (none, linear, yarn)"));
+    CHECK_THROWS_WITH(config(tiny_llama()
+                                 .str("llama.rope.scaling.type", "yarn")
+                                 .u32("llama.rope.scaling.original_context_length", 16)
+                                 .f32("llama.rope.scaling.attn_factor", 0.5F)),
+                      Contains("llama.rope.scaling.attn_factor = 0.5 is not supported (only 1"));
     CHECK_THROWS_WITH(config(tiny_llama().u32("llama.vocab_size", 5)),
                       Contains("llama.vocab_size = 5 but token_embd.weight has 4 rows"));
     GgufBuilder per_layer;

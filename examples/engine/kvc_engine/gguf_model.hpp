@@ -129,7 +129,11 @@ inline kvcompress::RopeConfig gguf_rope(GgufFile const& f, std::string const& ar
                                                       static_cast<double>(c.original_max_position_embeddings));
     c.beta_fast = r.number_or("rope.scaling.yarn_beta_fast", 32.0);
     c.beta_slow = r.number_or("rope.scaling.yarn_beta_slow", 1.0);
-    c.attention_factor = r.number_or("rope.scaling.attn_factor", 0.0);
+    // llama.cpp multiplies yarn's derived attention scaling by attn_factor; only its default, 1, is certain
+    // to mean what transformers' derived scaling means.
+    double const attn_factor = r.number_or("rope.scaling.attn_factor", 1.0);
+    KVC_CHECK(attn_factor == 1.0, f.source() << ": " << r.key("rope.scaling.attn_factor") << " = " << attn_factor
+                                             << " is not supported (only 1: yarn's attention scaling as derived from the factor)");
   } else {
     KVC_CHECK(type == "none", f.source() << ": " << r.key("rope.scaling.type") << " = '" << detail::printable(type)
                                          << "' is not supported (none, linear, yarn)");
