@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   std::int64_t max_new_tokens = 32;
   std::uint64_t seed = 0;
   int threads = 0, repeat = 1;
-  app.add_option("--model", model_dir, "HF checkpoint folder (config.json + *.safetensors)")->required();
+  app.add_option("--model", model_dir, "GGUF model file (.gguf) or HF checkpoint folder (config.json + *.safetensors)")->required();
   auto* p = app.add_option("--prompt", prompt, "prompt token ids, separated by spaces or commas");
   auto* pf = app.add_option("--prompt-file", prompt_file, "file holding the prompt token ids");
   p->excludes(pf);

@@ -383,7 +383,7 @@ int main(int argc, char** argv) {
                "the compression ratio, on a model and pre-tokenised tasks (default: the model the project ships)"};
   // An option given twice takes its last value, as in most command lines (scripts append overrides).
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  app.add_option("--model", o.model, "HF checkpoint folder (config.json + *.safetensors)")->capture_default_str();
+  app.add_option("--model", o.model, "GGUF model file (.gguf) or HF checkpoint folder (config.json + *.safetensors)")->capture_default_str();
   app.add_option("--tasks", o.tasks, "task examples, JSON Lines {length, task, prompt, answer[, question]} "
                                      "(default: <model>/tasks.jsonl)");
   app.add_option("--heldout", o.heldout, "held-out text, JSON Lines {tokens} (default: <model>/heldout_text.jsonl)");

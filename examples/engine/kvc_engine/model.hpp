@@ -1,8 +1,9 @@
 #pragma once
 /// \file
-/// \brief `Model`: the configuration and the weights of a checkpoint folder (`config.json` and one or more
-/// `*.safetensors`, sharded through `model.safetensors.index.json` or not). Weights stored as F32, F16 or
-/// BF16 are widened to float on load: the engine computes in float32 throughout.
+/// \brief `load_model`: the configuration and the weights of a checkpoint — a GGUF file (`gguf_model.hpp`)
+/// or an HF folder (`config.json` and one or more `*.safetensors`, sharded through
+/// `model.safetensors.index.json` or not). Weights are widened or dequantised to float on load: the engine
+/// computes in float32 throughout.
 
 #include <algorithm>
 #include <cstdint>
@@ -15,32 +16,11 @@
 #include <vector>
 
 #include "kvc_engine/config.hpp"
+#include "kvc_engine/gguf_model.hpp"
+#include "kvc_engine/model_weights.hpp"
 #include "kvc_engine/safetensors.hpp"
 
 namespace kvc_engine {
-
-/// Row-major matrices [out, in] as HF stores nn.Linear weights; vectors for norms and biases (empty when
-/// the architecture has none).
-struct LayerWeights {
-  std::vector<float> input_norm;               // [hidden]
-  std::vector<float> q_w, k_w, v_w, o_w;       // [heads·head_dim, hidden] ×3 (k, v: kv_heads), o: [hidden, heads·head_dim]
-  std::vector<float> q_b, k_b, v_b, o_b;       // [heads·head_dim] / [kv_heads·head_dim] / [hidden], or empty
-  std::vector<float> q_norm, k_norm;           // [head_dim] (Qwen3), or empty
-  std::vector<float> post_norm;                // [hidden]
-  std::vector<float> gate_w, up_w, down_w;     // [intermediate, hidden] ×2, [hidden, intermediate]
-  std::vector<float> gate_b, up_b, down_b;     // Llama's mlp_bias, or empty
-};
-
-struct Model {
-  ModelConfig config;
-  std::vector<float> embed;       // [vocab, hidden]
-  std::vector<float> final_norm;  // [hidden]
-  std::vector<float> lm_head;     // [vocab, hidden]; empty when tied to embed
-  std::vector<LayerWeights> layers;
-
-  /// The output projection [vocab, hidden]: the embedding itself when the checkpoint ties them.
-  [[nodiscard]] float const* output_weights() const noexcept { return lm_head.empty() ? embed.data() : lm_head.data(); }
-};
 
 namespace detail {
 
@@ -110,8 +90,8 @@ class Checkpoint {
 
 }  // namespace detail
 
-/// \brief Loads `config.json` and the weights of a checkpoint folder.
-inline Model load_model(std::string const& folder) {
+/// \brief Loads `config.json` and the weights of an HF checkpoint folder.
+inline Model load_hf_model(std::string const& folder) {
   Model m;
   m.config = load_model_config(folder);
   ModelConfig const& c = m.config;
@@ -153,6 +133,11 @@ inline Model load_model(std::string const& folder) {
     }
   }
   return m;
+}
+
+/// \brief Loads a model: `path` is a GGUF file or an HF checkpoint folder.
+inline Model load_model(std::string const& path) {
+  return std::filesystem::is_regular_file(path) ? load_gguf_model(path) : load_hf_model(path);
 }
 
 }  // namespace kvc_engine

@@ -37,7 +37,9 @@ namespace detail {
 template <class T, class L>
 void check_attention_inputs(Tensor4<T> const& queries, KVCacheView<T, L> const& cache, AttentionOptions const& opt) {
   auto const& e = cache.extents;
+  validate_view(cache);
   KVC_CHECK(!queries.empty(), "queries must be given (post-RoPE, [batch, q_heads, q_len, head_dim])");
+  validate_tensor(queries, "queries");
   auto const& s = queries.shape;
   KVC_CHECK(s[0] == e.batch, "queries batch = " << s[0] << " does not match the cache batch = " << e.batch);
   KVC_CHECK(s[1] > 0 && s[1] % e.kv_heads == 0,

@@ -179,6 +179,7 @@ class DMSPress {
 
   template <class T, class L>
   void check_cache(KVCacheView<T, L> const& cache) const {
+    detail::validate_view(cache);
     KVC_CHECK(cache.extents.batch == shape_.batch && cache.extents.kv_heads == shape_.kv_heads,
               "cache [batch = " << cache.extents.batch << ", kv_heads = " << cache.extents.kv_heads
                                 << "] does not match the state's [batch = " << shape_.batch

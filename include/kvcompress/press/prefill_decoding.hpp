@@ -46,6 +46,7 @@ class PrefillDecodingPress {
   /// sequence starts). Returns whether entries were removed.
   template <class T, class L>
   bool step(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace workspace) {
+    detail::validate_inputs(obs, cache);
     bool removed = false;
     if (prefill_ && obs.position == 0) {
       std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
