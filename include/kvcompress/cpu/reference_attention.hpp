@@ -54,8 +54,8 @@ void check_attention_inputs(Tensor4<T> const& queries, KVCacheView<T, L> const& 
 /// and their logits [G·q_len, capacity].
 /// Throws when that passes 2^56 (`size_product`).
 inline std::int64_t attention_floats_per_thread(CacheExtents const& e, std::int64_t q_heads, std::int64_t q_len) {
-  std::size_t const kv = size_product({2, e.capacity, e.head_dim});
-  std::size_t const q = size_product({q_heads / e.kv_heads, q_len, e.head_dim + e.capacity});
+  std::size_t const kv = size_product(2, e.capacity, e.head_dim);
+  std::size_t const q = size_product(q_heads / e.kv_heads, q_len, e.head_dim + e.capacity);
   KVC_CHECK(kv <= kMaxScratchBytes - q, "scratch of " << kv << " + " << q << " floats per thread exceeds 2^56");
   return static_cast<std::int64_t>(kv + q);
 }
@@ -68,7 +68,7 @@ template <class T, class L>
                                                               KVCacheView<T, L> const& cache) {
   std::int64_t const threads = detail::thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
   std::int64_t const per = detail::attention_floats_per_thread(cache.extents, queries.shape[1], queries.shape[2]);
-  return Workspace::bytes_for<float>(detail::size_product({threads, per}));
+  return Workspace::bytes_for<float>(detail::size_product(threads, per));
 }
 
 /// \brief out[b, j, t] = Σ_s softmax_s(scale·q[b, j, t]·k[b, g, s]) v[b, g, s], with g = j / G

@@ -5,7 +5,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 
 #include "kvcompress/core/error.hpp"
 
@@ -20,10 +19,12 @@ inline constexpr std::size_t kMaxScratchBytes = std::size_t{1} << 56;
 /// The number of objects of a scratch buffer, Π factors, each a non-negative size (extents, head
 /// counts, threads, ...). Throws, naming the factors, when the product would pass 2^56: every
 /// workspace size is computed through this or `Workspace::bytes_for`, so none can overflow.
-inline std::size_t size_product(std::initializer_list<std::int64_t> factors) {
+template <class... Factors>
+std::size_t size_product(Factors... factors) {
+  std::int64_t const fs[] = {static_cast<std::int64_t>(factors)...};
   std::size_t n = 1;
   bool fits = true;
-  for (std::int64_t f : factors) {
+  for (std::int64_t f : fs) {
     KVC_CHECK(f >= 0, "a scratch size factor is negative: " << f);
     if (f != 0 && n > kMaxScratchBytes / static_cast<std::size_t>(f)) fits = false;
     else n *= static_cast<std::size_t>(f);
@@ -31,7 +32,7 @@ inline std::size_t size_product(std::initializer_list<std::int64_t> factors) {
   if (fits) return n;
   std::ostringstream os;
   char const* sep = "";
-  for (std::int64_t f : factors) {
+  for (std::int64_t f : fs) {
     os << sep << f;
     sep = " x ";
   }
@@ -40,10 +41,9 @@ inline std::size_t size_product(std::initializer_list<std::int64_t> factors) {
 }
 
 /// Σ of scratch byte counts, each at most 2^56 (from `bytes_for`), so the sum cannot wrap.
-inline std::size_t sum_bytes(std::initializer_list<std::size_t> parts) noexcept {
-  std::size_t total = 0;
-  for (std::size_t p : parts) total += p;
-  return total;
+template <class... Parts>
+std::size_t sum_bytes(Parts... parts) noexcept {
+  return (std::size_t{0} + ... + static_cast<std::size_t>(parts));
 }
 
 }  // namespace detail

@@ -36,8 +36,8 @@ inline void check_alpha_safeguard(double alpha) {
 /// Scratch bytes of `adakv_counts`.
 template <class T, class L>
 std::size_t adakv_counts_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache) {
-  return Workspace::bytes_for<std::int32_t>(size_product(
-      {thread_count(dev, cache.extents.batch), cache.extents.kv_heads + 1, cache.extents.capacity}));
+  return Workspace::bytes_for<std::int32_t>(
+      size_product(thread_count(dev, cache.extents.batch), cache.extents.kv_heads + 1, cache.extents.capacity));
 }
 
 /// AdaKV's selection across the heads of each sequence, as per-row counts.
@@ -52,7 +52,7 @@ void adakv_counts(CpuDevice const& dev, KVCacheView<T, L> const& cache, float co
   KVC_CHECK(heads * cap <= std::numeric_limits<std::int32_t>::max(),
             "AdaKV ranks the kv_heads · capacity = " << heads * cap << " entries of a sequence with int32 ids");
   int const threads = thread_count(dev, cache.extents.batch);
-  std::int32_t* buf = ws.take<std::int32_t>(size_product({threads, heads + 1, cap}));
+  std::int32_t* buf = ws.take<std::int32_t>(size_product(threads, heads + 1, cap));
   parallel_for(dev, cache.extents.batch, [&](std::int64_t b, int t) {
     // Ids h·cap + i address scores_b directly, so one order (RanksBefore) ranks entries within a row
     // and across the rows of the sequence; ties go to the lower head, then the lower slot.
@@ -90,8 +90,8 @@ struct AdaKVPress {
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                             KVCacheView<T, L> const& cache) const {
     std::size_t const rows = static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads);
-    return detail::sum_bytes({press.workspace_bytes(dev, obs, cache), Workspace::bytes_for<std::int32_t>(rows),
-                              detail::adakv_counts_bytes(dev, cache)});
+    return detail::sum_bytes(press.workspace_bytes(dev, obs, cache), Workspace::bytes_for<std::int32_t>(rows),
+                              detail::adakv_counts_bytes(dev, cache));
   }
 
   template <class T, class L>

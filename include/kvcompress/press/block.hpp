@@ -30,8 +30,8 @@ struct BlockPress {
   [[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                                      KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-    return Workspace::bytes_for<float>(detail::size_product({rows, cap})) +
-           Workspace::bytes_for<std::int32_t>(detail::size_product({3, rows})) +
+    return Workspace::bytes_for<float>(detail::size_product(rows, cap)) +
+           Workspace::bytes_for<std::int32_t>(detail::size_product(3, rows)) +
            Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(cap)) +
            Workspace::bytes_for<std::byte>(keep_bytes(dev, cache)) +
            Workspace::bytes_for<std::byte>(press.workspace_bytes(dev, inner_observation(obs), cache));
@@ -88,7 +88,7 @@ struct BlockPress {
   template <class T, class L>
   [[nodiscard]] static std::size_t keep_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache) {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    return Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cache.extents.capacity}));
+    return Workspace::bytes_for<std::int32_t>(detail::size_product(detail::thread_count(dev, rows), cache.extents.capacity));
   }
 
   template <class T>

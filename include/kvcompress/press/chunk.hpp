@@ -44,8 +44,8 @@ struct ChunkPress {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const c = window_capacity(cache);
     auto const sizing = window(cache, nullptr, c, cache.lengths);
-    return Workspace::bytes_for<float>(detail::size_product({rows, 2, cap})) +
-           Workspace::bytes_for<std::int32_t>(detail::size_product({2 + detail::thread_count(dev, rows), rows, cap})) +
+    return Workspace::bytes_for<float>(detail::size_product(rows, 2, cap)) +
+           Workspace::bytes_for<std::int32_t>(detail::size_product(2 + detail::thread_count(dev, rows), rows, cap)) +
            Workspace::bytes_for<std::byte>(press.workspace_bytes(dev, detail::without_window_inputs(obs), sizing));
   }
 

@@ -28,8 +28,8 @@ struct ChunkKVPress {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const threads = detail::thread_count(dev, cache.extents.batch);
     // Per thread: chunk scores and chunk ids (at most cap chunks), the kept slots, a row partition.
-    return Workspace::bytes_for<float>(detail::size_product({rows + threads, cap})) +
-           Workspace::bytes_for<std::int32_t>(detail::size_product({3, threads, cap})) +
+    return Workspace::bytes_for<float>(detail::size_product(rows + threads, cap)) +
+           Workspace::bytes_for<std::int32_t>(detail::size_product(3, threads, cap)) +
            press.workspace_bytes(dev, obs, cache);
   }
 

@@ -19,7 +19,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 
 #include "kvcompress/detail/finite.hpp"
 #include "kvcompress/detail/gather.hpp"
@@ -54,7 +53,7 @@ std::size_t value_projection_bytes(CpuDevice const& dev, Observation<T> const& o
   std::int64_t const hidden = obs.output_projection.empty() ? 0 : obs.output_projection.shape[0];
   std::int64_t const d = cache.extents.head_dim;
   auto const threads = thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
-  return Workspace::bytes_for<float>(size_product({threads, hidden + kValueTile, d + kValueTile}));
+  return Workspace::bytes_for<float>(size_product(threads, hidden + kValueTile, d + kValueTile));
 }
 
 /// kvpress's `vwl1norm`: norms[r, i] = (1/G) Σ_{j in the group of row r} ‖W_o[:, j·d : (j+1)·d] · v_i‖₁.
@@ -132,9 +131,9 @@ struct CriticalKVPress {
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                             KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-    return detail::sum_bytes({press.workspace_bytes(dev, obs, cache), Workspace::bytes_for<float>(detail::size_product({rows, cap})),
-                              Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
-                              detail::value_projection_bytes(dev, obs, cache)});
+    return detail::sum_bytes(press.workspace_bytes(dev, obs, cache), Workspace::bytes_for<float>(detail::size_product(rows, cap)),
+                              Workspace::bytes_for<std::int32_t>(detail::size_product(detail::thread_count(dev, rows), cap)),
+                              detail::value_projection_bytes(dev, obs, cache));
   }
 
   template <class T, class L>
@@ -182,11 +181,11 @@ struct CriticalAdaKVPress {
   [[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                                      KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-    auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(detail::size_product(n)); };
-    auto const i = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<std::int32_t>(detail::size_product(n)); };
-    return detail::sum_bytes({2 * f({rows, cap}), 2 * i({rows}), 2 * i({detail::thread_count(dev, rows), cap}),
+    auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
+    auto const i = [](auto... n) { return Workspace::bytes_for<std::int32_t>(detail::size_product(n...)); };
+    return detail::sum_bytes(2 * f(rows, cap), 2 * i(rows), 2 * i(detail::thread_count(dev, rows), cap),
                               detail::adakv_counts_bytes(dev, cache), detail::value_projection_bytes(dev, obs, cache),
-                              press.workspace_bytes(dev, obs, cache)});
+                              press.workspace_bytes(dev, obs, cache));
   }
 
   template <class T, class L>

@@ -120,11 +120,11 @@ class BasicDecodingPress {
               "query_buffer_size must be below 2^31 - 1 (buffered queries are positions of one sequence), got "
                   << options_.query_buffer_size);
     ring_ = options_.query_buffer_size + 1;
-    std::size_t const elems = detail::size_product({shape_.num_layers, shape_.batch, shape_.q_heads, ring_, shape_.head_dim});
+    std::size_t const elems = detail::size_product(shape_.num_layers, shape_.batch, shape_.q_heads, ring_, shape_.head_dim);
     layer_elems_ = static_cast<std::int64_t>(elems) / shape_.num_layers;
     try {
       queries_.resize(elems);
-      positions_.resize(detail::size_product({shape_.num_layers, ring_}));
+      positions_.resize(detail::size_product(shape_.num_layers, ring_));
       layers_.resize(static_cast<std::size_t>(shape_.num_layers));
     } catch (std::bad_alloc const&) {
       KVC_THROW("cannot allocate the query ring buffers: " << elems << " queries of " << sizeof(T)
@@ -159,12 +159,12 @@ class BasicDecodingPress {
     view.queries = make_tensor4(queries_.data(), {shape_.batch, shape_.q_heads, ring_, d});
     view.window_queries = w > 0 ? make_tensor4(queries_.data(), {shape_.batch, shape_.q_heads, w, d}) : Tensor4<T>{};
     view.chunk_length = ring_;
-    return detail::sum_bytes({Workspace::bytes_for<float>(detail::size_product({rows, cap})),
-                              Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
-                              Workspace::bytes_for<T>(detail::size_product({bh, ring_, d})),
-                              Workspace::bytes_for<T>(detail::size_product({bh, std::max<std::int64_t>(w, 0), d})),
-                              Workspace::bytes_for<float>(detail::size_product({3, d})),
-                              inner_.workspace_bytes(dev, view, cache)});
+    return detail::sum_bytes(Workspace::bytes_for<float>(detail::size_product(rows, cap)),
+                              Workspace::bytes_for<std::int32_t>(detail::size_product(detail::thread_count(dev, rows), cap)),
+                              Workspace::bytes_for<T>(detail::size_product(bh, ring_, d)),
+                              Workspace::bytes_for<T>(detail::size_product(bh, std::max<std::int64_t>(w, 0), d)),
+                              Workspace::bytes_for<float>(detail::size_product(3, d)),
+                              inner_.workspace_bytes(dev, view, cache));
   }
 
   /// \brief One decode step of one layer. Call it after the step's keys and values were appended.

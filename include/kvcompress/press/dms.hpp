@@ -56,7 +56,7 @@ class DMSPress {
     KVC_CHECK(shape_.batch > 0, "shape.batch must be positive, got " << shape_.batch);
     KVC_CHECK(shape_.kv_heads > 0, "shape.kv_heads must be positive, got " << shape_.kv_heads);
     rows_ = shape_.batch * shape_.kv_heads;
-    pending_.resize(detail::size_product({shape_.num_layers, rows_, options_.sliding_window_size}));
+    pending_.resize(detail::size_product(shape_.num_layers, rows_, options_.sliding_window_size));
     layers_.resize(static_cast<std::size_t>(shape_.num_layers));
   }
 
@@ -95,9 +95,9 @@ class DMSPress {
     // A press's size query reads only the tail view's shape; the row tables are placeholders.
     std::vector<std::int32_t> first(static_cast<std::size_t>(rows_)), lengths(first.size());
     auto const tail = detail::make_tail_view(cache, static_cast<std::int32_t>(q), first.data(), lengths.data());
-    return detail::sum_bytes({Workspace::bytes_for<float>(detail::size_product({rows_, q})),
+    return detail::sum_bytes(Workspace::bytes_for<float>(detail::size_product(rows_, q)),
                               3 * Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(rows_)),
-                              press_.workspace_bytes(dev, obs, tail)});
+                              press_.workspace_bytes(dev, obs, tail));
   }
 
   /// \brief One forward pass of one layer (prefill, or a decoding step when `decoding`); call it

@@ -47,9 +47,9 @@ std::size_t ea_scoring_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cach
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, d = cache.extents.head_dim;
   std::int64_t const threads = thread_count(dev, rows);
   std::int64_t const group = std::max<std::int64_t>(1, q_heads / cache.extents.kv_heads);
-  auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(size_product(n)); };
-  return sum_bytes({f({threads, kEaKeyChunk, d}), f({threads, kEaKeyChunk, cov ? d : group}),
-                    f({threads, group, cache.extents.capacity}), f({rows})});
+  auto const f = [](auto... n) { return Workspace::bytes_for<float>(size_product(n...)); };
+  return sum_bytes(f(threads, kEaKeyChunk, d), f(threads, kEaKeyChunk, cov ? d : group),
+                    f(threads, group, cache.extents.capacity), f(rows));
 }
 
 /// The queries ExpectedAttentionPress estimates its statistics from, against the cache's extents
@@ -250,12 +250,12 @@ struct ExpectedAttentionPress {
                                             KVCacheView<T, L> const& cache) const {
     std::int64_t const q_heads = obs.queries.empty() ? cache.extents.kv_heads : obs.queries.shape[1];
     std::int64_t const batch = cache.extents.batch, d = cache.extents.head_dim;
-    std::int64_t const threads = detail::thread_count(dev, static_cast<std::int64_t>(detail::size_product({batch, q_heads})));
-    auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(detail::size_product(n)); };
-    return detail::sum_bytes({f({2, batch, d}), f({batch, q_heads, d}),
-                              use_covariance ? f({batch, q_heads, d, d}) + f({threads, d, d}) : 0,
-                              f({threads, detail::kEaKeyChunk, d}),
-                              detail::ea_scoring_bytes(dev, cache, q_heads, use_covariance)});
+    std::int64_t const threads = detail::thread_count(dev, static_cast<std::int64_t>(detail::size_product(batch, q_heads)));
+    auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
+    return detail::sum_bytes(f(2, batch, d), f(batch, q_heads, d),
+                              use_covariance ? f(batch, q_heads, d, d) + f(threads, d, d) : 0,
+                              f(threads, detail::kEaKeyChunk, d),
+                              detail::ea_scoring_bytes(dev, cache, q_heads, use_covariance));
   }
 
   template <class T, class L>
@@ -335,9 +335,9 @@ struct ExpectedAttentionStatsPress {
                                             KVCacheView<T, L> const& cache) const {
     std::int64_t const h = obs.stats.q_heads, d = cache.extents.head_dim;
     std::int64_t const sb = obs.ragged() ? cache.extents.batch : 1;  // a ragged batch rotates per sequence
-    auto const f = [](std::initializer_list<std::int64_t> n) { return Workspace::bytes_for<float>(detail::size_product(n)); };
-    return detail::sum_bytes({f({2, sb, d}), f({sb, h, d}), use_covariance ? f({sb, h, d, d}) : 0, f({d, d}),
-                              detail::ea_scoring_bytes(dev, cache, h, use_covariance)});
+    auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
+    return detail::sum_bytes(f(2, sb, d), f(sb, h, d), use_covariance ? f(sb, h, d, d) : 0, f(d, d),
+                              detail::ea_scoring_bytes(dev, cache, h, use_covariance));
   }
 
   template <class T, class L>

@@ -27,7 +27,7 @@ struct KeyDiffPress {
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&,
                                             KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    return Workspace::bytes_for<float>(detail::size_product({detail::thread_count(dev, rows), cache.extents.head_dim}));
+    return Workspace::bytes_for<float>(detail::size_product(detail::thread_count(dev, rows), cache.extents.head_dim));
   }
 
   /// \param scores [batch, kv_heads, capacity]

@@ -31,11 +31,11 @@ struct KeyRerotationPress {
   [[nodiscard]] std::size_t compress_workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
                                                      KVCacheView<T, L> const& cache) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-    return detail::sum_bytes({Workspace::bytes_for<float>(static_cast<std::size_t>(cache.extents.head_dim / 2)),
-                              Workspace::bytes_for<float>(detail::size_product({rows, cap})),
+    return detail::sum_bytes(Workspace::bytes_for<float>(static_cast<std::size_t>(cache.extents.head_dim / 2)),
+                              Workspace::bytes_for<float>(detail::size_product(rows, cap)),
                               Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(rows)),
-                              Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
-                              press.workspace_bytes(dev, obs, cache)});
+                              Workspace::bytes_for<std::int32_t>(detail::size_product(detail::thread_count(dev, rows), cap)),
+                              press.workspace_bytes(dev, obs, cache));
   }
 
   template <class T, class L>

@@ -22,7 +22,7 @@ struct KnormPress {
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&,
                                             KVCacheView<T, L> const& cache) const {
     auto const threads = detail::thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
-    return Workspace::bytes_for<float>(detail::size_product({threads, kTile, cache.extents.head_dim}));
+    return Workspace::bytes_for<float>(detail::size_product(threads, kTile, cache.extents.head_dim));
   }
 
   template <class T, class L>

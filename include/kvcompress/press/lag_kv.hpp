@@ -51,8 +51,8 @@ struct LagKVPress {
     std::int64_t const threads = detail::thread_count(dev, rows);
     std::int64_t const g = scratch_lag(cache.extents.capacity);
     // 3·(head_dim + g) bounds 3·head_dim + 2·g without forming a sum that could wrap.
-    return Workspace::bytes_for<float>(detail::size_product({threads, 3, cache.extents.head_dim + g})) +
-           Workspace::bytes_for<std::int32_t>(detail::size_product({threads, g}));
+    return Workspace::bytes_for<float>(detail::size_product(threads, 3, cache.extents.head_dim + g)) +
+           Workspace::bytes_for<std::int32_t>(detail::size_product(threads, g));
   }
 
   /// \param scores [batch, kv_heads, capacity]

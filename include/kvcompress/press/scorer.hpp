@@ -180,9 +180,9 @@ template <class Press, class T, class L>
   } else {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     std::size_t const counts = detail::has_kept_counts<Press, T, L>::value ? Workspace::bytes_for<std::int32_t>(rows) : 0;
-    bytes = detail::sum_bytes({Workspace::bytes_for<float>(detail::size_product({rows, cap})), counts,
-                               Workspace::bytes_for<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap})),
-                               press.workspace_bytes(dev, obs, cache)});
+    bytes = detail::sum_bytes(Workspace::bytes_for<float>(detail::size_product(rows, cap)), counts,
+                               Workspace::bytes_for<std::int32_t>(detail::size_product(detail::thread_count(dev, rows), cap)),
+                               press.workspace_bytes(dev, obs, cache));
   }
   // The page check's bitmap is taken from the same memory before the press runs.
   return std::max(bytes, detail::view_check_bytes(cache));
@@ -224,7 +224,7 @@ void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const
   detail::validate_view(cache);
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   std::int64_t const cap = cache.extents.capacity;
-  std::int32_t* idx = ws.take<std::int32_t>(detail::size_product({detail::thread_count(dev, rows), cap}));
+  std::int32_t* idx = ws.take<std::int32_t>(detail::size_product(detail::thread_count(dev, rows), cap));
   detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
     std::int32_t const n = cache.lengths[r];
     std::int64_t k = 0;
@@ -342,7 +342,7 @@ void compress(CpuDevice const& dev, Press const& press, Observation<T> const& ob
     detail::require_workspace(dev, press, obs, cache, workspace);
     detail::check_unique_pages(cache, workspace);
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    float* scores = workspace.take<float>(detail::size_product({rows, cache.extents.capacity}));
+    float* scores = workspace.take<float>(detail::size_product(rows, cache.extents.capacity));
     score(dev, press, obs, cache, scores, workspace);
     if constexpr (detail::has_kept_counts<Press, T, L>::value) {
       std::int32_t* counts = workspace.take<std::int32_t>(rows);

@@ -43,8 +43,8 @@ template <class T, class L>
 std::size_t snap_kv_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
                           std::int64_t window) {
   std::int64_t const threads = thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
-  return sum_bytes({Workspace::bytes_for<float>(size_product({threads, window_group(obs, cache), cache.extents.capacity})),
-                    window_attention_bytes(dev, obs, cache, window)});
+  return sum_bytes(Workspace::bytes_for<float>(size_product(threads, window_group(obs, cache), cache.extents.capacity)),
+                    window_attention_bytes(dev, obs, cache, window));
 }
 
 }  // namespace detail

@@ -69,9 +69,9 @@ std::size_t window_attention_bytes(CpuDevice const& dev, Observation<T> const& o
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
   std::int64_t const threads = thread_count(dev, rows), group = obs.window_queries.shape[1] / cache.extents.kv_heads;
   std::int64_t const cap = cache.extents.capacity, d = cache.extents.head_dim;
-  std::size_t const keys = size_product({cap, d}), logits = size_product({group, window, d + cap});
+  std::size_t const keys = size_product(cap, d), logits = size_product(group, window, d + cap);
   KVC_CHECK(keys <= kMaxScratchBytes - logits, "scratch of " << keys << " + " << logits << " floats exceeds 2^56");
-  return Workspace::bytes_for<float>(size_product({threads, static_cast<std::int64_t>(keys + logits)}));
+  return Workspace::bytes_for<float>(size_product(threads, static_cast<std::int64_t>(keys + logits)));
 }
 
 /// For every row (b, h) calls `sink(r, j, probs)` for each query head j of the group, with
