@@ -980,6 +980,73 @@ def generate_rope(out_dir: Path, log) -> None:
     )
 
 
+# Bit-exact inverse frequencies: every variant over head_dims whose d/2 has a SLEEF-vectorised part and a scalar
+# tail in PyTorch's CPU pow (see include/kvcompress/rope/torch_float.hpp), and llama3 over original contexts from
+# below the prompt length to 128k, so that both branches and the smooth band of the llama3 formula occur.
+INV_FREQ_HEAD_DIMS = (64, 80, 96, 128, 256)
+INV_FREQ_THETAS = (10000.0, 500000.0, 1000000.0)
+LLAMA3_ORIGINAL_CONTEXTS = (64, 1000, 2048, 8192, 32768, 131072)
+LLAMA3_FACTORS = ((8.0, 1.0, 4.0), (32.0, 1.0, 4.0), (16.0, 1.5, 5.5))
+
+
+@torch.no_grad()
+def generate_inv_freq(out_dir: Path, log) -> None:
+    d = out_dir / "rope_inv_freq"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    configs = []
+    for theta in INV_FREQ_THETAS:
+        configs.append(({"rope_type": "default", "rope_theta": theta}, 4096))
+        configs.append(({"rope_type": "linear", "rope_theta": theta, "factor": 3.3}, 4096))
+        configs.append(({"rope_type": "dynamic", "rope_theta": theta, "factor": 2.0}, 4096))
+        for orig in (64, 4096, 32768):
+            configs.append(({"rope_type": "yarn", "rope_theta": theta, "factor": 4.0,
+                             "original_max_position_embeddings": orig}, 4 * orig))
+            configs.append(({"rope_type": "yarn", "rope_theta": theta, "factor": 40.0, "original_max_position_embeddings": orig,
+                             "beta_fast": 16.0, "beta_slow": 2.0, "truncate": False}, 4 * orig))
+        for orig in LLAMA3_ORIGINAL_CONTEXTS:
+            for factor, low, high in LLAMA3_FACTORS:
+                configs.append(({"rope_type": "llama3", "rope_theta": theta, "factor": factor, "low_freq_factor": low,
+                                 "high_freq_factor": high, "original_max_position_embeddings": orig}, 2 * orig))
+    cases, chunks, offset = [], [], 0
+
+    def add(params, max_pos, head_dim, inv, **extra):
+        nonlocal offset
+        chunks.append(inv.to(torch.float32))
+        cases.append({"config": {**params, "max_position_embeddings": max_pos}, "head_dim": head_dim, **extra,
+                      "offset": offset})
+        offset += inv.numel()
+
+    for params, max_pos in configs:
+        for head_dim in INV_FREQ_HEAD_DIMS:
+            add(params, max_pos, head_dim, make_rotary(params, max_pos, head_dim).inv_freq)
+    # Dynamic NTK past max_position_embeddings: inv_freq recomputed for seq_len = max(position) + 1 (fresh modules,
+    # as transformers keeps the state).
+    for theta in INV_FREQ_THETAS:
+        params = {"rope_type": "dynamic", "rope_theta": theta, "factor": 3.3}
+        for head_dim in INV_FREQ_HEAD_DIMS:
+            for seq_len in (65, 200, 4097, 100000):
+                rot = make_rotary(params, 64, head_dim)
+                rot(torch.zeros(1, dtype=torch.float32), torch.tensor([[seq_len - 1]]))
+                add(params, 64, head_dim, rot.inv_freq, seq_len=seq_len)
+    TensorDir(d).write("inv_freq", torch.cat(chunks))
+    write_json(
+        d / "inv_freq.json",
+        {
+            "format": FORMAT,
+            "generator": GENERATOR,
+            **versions(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "convention": "inv_freq.bin holds every case's LlamaRotaryEmbedding(config).inv_freq (float32, d/2 values) "
+            "from `offset`; compare bit for bit",
+            "inv_freq": {"file": "inv_freq.bin", "dtype": "float32", "shape": [offset]},
+            "cases": cases,
+        },
+    )
+    log(f"  rope_inv_freq: {len(cases)} cases")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -1002,13 +1069,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # Remove fixtures this script wrote before (and only those), so renamed scenarios leave nothing stale behind.
     for child in sorted(out.iterdir()):
-        if child.is_dir() and ((child / "scenario.json").exists() or (child / "rope.json").exists()):
+        if child.is_dir() and any((child / f).exists() for f in ("scenario.json", "rope.json", "inv_freq.json")):
             shutil.rmtree(child)
     names = []
     for si, spec in enumerate(SCENARIOS):
         log(f"scenario {spec[0]}")
         names += generate_scenario(out, spec, si, log)
     generate_rope(out, log)
+    generate_inv_freq(out, log)
     write_json(
         out / "index.json",
         {"format": FORMAT, "generator": GENERATOR, **versions(), "scenarios": names, "rope": "rope/rope.json"},
