@@ -41,3 +41,8 @@
 #include "kvcompress/press/critical_kv.hpp"
 #include "kvcompress/press/key_rerotation.hpp"
 #include "kvcompress/press/per_layer.hpp"
+#include "kvcompress/press/leverage_score.hpp"
+#include "kvcompress/press/non_causal_attn.hpp"
+#include "kvcompress/press/compactor.hpp"
+#include "kvcompress/press/cur.hpp"
+#include "kvcompress/press/cap.hpp"

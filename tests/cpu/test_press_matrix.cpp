@@ -129,6 +129,13 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
   PyramidKVPress pyramid;
   pyramid.compression_ratio = r;
   pyramid.window_size = kW;
+  constexpr std::int64_t kSketch = 8;
+  static std::vector<float> const sketch = kvc_test::random_vector(static_cast<std::size_t>(kB * kH * kD * kSketch), 17);
+  LeverageScorePress leverage{r, kSketch, sketch.data()};
+  CompactorPress compactor{r};
+  compactor.sketch_dimension = kSketch;
+  compactor.chunk_size = 16;
+  compactor.sketch = sketch.data();
   return {make_case("ExpectedAttention", ea),
           make_case("ExpectedAttention (no covariance, no vnorm)", ea_plain),
           make_case("ExpectedAttentionStats", eas),
@@ -141,7 +148,10 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
           make_case("SnapKV", SnapKVPress{r, kW, 5}),
           make_case("PyramidKV", pyramid),
           make_case("TOVA", TOVAPress{r}, false),
-          make_case("ObservedAttention", ObservedAttentionPress{r}, false)};
+          make_case("ObservedAttention", ObservedAttentionPress{r}, false),
+          make_case("LeverageScore", leverage, false),
+          make_case("NonCausalAttn", NonCausalAttnPress{r, 16}, false),
+          make_case("Compactor", compactor, false)};
 }
 
 }  // namespace
@@ -224,11 +234,14 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
     FAIL("no press " << name);
     return all_presses(0.5, in.filters.data()).front();
   };
-  SECTION("queries (ExpectedAttention)") {
+  SECTION("queries (ExpectedAttention, NonCausalAttn, Compactor)") {
     in.queries[((1 * kQ + 6) * 37 + 30) * kD + 2] = nan;  // past the sink queries, so read
-    Cache cache(lengths);
-    REQUIRE_THROWS_WITH(press_named("ExpectedAttention").compress(in.observation(37), cache.view()),
-                        Catch::Contains("observation.queries[1, 6, 30, 2]"));
+    for (char const* name : {"ExpectedAttention", "NonCausalAttn", "Compactor"}) {
+      CAPTURE(name);
+      Cache cache(lengths);
+      REQUIRE_THROWS_WITH(press_named(name).compress(in.observation(37), cache.view()),
+                          Catch::Contains("observation.queries[1, 6, 30, 2]"));
+    }
   }
   SECTION("window queries (SnapKV, TOVA reads only the last one)") {
     in.window_queries[((0 * kQ + 3) * kW + kW - 1) * kD + 9] = nan;
@@ -251,8 +264,8 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
     REQUIRE_THROWS_WITH(press_named("ExpectedAttentionStats").compress(in.observation(37), cache.view()),
                         Catch::Contains("observation.stats"));
   }
-  SECTION("values (ExpectedAttention with use_vnorm, LagKV)") {
-    for (char const* name : {"ExpectedAttention", "LagKV"}) {
+  SECTION("values (ExpectedAttention with use_vnorm, LagKV, NonCausalAttn, Compactor)") {
+    for (char const* name : {"ExpectedAttention", "LagKV", "NonCausalAttn", "Compactor"}) {
       CAPTURE(name);
       Cache cache(lengths);
       cache.c.v[(2 * kCap + 11) * kD + 1] = nan;

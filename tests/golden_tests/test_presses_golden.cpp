@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
 #include <set>
 #include <string>
@@ -20,6 +21,7 @@ using namespace kvcompress;
 using nlohmann::json;
 using kvc_test::CaseInputs;
 using kvc_test::Scenario;
+using kvc_test::more_scenario_names;
 using kvc_test::scenario_names;
 using kvc_test::with_press;
 
@@ -30,14 +32,26 @@ constexpr double kRelTol = 1e-4;
 struct Tally {
   int cases = 0, heads = 0, tied_heads = 0;
   double max_rel = 0.0;
+  std::map<std::string, double> max_rel_by_press;
 };
 
 }  // namespace
 
-TEST_CASE("every press matches kvpress 0.5.5: scores and kept sets", "[golden][press]") {
-  Tally tally;
-  std::set<std::string> skipped;
-  for (auto const& name : scenario_names()) {
+namespace {
+
+// LeverageScore (alone and inside Compactor) z-scores leverage values whose spread is small against
+// their mean, and the Gram matrix has a condition number near 10³: the scores move by about 4e-4
+// (relative) under float32 rounding of the inputs alone. Measured on llama_d64_n131_b2: kvpress's own
+// score() in float64 (pre-RoPE keys from the hidden states) differs from its float32 run by 4.1e-4,
+// and a float64 evaluation from the cached float32 keys (what kvcompress sees) by 3.6e-4. Those presses
+// are held to 1e-3; every other press to kRelTol.
+double tolerance_of(std::string const& press) {
+  return press == "LeverageScorePress" || press == "CompactorPress" ? 1e-3 : kRelTol;
+}
+
+// Scores and compresses every case of the scenarios `names`; tallies and records unknown presses.
+void check_scenarios(std::vector<std::string> const& names, Tally& tally, std::set<std::string>& skipped) {
+  for (auto const& name : names) {
     Scenario const sc(name);
     for (auto const& pc : sc.meta.at("presses")) {
       std::string const case_name = pc.at("name");
@@ -57,15 +71,20 @@ TEST_CASE("every press matches kvpress 0.5.5: scores and kept sets", "[golden][p
         auto const cache = make_cache_view(k.data(), v.data(), e, layout, lengths.data(), positions.data());
 
         auto const got = score(cpu, press, in.obs, cache);
+        std::string const kind = pc.at("press");
+        double const rel_tol = tolerance_of(kind);
         double scale = 0.0;
         for (float x : want_scores.data) scale = std::max(scale, double(std::fabs(x)));
+        double case_rel = 0.0;
         for (std::size_t i = 0; i < got.size(); ++i) {
           double const err = std::fabs(double(got[i]) - want_scores.data[i]);
-          // relative 1e-4, with an absolute floor of 1e-6 of the largest score for values near 0
-          double const tol = kRelTol * std::max(double(std::fabs(want_scores.data[i])), 1e-2 * scale);
+          // relative rel_tol, with an absolute floor of 1e-2 · rel_tol of the largest score for values near 0
+          double const tol = rel_tol * std::max(double(std::fabs(want_scores.data[i])), 1e-2 * scale);
           if (err > tol) FAIL_CHECK("score " << i << ": kvcompress " << got[i] << ", kvpress " << want_scores.data[i]);
-          tally.max_rel = std::max(tally.max_rel, err / std::max(double(std::fabs(want_scores.data[i])), 1e-2 * scale));
+          case_rel = std::max(case_rel, err / std::max(double(std::fabs(want_scores.data[i])), 1e-2 * scale));
         }
+        tally.max_rel = std::max(tally.max_rel, case_rel);
+        tally.max_rel_by_press[kind] = std::max(tally.max_rel_by_press[kind], case_rel);
 
         compress(cpu, press, in.obs, cache);
         for (std::int64_t row = 0; row < sc.batch * sc.kv_heads; ++row) {
@@ -81,7 +100,7 @@ TEST_CASE("every press matches kvpress 0.5.5: scores and kept sets", "[golden][p
           for (int i = 0; i < sc.n; ++i)
             (theirs.count(i) ? lowest_kept : best_dropped) =
                 theirs.count(i) ? std::min(lowest_kept, s[i]) : std::max(best_dropped, s[i]);
-          double const tol = kRelTol * std::max(std::fabs(double(lowest_kept)), 1e-2 * scale);
+          double const tol = rel_tol * std::max(std::fabs(double(lowest_kept)), 1e-2 * scale);
           if (double(lowest_kept) - double(best_dropped) > tol) {
             CHECK(ours == theirs);
           } else {
@@ -103,8 +122,31 @@ TEST_CASE("every press matches kvpress 0.5.5: scores and kept sets", "[golden][p
       if (!known) skipped.insert(pc.at("press").get<std::string>());
     }
   }
+}
+
+}  // namespace
+
+TEST_CASE("every press matches kvpress 0.5.5: scores and kept sets", "[golden][press]") {
+  Tally tally;
+  std::set<std::string> skipped;
+  check_scenarios(scenario_names(), tally, skipped);
   for (auto const& s : skipped) std::printf("golden presses: no kvcompress press yet for fixture %s\n", s.c_str());
   std::printf("golden presses: %d cases, %d heads, %d heads tied at the cut, max relative score error %.3g\n",
               tally.cases, tally.heads, tally.tied_heads, tally.max_rel);
   CHECK(tally.cases == 7 * 18);  // every scenario runs every press
+}
+
+// The presses added later, on their own self-contained scenarios (tests/golden/more_presses): Llama
+// (GQA 4:1, llama3 RoPE, batch 2), Qwen3 (q_norm/k_norm) and a length that is a multiple of the chunk
+// sizes. Sketch-based presses get the sketch kvpress drew.
+TEST_CASE("the presses added later match kvpress 0.5.5: scores and kept sets", "[golden][press]") {
+  Tally tally;
+  std::set<std::string> skipped;
+  check_scenarios(more_scenario_names(), tally, skipped);
+  for (auto const& s : skipped) FAIL_CHECK("no kvcompress press for fixture " << s);
+  for (auto const& [press, rel] : tally.max_rel_by_press)
+    std::printf("golden more presses: %s max relative score error %.3g\n", press.c_str(), rel);
+  std::printf("golden more presses: %d cases, %d heads, %d heads tied at the cut\n", tally.cases, tally.heads,
+              tally.tied_heads);
+  CHECK(tally.cases == 3 * 12);
 }

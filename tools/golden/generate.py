@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import json
 import shutil
 import sys
@@ -39,6 +40,9 @@ import kvpress
 from kvpress import (
     AdaKVPress,
     BlockPress,
+    CapPress,
+    CompactorPress,
+    CURPress,
     ChunkKVPress,
     ChunkPress,
     ComposedPress,
@@ -50,6 +54,8 @@ from kvpress import (
     KeyRerotationPress,
     KnormPress,
     LagKVPress,
+    LeverageScorePress,
+    NonCausalAttnPress,
     ObservedAttentionPress,
     PerLayerCompressionPress,
     PyramidKVPress,
@@ -337,7 +343,7 @@ CASES = [
 def press_params(press) -> dict:
     out = {}
     for f in dataclasses.fields(press):
-        if not f.init:
+        if not f.init or f.name.startswith("_"):  # CompactorPress's child presses are built from its own fields
             continue
         v = getattr(press, f.name)
         if f.name == "stats_folder":
@@ -833,6 +839,147 @@ def generate_wrappers(model, input_ids, reference: dict, dirs: dict, scenario_in
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# More presses (tests/golden/more_presses): self-contained scenarios, each with its own inputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The presses added after the first fixtures were committed. Their scenarios write their own inputs, so regenerating
+# them on another machine (whose float kernels may differ in the last bit) leaves the older fixtures untouched.
+# (name, model family, head_dim, seq_len, batch, seed)
+MORE_SCENARIOS = [
+    ("llama_d64_n131_b2", "llama", 64, 131, 2, 401),  # GQA 4:1, llama3 RoPE, batch 2
+    ("qwen3_d128_n203", "qwen3", 128, 203, 1, 402),  # q_norm/k_norm, default RoPE
+    ("llama_d128_n128", "llama", 128, 128, 1, 403),  # a length that is a multiple of the chunk sizes
+]
+
+MORE_CASES = [
+    Case("leverage_default", LeverageScorePress, {}, ["keys", "sketch", "inv_freq"]),
+    Case("leverage_k16", LeverageScorePress, dict(sketch_dimension=16), ["keys", "sketch", "inv_freq"]),
+    Case("non_causal_default", NonCausalAttnPress, {}, ["queries", "keys", "values", "inv_freq"]),
+    Case("non_causal_chunk32", NonCausalAttnPress, dict(chunk_size=32), ["queries", "keys", "values", "inv_freq"]),
+    Case("compactor_default", CompactorPress, {}, ["queries", "keys", "values", "sketch", "inv_freq"]),
+    Case(
+        "compactor_blend",
+        CompactorPress,
+        dict(blending=0.7, chunk_size=32, sketch_dimension=16, sink_size_start=3, sink_size_end=0),
+        ["queries", "keys", "values", "sketch", "inv_freq"],
+    ),
+    Case("cur_default", CURPress, {}, ["keys", "values"]),
+    Case("cur_key_global", CURPress, dict(leverage_type="key", use_local_approximation=False, num_sinks=0), ["keys"]),
+    Case("cur_kv_avg_w5", CURPress, dict(leverage_type="kv_avg", local_window_size=5, num_sinks=2), ["keys", "values"]),
+    Case(
+        "cur_value_random",
+        CURPress,
+        dict(leverage_type="value", use_random_leverage=True),
+        ["keys", "values", "projection"],
+    ),
+    Case("cap_default", CapPress, {}, ["queries", "keys", "values", "inv_freq"]),
+    Case("cap_tau2_sink2", CapPress, dict(tau=2.0, n_sink=2, n_future_positions=64), ["queries", "keys", "values", "inv_freq"]),
+]
+
+
+@contextlib.contextmanager
+def recording_randn(draws: list):
+    """Records every torch.randn result (LeverageScorePress draws its sketch from the global generator)."""
+    original = torch.randn
+
+    def randn(*args, **kwargs):
+        t = original(*args, **kwargs)
+        draws.append(t.detach().clone())
+        return t
+
+    torch.randn = randn
+    try:
+        yield
+    finally:
+        torch.randn = original
+
+
+def generate_more_scenario(out_dir: Path, spec, scenario_index: int, log) -> str:
+    name, family, head_dim, seq_len, batch, seed = spec
+    model = build_model(family, head_dim, seed)
+    cfg = model.config
+    li = 1
+    g = torch.Generator().manual_seed(seed + 1000)
+    input_ids = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=g)
+    td = TensorDir(out_dir / name)
+    ref = None
+    entries = []
+    for ci, case in enumerate(MORE_CASES):
+        ratio = RATIOS[(ci + scenario_index) % len(RATIOS)]
+        press = case.cls(compression_ratio=ratio, **case.params)
+        draws: list = []
+        torch.manual_seed(seed + 5000 + ci)
+        with recording_randn(draws):
+            cap = run_press(model, input_ids, press, (li,), no_attention=True)
+        c = cap[li]
+        if ref is None:
+            ref = c
+        for key in ("hidden_states", "keys", "values"):
+            assert torch.equal(c[key], ref[key]), f"{case.name}: {key} differs between presses"
+        kept = recover_kept(c["keys"], c["values"], c["keys_out"], c["values_out"])
+        scores = c["scores"].to(torch.float32)
+        tied = check_topk(scores, kept)
+        entry = {
+            "name": case.name,
+            "press": case.cls.__name__,
+            "params": press_params(press),
+            "uses": list(case.uses),
+            "n_kept": int(kept.shape[-1]),
+            "boundary_tie": bool(tied),
+            "boundary_gap": boundary_gap(scores, int(kept.shape[-1])),
+            "scores": td.write(f"{case.name}_scores", scores),
+            "kept": td.write(f"{case.name}_kept", kept, "int32"),
+        }
+        if "sketch" in case.uses:
+            # One draw per layer, in layer order; kvpress scales it by 1/sqrt(k) in the key dtype.
+            assert len(draws) == cfg.num_hidden_layers, len(draws)
+            k = press.sketch_dimension
+            entry["sketch"] = td.write(f"{case.name}_sketch", draws[li] * (1 / math.sqrt(k)))
+        if "projection" in case.uses:  # CURPress: G = randn(d, 20) / sqrt(20), one draw per layer
+            assert len(draws) == cfg.num_hidden_layers, len(draws)
+            entry["projection"] = td.write(f"{case.name}_projection", draws[li] / math.sqrt(20))
+        entries.append(entry)
+        log(f"  more/{name:22s} {case.name:26s} r={ratio} n_kept={entry['n_kept']}" + (" (tie)" if tied else ""))
+    module = ref["module"]
+    tensors = {
+        "keys": td.write("keys", ref["keys"]),
+        "values": td.write("values", ref["values"]),
+        "queries": td.write("queries", get_prerope_query_states(module, ref["hidden_states"])),
+    }
+    rope = model_rope_json(model, td)
+    tensors["inv_freq"] = td.written["inv_freq.bin"]
+    write_json(
+        td.path / "scenario.json",
+        {
+            "format": FORMAT,
+            "generator": GENERATOR,
+            **versions(),
+            "model": family,
+            "layer_idx": li,
+            "num_layers": cfg.num_hidden_layers,
+            "batch": batch,
+            "q_heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": head_dim,
+            "seq_len": seq_len,
+            "rope": rope,
+            "tensors": tensors,
+            "presses": entries,
+        },
+    )
+    return name
+
+
+def generate_more_presses(out_dir: Path, log) -> None:
+    d = out_dir / "more_presses"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    names = [generate_more_scenario(d, spec, si, log) for si, spec in enumerate(MORE_SCENARIOS)]
+    write_json(d / "index.json", {"format": FORMAT, "generator": GENERATOR, **versions(), "scenarios": names})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # RoPE fixtures
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -1077,6 +1224,7 @@ def main(argv=None) -> int:
         names += generate_scenario(out, spec, si, log)
     generate_rope(out, log)
     generate_inv_freq(out, log)
+    generate_more_presses(out, log)
     write_json(
         out / "index.json",
         {"format": FORMAT, "generator": GENERATOR, **versions(), "scenarios": names, "rope": "rope/rope.json"},

@@ -22,7 +22,12 @@ namespace kvcompress {
   KVC_TIDY_PRESS(SnapKVPress, T)                       \
   KVC_TIDY_PRESS(PyramidKVPress, T)                    \
   KVC_TIDY_PRESS(TOVAPress, T)                         \
-  KVC_TIDY_PRESS(ObservedAttentionPress, T)
+  KVC_TIDY_PRESS(ObservedAttentionPress, T)           \
+  KVC_TIDY_PRESS(LeverageScorePress, T)               \
+  KVC_TIDY_PRESS(NonCausalAttnPress, T)               \
+  KVC_TIDY_PRESS(CompactorPress, T)                   \
+  KVC_TIDY_PRESS(CURPress, T)                         \
+  KVC_TIDY_PRESS(CapPress, T)
 
 KVC_TIDY_ALL_PRESSES(float)
 KVC_TIDY_ALL_PRESSES(half)
