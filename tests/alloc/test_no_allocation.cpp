@@ -258,7 +258,9 @@ std::vector<PressCase> all_presses(Inputs const& in) {
           make_case("ObservedAttention", ObservedAttentionPress{r}),
           make_case("LeverageScore", LeverageScorePress{r, 48, in.sketch.data()}),
           make_case("NonCausalAttn", NonCausalAttnPress{r}),
-          make_case("Compactor", compactor)};
+          make_case("Compactor", compactor),
+          make_case("CUR", CURPress{r}),
+          make_case("Cap", CapPress{r})};
 }
 
 kvc_test::OwnedCache<float> make_cache(Shape const& s) {

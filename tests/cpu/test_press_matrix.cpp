@@ -136,6 +136,9 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
   compactor.sketch_dimension = kSketch;
   compactor.chunk_size = 16;
   compactor.sketch = sketch.data();
+  static std::vector<float> const projection =
+      kvc_test::random_vector(static_cast<std::size_t>(kD * CURPress::kProjectionDim), 18, 0.2f);
+  CURPress cur_projected{r, 2, CurLeverage::kKey, true, false, 16, projection.data()};
   return {make_case("ExpectedAttention", ea),
           make_case("ExpectedAttention (no covariance, no vnorm)", ea_plain),
           make_case("ExpectedAttentionStats", eas),
@@ -151,7 +154,10 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
           make_case("ObservedAttention", ObservedAttentionPress{r}, false),
           make_case("LeverageScore", leverage, false),
           make_case("NonCausalAttn", NonCausalAttnPress{r, 16}, false),
-          make_case("Compactor", compactor, false)};
+          make_case("Compactor", compactor, false),
+          make_case("CUR", CURPress{r}),
+          make_case("CUR (key, global, random projection)", cur_projected),
+          make_case("Cap", CapPress{r})};
 }
 
 }  // namespace
@@ -234,9 +240,15 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
     FAIL("no press " << name);
     return all_presses(0.5, in.filters.data()).front();
   };
-  SECTION("queries (ExpectedAttention, NonCausalAttn, Compactor)") {
+  SECTION("queries (ExpectedAttention)") {
     in.queries[((1 * kQ + 6) * 37 + 30) * kD + 2] = nan;  // past the sink queries, so read
-    for (char const* name : {"ExpectedAttention", "NonCausalAttn", "Compactor"}) {
+    Cache cache(lengths);
+    REQUIRE_THROWS_WITH(press_named("ExpectedAttention").compress(in.observation(37), cache.view()),
+                        Catch::Contains("observation.queries[1, 6, 30, 2]"));
+  }
+  SECTION("queries (NonCausalAttn, Compactor, Cap)") {
+    in.queries[((1 * kQ + 6) * 37 + 30) * kD + 2] = nan;
+    for (char const* name : {"NonCausalAttn", "Compactor", "Cap"}) {
       CAPTURE(name);
       Cache cache(lengths);
       REQUIRE_THROWS_WITH(press_named(name).compress(in.observation(37), cache.view()),
@@ -264,8 +276,16 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
     REQUIRE_THROWS_WITH(press_named("ExpectedAttentionStats").compress(in.observation(37), cache.view()),
                         Catch::Contains("observation.stats"));
   }
-  SECTION("values (ExpectedAttention with use_vnorm, LagKV, NonCausalAttn, Compactor)") {
-    for (char const* name : {"ExpectedAttention", "LagKV", "NonCausalAttn", "Compactor"}) {
+  SECTION("values (ExpectedAttention with use_vnorm, LagKV)") {
+    for (char const* name : {"ExpectedAttention", "LagKV"}) {
+      CAPTURE(name);
+      Cache cache(lengths);
+      cache.c.v[(2 * kCap + 11) * kD + 1] = nan;
+      REQUIRE_THROWS_WITH(press_named(name).compress(in.observation(37), cache.view()),
+                          Catch::Contains("values[1, 0, 11, 1]"));
+    }
+  }  SECTION("values (NonCausalAttn, Compactor, CUR, Cap)") {
+    for (char const* name : {"NonCausalAttn", "Compactor", "CUR", "Cap"}) {
       CAPTURE(name);
       Cache cache(lengths);
       cache.c.v[(2 * kCap + 11) * kD + 1] = nan;

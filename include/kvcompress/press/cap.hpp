@@ -69,6 +69,8 @@ struct CapPress {
       }
       apply_averaged_rotation(cs, cs + d, static_cast<int>(d), mean, anchor + bj * d);
     }
+    for (std::int64_t i = 0; i < e.batch * q_heads * d; ++i)
+      if (!std::isfinite(anchor[i])) detail::require_finite(q, "observation.queries");  // names the element
     float const tau_f = static_cast<float>(tau);
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
       std::int64_t const b = r / heads, h = r % heads, m = cache.lengths[r] - n_sink;
