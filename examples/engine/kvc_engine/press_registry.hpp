@@ -52,7 +52,7 @@ template <class Press>
 [[nodiscard]] inline std::vector<std::string> press_names() {
   return {"expected_attention", "knorm",   "streaming_llm", "snapkv",    "pyramidkv", "tova",
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
-          "non_causal_attn",    "compactor"};
+          "non_causal_attn",    "compactor", "cur",           "cap"};
 }
 
 /// \brief The named press at `ratio` (fraction of entries removed); "none" is the full cache.
@@ -74,6 +74,8 @@ template <class Press>
   if (name == "leverage") return sketch_press(kvc::LeverageScorePress{ratio}, name, dev);
   if (name == "non_causal_attn") return prefill_press(kvc::NonCausalAttnPress{ratio}, name, dev);
   if (name == "compactor") return sketch_press(kvc::CompactorPress{ratio}, name, dev);
+  if (name == "cur") return prefill_press(kvc::CURPress{ratio}, name, dev);
+  if (name == "cap") return prefill_press(kvc::CapPress{ratio}, name, dev);
   std::string known = "none";
   for (auto const& n : press_names()) known += ", " + n;
   KVC_THROW("unknown press '" << name << "' (" << known << ")");
