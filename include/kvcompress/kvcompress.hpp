@@ -46,3 +46,4 @@
 #include "kvcompress/press/compactor.hpp"
 #include "kvcompress/press/cur.hpp"
 #include "kvcompress/press/cap.hpp"
+#include "kvcompress/press/sim_layer_kv.hpp"

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <map>
 #include <numeric>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "golden_scenario.hpp"
 #include "kvcompress/kvcompress.hpp"
@@ -149,4 +151,52 @@ TEST_CASE("the presses added later match kvpress 0.5.5: scores and kept sets", "
   std::printf("golden more presses: %d cases, %d heads, %d heads tied at the cut\n", tally.cases, tally.heads,
               tally.tied_heads);
   CHECK(tally.cases == 3 * 12);
+}
+
+// SimLayerKV decides per layer: kvpress's laziness statistic (its is_lazy formula on its window
+// attention), the decision and what the layer keeps, on the same self-contained scenarios. The cases
+// cover lazy and busy layers on both model families.
+TEST_CASE("SimLayerKV matches kvpress 0.5.5: laziness statistic, decision and kept set", "[golden][press]") {
+  int cases = 0, lazy = 0;
+  double max_rel = 0.0;
+  for (auto const& name : more_scenario_names()) {
+    Scenario const sc(name);
+    for (auto const& pc : sc.meta.at("layer_presses")) {
+      std::string const case_name = pc.at("name");
+      CAPTURE(name, case_name);
+      REQUIRE(pc.at("press") == "SimLayerKVPress");
+      json const& p = pc.at("params");
+      SimLayerKVPress const press{p.at("lazy_threshold"), p.at("n_last"), p.at("n_recent"), p.at("n_initial")};
+      auto const wq = kvc_test::load_tensor<float>(sc.dir, pc.at("window_queries"));
+      auto const want_kept = kvc_test::load_tensor<std::int32_t>(sc.dir, pc.at("kept"));
+      std::int64_t const n_kept = pc.at("n_kept");
+      Observation<float> obs;
+      obs.window_queries = make_tensor4(wq.data.data(), {wq.shape[0], wq.shape[1], wq.shape[2], wq.shape[3]});
+      std::vector<float> k = sc.keys.data, v = sc.values.data;
+      CacheExtents const e{sc.batch, sc.kv_heads, sc.n, sc.head_dim};
+      auto const layout = make_strided_layout(e, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim});
+      std::vector<std::int32_t> lengths(static_cast<std::size_t>(sc.batch * sc.kv_heads), static_cast<std::int32_t>(sc.n));
+      std::vector<std::int32_t> positions(static_cast<std::size_t>(sc.batch * sc.kv_heads * sc.n));
+      for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>(i % sc.n);
+      auto const cache = make_cache_view(k.data(), v.data(), e, layout, lengths.data(), positions.data());
+      std::vector<std::byte> scratch(compress_workspace_bytes(cpu, press, obs, cache));
+      Workspace ws(scratch.data(), scratch.size());
+      double const statistic = press.lazy_score(cpu, obs, cache, ws);
+      double const want = pc.at("statistic");
+      max_rel = std::max(max_rel, std::fabs(statistic - want) / want);
+      CHECK(statistic == Approx(want).epsilon(1e-5));
+      compress(cpu, press, obs, cache, Workspace(scratch.data(), scratch.size()));
+      for (std::int64_t row = 0; row < sc.batch * sc.kv_heads; ++row) {
+        CAPTURE(row);
+        REQUIRE(lengths[static_cast<std::size_t>(row)] == n_kept);
+        for (std::int64_t j = 0; j < n_kept; ++j)
+          CHECK(positions[static_cast<std::size_t>(row * sc.n + j)] == want_kept.data[static_cast<std::size_t>(row * n_kept + j)]);
+      }
+      ++cases;
+      lazy += pc.at("lazy").get<bool>();
+    }
+  }
+  std::printf("golden SimLayerKV: %d cases (%d lazy layers), max relative statistic error %.3g\n", cases, lazy, max_rel);
+  CHECK(cases == 3 * 3);
+  CHECK(lazy == 5);
 }

@@ -60,6 +60,7 @@ from kvpress import (
     PerLayerCompressionPress,
     PyramidKVPress,
     QFilterPress,
+    SimLayerKVPress,
     SnapKVPress,
     StreamingLLMPress,
     TOVAPress,
@@ -877,6 +878,63 @@ MORE_CASES = [
 ]
 
 
+# SimLayerKV decides per layer; the cases aim at both outcomes (the statistic is recorded, so the C++ side checks it
+# and the decision, whichever it is).
+SIMLAYER_CASES = [
+    ("simlayerkv_t02", dict(lazy_threshold=0.2, n_last=2, n_recent=32, n_initial=4)),
+    ("simlayerkv_t09", dict(lazy_threshold=0.9, n_last=1, n_recent=16, n_initial=4)),
+    ("simlayerkv_t015_w8", dict(lazy_threshold=0.15, n_last=8, n_recent=40, n_initial=2)),
+]
+
+
+@torch.no_grad()
+def run_simlayerkv(model, input_ids, li: int, name: str, params: dict, td: TensorDir, ref: dict) -> dict:
+    """Prefills with SimLayerKVPress through kvpress's hooks; records the layer's inputs, kvpress's laziness statistic
+    (is_lazy's own formula on SnapKVPress.compute_window_attention) and what it kept."""
+    press = SimLayerKVPress(**params)
+    cap = {}
+    orig_compress = press.compress
+
+    def compress(module, hidden_states, keys, values, attentions, kwargs):
+        k2, v2 = orig_compress(module, hidden_states, keys, values, attentions, kwargs)
+        if module.layer_idx == li:
+            cap.update(hidden_states=hidden_states.clone(), keys=keys.clone(), values=values.clone(),
+                       pe=tuple(t.clone() for t in kwargs["position_embeddings"]), module=module,
+                       keys_out=k2.clone(), values_out=v2.clone())
+        return k2, v2
+
+    press.compress = compress
+    try:
+        with press(model):
+            model(input_ids, use_cache=True)
+    finally:
+        del press.compress
+    for key in ("hidden_states", "keys", "values"):
+        assert torch.equal(cap[key], ref[key]), f"{name}: {key} differs from the scenario's"
+    w = params["n_last"]
+    attn = SnapKVPress.compute_window_attention(cap["module"], cap["hidden_states"], cap["keys"], w, cap["pe"])
+    attn = attn.mean((0, 1, 2))
+    statistic = float(attn[: params["n_initial"]].sum() + attn[-params["n_recent"] :].sum())
+    n = cap["keys"].shape[2]
+    lazy = cap["keys_out"].shape[2] < n
+    assert lazy == (statistic > params["lazy_threshold"])
+    kept = recover_kept(cap["keys"], cap["values"], cap["keys_out"], cap["values_out"])
+    wq = f"window_queries_{w}"
+    if f"{wq}.bin" not in td.written:
+        td.write(wq, window_queries(cap["module"], cap["hidden_states"], cap["pe"], w))
+    return {
+        "name": name,
+        "press": "SimLayerKVPress",
+        "params": press_params(press),
+        "uses": [wq, "keys"],
+        "window_queries": td.written[f"{wq}.bin"],
+        "statistic": statistic,
+        "lazy": lazy,
+        "n_kept": int(kept.shape[-1]),
+        "kept": td.write(f"{name}_kept", kept, "int32"),
+    }
+
+
 @contextlib.contextmanager
 def recording_randn(draws: list):
     """Records every torch.randn result (LeverageScorePress draws its sketch from the global generator)."""
@@ -940,6 +998,9 @@ def generate_more_scenario(out_dir: Path, spec, scenario_index: int, log) -> str
             entry["projection"] = td.write(f"{case.name}_projection", draws[li] / math.sqrt(20))
         entries.append(entry)
         log(f"  more/{name:22s} {case.name:26s} r={ratio} n_kept={entry['n_kept']}" + (" (tie)" if tied else ""))
+    layer_entries = [run_simlayerkv(model, input_ids, li, n, p, td, ref) for n, p in SIMLAYER_CASES]
+    for e in layer_entries:
+        log(f"  more/{name:22s} {e['name']:26s} statistic={e['statistic']:.4f} lazy={e['lazy']} n_kept={e['n_kept']}")
     module = ref["module"]
     tensors = {
         "keys": td.write("keys", ref["keys"]),
@@ -965,6 +1026,7 @@ def generate_more_scenario(out_dir: Path, spec, scenario_index: int, log) -> str
             "rope": rope,
             "tensors": tensors,
             "presses": entries,
+            "layer_presses": layer_entries,
         },
     )
     return name

@@ -52,7 +52,7 @@ template <class Press>
 [[nodiscard]] inline std::vector<std::string> press_names() {
   return {"expected_attention", "knorm",   "streaming_llm", "snapkv",    "pyramidkv", "tova",
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
-          "non_causal_attn",    "compactor", "cur",           "cap"};
+          "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv"};
 }
 
 /// \brief The named press at `ratio` (fraction of entries removed); "none" is the full cache.
@@ -76,6 +76,12 @@ template <class Press>
   if (name == "compactor") return sketch_press(kvc::CompactorPress{ratio}, name, dev);
   if (name == "cur") return prefill_press(kvc::CURPress{ratio}, name, dev);
   if (name == "cap") return prefill_press(kvc::CapPress{ratio}, name, dev);
+  if (name == "simlayerkv") {  // decides per layer: the ratio is not used; kvpress's Llama 3 threshold
+    kvc::SimLayerKVPress const press{0.9};
+    Compressor c = prefill_press(press, name, dev);
+    c.needs.window = press.n_last;
+    return c;
+  }
   std::string known = "none";
   for (auto const& n : press_names()) known += ", " + n;
   KVC_THROW("unknown press '" << name << "' (" << known << ")");
