@@ -47,3 +47,4 @@
 #include "kvcompress/press/cur.hpp"
 #include "kvcompress/press/cap.hpp"
 #include "kvcompress/press/sim_layer_kv.hpp"
+#include "kvcompress/press/finch.hpp"

@@ -260,7 +260,8 @@ std::vector<PressCase> all_presses(Inputs const& in) {
           make_case("NonCausalAttn", NonCausalAttnPress{r}),
           make_case("Compactor", compactor),
           make_case("CUR", CURPress{r}),
-          make_case("Cap", CapPress{r})};
+          make_case("Cap", CapPress{r}),
+          make_case("Finch", FinchPress{r, 0, true, true, in.s.window})};
 }
 
 kvc_test::OwnedCache<float> make_cache(Shape const& s) {

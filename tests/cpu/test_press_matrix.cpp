@@ -157,7 +157,8 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
           make_case("Compactor", compactor, false),
           make_case("CUR", CURPress{r}),
           make_case("CUR (key, global, random projection)", cur_projected),
-          make_case("Cap", CapPress{r})};
+          make_case("Cap", CapPress{r}),
+          make_case("Finch (no re-rotation)", FinchPress{r, 0, true, false, kW})};
 }
 
 }  // namespace

@@ -200,3 +200,74 @@ TEST_CASE("SimLayerKV matches kvpress 0.5.5: laziness statistic, decision and ke
   CHECK(cases == 3 * 3);
   CHECK(lazy == 5);
 }
+
+// FINCH on the batch-1 scenarios: kvpress's prompt carried a delimiter token `window_size` tokens before
+// its end (removed by its embedding hook, so the layer saw the scenario's inputs); kvcompress is given
+// the window. Scores, kept sets and the re-rotated keys.
+TEST_CASE("FINCH matches kvpress 0.5.5: scores, kept sets and re-rotated keys", "[golden][press]") {
+  int cases = 0;
+  double max_rel = 0.0, max_key = 0.0;
+  for (auto const& name : more_scenario_names()) {
+    Scenario const sc(name);
+    for (auto const& pc : sc.meta.at("finch_presses")) {
+      std::string const case_name = pc.at("name");
+      CAPTURE(name, case_name);
+      json const& p = pc.at("params");
+      FinchPress const press{p.at("compression_ratio"), p.at("chunk_length").is_null() ? 0 : p.at("chunk_length").get<std::int64_t>(),
+                             p.at("normalize_scores"), p.at("rerotate_keys"), p.at("window_size")};
+      auto const wq = kvc_test::load_tensor<float>(sc.dir, pc.at("window_queries"));
+      auto const want_scores = kvc_test::load_tensor<float>(sc.dir, pc.at("scores"));
+      auto const want_kept = kvc_test::load_tensor<std::int32_t>(sc.dir, pc.at("kept"));
+      std::int64_t const n_kept = pc.at("n_kept");
+      RotaryEmbedding const rope(kvc_test::rope_config_from(sc.meta.at("rope"), static_cast<int>(sc.head_dim)));
+      Observation<float> obs;
+      obs.window_queries = make_tensor4(wq.data.data(), {wq.shape[0], wq.shape[1], wq.shape[2], wq.shape[3]});
+      obs.rope = &rope;
+      obs.chunk_length = sc.n;
+      std::vector<float> k = sc.keys.data, v = sc.values.data;
+      CacheExtents const e{sc.batch, sc.kv_heads, sc.n, sc.head_dim};
+      auto const layout = make_strided_layout(e, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim});
+      std::vector<std::int32_t> lengths(static_cast<std::size_t>(sc.batch * sc.kv_heads), static_cast<std::int32_t>(sc.n));
+      std::vector<std::int32_t> positions(static_cast<std::size_t>(sc.batch * sc.kv_heads * sc.n));
+      for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>(i % sc.n);
+      auto const cache = make_cache_view(k.data(), v.data(), e, layout, lengths.data(), positions.data());
+      auto const got = score(cpu, press, obs, cache);
+      double scale = 0.0;
+      for (float x : want_scores.data) scale = std::max(scale, double(std::fabs(x)));
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        double const err = std::fabs(double(got[i]) - want_scores.data[i]);
+        double const tol = kRelTol * std::max(double(std::fabs(want_scores.data[i])), 1e-2 * scale);
+        if (err > tol) FAIL_CHECK("score " << i << ": kvcompress " << got[i] << ", kvpress " << want_scores.data[i]);
+        max_rel = std::max(max_rel, err / std::max(double(std::fabs(want_scores.data[i])), 1e-2 * scale));
+      }
+      std::vector<std::int32_t> const original_positions = positions;
+      compress(cpu, press, obs, cache);
+      for (std::int64_t row = 0; row < sc.batch * sc.kv_heads; ++row) {
+        CAPTURE(row);
+        REQUIRE(lengths[static_cast<std::size_t>(row)] == n_kept);
+        for (std::int64_t j = 0; j < n_kept; ++j) {
+          std::int32_t const src = want_kept.data[static_cast<std::size_t>(row * n_kept + j)];
+          // values follow the kept entries; with re-rotation positions become the slots
+          for (std::int64_t c = 0; c < sc.head_dim; ++c)
+            REQUIRE(v[static_cast<std::size_t>((row * sc.n + j) * sc.head_dim + c)] ==
+                    sc.values.data[static_cast<std::size_t>((row * sc.n + src) * sc.head_dim + c)]);
+          CHECK(positions[static_cast<std::size_t>(row * sc.n + j)] == (press.rerotate_keys ? j : src));
+        }
+      }
+      if (press.rerotate_keys) {
+        auto const keys_out = kvc_test::load_tensor<float>(sc.dir, pc.at("keys_out"));  // [b, h, n_kept, d]
+        for (std::int64_t row = 0; row < sc.batch * sc.kv_heads; ++row)
+          for (std::int64_t j = 0; j < n_kept; ++j)
+            for (std::int64_t c = 0; c < sc.head_dim; ++c) {
+              double const want = keys_out.data[static_cast<std::size_t>((row * n_kept + j) * sc.head_dim + c)];
+              double const err = std::fabs(k[static_cast<std::size_t>((row * sc.n + j) * sc.head_dim + c)] - want);
+              max_key = std::max(max_key, err);
+              CHECK(err < 1e-5 * std::max(1.0, std::fabs(want)));
+            }
+      }
+      ++cases;
+    }
+  }
+  std::printf("golden FINCH: %d cases, max relative score error %.3g, max re-rotated key error %.3g\n", cases, max_rel, max_key);
+  CHECK(cases == 2 * 3);
+}

@@ -50,6 +50,7 @@ from kvpress import (
     CriticalKVPress,
     ExpectedAttentionPress,
     ExpectedAttentionStatsPress,
+    FinchPress,
     KeyDiffPress,
     KeyRerotationPress,
     KnormPress,
@@ -935,6 +936,65 @@ def run_simlayerkv(model, input_ids, li: int, name: str, params: dict, td: Tenso
     }
 
 
+# FinchPress reads its window from a delimiter token in the prompt (batch 1 only): the scenario's prompt with the
+# delimiter inserted `window` tokens before its end, which kvpress's embedding hook removes again, so the layer sees
+# exactly the scenario's inputs. (name, window, parameters)
+FINCH_CASES = [
+    ("finch_default", 12, {}),
+    ("finch_chunk100", 8, dict(chunk_length=100)),
+    ("finch_plain", 16, dict(normalize_scores=False, rerotate_keys=False)),
+]
+
+
+@torch.no_grad()
+def run_finch(model, input_ids, li, name, window, params, ratio, td, ref) -> dict:
+    n = input_ids.shape[1]
+    delimiter = int(min(set(range(model.config.vocab_size)) - set(input_ids[0].tolist())))
+    ids = torch.cat([input_ids[:, : n - window], torch.tensor([[delimiter]]), input_ids[:, n - window :]], dim=1)
+    press = FinchPress(compression_ratio=ratio, **params)
+    press.delimiter_token_id = delimiter
+    recorded = {}
+    original = KeyRerotationPress.rerotate_keys
+
+    def rerotate_keys(module, indices, keys):
+        if module.layer_idx == li:
+            recorded["indices"] = indices.clone()
+        return original(module, indices, keys)
+
+    KeyRerotationPress.rerotate_keys = staticmethod(rerotate_keys)
+    try:
+        cap = run_press(model, ids, press, (li,), no_attention=True)
+    finally:
+        KeyRerotationPress.rerotate_keys = staticmethod(original)
+    c = cap[li]
+    assert press.window_size == window
+    for key in ("hidden_states", "keys", "values"):
+        assert torch.equal(c[key], ref[key]), f"{name}: {key} differs from the scenario's"
+    if press.rerotate_keys:
+        kept = recorded["indices"]
+        gathered = c["values"].gather(2, kept.unsqueeze(-1).expand(-1, -1, -1, c["values"].shape[-1]))
+        assert torch.equal(c["values_out"], gathered), "values do not follow the re-rotated keys"
+    else:
+        kept = recover_kept(c["keys"], c["values"], c["keys_out"], c["values_out"])
+    scores = c["scores"].to(torch.float32)
+    wq = f"window_queries_{window}"
+    if f"{wq}.bin" not in td.written:
+        td.write(wq, window_queries(c["module"], c["hidden_states"], c["position_embeddings"], window))
+    entry = {
+        "name": name,
+        "press": "FinchPress",
+        "params": {**press_params(press), "window_size": window},
+        "uses": [wq, "keys", "inv_freq"],
+        "window_queries": td.written[f"{wq}.bin"],
+        "n_kept": int(kept.shape[-1]),
+        "scores": td.write(f"{name}_scores", scores),
+        "kept": td.write(f"{name}_kept", kept.sort(dim=-1).values, "int32"),
+    }
+    if press.rerotate_keys:
+        entry["keys_out"] = td.write(f"{name}_keys_out", c["keys_out"])
+    return entry
+
+
 @contextlib.contextmanager
 def recording_randn(draws: list):
     """Records every torch.randn result (LeverageScorePress draws its sketch from the global generator)."""
@@ -999,6 +1059,13 @@ def generate_more_scenario(out_dir: Path, spec, scenario_index: int, log) -> str
         entries.append(entry)
         log(f"  more/{name:22s} {case.name:26s} r={ratio} n_kept={entry['n_kept']}" + (" (tie)" if tied else ""))
     layer_entries = [run_simlayerkv(model, input_ids, li, n, p, td, ref) for n, p in SIMLAYER_CASES]
+    rerotating = []
+    if batch == 1:
+        for fi, (fname, window, params) in enumerate(FINCH_CASES):
+            ratio = RATIOS[(fi + scenario_index) % len(RATIOS)]
+            e = run_finch(model, input_ids, li, fname, window, params, ratio, td, ref)
+            rerotating.append(e)
+            log(f"  more/{name:22s} {fname:26s} r={ratio} n_kept={e['n_kept']}")
     for e in layer_entries:
         log(f"  more/{name:22s} {e['name']:26s} statistic={e['statistic']:.4f} lazy={e['lazy']} n_kept={e['n_kept']}")
     module = ref["module"]
@@ -1027,6 +1094,7 @@ def generate_more_scenario(out_dir: Path, spec, scenario_index: int, log) -> str
             "tensors": tensors,
             "presses": entries,
             "layer_presses": layer_entries,
+            "finch_presses": rerotating,
         },
     )
     return name
