@@ -67,10 +67,19 @@ inline std::vector<std::string> scenario_names() {
   return index.at("scenarios").get<std::vector<std::string>>();
 }
 
+/// The self-contained scenarios of the presses added later (tests/golden/more_presses), as paths
+/// relative to the golden directory.
+inline std::vector<std::string> more_scenario_names() {
+  auto const index = kvc_test::load_json(kGoldenDir + "/more_presses/index.json");
+  std::vector<std::string> names;
+  for (auto const& n : index.at("scenarios")) names.push_back("more_presses/" + n.get<std::string>());
+  return names;
+}
+
 // What a case hands over: the observation and the tensors it points into.
 struct CaseInputs {
   Observation<float> obs;
-  kvc_test::LoadedTensor<float> queries, window, attention, mean, cov, filters_slice;
+  kvc_test::LoadedTensor<float> queries, window, attention, mean, cov, filters_slice, sketch, projection;
   std::vector<float> filters;  // [num_layers, kv_heads, head_dim]
   std::unique_ptr<RotaryEmbedding> rope;
 };
@@ -93,6 +102,10 @@ inline void prepare_inputs(Scenario const& sc, json const& pc, CaseInputs& in) {
       in.obs.window_queries = four(in.window = sc.tensor(use));
     else if (use == "attention")
       in.obs.attention = four(in.attention = sc.tensor("attention"));
+    else if (use == "sketch")  // the Gaussian sketch kvpress drew for this case
+      in.sketch = kvc_test::load_tensor<float>(sc.dir, pc.at("sketch"));
+    else if (use == "projection")  // CURPress's random projection, as kvpress drew it
+      in.projection = kvc_test::load_tensor<float>(sc.dir, pc.at("projection"));
   }
 }
 
@@ -161,6 +174,26 @@ bool with_press(Scenario const& sc, json const& pc, CaseInputs& in, Fn&& fn) {
     fn(TOVAPress{r});
   } else if (kind == "ObservedAttentionPress") {
     fn(ObservedAttentionPress{r});
+  } else if (kind == "LeverageScorePress") {
+    in.obs.chunk_length = sc.n;
+    fn(LeverageScorePress{r, p.at("sketch_dimension"), in.sketch.data.data()});
+  } else if (kind == "NonCausalAttnPress") {
+    fn(NonCausalAttnPress{r, p.at("chunk_size")});
+  } else if (kind == "CURPress") {
+    std::string const type = p.at("leverage_type");
+    CurLeverage const lev = type == "key"     ? CurLeverage::kKey
+                            : type == "value" ? CurLeverage::kValue
+                            : type == "kv_avg" ? CurLeverage::kKvAvg
+                                               : CurLeverage::kKvProduct;
+    fn(CURPress{r, p.at("num_sinks"), lev, p.at("use_random_leverage"), p.at("use_local_approximation"),
+                p.at("local_window_size"), in.projection.data.empty() ? nullptr : in.projection.data.data()});
+  } else if (kind == "CapPress") {
+    fn(CapPress{r, p.at("tau"), p.at("n_future_positions"), p.at("n_sink"), p.at("epsilon")});
+  } else if (kind == "CompactorPress") {
+    CompactorPress press{r, p.at("sink_size_start"), p.at("sink_size_end"), p.at("chunk_size"), p.at("sketch_dimension")};
+    if (!p.at("blending").is_null()) press.blending = p.at("blending").get<double>();
+    press.sketch = in.sketch.data.data();
+    fn(press);
   } else {
     return false;
   }

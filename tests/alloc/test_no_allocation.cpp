@@ -168,7 +168,7 @@ RotaryEmbedding make_rope(std::int64_t head_dim) {
 struct Inputs {
   Shape s;
   RotaryEmbedding rope;
-  std::vector<float> queries, window_queries, attention, mean, covariance, filters;
+  std::vector<float> queries, window_queries, attention, mean, covariance, filters, sketch;
 
   explicit Inputs(Shape shape, bool with_attention = true) : s(shape), rope(make_rope(shape.head_dim)) {
     std::int64_t const n = s.capacity, d = s.head_dim;
@@ -181,6 +181,7 @@ struct Inputs {
     for (std::int64_t j = 0; j < s.q_heads; ++j)
       for (std::int64_t c = 0; c < d; ++c) covariance[sz((j * d + c) * d + c)] = 0.5f;
     filters = kvc_test::random_vector(sz(2 * s.kv_heads * d), 5);
+    sketch = kvc_test::random_vector(sz(s.batch * s.kv_heads * d * 48), 6, 0.15f);  // LeverageScore / Compactor
   }
 
   [[nodiscard]] Observation<float> observation() const {
@@ -240,6 +241,8 @@ std::vector<PressCase> all_presses(Inputs const& in) {
   pyramid.compression_ratio = r;
   pyramid.window_size = in.s.window;
   int const heads = static_cast<int>(in.s.kv_heads), d = static_cast<int>(in.s.head_dim);
+  CompactorPress compactor{r};
+  compactor.sketch = in.sketch.data();
   return {make_case("ExpectedAttention", ea),
           make_case("ExpectedAttention (no covariance, no vnorm)", ea_plain),
           make_case("ExpectedAttentionStats", eas),
@@ -252,7 +255,13 @@ std::vector<PressCase> all_presses(Inputs const& in) {
           make_case("SnapKV", SnapKVPress{r, in.s.window, 5}),
           make_case("PyramidKV", pyramid),
           make_case("TOVA", TOVAPress{r}),
-          make_case("ObservedAttention", ObservedAttentionPress{r})};
+          make_case("ObservedAttention", ObservedAttentionPress{r}),
+          make_case("LeverageScore", LeverageScorePress{r, 48, in.sketch.data()}),
+          make_case("NonCausalAttn", NonCausalAttnPress{r}),
+          make_case("Compactor", compactor),
+          make_case("CUR", CURPress{r}),
+          make_case("Cap", CapPress{r}),
+          make_case("Finch", FinchPress{r, 0, true, true, in.s.window})};
 }
 
 kvc_test::OwnedCache<float> make_cache(Shape const& s) {

@@ -129,6 +129,16 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
   PyramidKVPress pyramid;
   pyramid.compression_ratio = r;
   pyramid.window_size = kW;
+  constexpr std::int64_t kSketch = 8;
+  static std::vector<float> const sketch = kvc_test::random_vector(static_cast<std::size_t>(kB * kH * kD * kSketch), 17);
+  LeverageScorePress leverage{r, kSketch, sketch.data()};
+  CompactorPress compactor{r};
+  compactor.sketch_dimension = kSketch;
+  compactor.chunk_size = 16;
+  compactor.sketch = sketch.data();
+  static std::vector<float> const projection =
+      kvc_test::random_vector(static_cast<std::size_t>(kD * CURPress::kProjectionDim), 18, 0.2f);
+  CURPress cur_projected{r, 2, CurLeverage::kKey, true, false, 16, projection.data()};
   return {make_case("ExpectedAttention", ea),
           make_case("ExpectedAttention (no covariance, no vnorm)", ea_plain),
           make_case("ExpectedAttentionStats", eas),
@@ -141,7 +151,14 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
           make_case("SnapKV", SnapKVPress{r, kW, 5}),
           make_case("PyramidKV", pyramid),
           make_case("TOVA", TOVAPress{r}, false),
-          make_case("ObservedAttention", ObservedAttentionPress{r}, false)};
+          make_case("ObservedAttention", ObservedAttentionPress{r}, false),
+          make_case("LeverageScore", leverage, false),
+          make_case("NonCausalAttn", NonCausalAttnPress{r, 16}, false),
+          make_case("Compactor", compactor, false),
+          make_case("CUR", CURPress{r}),
+          make_case("CUR (key, global, random projection)", cur_projected),
+          make_case("Cap", CapPress{r}),
+          make_case("Finch (no re-rotation)", FinchPress{r, 0, true, false, kW})};
 }
 
 }  // namespace
@@ -230,6 +247,15 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
     REQUIRE_THROWS_WITH(press_named("ExpectedAttention").compress(in.observation(37), cache.view()),
                         Catch::Contains("observation.queries[1, 6, 30, 2]"));
   }
+  SECTION("queries (NonCausalAttn, Compactor, Cap)") {
+    in.queries[((1 * kQ + 6) * 37 + 30) * kD + 2] = nan;
+    for (char const* name : {"NonCausalAttn", "Compactor", "Cap"}) {
+      CAPTURE(name);
+      Cache cache(lengths);
+      REQUIRE_THROWS_WITH(press_named(name).compress(in.observation(37), cache.view()),
+                          Catch::Contains("observation.queries[1, 6, 30, 2]"));
+    }
+  }
   SECTION("window queries (SnapKV, TOVA reads only the last one)") {
     in.window_queries[((0 * kQ + 3) * kW + kW - 1) * kD + 9] = nan;
     for (char const* name : {"SnapKV", "PyramidKV", "TOVA"}) {
@@ -253,6 +279,14 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
   }
   SECTION("values (ExpectedAttention with use_vnorm, LagKV)") {
     for (char const* name : {"ExpectedAttention", "LagKV"}) {
+      CAPTURE(name);
+      Cache cache(lengths);
+      cache.c.v[(2 * kCap + 11) * kD + 1] = nan;
+      REQUIRE_THROWS_WITH(press_named(name).compress(in.observation(37), cache.view()),
+                          Catch::Contains("values[1, 0, 11, 1]"));
+    }
+  }  SECTION("values (NonCausalAttn, Compactor, CUR, Cap)") {
+    for (char const* name : {"NonCausalAttn", "Compactor", "CUR", "Cap"}) {
       CAPTURE(name);
       Cache cache(lengths);
       cache.c.v[(2 * kCap + 11) * kD + 1] = nan;

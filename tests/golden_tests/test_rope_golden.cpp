@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "golden_fixture.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
@@ -56,7 +57,7 @@ TEST_CASE("RoPE matches HF transformers for every variant", "[golden][rope]") {
     for (int i = 0; i < d / 2; ++i) {
       double const e = std::fabs(double(rope.inv_freq()[i]) - inv.data[i]) / std::fabs(double(inv.data[i]));
       max_inv = std::max(max_inv, e);
-      CHECK(e < 1e-6);
+      CHECK(rope.inv_freq()[i] == inv.data[i]);  // bit for bit (see the test below)
     }
     for (auto const& ev : c.at("evaluations")) {
       std::int64_t const seq_len = ev.at("seq_len");
@@ -65,7 +66,7 @@ TEST_CASE("RoPE matches HF transformers for every variant", "[golden][rope]") {
       auto const ev_inv = kvc_test::load_tensor<float>(dir, ev.at("inv_freq"));
       std::vector<float> ours_inv(static_cast<std::size_t>(d / 2));
       rope.inv_freq_for(seq_len, ours_inv.data());
-      for (int i = 0; i < d / 2; ++i) CHECK(ours_inv[i] == Approx(ev_inv.data[i]).epsilon(1e-6));
+      for (int i = 0; i < d / 2; ++i) CHECK(ours_inv[i] == ev_inv.data[i]);
       std::vector<float> co(static_cast<std::size_t>(d)), si(co.size());
       auto const positions = ev.at("positions").get<std::vector<std::int64_t>>();
       for (std::size_t k = 0; k < positions.size(); ++k) {
@@ -100,4 +101,34 @@ TEST_CASE("RoPE matches HF transformers for every variant", "[golden][rope]") {
   std::printf("golden rope: %d cases; max rel inv_freq error %.3g, max cos/sin error / bound %.3g, "
               "max abs averaged-rotation error %.3g\n", cases, max_inv, max_cs, max_avg);
   CHECK(cases == 14);
+}
+
+// HF's inverse frequencies bit for bit (tools/golden/generate.py → tests/golden/rope_inv_freq): every
+// variant at head_dims 64/80/96/128/256 and thetas 1e4/5e5/1e6, llama3 with six original contexts
+// (64 … 131072) and three factor sets. PyTorch evaluates `scalar / tensor` as reciprocal-then-multiply
+// and `scalar ** tensor` through SLEEF's powf for all but the tail of the vector blocks
+// (kvcompress/rope/torch_float.hpp); a correctly rounded division or powf misses some indices by an ulp.
+TEST_CASE("RoPE inverse frequencies equal HF's bit for bit", "[golden][rope]") {
+  std::string const dir = std::string(KVC_GOLDEN_DIR) + "/rope_inv_freq";
+  auto const meta = kvc_test::load_json(dir + "/inv_freq.json");
+  auto const all = kvc_test::load_tensor<float>(dir, meta.at("inv_freq"));
+  int cases = 0, llama3 = 0;
+  for (auto const& c : meta.at("cases")) {
+    int const d = c.at("head_dim");
+    std::size_t const offset = c.at("offset");
+    std::string const type = c.at("config").at("rope_type");
+    CAPTURE(c.at("config").dump(), d);
+    RotaryEmbedding const rope(config_from(c.at("config"), d));
+    std::vector<float> inv = rope.inv_freq();
+    if (c.contains("seq_len")) rope.inv_freq_for(c.at("seq_len"), inv.data());  // dynamic NTK past max_position
+    for (int i = 0; i < d / 2; ++i) {
+      CAPTURE(i);
+      CHECK(inv[static_cast<std::size_t>(i)] == all.data[offset + static_cast<std::size_t>(i)]);
+    }
+    ++cases;
+    llama3 += type == "llama3";
+  }
+  std::printf("golden rope: %d inverse-frequency cases (%d llama3) bit for bit\n", cases, llama3);
+  CHECK(llama3 == 3 * 6 * 3 * 5);
+  CHECK(cases == 3 * (3 + 6 + 6 * 3) * 5 + 3 * 5 * 4);
 }

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import json
 import shutil
 import sys
@@ -39,6 +40,9 @@ import kvpress
 from kvpress import (
     AdaKVPress,
     BlockPress,
+    CapPress,
+    CompactorPress,
+    CURPress,
     ChunkKVPress,
     ChunkPress,
     ComposedPress,
@@ -46,14 +50,18 @@ from kvpress import (
     CriticalKVPress,
     ExpectedAttentionPress,
     ExpectedAttentionStatsPress,
+    FinchPress,
     KeyDiffPress,
     KeyRerotationPress,
     KnormPress,
     LagKVPress,
+    LeverageScorePress,
+    NonCausalAttnPress,
     ObservedAttentionPress,
     PerLayerCompressionPress,
     PyramidKVPress,
     QFilterPress,
+    SimLayerKVPress,
     SnapKVPress,
     StreamingLLMPress,
     TOVAPress,
@@ -337,7 +345,7 @@ CASES = [
 def press_params(press) -> dict:
     out = {}
     for f in dataclasses.fields(press):
-        if not f.init:
+        if not f.init or f.name.startswith("_"):  # CompactorPress's child presses are built from its own fields
             continue
         v = getattr(press, f.name)
         if f.name == "stats_folder":
@@ -833,6 +841,275 @@ def generate_wrappers(model, input_ids, reference: dict, dirs: dict, scenario_in
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# More presses (tests/golden/more_presses): self-contained scenarios, each with its own inputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+# The presses added after the first fixtures were committed. Their scenarios write their own inputs, so regenerating
+# them on another machine (whose float kernels may differ in the last bit) leaves the older fixtures untouched.
+# (name, model family, head_dim, seq_len, batch, seed)
+MORE_SCENARIOS = [
+    ("llama_d64_n131_b2", "llama", 64, 131, 2, 401),  # GQA 4:1, llama3 RoPE, batch 2
+    ("qwen3_d128_n203", "qwen3", 128, 203, 1, 402),  # q_norm/k_norm, default RoPE
+    ("llama_d128_n128", "llama", 128, 128, 1, 403),  # a length that is a multiple of the chunk sizes
+]
+
+MORE_CASES = [
+    Case("leverage_default", LeverageScorePress, {}, ["keys", "sketch", "inv_freq"]),
+    Case("leverage_k16", LeverageScorePress, dict(sketch_dimension=16), ["keys", "sketch", "inv_freq"]),
+    Case("non_causal_default", NonCausalAttnPress, {}, ["queries", "keys", "values", "inv_freq"]),
+    Case("non_causal_chunk32", NonCausalAttnPress, dict(chunk_size=32), ["queries", "keys", "values", "inv_freq"]),
+    Case("compactor_default", CompactorPress, {}, ["queries", "keys", "values", "sketch", "inv_freq"]),
+    Case(
+        "compactor_blend",
+        CompactorPress,
+        dict(blending=0.7, chunk_size=32, sketch_dimension=16, sink_size_start=3, sink_size_end=0),
+        ["queries", "keys", "values", "sketch", "inv_freq"],
+    ),
+    Case("cur_default", CURPress, {}, ["keys", "values"]),
+    Case("cur_key_global", CURPress, dict(leverage_type="key", use_local_approximation=False, num_sinks=0), ["keys"]),
+    Case("cur_kv_avg_w5", CURPress, dict(leverage_type="kv_avg", local_window_size=5, num_sinks=2), ["keys", "values"]),
+    Case(
+        "cur_value_random",
+        CURPress,
+        dict(leverage_type="value", use_random_leverage=True),
+        ["keys", "values", "projection"],
+    ),
+    Case("cap_default", CapPress, {}, ["queries", "keys", "values", "inv_freq"]),
+    Case("cap_tau2_sink2", CapPress, dict(tau=2.0, n_sink=2, n_future_positions=64), ["queries", "keys", "values", "inv_freq"]),
+]
+
+
+# SimLayerKV decides per layer; the cases aim at both outcomes (the statistic is recorded, so the C++ side checks it
+# and the decision, whichever it is).
+SIMLAYER_CASES = [
+    ("simlayerkv_t02", dict(lazy_threshold=0.2, n_last=2, n_recent=32, n_initial=4)),
+    ("simlayerkv_t09", dict(lazy_threshold=0.9, n_last=1, n_recent=16, n_initial=4)),
+    ("simlayerkv_t015_w8", dict(lazy_threshold=0.15, n_last=8, n_recent=40, n_initial=2)),
+]
+
+
+@torch.no_grad()
+def run_simlayerkv(model, input_ids, li: int, name: str, params: dict, td: TensorDir, ref: dict) -> dict:
+    """Prefills with SimLayerKVPress through kvpress's hooks; records the layer's inputs, kvpress's laziness statistic
+    (is_lazy's own formula on SnapKVPress.compute_window_attention) and what it kept."""
+    press = SimLayerKVPress(**params)
+    cap = {}
+    orig_compress = press.compress
+
+    def compress(module, hidden_states, keys, values, attentions, kwargs):
+        k2, v2 = orig_compress(module, hidden_states, keys, values, attentions, kwargs)
+        if module.layer_idx == li:
+            cap.update(hidden_states=hidden_states.clone(), keys=keys.clone(), values=values.clone(),
+                       pe=tuple(t.clone() for t in kwargs["position_embeddings"]), module=module,
+                       keys_out=k2.clone(), values_out=v2.clone())
+        return k2, v2
+
+    press.compress = compress
+    try:
+        with press(model):
+            model(input_ids, use_cache=True)
+    finally:
+        del press.compress
+    for key in ("hidden_states", "keys", "values"):
+        assert torch.equal(cap[key], ref[key]), f"{name}: {key} differs from the scenario's"
+    w = params["n_last"]
+    attn = SnapKVPress.compute_window_attention(cap["module"], cap["hidden_states"], cap["keys"], w, cap["pe"])
+    attn = attn.mean((0, 1, 2))
+    statistic = float(attn[: params["n_initial"]].sum() + attn[-params["n_recent"] :].sum())
+    n = cap["keys"].shape[2]
+    lazy = cap["keys_out"].shape[2] < n
+    assert lazy == (statistic > params["lazy_threshold"])
+    kept = recover_kept(cap["keys"], cap["values"], cap["keys_out"], cap["values_out"])
+    wq = f"window_queries_{w}"
+    if f"{wq}.bin" not in td.written:
+        td.write(wq, window_queries(cap["module"], cap["hidden_states"], cap["pe"], w))
+    return {
+        "name": name,
+        "press": "SimLayerKVPress",
+        "params": press_params(press),
+        "uses": [wq, "keys"],
+        "window_queries": td.written[f"{wq}.bin"],
+        "statistic": statistic,
+        "lazy": lazy,
+        "n_kept": int(kept.shape[-1]),
+        "kept": td.write(f"{name}_kept", kept, "int32"),
+    }
+
+
+# FinchPress reads its window from a delimiter token in the prompt (batch 1 only): the scenario's prompt with the
+# delimiter inserted `window` tokens before its end, which kvpress's embedding hook removes again, so the layer sees
+# exactly the scenario's inputs. (name, window, parameters)
+FINCH_CASES = [
+    ("finch_default", 12, {}),
+    ("finch_chunk100", 8, dict(chunk_length=100)),
+    ("finch_plain", 16, dict(normalize_scores=False, rerotate_keys=False)),
+]
+
+
+@torch.no_grad()
+def run_finch(model, input_ids, li, name, window, params, ratio, td, ref) -> dict:
+    n = input_ids.shape[1]
+    delimiter = int(min(set(range(model.config.vocab_size)) - set(input_ids[0].tolist())))
+    ids = torch.cat([input_ids[:, : n - window], torch.tensor([[delimiter]]), input_ids[:, n - window :]], dim=1)
+    press = FinchPress(compression_ratio=ratio, **params)
+    press.delimiter_token_id = delimiter
+    recorded = {}
+    original = KeyRerotationPress.rerotate_keys
+
+    def rerotate_keys(module, indices, keys):
+        if module.layer_idx == li:
+            recorded["indices"] = indices.clone()
+        return original(module, indices, keys)
+
+    KeyRerotationPress.rerotate_keys = staticmethod(rerotate_keys)
+    try:
+        cap = run_press(model, ids, press, (li,), no_attention=True)
+    finally:
+        KeyRerotationPress.rerotate_keys = staticmethod(original)
+    c = cap[li]
+    assert press.window_size == window
+    for key in ("hidden_states", "keys", "values"):
+        assert torch.equal(c[key], ref[key]), f"{name}: {key} differs from the scenario's"
+    if press.rerotate_keys:
+        kept = recorded["indices"]
+        gathered = c["values"].gather(2, kept.unsqueeze(-1).expand(-1, -1, -1, c["values"].shape[-1]))
+        assert torch.equal(c["values_out"], gathered), "values do not follow the re-rotated keys"
+    else:
+        kept = recover_kept(c["keys"], c["values"], c["keys_out"], c["values_out"])
+    scores = c["scores"].to(torch.float32)
+    wq = f"window_queries_{window}"
+    if f"{wq}.bin" not in td.written:
+        td.write(wq, window_queries(c["module"], c["hidden_states"], c["position_embeddings"], window))
+    entry = {
+        "name": name,
+        "press": "FinchPress",
+        "params": {**press_params(press), "window_size": window},
+        "uses": [wq, "keys", "inv_freq"],
+        "window_queries": td.written[f"{wq}.bin"],
+        "n_kept": int(kept.shape[-1]),
+        "scores": td.write(f"{name}_scores", scores),
+        "kept": td.write(f"{name}_kept", kept.sort(dim=-1).values, "int32"),
+    }
+    if press.rerotate_keys:
+        entry["keys_out"] = td.write(f"{name}_keys_out", c["keys_out"])
+    return entry
+
+
+@contextlib.contextmanager
+def recording_randn(draws: list):
+    """Records every torch.randn result (LeverageScorePress draws its sketch from the global generator)."""
+    original = torch.randn
+
+    def randn(*args, **kwargs):
+        t = original(*args, **kwargs)
+        draws.append(t.detach().clone())
+        return t
+
+    torch.randn = randn
+    try:
+        yield
+    finally:
+        torch.randn = original
+
+
+def generate_more_scenario(out_dir: Path, spec, scenario_index: int, log) -> str:
+    name, family, head_dim, seq_len, batch, seed = spec
+    model = build_model(family, head_dim, seed)
+    cfg = model.config
+    li = 1
+    g = torch.Generator().manual_seed(seed + 1000)
+    input_ids = torch.randint(0, cfg.vocab_size, (batch, seq_len), generator=g)
+    td = TensorDir(out_dir / name)
+    ref = None
+    entries = []
+    for ci, case in enumerate(MORE_CASES):
+        ratio = RATIOS[(ci + scenario_index) % len(RATIOS)]
+        press = case.cls(compression_ratio=ratio, **case.params)
+        draws: list = []
+        torch.manual_seed(seed + 5000 + ci)
+        with recording_randn(draws):
+            cap = run_press(model, input_ids, press, (li,), no_attention=True)
+        c = cap[li]
+        if ref is None:
+            ref = c
+        for key in ("hidden_states", "keys", "values"):
+            assert torch.equal(c[key], ref[key]), f"{case.name}: {key} differs between presses"
+        kept = recover_kept(c["keys"], c["values"], c["keys_out"], c["values_out"])
+        scores = c["scores"].to(torch.float32)
+        tied = check_topk(scores, kept)
+        entry = {
+            "name": case.name,
+            "press": case.cls.__name__,
+            "params": press_params(press),
+            "uses": list(case.uses),
+            "n_kept": int(kept.shape[-1]),
+            "boundary_tie": bool(tied),
+            "boundary_gap": boundary_gap(scores, int(kept.shape[-1])),
+            "scores": td.write(f"{case.name}_scores", scores),
+            "kept": td.write(f"{case.name}_kept", kept, "int32"),
+        }
+        if "sketch" in case.uses:
+            # One draw per layer, in layer order; kvpress scales it by 1/sqrt(k) in the key dtype.
+            assert len(draws) == cfg.num_hidden_layers, len(draws)
+            k = press.sketch_dimension
+            entry["sketch"] = td.write(f"{case.name}_sketch", draws[li] * (1 / math.sqrt(k)))
+        if "projection" in case.uses:  # CURPress: G = randn(d, 20) / sqrt(20), one draw per layer
+            assert len(draws) == cfg.num_hidden_layers, len(draws)
+            entry["projection"] = td.write(f"{case.name}_projection", draws[li] / math.sqrt(20))
+        entries.append(entry)
+        log(f"  more/{name:22s} {case.name:26s} r={ratio} n_kept={entry['n_kept']}" + (" (tie)" if tied else ""))
+    layer_entries = [run_simlayerkv(model, input_ids, li, n, p, td, ref) for n, p in SIMLAYER_CASES]
+    rerotating = []
+    if batch == 1:
+        for fi, (fname, window, params) in enumerate(FINCH_CASES):
+            ratio = RATIOS[(fi + scenario_index) % len(RATIOS)]
+            e = run_finch(model, input_ids, li, fname, window, params, ratio, td, ref)
+            rerotating.append(e)
+            log(f"  more/{name:22s} {fname:26s} r={ratio} n_kept={e['n_kept']}")
+    for e in layer_entries:
+        log(f"  more/{name:22s} {e['name']:26s} statistic={e['statistic']:.4f} lazy={e['lazy']} n_kept={e['n_kept']}")
+    module = ref["module"]
+    tensors = {
+        "keys": td.write("keys", ref["keys"]),
+        "values": td.write("values", ref["values"]),
+        "queries": td.write("queries", get_prerope_query_states(module, ref["hidden_states"])),
+    }
+    rope = model_rope_json(model, td)
+    tensors["inv_freq"] = td.written["inv_freq.bin"]
+    write_json(
+        td.path / "scenario.json",
+        {
+            "format": FORMAT,
+            "generator": GENERATOR,
+            **versions(),
+            "model": family,
+            "layer_idx": li,
+            "num_layers": cfg.num_hidden_layers,
+            "batch": batch,
+            "q_heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": head_dim,
+            "seq_len": seq_len,
+            "rope": rope,
+            "tensors": tensors,
+            "presses": entries,
+            "layer_presses": layer_entries,
+            "finch_presses": rerotating,
+        },
+    )
+    return name
+
+
+def generate_more_presses(out_dir: Path, log) -> None:
+    d = out_dir / "more_presses"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    names = [generate_more_scenario(d, spec, si, log) for si, spec in enumerate(MORE_SCENARIOS)]
+    write_json(d / "index.json", {"format": FORMAT, "generator": GENERATOR, **versions(), "scenarios": names})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # RoPE fixtures
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -980,6 +1257,73 @@ def generate_rope(out_dir: Path, log) -> None:
     )
 
 
+# Bit-exact inverse frequencies: every variant over head_dims whose d/2 has a SLEEF-vectorised part and a scalar
+# tail in PyTorch's CPU pow (see include/kvcompress/rope/torch_float.hpp), and llama3 over original contexts from
+# below the prompt length to 128k, so that both branches and the smooth band of the llama3 formula occur.
+INV_FREQ_HEAD_DIMS = (64, 80, 96, 128, 256)
+INV_FREQ_THETAS = (10000.0, 500000.0, 1000000.0)
+LLAMA3_ORIGINAL_CONTEXTS = (64, 1000, 2048, 8192, 32768, 131072)
+LLAMA3_FACTORS = ((8.0, 1.0, 4.0), (32.0, 1.0, 4.0), (16.0, 1.5, 5.5))
+
+
+@torch.no_grad()
+def generate_inv_freq(out_dir: Path, log) -> None:
+    d = out_dir / "rope_inv_freq"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    configs = []
+    for theta in INV_FREQ_THETAS:
+        configs.append(({"rope_type": "default", "rope_theta": theta}, 4096))
+        configs.append(({"rope_type": "linear", "rope_theta": theta, "factor": 3.3}, 4096))
+        configs.append(({"rope_type": "dynamic", "rope_theta": theta, "factor": 2.0}, 4096))
+        for orig in (64, 4096, 32768):
+            configs.append(({"rope_type": "yarn", "rope_theta": theta, "factor": 4.0,
+                             "original_max_position_embeddings": orig}, 4 * orig))
+            configs.append(({"rope_type": "yarn", "rope_theta": theta, "factor": 40.0, "original_max_position_embeddings": orig,
+                             "beta_fast": 16.0, "beta_slow": 2.0, "truncate": False}, 4 * orig))
+        for orig in LLAMA3_ORIGINAL_CONTEXTS:
+            for factor, low, high in LLAMA3_FACTORS:
+                configs.append(({"rope_type": "llama3", "rope_theta": theta, "factor": factor, "low_freq_factor": low,
+                                 "high_freq_factor": high, "original_max_position_embeddings": orig}, 2 * orig))
+    cases, chunks, offset = [], [], 0
+
+    def add(params, max_pos, head_dim, inv, **extra):
+        nonlocal offset
+        chunks.append(inv.to(torch.float32))
+        cases.append({"config": {**params, "max_position_embeddings": max_pos}, "head_dim": head_dim, **extra,
+                      "offset": offset})
+        offset += inv.numel()
+
+    for params, max_pos in configs:
+        for head_dim in INV_FREQ_HEAD_DIMS:
+            add(params, max_pos, head_dim, make_rotary(params, max_pos, head_dim).inv_freq)
+    # Dynamic NTK past max_position_embeddings: inv_freq recomputed for seq_len = max(position) + 1 (fresh modules,
+    # as transformers keeps the state).
+    for theta in INV_FREQ_THETAS:
+        params = {"rope_type": "dynamic", "rope_theta": theta, "factor": 3.3}
+        for head_dim in INV_FREQ_HEAD_DIMS:
+            for seq_len in (65, 200, 4097, 100000):
+                rot = make_rotary(params, 64, head_dim)
+                rot(torch.zeros(1, dtype=torch.float32), torch.tensor([[seq_len - 1]]))
+                add(params, 64, head_dim, rot.inv_freq, seq_len=seq_len)
+    TensorDir(d).write("inv_freq", torch.cat(chunks))
+    write_json(
+        d / "inv_freq.json",
+        {
+            "format": FORMAT,
+            "generator": GENERATOR,
+            **versions(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "convention": "inv_freq.bin holds every case's LlamaRotaryEmbedding(config).inv_freq (float32, d/2 values) "
+            "from `offset`; compare bit for bit",
+            "inv_freq": {"file": "inv_freq.bin", "dtype": "float32", "shape": [offset]},
+            "cases": cases,
+        },
+    )
+    log(f"  rope_inv_freq: {len(cases)} cases")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -1002,13 +1346,15 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # Remove fixtures this script wrote before (and only those), so renamed scenarios leave nothing stale behind.
     for child in sorted(out.iterdir()):
-        if child.is_dir() and ((child / "scenario.json").exists() or (child / "rope.json").exists()):
+        if child.is_dir() and any((child / f).exists() for f in ("scenario.json", "rope.json", "inv_freq.json")):
             shutil.rmtree(child)
     names = []
     for si, spec in enumerate(SCENARIOS):
         log(f"scenario {spec[0]}")
         names += generate_scenario(out, spec, si, log)
     generate_rope(out, log)
+    generate_inv_freq(out, log)
+    generate_more_presses(out, log)
     write_json(
         out / "index.json",
         {"format": FORMAT, "generator": GENERATOR, **versions(), "scenarios": names, "rope": "rope/rope.json"},

@@ -22,11 +22,25 @@ namespace kvcompress {
   KVC_TIDY_PRESS(SnapKVPress, T)                       \
   KVC_TIDY_PRESS(PyramidKVPress, T)                    \
   KVC_TIDY_PRESS(TOVAPress, T)                         \
-  KVC_TIDY_PRESS(ObservedAttentionPress, T)
+  KVC_TIDY_PRESS(ObservedAttentionPress, T)           \
+  KVC_TIDY_PRESS(LeverageScorePress, T)               \
+  KVC_TIDY_PRESS(NonCausalAttnPress, T)               \
+  KVC_TIDY_PRESS(CompactorPress, T)                   \
+  KVC_TIDY_PRESS(CURPress, T)                         \
+  KVC_TIDY_PRESS(CapPress, T)                         \
+  KVC_TIDY_PRESS(FinchPress, T)
 
 KVC_TIDY_ALL_PRESSES(float)
 KVC_TIDY_ALL_PRESSES(half)
 KVC_TIDY_ALL_PRESSES(bfloat16)
+
+// SimLayerKV decides per layer and has no scores: compress only.
+#define KVC_TIDY_COMPRESS_ONLY(Press, T)                                                                      \
+  template void compress<Press, T, StridedLayout>(CpuDevice const&, Press const&, Observation<T> const&,       \
+                                                  KVCacheView<T, StridedLayout> const&, Workspace);
+KVC_TIDY_COMPRESS_ONLY(SimLayerKVPress, float)
+KVC_TIDY_COMPRESS_ONLY(SimLayerKVPress, half)
+KVC_TIDY_COMPRESS_ONLY(SimLayerKVPress, bfloat16)
 
 template KVCacheView<float, StridedLayout> make_cache_view<float>(float*, float*, CacheExtents const&,
                                                                   StridedLayout const&, std::int32_t*, std::int32_t*);

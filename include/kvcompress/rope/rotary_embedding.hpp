@@ -11,6 +11,7 @@
 
 #include "kvcompress/core/dtype.hpp"
 #include "kvcompress/rope/rope_config.hpp"
+#include "kvcompress/rope/torch_float.hpp"
 
 namespace kvcompress {
 
@@ -35,12 +36,15 @@ class RotaryEmbedding {
   /// \param out [head_dim / 2]
   void inv_freq_for(std::int64_t seq_len, float* out) const {
     if (config_.type == RopeType::kDynamic && seq_len > config_.max_position_embeddings) {
-      double const dim = config_.head_dim, f = config_.factor;
-      double const base = config_.theta *
-                          std::pow(f * static_cast<double>(seq_len) / static_cast<double>(config_.max_position_embeddings) -
-                                       (f - 1.0),
-                                   dim / (dim - 2.0));
-      default_inv_freq(base, out);
+      // HF: base · ((factor · seq_len / max_pos) − (factor − 1)) ** (dim / (dim − 2)), where seq_len is
+      // an int64 tensor: the bracket is float32 arithmetic, the power float32 ** double (evaluated in
+      // double, rounded to float), and the new base a float32 tensor.
+      int const dim = config_.head_dim;
+      float s = detail::mul(static_cast<float>(config_.factor), static_cast<float>(seq_len));
+      s = s / static_cast<float>(config_.max_position_embeddings);
+      s = s - static_cast<float>(config_.factor - 1.0);
+      auto const p = static_cast<float>(std::pow(static_cast<double>(s), static_cast<double>(dim) / (dim - 2)));
+      default_inv_freq(static_cast<double>(detail::mul(static_cast<float>(config_.theta), p)), out);
       return;
     }
     for (std::size_t i = 0; i < inv_freq_.size(); ++i) out[i] = inv_freq_[i];
@@ -131,12 +135,8 @@ class RotaryEmbedding {
   static constexpr std::int64_t kMaxPosition = std::int64_t{1} << 31;
 
  private:
-  /// HF's default inverse frequencies in float32: 1 / base^(2i/d).
-  void default_inv_freq(double base, float* out) const {
-    int const d = config_.head_dim;
-    for (int i = 0; i < d / 2; ++i)
-      out[i] = 1.0f / std::pow(static_cast<float>(base), static_cast<float>(2 * i) / static_cast<float>(d));
-  }
+  /// HF's default inverse frequencies in float32, 1 / base^(2i/d), bit for bit as PyTorch computes them.
+  void default_inv_freq(double base, float* out) const { detail::torch_default_inv_freq(base, config_.head_dim, out); }
 
   /// Fills out [head_dim/2] for the configured variant; returns the attention scaling.
   double compute_inv_freq(double base, float* out) const {
@@ -151,17 +151,21 @@ class RotaryEmbedding {
         for (int i = 0; i < hd; ++i) out[i] /= static_cast<float>(c.factor);
         return 1.0;
       case RopeType::kLlama3: {
-        float const old_ctx = static_cast<float>(c.original_max_position_embeddings);
-        float const low_wl = old_ctx / static_cast<float>(c.low_freq_factor);
-        float const high_wl = old_ctx / static_cast<float>(c.high_freq_factor);
-        float const f = static_cast<float>(c.factor);
+        // HF's float32 tensor expressions, operation by operation as PyTorch runs them: `2π / inv`
+        // and `old_ctx / wavelen` are reciprocal-then-multiply, Python-float operands are rounded
+        // to float, the wavelength bounds are divided in double first.
+        double const old_ctx = static_cast<double>(c.original_max_position_embeddings);
+        float const low_wl = static_cast<float>(old_ctx / c.low_freq_factor);
+        float const high_wl = static_cast<float>(old_ctx / c.high_freq_factor);
+        float const f = static_cast<float>(c.factor), two_pi = static_cast<float>(2.0 * M_PI);
+        float const low = static_cast<float>(c.low_freq_factor);
+        float const span = static_cast<float>(c.high_freq_factor - c.low_freq_factor);
         for (int i = 0; i < hd; ++i) {
           float const inv = out[i];
-          float const wavelen = 2.0f * static_cast<float>(M_PI) / inv;
+          float const wavelen = detail::mul(1.0f / inv, two_pi);
           float const llama = wavelen > low_wl ? inv / f : inv;
-          float const smooth = (old_ctx / wavelen - static_cast<float>(c.low_freq_factor)) /
-                               static_cast<float>(c.high_freq_factor - c.low_freq_factor);
-          float const smoothed = (1.0f - smooth) * llama / f + smooth * llama;
+          float const smooth = (detail::mul(1.0f / wavelen, static_cast<float>(old_ctx)) - low) / span;
+          float const smoothed = detail::mul(1.0f - smooth, llama) / f + detail::mul(smooth, llama);
           bool const medium = !(wavelen < high_wl) && !(wavelen > low_wl);
           out[i] = medium ? smoothed : llama;
         }
@@ -182,13 +186,18 @@ class RotaryEmbedding {
         low = std::max(low, 0.0);
         high = std::min(high, dim - 1.0);
         if (low == high) high += 0.001;  // HF: prevent a zero-width ramp
+        // HF: extrapolation = 1 / pos, interpolation = 1 / (factor · pos), ramp = (arange − low) /
+        // (high − low) in float, each tensor operation rounded as PyTorch rounds it.
+        float const f = static_cast<float>(c.factor), ramp_low = static_cast<float>(low);
+        float const ramp_span = static_cast<float>(high - low);
         for (int i = 0; i < hd; ++i) {
-          float const extrapolation = out[i];
-          float const interpolation = extrapolation / static_cast<float>(c.factor);
-          float ramp = static_cast<float>((static_cast<float>(i) - low) / (high - low));
+          float const pos = detail::torch_rope_power(base, c.head_dim, i);
+          float const extrapolation = 1.0f / pos;
+          float const interpolation = 1.0f / detail::mul(f, pos);
+          float ramp = (static_cast<float>(i) - ramp_low) / ramp_span;
           ramp = std::min(1.0f, std::max(0.0f, ramp));
           float const extrap_factor = 1.0f - ramp;
-          out[i] = interpolation * (1.0f - extrap_factor) + extrapolation * extrap_factor;
+          out[i] = detail::mul(interpolation, 1.0f - extrap_factor) + detail::mul(extrapolation, extrap_factor);
         }
         return attention;
       }
