@@ -438,14 +438,14 @@ int main(int argc, char** argv) {
     std::int64_t const vocab = model.config.vocab_size;
     std::vector<TaskExample> examples =
         kvc_engine::select_examples(kvc_engine::read_task_file(o.tasks, vocab, question_rule(o, vocab)), o.lengths, o.per_task);
-    kvc_engine::check_positions(examples, model.config.max_position_embeddings);
+    std::vector<std::vector<std::int32_t>> heldout = kvc_engine::read_heldout_file(o.heldout, vocab, o.kl_prefix + o.kl_tokens);
     std::int64_t const max_positions = model.config.max_position_embeddings;
+    kvc_engine::check_positions(examples, max_positions);
     KVC_CHECK(max_positions <= 0 || o.kl_prefix + o.kl_tokens <= max_positions,
               "--kl-prefix " << o.kl_prefix << " + --kl-tokens " << o.kl_tokens
                              << " held-out positions exceed the model's max_position_embeddings = " << max_positions);
     if (std::string const warning = kvc_engine::length_warning(examples); !warning.empty())
       std::fprintf(stderr, "kvcompress-eval: warning: %s\n", warning.c_str());
-    std::vector<std::vector<std::int32_t>> heldout = kvc_engine::read_heldout_file(o.heldout, vocab, o.kl_prefix + o.kl_tokens);
     if (o.kl_lines > 0 && static_cast<std::int64_t>(heldout.size()) > o.kl_lines)
       heldout.resize(static_cast<std::size_t>(o.kl_lines));
     std::error_code ec;

@@ -12,7 +12,7 @@
 namespace kvc_engine {
 
 /// \brief An integer option's check: at least `min`; `what` is the wording of the bound ("positive").
-/// CLI11 prefixes the option's name: "--max-new-tokens: must be a positive integer, got 0".
+/// CLI11 prefixes the option's name: "--max-new-tokens: must be a positive integer, got '0'".
 inline CLI::Validator integer_at_least(long long min, std::string const& what) {
   return CLI::Validator(
       [min, what](std::string& text) -> std::string {
