@@ -1,7 +1,9 @@
 // kvc_generate: loads an HF checkpoint folder, runs a prompt of token ids, optionally compresses the
 // cache with a kvcompress press after the prefill, and prints the generated token ids.
 //
-//   kvc_generate --model tests/golden/engine/llama/checkpoint --prompt "1 2 3 4" --press snapkv --ratio 0.5
+//   kvc_generate --model tests/golden/engine/llama/checkpoint --prompt "1 2 3 4" --press knorm --ratio 0.5
+//
+// A press needs its ratio and a ratio needs a press: neither has a default that could apply unseen.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kvc_engine/cli_validators.hpp"
 #include "kvc_engine/engine.hpp"
 #include "kvc_engine/press_registry.hpp"
 
@@ -36,7 +39,7 @@ std::vector<std::int32_t> parse_ids(std::string text, std::string const& what) {
 int main(int argc, char** argv) {
   CLI::App app{"Generates token ids with the kvcompress reference engine"};
   std::string model_dir, prompt, prompt_file, press = "none";
-  double ratio = 0.5, temperature = 0.0;
+  double ratio = 0.0, temperature = 0.0;
   std::int64_t max_new_tokens = 32;
   std::uint64_t seed = 0;
   int threads = 0, repeat = 1;
@@ -44,20 +47,33 @@ int main(int argc, char** argv) {
   auto* p = app.add_option("--prompt", prompt, "prompt token ids, separated by spaces or commas");
   auto* pf = app.add_option("--prompt-file", prompt_file, "file holding the prompt token ids");
   p->excludes(pf);
-  app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")->check(CLI::PositiveNumber);
-  std::string press_help = "press applied to every layer after the prefill: none";
+  app.add_option("--max-new-tokens", max_new_tokens, "tokens to generate")
+      ->check(kvc_engine::integer_at_least(1, "positive"))
+      ->capture_default_str();
+  std::string press_help = "press applied to every layer after the prefill (needs --ratio): none";
   for (auto const& n : kvc_engine::press_names()) press_help += ", " + n;
-  app.add_option("--press", press, press_help);
-  app.add_option("--ratio", ratio, "compression ratio: the fraction of cache entries the press removes");
-  app.add_option("--temperature", temperature, "0: greedy; otherwise sample from softmax(logits / temperature)");
-  app.add_option("--seed", seed, "sampling seed");
-  app.add_option("--threads", threads, "CPU threads (0: all)")->check(CLI::NonNegativeNumber);
+  app.add_option("--press", press, press_help)->capture_default_str();
+  app.add_option("--ratio", ratio,
+                 "compression ratio, the fraction of cache entries the press removes, in [0, 1): required with "
+                 "--press, and only with it (no default)");
+  app.add_option("--temperature", temperature, "0: greedy; otherwise sample from softmax(logits / temperature)")
+      ->capture_default_str();
+  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads (0: all)")
+      ->check(kvc_engine::integer_at_least(0, "non-negative"))
+      ->capture_default_str();
   app.add_option("--repeat", repeat, "run the generation this many times and report the fastest timings")
-      ->check(CLI::PositiveNumber);
+      ->check(kvc_engine::integer_at_least(1, "positive"))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   try {
     KVC_CHECK(!prompt.empty() || !prompt_file.empty(), "give --prompt or --prompt-file");
+    bool const compressing = press != "none";
+    KVC_CHECK(!compressing || app.count("--ratio") > 0,
+              "--press " << press << " needs --ratio (the fraction of the cache to remove, in [0, 1))");
+    KVC_CHECK(compressing || app.count("--ratio") == 0,
+              "--ratio " << ratio << " needs --press (a press other than none): without one nothing is compressed");
     if (!prompt_file.empty()) {
       std::ifstream in(prompt_file);
       KVC_CHECK(in.good(), "cannot open " << prompt_file);
@@ -68,7 +84,7 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> const ids = parse_ids(prompt, prompt_file.empty() ? "--prompt" : prompt_file);
     kvc_engine::Model const model = kvc_engine::load_model(model_dir);
     kvc_engine::Engine engine(model, threads);
-    kvc_engine::Compressor const compressor = kvc_engine::make_compressor(press, press == "none" ? 0.0 : ratio, engine.device());
+    kvc_engine::Compressor const compressor = kvc_engine::make_compressor(press, ratio, engine.device());
     kvc_engine::GenerateOptions options;
     options.max_new_tokens = max_new_tokens;
     options.sampler = kvc_engine::Sampler(temperature, seed);

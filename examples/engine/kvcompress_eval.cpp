@@ -20,8 +20,6 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "kvc_engine/accuracy_plot.hpp"
 #include "kvc_engine/csv_writer.hpp"
 #include "kvc_engine/engine.hpp"
@@ -127,15 +125,31 @@ void validate(Options& o) {
   if (o.heldout.empty()) o.heldout = o.model + "/heldout_text.jsonl";
 }
 
-/// The question token's id: a number as given, or a name looked up in the model's vocab.json; none if neither.
-std::optional<std::int32_t> resolve_question_token(Options const& o, std::int64_t vocab_size) {
-  if (o.compress_questions || o.question_token.empty()) return std::nullopt;
-  if (o.question_token.find_first_not_of("0123456789") == std::string::npos) {
-    long long const id = std::stoll(o.question_token);
-    KVC_CHECK(id < vocab_size, "--question-token: " << id << " is outside the vocabulary [0, " << vocab_size << ")");
-    return static_cast<std::int32_t>(id);
+/// Where questions start: the question token's id is a number as given, or a name looked up in the model's
+/// vocab.json. A name the vocabulary lacks is no error yet (task lines with a "question" field do not need
+/// it); the first line that does names the token and the vocabulary file.
+kvc_engine::QuestionRule question_rule(Options const& o, std::int64_t vocab_size) {
+  kvc_engine::QuestionRule rule{o.compress_questions, std::nullopt, ""};
+  if (o.compress_questions) return rule;
+  if (o.question_token.empty()) {
+    rule.described = "--question-token is empty";
+    return rule;
   }
-  return kvc_engine::vocab_token_id(o.model + "/vocab.json", o.question_token);
+  if (o.question_token.find_first_not_of("0123456789") == std::string::npos) {
+    KVC_CHECK(o.question_token.size() <= 10 && std::stoll(o.question_token) < vocab_size,
+              "--question-token: " << o.question_token << " is outside the vocabulary [0, " << vocab_size << ")");
+    rule.token = static_cast<std::int32_t>(std::stoll(o.question_token));
+    rule.described = "--question-token " + o.question_token;
+    return rule;
+  }
+  std::string const vocab = (fs::path(o.model) / "vocab.json").string();
+  rule.token = kvc_engine::vocab_token_id(vocab, o.question_token);
+  if (rule.token)
+    rule.described = "'" + o.question_token + "', id " + std::to_string(*rule.token) + " in " + vocab;
+  else
+    rule.described = "--question-token '" + o.question_token + "' is not in " + vocab +
+                     (fs::exists(vocab) ? "" : ", which does not exist") + " (give its id instead)";
+  return rule;
 }
 
 /// Greedy answer of `n` tokens: the question (if any) is forwarded over the cache in one pass, as kvpress's
@@ -176,8 +190,7 @@ class Evaluation {
   }
 
   void run() {
-    // A log file keeps every redraw: far fewer of them when stderr is not a terminal.
-    kvc_engine::ProgressBar bar(stderr, ::isatty(STDERR_FILENO) ? 0.1 : 10.0);
+    kvc_engine::ProgressBar bar(stderr, kvc_engine::ProgressBar::style_for(stderr));
     double const units = static_cast<double>((examples_.size() + heldout_.size()) * runs_.size());
     double done = 0.0;
     std::map<std::size_t, std::int64_t> seen;
@@ -389,11 +402,18 @@ int main(int argc, char** argv) {
   app.add_option("--heldout", o.heldout, "held-out text, JSON Lines {tokens} (default: <model>/heldout_text.jsonl)");
   std::string press_help = "presses to evaluate, comma-separated, among:";
   for (auto const& n : kvc_engine::press_names()) press_help += " " + n;
-  app.add_option("--presses", o.presses, press_help)->delimiter(',')->capture_default_str();
+  // `--ratios ""` reaches CLI11 as one empty value, which it would convert to 0: a full-cache-only run.
+  CLI::Validator const not_empty(
+      [](std::string& v) { return v.empty() ? std::string("an empty list; give at least one value, comma-separated") : ""; }, "");
+  app.add_option("--presses", o.presses, press_help)->delimiter(',')->capture_default_str()->check(not_empty);
   app.add_option("--ratios", o.ratios, "compression ratios (fractions of the cache removed; 0 is the full cache)")
       ->delimiter(',')
-      ->capture_default_str();
-  app.add_option("--lengths", o.lengths, "task context lengths to run")->delimiter(',')->capture_default_str();
+      ->capture_default_str()
+      ->check(not_empty);
+  app.add_option("--lengths", o.lengths, "task context lengths to run")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(not_empty);
   app.add_option("--per-task", o.per_task, "examples per task and length (the first ones of the file)")
       ->capture_default_str();
   app.add_option("--kl-prefix", o.kl_prefix, "held-out tokens prefilled and compressed")->capture_default_str();
@@ -416,10 +436,16 @@ int main(int argc, char** argv) {
     validate(o);
     kvc_engine::Model const model = kvc_engine::load_model(o.model);
     std::int64_t const vocab = model.config.vocab_size;
-    kvc_engine::QuestionRule const rule{o.compress_questions, resolve_question_token(o, vocab)};
     std::vector<TaskExample> examples =
-        kvc_engine::select_examples(kvc_engine::read_task_file(o.tasks, vocab, rule), o.lengths, o.per_task);
+        kvc_engine::select_examples(kvc_engine::read_task_file(o.tasks, vocab, question_rule(o, vocab)), o.lengths, o.per_task);
     std::vector<std::vector<std::int32_t>> heldout = kvc_engine::read_heldout_file(o.heldout, vocab, o.kl_prefix + o.kl_tokens);
+    std::int64_t const max_positions = model.config.max_position_embeddings;
+    kvc_engine::check_positions(examples, max_positions);
+    KVC_CHECK(max_positions <= 0 || o.kl_prefix + o.kl_tokens <= max_positions,
+              "--kl-prefix " << o.kl_prefix << " + --kl-tokens " << o.kl_tokens
+                             << " held-out positions exceed the model's max_position_embeddings = " << max_positions);
+    if (std::string const warning = kvc_engine::length_warning(examples); !warning.empty())
+      std::fprintf(stderr, "kvcompress-eval: warning: %s\n", warning.c_str());
     if (o.kl_lines > 0 && static_cast<std::int64_t>(heldout.size()) > o.kl_lines)
       heldout.resize(static_cast<std::size_t>(o.kl_lines));
     std::error_code ec;

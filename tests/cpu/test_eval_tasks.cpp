@@ -42,7 +42,7 @@ class TempFile {
   std::string path_;
 };
 
-std::vector<TaskExample> read(std::string const& text, QuestionRule rule = {false, kQuestion}) {
+std::vector<TaskExample> read(std::string const& text, QuestionRule rule = {false, kQuestion, "'?' (id 4)"}) {
   TempFile const f(text);
   return kvc_engine::read_task_file(f.path(), kVocab, rule);
 }
@@ -74,7 +74,7 @@ TEST_CASE("eval tasks: a line's own question field, blank lines and file order",
 }
 
 TEST_CASE("eval tasks: compress_questions keeps the whole prompt, question field included, as the context", "[eval][tasks]") {
-  QuestionRule const rule{true, kQuestion};
+  QuestionRule const rule{true, kQuestion, ""};
   auto const ex = read(line(R"("length": 8, "task": "a", "prompt": [1, 4, 3], "answer": [6])") +
                            line(R"("length": 8, "task": "a", "prompt": [1, 2], "question": [4, 5], "answer": [6])"),
                        rule);
@@ -86,13 +86,22 @@ TEST_CASE("eval tasks: compress_questions keeps the whole prompt, question field
 }
 
 TEST_CASE("eval tasks: without a question token a line needs its question field", "[eval][tasks]") {
-  CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "prompt": [1, 4, 3], "answer": [6])"), {false, std::nullopt}),
-                    Contains("line 1 has no \"question\" and no question token"));
+  CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "prompt": [1, 4, 3], "answer": [6])"), {false, std::nullopt, ""}),
+                    Contains("line 1 has no \"question\" field, and no question token splits its prompt: none was given"));
+}
+
+TEST_CASE("eval tasks: a question token the vocabulary lacks is named, with the vocabulary and the task file", "[eval][tasks]") {
+  TempFile const f(line(R"("length": 8, "task": "a", "prompt": [1, 4, 3], "answer": [6])"));
+  QuestionRule const rule{false, std::nullopt, "--question-token '<q>' is not in m/vocab.json"};
+  CHECK_THROWS_WITH(kvc_engine::read_task_file(f.path(), kVocab, rule),
+                    Contains(f.path() + " line 1 has no \"question\" field, and no question token splits its prompt: "
+                                        "--question-token '<q>' is not in m/vocab.json"));
 }
 
 TEST_CASE("eval tasks: a prompt without the question token", "[eval][tasks]") {
-  CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "prompt": [1, 2, 3], "answer": [6])")),
-                    Contains("line 1: the prompt holds no question token 4"));
+  TempFile const f(line(R"("length": 8, "task": "a", "prompt": [1, 2, 3], "answer": [6])"));
+  CHECK_THROWS_WITH(kvc_engine::read_task_file(f.path(), kVocab, {false, kQuestion, "'?', id 4 in m/vocab.json"}),
+                    Contains(f.path() + " line 1: the prompt holds no question token 4 ('?', id 4 in m/vocab.json)"));
 }
 
 TEST_CASE("eval tasks: nothing before the question", "[eval][tasks]") {
@@ -166,7 +175,7 @@ TEST_CASE("eval tasks: the first per_task examples of each task at the chosen le
   int id = 0;
   for (std::int64_t length : {512, 2048})
     for (int i = 0; i < 3; ++i)
-      for (char const* task : {"single", "multikey"}) all.push_back({task, length, {id++}, {}, {1}});
+      for (char const* task : {"single", "multikey"}) all.push_back({task, length, {id++}, {}, {1}, ""});
   auto const picked = kvc_engine::select_examples(all, {2048}, 2);
   REQUIRE(picked.size() == 4);
   // file order is kept: single, multikey, single, multikey (ids 6..9 at 2048)
@@ -178,13 +187,13 @@ TEST_CASE("eval tasks: the first per_task examples of each task at the chosen le
 }
 
 TEST_CASE("eval tasks: a length no example has", "[eval][tasks]") {
-  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}}, {"a", 2048, {1}, {}, {1}}};
+  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, ""}, {"a", 2048, {1}, {}, {1}, ""}};
   CHECK_THROWS_WITH(kvc_engine::select_examples(all, {2048, 4096}, 1),
                     Contains("no task example has length 4096; the task file has lengths 512 (1 examples), 2048 (1 examples)"));
 }
 
 TEST_CASE("eval tasks: per_task must be positive", "[eval][tasks]") {
-  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}}};
+  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, ""}};
   CHECK_THROWS_WITH(kvc_engine::select_examples(all, {512}, 0), Contains("per_task must be positive, got 0"));
 }
 
@@ -217,4 +226,25 @@ TEST_CASE("eval tasks: the question token's id from a vocabulary file", "[eval][
 TEST_CASE("eval tasks: a vocabulary file without a token list", "[eval][tasks]") {
   TempFile const f(R"({"words": []})");
   CHECK_THROWS_WITH(kvc_engine::vocab_token_id(f.path(), "<question>"), Contains("must hold {\"tokens\": [...]}"));
+}
+
+TEST_CASE("eval tasks: prompts longer than their stated length are warned about, naming the longest", "[eval][tasks]") {
+  auto const ex = read(line(R"("length": 4, "task": "a", "prompt": [1, 2, 4, 5], "answer": [6])") +
+                       line(R"("length": 4, "task": "a", "prompt": [1, 2, 3, 4, 5], "answer": [6])") +
+                       line(R"("length": 4, "task": "a", "prompt": [1, 2, 3, 3, 4, 5], "answer": [6])"));
+  REQUIRE(ex.size() == 3);
+  std::string const warning = kvc_engine::length_warning(ex);
+  CHECK_THAT(warning, Contains("2 of the 3 selected examples have a prompt longer than their stated length"));
+  CHECK_THAT(warning, Contains(" line 3, 6 tokens for length 4"));
+  CHECK(kvc_engine::length_warning({ex[0]}).empty());
+}
+
+TEST_CASE("eval tasks: an example needing more positions than the model has", "[eval][tasks]") {
+  // context 3 + question 2 + answer 2 - 1 (the last answer token is never fed) = 6 positions
+  auto const ex = read(line(R"("length": 8, "task": "a", "prompt": [1, 2, 3, 4, 5], "answer": [6, 7])"));
+  CHECK_NOTHROW(kvc_engine::check_positions(ex, 6));
+  CHECK_NOTHROW(kvc_engine::check_positions(ex, 0));  // unknown: nothing to check against
+  CHECK_THROWS_WITH(kvc_engine::check_positions(ex, 5),
+                    Contains(" line 1: the example needs 6 positions (prompt 5 + answer 2 - 1), more than the model's "
+                             "max_position_embeddings = 5"));
 }

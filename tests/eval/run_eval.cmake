@@ -1,10 +1,32 @@
-# Runs kvcompress-eval once and checks the outcome (cmake -P):
+# Runs a command-line tool (kvcompress-eval, kvc_generate) once and checks the outcome (cmake -P):
 #   -DEVAL=<executable> -DARGS=<arguments separated by |> -DEXPECT=ok|error -DREGEX=<what the output must match>
 #   [-DCSV=<results.csv to count> -DCSV_ROWS=<data rows it must hold> [-DFULL_CACHE_RIGHT=ON]]
+#   [-DSTDERR_REGEX=<what stderr must also match>] [-DSTDERR_NO_CR=ON]
 # FULL_CACHE_RIGHT: every row at ratio 0 (the full cache) must have accuracy 1.
 # EXPECT=error needs a non-zero exit code and REGEX in stderr; EXPECT=ok needs exit code 0 and REGEX in stdout.
+# STDERR_NO_CR: stderr (a pipe here, never a terminal) must hold no carriage return.
+# An argument <empty> is passed as an empty string (CMake drops empty list elements from a command).
 string(REPLACE "|" ";" args "${ARGS}")
-execute_process(COMMAND ${EVAL} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+list(FIND args "<empty>" at)
+if(at EQUAL -1)
+  execute_process(COMMAND ${EVAL} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+else()
+  list(SUBLIST args 0 ${at} before)
+  math(EXPR next "${at} + 1")
+  set(after "")
+  list(LENGTH args n)
+  if(next LESS n)
+    list(SUBLIST args ${next} -1 after)
+  endif()
+  execute_process(COMMAND ${EVAL} ${before} "" ${after} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+endif()
+if(DEFINED STDERR_REGEX AND NOT err MATCHES "${STDERR_REGEX}")
+  message(FATAL_ERROR "stderr does not match '${STDERR_REGEX}':\n${err}")
+endif()
+string(ASCII 13 cr)
+if(STDERR_NO_CR AND err MATCHES "${cr}")
+  message(FATAL_ERROR "stderr holds a carriage return:\n${err}")
+endif()
 if(EXPECT STREQUAL "error")
   if(rc EQUAL 0)
     message(FATAL_ERROR "expected a failure, got exit code 0\nstdout:\n${out}\nstderr:\n${err}")

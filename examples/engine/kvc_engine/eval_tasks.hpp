@@ -31,6 +31,7 @@ struct TaskExample {
   std::vector<std::int32_t> context;
   std::vector<std::int32_t> question;
   std::vector<std::int32_t> answer;
+  std::string source;  ///< "<file> line <n>", for messages
 };
 
 namespace detail {
@@ -78,6 +79,9 @@ struct QuestionRule {
   /// For lines without "question": the question starts at the token's last occurrence in the prompt
   /// (the tasks of tools/train end in `<question> key ? <answer>`).
   std::optional<std::int32_t> token;
+  /// How the token was given and where it was looked up, for messages: e.g. "'<question>' (id 3 in
+  /// m/vocab.json)", or "'<question>', which m/vocab.json does not hold" when `token` is empty.
+  std::string described;
 };
 
 /// \brief Reads every example of a task file. A line's "question", if present, follows its "prompt";
@@ -88,6 +92,7 @@ struct QuestionRule {
   std::vector<TaskExample> out;
   detail::for_each_json_line(path, [&](nlohmann::json const& j, std::string const& where) {
     TaskExample ex;
+    ex.source = where;
     KVC_CHECK(j.contains("task") && j.at("task").is_string() && !j.at("task").get<std::string>().empty(),
               where << ": \"task\" must be a non-empty string, got "
                     << (j.contains("task") ? detail::brief(j.at("task")) : "nothing"));
@@ -102,9 +107,11 @@ struct QuestionRule {
     if (j.contains("question")) {
       ex.question = detail::token_ids(j, "question", vocab_size, where);
     } else if (!rule.compress_questions) {
-      KVC_CHECK(rule.token, where << " has no \"question\" and no question token is known to split its prompt at");
+      KVC_CHECK(rule.token, where << " has no \"question\" field, and no question token splits its prompt: "
+                                  << (rule.described.empty() ? "none was given" : rule.described));
       auto const it = std::find(ex.context.rbegin(), ex.context.rend(), *rule.token);
-      KVC_CHECK(it != ex.context.rend(), where << ": the prompt holds no question token " << *rule.token);
+      KVC_CHECK(it != ex.context.rend(), where << ": the prompt holds no question token " << *rule.token
+                                               << (rule.described.empty() ? "" : " (" + rule.described + ")"));
       auto const start = ex.context.size() - static_cast<std::size_t>(it - ex.context.rbegin()) - 1;
       ex.question.assign(ex.context.begin() + static_cast<std::ptrdiff_t>(start), ex.context.end());
       ex.context.resize(start);
@@ -142,6 +149,45 @@ struct QuestionRule {
     if (taken[{ex.task, ex.length}]++ < per_task) out.push_back(ex);
   }
   return out;
+}
+
+/// \brief A warning naming the examples whose prompt (context and question) is longer than their stated
+/// length, or "" if none is. Not an error: the length only labels an example's group in every table, and a
+/// set pre-tokenised with another tokenizer than the one that chose the lengths legitimately overshoots;
+/// the tables' "contexts of L tokens" is then approximate, which the warning says.
+[[nodiscard]] inline std::string length_warning(std::vector<TaskExample> const& examples) {
+  std::int64_t over = 0;
+  TaskExample const* worst = nullptr;
+  std::int64_t worst_excess = 0;
+  for (auto const& ex : examples) {
+    std::int64_t const prompt = static_cast<std::int64_t>(ex.context.size() + ex.question.size());
+    if (prompt <= ex.length) continue;
+    ++over;
+    if (prompt - ex.length > worst_excess) {
+      worst_excess = prompt - ex.length;
+      worst = &ex;
+    }
+  }
+  if (over == 0) return "";
+  std::ostringstream os;
+  os << over << " of the " << examples.size() << " selected examples have a prompt longer than their stated "
+     << "length, so the tables' lengths are approximate; the longest beyond it: " << worst->source << ", "
+     << worst->context.size() + worst->question.size() << " tokens for length " << worst->length;
+  return os.str();
+}
+
+/// \brief Throws if an example needs more positions than the model has: context, question and answer, less
+/// the last answer token (never fed), above `max_positions` (config.json's max_position_embeddings; 0:
+/// unknown, nothing is checked). RoPE beyond the trained range runs without complaint and answers badly.
+inline void check_positions(std::vector<TaskExample> const& examples, std::int64_t max_positions) {
+  if (max_positions <= 0) return;
+  for (auto const& ex : examples) {
+    std::int64_t const needed = static_cast<std::int64_t>(ex.context.size() + ex.question.size() + ex.answer.size()) - 1;
+    KVC_CHECK(needed <= max_positions, ex.source << ": the example needs " << needed << " positions (prompt "
+                                                 << ex.context.size() + ex.question.size() << " + answer "
+                                                 << ex.answer.size() << " - 1), more than the model's "
+                                                 << "max_position_embeddings = " << max_positions);
+  }
 }
 
 /// \brief The id of `token` in a vocabulary file `{"tokens": [...]}` (tools/train's vocab.json); none if the
