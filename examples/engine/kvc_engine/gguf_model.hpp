@@ -244,7 +244,9 @@ class GgufTensors {
     GgufTensorInfo const& t = f_.tensor(name);
     KVC_CHECK(t.shape() == shape, f_.source() << ": tensor '" << name << "' has shape " << shape_string(t.shape())
                                               << ", the metadata implies " << shape_string(shape));
-    return dequantize_tensor(f_, t);
+    std::vector<float> w = dequantize_tensor(f_, t);
+    detail::check_finite_weights(w, f_.source() + ": tensor '" + name + "'");
+    return w;
   }
 
  private:

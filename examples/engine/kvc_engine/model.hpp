@@ -25,17 +25,6 @@ namespace kvc_engine {
 
 namespace detail {
 
-/// \brief Throws unless every weight of a tensor is finite. A NaN or ±Inf weight otherwise surfaces only at
-/// the first argmax, long after the load, with nothing to say which tensor holds it.
-/// \param what names the tensor and its file, e.g. "model.safetensors: tensor 'lm_head.weight'"
-inline void check_finite_weights(std::vector<float> const& w, std::string const& what) {
-  auto const bad = [](float x) { return !std::isfinite(x); };
-  auto const first = std::find_if(w.begin(), w.end(), bad);
-  if (first == w.end()) return;
-  KVC_THROW(what << " holds " << std::count_if(first, w.end(), bad) << " non-finite weight(s) of " << w.size()
-                 << "; the first, " << *first << ", at element " << (first - w.begin()) << " (row-major)");
-}
-
 /// Every tensor of a checkpoint folder, by name, across its shards.
 class Checkpoint {
  public:

@@ -3,9 +3,13 @@
 /// \brief `Model` and `LayerWeights`: a checkpoint's configuration and weights as the engine holds them,
 /// whichever reader produced them (`model.hpp`: HF folders; `gguf_model.hpp`: GGUF files).
 
+#include <algorithm>
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "kvc_engine/config.hpp"
+#include "kvcompress/core/error.hpp"
 
 namespace kvc_engine {
 
@@ -31,5 +35,20 @@ struct Model {
   /// The output projection [vocab, hidden]: the embedding itself when the checkpoint ties them.
   [[nodiscard]] float const* output_weights() const noexcept { return lm_head.empty() ? embed.data() : lm_head.data(); }
 };
+
+namespace detail {
+
+/// \brief Throws unless every weight of a tensor is finite. A NaN or ±Inf weight otherwise surfaces only at
+/// the first argmax, long after the load, with nothing to say which tensor holds it.
+/// \param what names the tensor and its file, e.g. "model.safetensors: tensor 'lm_head.weight'"
+inline void check_finite_weights(std::vector<float> const& w, std::string const& what) {
+  auto const bad = [](float x) { return !std::isfinite(x); };
+  auto const first = std::find_if(w.begin(), w.end(), bad);
+  if (first == w.end()) return;
+  KVC_THROW(what << " holds " << std::count_if(first, w.end(), bad) << " non-finite weight(s) of " << w.size()
+                 << "; the first, " << *first << ", at element " << (first - w.begin()) << " (row-major)");
+}
+
+}  // namespace detail
 
 }  // namespace kvc_engine

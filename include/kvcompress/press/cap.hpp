@@ -45,6 +45,7 @@ struct CapPress {
     auto const& e = cache.extents;
     KVC_CHECK(std::isfinite(tau), "CapPress tau must be finite, got " << tau);
     KVC_CHECK(std::isfinite(epsilon) && epsilon >= 0.0, "CapPress epsilon must be finite and non-negative, got " << epsilon);
+    detail::require_not_ragged(obs, "CapPress");
     detail::check_expected_attention_queries(obs, e, n_sink);
     Tensor4<T> const& q = obs.queries;
     std::int64_t const q_heads = q.shape[1], heads = e.kv_heads, d = e.head_dim, cap = e.capacity, rows = e.batch * heads;

@@ -37,6 +37,7 @@ inline constexpr std::int64_t kNonCausalRowBlock = 64;
 template <class T>
 void check_non_causal_queries(Observation<T> const& obs, CacheExtents const& e, std::int64_t chunk_size, char const* press) {
   KVC_CHECK(chunk_size > 0, press << " chunk_size must be positive, got " << chunk_size);
+  require_not_ragged(obs, press);
   Tensor4<T> const& q = obs.queries;
   KVC_CHECK(!q.empty(), "observation.queries must be given (pre-RoPE queries of the prompt, [batch, q_heads, q_len, head_dim])");
   KVC_CHECK(q.shape[0] == e.batch, "observation.queries batch = " << q.shape[0] << " does not match the cache batch = " << e.batch);
