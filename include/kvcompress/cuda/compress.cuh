@@ -192,6 +192,7 @@ void score(cuda const& dev, Press const& press, Observation<T> const& obs, KVCac
            float* scores, Workspace workspace) {
   cuda_impl::require_cuda_press<Press, T, L>();
   cuda_impl::require_device_cache(dev, cache);
+  cuda_impl::require_device_observation(obs);
   cuda_impl::require_device_pointer(dev, scores, "scores");
   auto* status = workspace.take<cuda_impl::DeviceStatus>(1);
   cuda_impl::require_device_pointer(dev, status, "workspace");
@@ -234,6 +235,7 @@ void compress(cuda const& dev, Press const& press, Observation<T> const& obs, KV
   check_compression_ratio(ratio);
   if constexpr (cuda_impl::is_adakv<Press>::value) detail::check_alpha_safeguard(press.alpha_safeguard);
   cuda_impl::require_device_cache(dev, cache);
+  cuda_impl::require_device_observation(obs);
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
   if (ratio == 0.0) {  // only the status is reset: nothing else of the workspace is needed
     auto* status = workspace.take<cuda_impl::DeviceStatus>(1);

@@ -39,6 +39,7 @@
 #include "kvcompress/core/error.hpp"
 #include "kvcompress/core/tensor.hpp"
 #include "kvcompress/detail/workspace.hpp"
+#include "kvcompress/press/observation.hpp"
 
 namespace kvcompress::cuda_impl {
 
@@ -318,7 +319,8 @@ void allow_dynamic_smem(void (*kernel)(Params...), std::size_t bytes) {
 /// Lengths are device memory and are checked by the kernels.
 template <class T, class L>
 void require_device_cache(KVCacheView<T, L> const& cache, bool check_pointers = true) {
-  validate_extents(cache.extents);
+  // The host's checks that read no cache memory: strides, paged fields, buffers that overlap.
+  kvcompress::detail::validate_view_shape(cache);
   cuda const dev{nullptr, check_pointers};
   require_device_pointer(dev, cache.keys, "cache.keys");
   require_device_pointer(dev, cache.values, "cache.values");
@@ -330,6 +332,13 @@ void require_device_cache(KVCacheView<T, L> const& cache, bool check_pointers = 
     require_device_pointer(dev, cache.key_layout.block_table, "cache.key_layout.block_table");
     require_device_pointer(dev, cache.value_layout.block_table, "cache.value_layout.block_table");
   }
+}
+
+/// The observation's checks that read no device memory; the CUDA device takes no ragged batch yet.
+template <class T>
+void require_device_observation(Observation<T> const& obs) {
+  kvcompress::detail::require_not_ragged(obs, "the kvcompress::cuda device");
+  kvcompress::detail::validate_observation(obs, 0);
 }
 
 /// `require_device_cache` with the device tag's pointer policy.

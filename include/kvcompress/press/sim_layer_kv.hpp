@@ -74,7 +74,7 @@ struct SimLayerKVPress {
   template <class T, class L>
   void compress(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace ws) const {
     check();
-    detail::require_valid_lengths(cache);
+    detail::validate_view(cache);
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
     if (rows == 0 || lazy_threshold == 1.0) return;
     std::int64_t const n = cache.lengths[0];
