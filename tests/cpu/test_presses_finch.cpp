@@ -66,7 +66,7 @@ TEST_CASE("FinchPress rejects bad parameters and inputs", "[press][finch][errors
   }
 }
 
-TEST_CASE("FinchPress keeps the question window; re-rotated rows hold positions 0 … n_kept − 1", "[press][finch]") {
+TEST_CASE("FinchPress keeps the question window, re-rotated rows hold positions 0 … n_kept − 1", "[press][finch]") {
   Setup s;
   compress(cpu, FinchPress{0.5, 0, true, true, kW}, s.observation(), s.view());
   for (std::int64_t r = 0; r < kB * kH; ++r) {

@@ -73,7 +73,7 @@ TEST_CASE("SimLayerKVPress rejects bad parameters and inputs", "[press][simlayer
   }
 }
 
-TEST_CASE("SimLayerKVPress: a lazy layer keeps the initial and recent entries; otherwise nothing moves", "[press][simlayerkv]") {
+TEST_CASE("SimLayerKVPress: a lazy layer keeps the initial and recent entries, otherwise nothing moves", "[press][simlayerkv]") {
   Setup s;
   auto const obs = s.observation();
   SECTION("threshold 0: every layer is lazy") {

@@ -319,8 +319,7 @@ void allow_dynamic_smem(void (*kernel)(Params...), std::size_t bytes) {
 /// Lengths are device memory and are checked by the kernels.
 template <class T, class L>
 void require_device_cache(KVCacheView<T, L> const& cache, bool check_pointers = true) {
-  // The host's checks that read no cache memory: strides, paged fields, buffers that overlap.
-  kvcompress::detail::validate_view_shape(cache);
+  validate_extents(cache.extents);
   cuda const dev{nullptr, check_pointers};
   require_device_pointer(dev, cache.keys, "cache.keys");
   require_device_pointer(dev, cache.values, "cache.values");
@@ -332,6 +331,8 @@ void require_device_cache(KVCacheView<T, L> const& cache, bool check_pointers = 
     require_device_pointer(dev, cache.key_layout.block_table, "cache.key_layout.block_table");
     require_device_pointer(dev, cache.value_layout.block_table, "cache.value_layout.block_table");
   }
+  // The host's checks that read no cache memory: strides, paged fields, buffers that overlap.
+  kvcompress::detail::validate_view_shape(cache);
 }
 
 /// The observation's checks that read no device memory; the CUDA device takes no ragged batch yet.

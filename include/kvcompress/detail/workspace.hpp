@@ -40,6 +40,13 @@ std::size_t size_product(Factors... factors) {
                           << "head counts and press parameters that size it");
 }
 
+/// Σ of object counts from `size_product` (each at most 2^56, so the sum fits), as a factor of
+/// another `size_product`: one buffer that holds several parts per thread.
+template <class... Parts>
+std::int64_t size_sum(Parts... parts) noexcept {
+  return static_cast<std::int64_t>((std::size_t{0} + ... + static_cast<std::size_t>(parts)));
+}
+
 /// Σ of scratch byte counts, each at most 2^56 (from `bytes_for`), so the sum cannot wrap.
 template <class... Parts>
 std::size_t sum_bytes(Parts... parts) noexcept {

@@ -34,9 +34,9 @@ struct CapPress {
     std::int64_t const rows = e.batch * e.kv_heads, d = e.head_dim, cap = e.capacity;
     std::int64_t const q_heads = obs.queries.empty() ? e.kv_heads : obs.queries.shape[1];
     std::int64_t const threads = detail::thread_count(dev, rows);
-    auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-    return f(2 * d) + f(e.batch * q_heads * d) + f(threads * (2 * cap * d + 2 * cap)) + f(rows) +
-           Workspace::bytes_for<double>(static_cast<std::size_t>(threads * (d * d + d)));
+    auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
+    return detail::sum_bytes(f(2, d), f(e.batch, q_heads, d), f(threads, 2, cap, d + 1), f(rows),
+                             Workspace::bytes_for<double>(detail::size_product(threads, d, d + 1)));
   }
 
   template <class T, class L>

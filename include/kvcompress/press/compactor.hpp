@@ -28,10 +28,10 @@ struct CompactorPress {
 
   template <class T, class L>
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache) const {
-    std::size_t const rows = static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads);
-    return detail::leverage_bytes(dev, cache, std::max<std::int64_t>(sketch_dimension, 1)) +
-           detail::non_causal_bytes(dev, cache, chunk_size) +
-           Workspace::bytes_for<float>(rows * static_cast<std::size_t>(cache.extents.capacity));
+    return detail::sum_bytes(detail::leverage_bytes(dev, cache, std::max<std::int64_t>(sketch_dimension, 1)),
+                             detail::non_causal_bytes(dev, cache, chunk_size),
+                             Workspace::bytes_for<float>(detail::size_product(cache.extents.batch, cache.extents.kv_heads,
+                                                                              cache.extents.capacity)));
   }
 
   template <class T, class L>

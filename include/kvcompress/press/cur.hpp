@@ -37,7 +37,7 @@ struct CURPress {
   template <class T, class L>
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache) const {
     std::int64_t const threads = detail::thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(threads * cache.extents.capacity));
+    return Workspace::bytes_for<float>(detail::size_product(threads, cache.extents.capacity));
   }
 
   template <class T, class L>

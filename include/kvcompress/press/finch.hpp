@@ -40,8 +40,10 @@ struct FinchPress {
     auto const& e = cache.extents;
     std::int64_t const rows = e.batch * e.kv_heads, threads = detail::thread_count(dev, rows);
     std::int64_t const w = std::max<std::int64_t>(window_size, 1);
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(threads * (e.capacity * e.head_dim + w * e.head_dim + w * e.capacity))) +
-           Workspace::bytes_for<float>(static_cast<std::size_t>(rows));
+    std::int64_t const per_thread = detail::size_sum(detail::size_product(e.capacity, e.head_dim),
+                                                     detail::size_product(w, e.head_dim), detail::size_product(w, e.capacity));
+    return detail::sum_bytes(Workspace::bytes_for<float>(detail::size_product(threads, per_thread)),
+                             Workspace::bytes_for<float>(static_cast<std::size_t>(rows)));
   }
 
   template <class T, class L>
@@ -104,9 +106,10 @@ struct FinchPress {
                                                      KVCacheView<T, L> const& cache) const {
     auto const& e = cache.extents;
     std::int64_t const rows = e.batch * e.kv_heads, threads = detail::thread_count(dev, rows);
-    return Workspace::bytes_for<float>(static_cast<std::size_t>(rows * e.capacity)) +
-           Workspace::bytes_for<float>(static_cast<std::size_t>(e.head_dim / 2)) +
-           Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(threads * e.capacity)) + workspace_bytes(dev, obs, cache);
+    return detail::sum_bytes(Workspace::bytes_for<float>(detail::size_product(rows, e.capacity)),
+                             Workspace::bytes_for<float>(static_cast<std::size_t>(e.head_dim / 2)),
+                             Workspace::bytes_for<std::int32_t>(detail::size_product(threads, e.capacity)),
+                             workspace_bytes(dev, obs, cache));
   }
 
   template <class T, class L>

@@ -52,9 +52,9 @@ template <class T, class L>
 std::size_t leverage_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache, std::int64_t k) {
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, d = cache.extents.head_dim;
   std::int64_t const threads = thread_count(dev, rows), cap = cache.extents.capacity;
-  auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-  return f(d / 2) + f(threads * cap * d) + f(threads * cap * k) +
-         Workspace::bytes_for<double>(static_cast<std::size_t>(threads * (k * k + k)));
+  auto const f = [](auto... n) { return Workspace::bytes_for<float>(size_product(n...)); };
+  return sum_bytes(f(d / 2), f(threads, cap, d), f(threads, cap, k),
+                   Workspace::bytes_for<double>(size_product(threads, k, k + 1)));
 }
 
 /// Raw leverage scores of slots [lo, hi) of every row into scores (same slots).

@@ -56,8 +56,9 @@ std::size_t non_causal_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cach
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, d = cache.extents.head_dim;
   std::int64_t const threads = thread_count(dev, rows), cap = cache.extents.capacity;
   std::int64_t const tile = std::min(std::max<std::int64_t>(chunk_size, 1), cap);
-  return Workspace::bytes_for<float>(static_cast<std::size_t>(d / 2)) +
-         Workspace::bytes_for<float>(static_cast<std::size_t>(threads * (cap * d + kNonCausalRowBlock * (d + tile) + 2 * cap)));
+  std::int64_t const per_thread = size_sum(size_product(cap, d), size_product(kNonCausalRowBlock, d + tile), size_product(2, cap));
+  return sum_bytes(Workspace::bytes_for<float>(static_cast<std::size_t>(d / 2)),
+                   Workspace::bytes_for<float>(size_product(threads, per_thread)));
 }
 
 /// NonCausalAttn's pooled scores (before the z-score) of slots [lo, hi) of every row, with the

@@ -33,8 +33,8 @@ struct SimLayerKVPress {
     auto const& e = cache.extents;
     std::int64_t const rows = e.batch * e.kv_heads, threads = detail::thread_count(dev, rows);
     std::int64_t const group = detail::window_group(obs, cache);
-    auto const f = [](std::int64_t n) { return Workspace::bytes_for<float>(static_cast<std::size_t>(n)); };
-    return f(threads * group * e.capacity) + f(rows * e.capacity) + Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(e.capacity)) +
+    auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
+    return f(threads, group, e.capacity) + f(rows, e.capacity) + Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(e.capacity)) +
            detail::window_attention_bytes(dev, obs, cache, std::max<std::int64_t>(n_last, 1));
   }
 
