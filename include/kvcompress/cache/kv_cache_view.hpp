@@ -66,8 +66,9 @@ template <class T, class Layout>
 [[nodiscard]] KVCacheView<T, Layout> make_cache_view(T* keys, T* values, CacheExtents const& extents,
                                                      Layout const& key_layout,
                                                      Layout const& value_layout,
+                                                     // compaction writes through both, via the view:
+                                                     // NOLINTNEXTLINE(readability-non-const-parameter)
                                                      std::int32_t* lengths,
-                                                     // compaction writes through it, via the view:
                                                      // NOLINTNEXTLINE(readability-non-const-parameter)
                                                      std::int32_t* positions = nullptr) {
   static_assert(is_storage_type_v<T>, "the cache stores float, kvcompress::half or kvcompress::bfloat16");

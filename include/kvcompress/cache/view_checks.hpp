@@ -135,7 +135,7 @@ std::size_t page_bitmap_words(View const& c) noexcept {
 
 /// Scratch bytes of `check_unique_pages` (0 for strided views).
 template <class View>
-std::size_t view_check_bytes(View const& c) noexcept {
+std::size_t view_check_bytes(View const& c) {
   std::size_t const words = page_bitmap_words(c);
   return words == 0 ? 0 : Workspace::bytes_for<std::uint64_t>(words);
 }
