@@ -85,44 +85,44 @@ inline std::int64_t element_span(CacheExtents const&, PagedLayout const& l) noex
   return l.num_pages * l.page_stride;
 }
 
-/// Throws unless every live block-table entry (one that holds a slot below some row's length)
-/// names a page of the pool. Reads O(live pages) entries; allocates nothing.
-template <class LengthFn>
-void check_live_pages_in_pool(CacheExtents const& e, PagedLayout const& l, LengthFn&& length, char const* what) {
+/// Calls f(b, r, index) for every live entry of a block table: `index` into `block_table`, in table
+/// row (b, r) (r = 0 for a per-sequence table) that holds a slot below some row's length.
+template <class LengthFn, class F>
+void for_each_live_entry(CacheExtents const& e, PagedLayout const& l, LengthFn&& length, F&& f) {
   std::int64_t const rows = table_rows_per_sequence(l, e);
   for (std::int64_t b = 0; b < e.batch; ++b)
     for (std::int64_t r = 0; r < rows; ++r) {
       std::int64_t const first = b * l.table_batch_stride + r * l.table_head_stride;
       std::int64_t const live = live_pages(l, e, b, r, length);
-      for (std::int64_t i = 0; i < live; ++i) {
-        std::int32_t const page = l.block_table[first + i];
-        KVC_CHECK(page >= 0 && page < l.num_pages, what << ": block_table[" << first + i << "] = " << page
-                                                        << " is outside the pool [0, num_pages = " << l.num_pages
-                                                        << ") but holds live entries (row length "
-                                                        << length(b, rows == 1 ? 0 : r) << ")");
-      }
+      for (std::int64_t i = 0; i < live; ++i) f(b, r, first + i);
     }
 }
 
+/// Throws unless every live block-table entry names a page of the pool. Reads O(live pages)
+/// entries; allocates nothing.
+template <class LengthFn>
+void check_live_pages_in_pool(CacheExtents const& e, PagedLayout const& l, LengthFn&& length, char const* what) {
+  for_each_live_entry(e, l, length, [&](std::int64_t b, std::int64_t r, std::int64_t index) {
+    std::int32_t const page = l.block_table[index];
+    KVC_CHECK(page >= 0 && page < l.num_pages, what << ": block_table[" << index << "] = " << page
+                                                    << " is outside the pool [0, num_pages = " << l.num_pages
+                                                    << ") but holds live entries (row length " << length(b, r) << ")");
+  });
+}
+
 /// Marks the live pages of one table in `seen` (one bit per page of the pool), throwing when a page
-/// is live twice: compaction of one row would overwrite another's entries. `tables` names, in the
-/// message, where the first use came from.
+/// is live twice: compaction of one row would overwrite another's entries. `earlier` names, in the
+/// message, the table whose pages `seen` already holds.
 template <class LengthFn>
 void mark_live_pages(CacheExtents const& e, PagedLayout const& l, LengthFn&& length, std::uint64_t* seen,
                      char const* what, char const* earlier) {
-  std::int64_t const rows = table_rows_per_sequence(l, e);
-  for (std::int64_t b = 0; b < e.batch; ++b)
-    for (std::int64_t r = 0; r < rows; ++r) {
-      std::int64_t const first = b * l.table_batch_stride + r * l.table_head_stride;
-      std::int64_t const live = live_pages(l, e, b, r, length);
-      for (std::int64_t i = 0; i < live; ++i) {
-        auto const page = static_cast<std::uint64_t>(l.block_table[first + i]);
-        std::uint64_t const bit = std::uint64_t{1} << (page % 64);
-        KVC_CHECK((seen[page / 64] & bit) == 0, what << ": page " << page << " (block_table[" << first + i
-                                                     << "]) is live twice, in " << earlier << " and in " << what);
-        seen[page / 64] |= bit;
-      }
-    }
+  for_each_live_entry(e, l, length, [&](std::int64_t, std::int64_t, std::int64_t index) {
+    auto const page = static_cast<std::uint64_t>(l.block_table[index]);
+    std::uint64_t const bit = std::uint64_t{1} << (page % 64);
+    KVC_CHECK((seen[page / 64] & bit) == 0, what << ": page " << page << " (block_table[" << index
+                                                 << "]) is live twice, in " << earlier << " and in " << what);
+    seen[page / 64] |= bit;
+  });
 }
 
 /// Words of the page bitmap for a paged view, else 0.
