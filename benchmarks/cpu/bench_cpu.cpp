@@ -1,12 +1,23 @@
 // CPU benchmarks at the Llama-3.1-8B layer shape (32 query heads, 8 KV heads, head_dim 128,
-// llama3 RoPE), batch 1, fp32 storage, 2 threads. Counters: bytes/s over what each step must read,
-// FLOP/s over the arithmetic of its definition (formulas beside each benchmark).
+// llama3 RoPE), batch 1. Counters: bytes/s over what each step must read, FLOP/s over the arithmetic
+// of its definition (formulas beside each benchmark). The machine's own ceilings (an fp32 GEMM, the
+// AVX512_BF16 dot-product peak, streaming read and copy bandwidth) are measured first, in the same
+// run, so that the report can give every row as a fraction of the ceiling it is bound by.
+// Arguments of every press benchmark: {tokens, threads}.
 #include <benchmark/benchmark.h>
 
+#include <Eigen/Core>
 #include <algorithm>
+#include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
+#include <thread>
 #include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #include "kvcompress/kvcompress.hpp"
 #include "llama31_layer.hpp"
@@ -19,12 +30,133 @@ using kvc_bench::kDim;
 using kvc_bench::kKvHeads;
 using kvc_bench::kQHeads;
 using kvc_bench::kWindow;
-kvc::CpuDevice const kDevice{2};
 
-/// One layer's prefill state of n tokens, built once per size and shared by the benchmarks.
+/// Runs f(i) on `threads` threads at once and joins them: the ceilings use the same two threads as
+/// the presses, each on its own data, as the presses split work by (batch, head) rows.
+template <class F>
+void on_threads(int threads, F const& f) {
+  std::vector<std::thread> pool;
+  for (int i = 1; i < threads; ++i) pool.emplace_back(f, i);
+  f(0);
+  for (auto& t : pool) t.join();
+}
+
+void set_rates(benchmark::State& state, double bytes, double flops) {
+  state.counters["bytes_per_second"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate,
+                                                          benchmark::Counter::kIs1024);
+  state.counters["FLOP_per_second"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens"] = static_cast<double>(state.range(0));
+  state.counters["threads"] = static_cast<double>(state.range(1));
+}
+
+// ---- ceilings --------------------------------------------------------------------------------------
+
+// fp32 GEMM, Eigen's kernel, one independent m×k·k×n product per thread. {m, threads}; k = n = m for
+// the square case; FLOPs 2·m·k·n per thread.
+void BM_Ceiling_GemmF32(benchmark::State& state, std::int64_t inner) {
+  std::int64_t const m = state.range(0), k = inner > 0 ? inner : m, n = inner > 0 ? inner : m;
+  int const threads = static_cast<int>(state.range(1));
+  std::vector<Eigen::MatrixXf> a, b, c;
+  for (int t = 0; t < threads; ++t) {
+    a.push_back(Eigen::MatrixXf::Random(m, k));
+    b.push_back(Eigen::MatrixXf::Random(k, n));
+    c.emplace_back(m, n);
+  }
+  for (auto _ : state) {
+    on_threads(threads, [&](int t) { c[t].noalias() = a[t] * b[t]; });
+    benchmark::DoNotOptimize(c[0].data());
+  }
+  state.counters["FLOP_per_second"] =
+      benchmark::Counter(2.0 * double(m) * double(k) * double(n) * threads, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+
+#if defined(__AVX512BF16__)
+// The bf16 dot-product peak: VDPBF16PS on L1-resident operands, 8 independent accumulators per thread
+// (enough to cover the instruction's latency). One instruction: 32 bf16 products summed pairwise into
+// 16 fp32 lanes, 64 FLOPs.
+void BM_Ceiling_Bf16Dot(benchmark::State& state) {
+  int const threads = static_cast<int>(state.range(1));
+  std::int64_t constexpr kVecs = 64, kRepeats = 4096;  // 64 × 64 B = 4 KiB per operand: in L1
+  for (auto _ : state) {
+    on_threads(threads, [&](int t) {
+      alignas(64) std::uint16_t a[kVecs * 32], b[kVecs * 32];
+      for (std::int64_t i = 0; i < kVecs * 32; ++i) {
+        a[i] = static_cast<std::uint16_t>(0x3f80 + ((i + t) & 7));  // bf16 1.0 … 1.05
+        b[i] = 0x3f80;
+      }
+      __m512 acc[8];
+      for (auto& x : acc) x = _mm512_setzero_ps();
+      for (std::int64_t r = 0; r < kRepeats; ++r)
+        for (std::int64_t v = 0; v < kVecs; v += 8)
+          for (int u = 0; u < 8; ++u) {
+            __m512bh const x = (__m512bh)_mm512_load_si512(a + (v + u) * 32);
+            __m512bh const y = (__m512bh)_mm512_load_si512(b + (v + u) * 32);
+            acc[u] = _mm512_dpbf16_ps(acc[u], x, y);
+          }
+      __m512 sum = acc[0];
+      for (int u = 1; u < 8; ++u) sum = _mm512_add_ps(sum, acc[u]);
+      benchmark::DoNotOptimize(sum);
+    });
+  }
+  state.counters["FLOP_per_second"] =
+      benchmark::Counter(64.0 * kVecs * kRepeats * threads, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["threads"] = threads;
+}
+#endif
+
+/// A buffer far larger than the last-level cache, split between the threads.
+std::vector<float>& stream_buffer() {
+  static std::vector<float> buf(std::size_t{1} << 28, 1.0f);  // 1 GiB
+  return buf;
+}
+
+// Streaming read: every thread sums its half with 64 partial sums (vectorised, never latency-bound).
+void BM_Ceiling_StreamRead(benchmark::State& state) {
+  int const threads = static_cast<int>(state.range(1));
+  auto& buf = stream_buffer();
+  std::size_t const per = buf.size() / static_cast<std::size_t>(threads);
+  std::vector<float> sums(static_cast<std::size_t>(threads));
+  for (auto _ : state) {
+    on_threads(threads, [&](int t) {
+      float part[64] = {};
+      float const* p = buf.data() + per * static_cast<std::size_t>(t);  // [per]
+      for (std::size_t i = 0; i + 64 <= per; i += 64)
+        for (int j = 0; j < 64; ++j) part[j] += p[i + static_cast<std::size_t>(j)];
+      sums[static_cast<std::size_t>(t)] = std::accumulate(part, part + 64, 0.0f);
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(double(buf.size()) * 4, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
+  state.counters["threads"] = threads;
+}
+
+// Streaming copy: each thread copies its quarter of the buffer onto another quarter; bytes read + written.
+void BM_Ceiling_StreamCopy(benchmark::State& state) {
+  int const threads = static_cast<int>(state.range(1));
+  auto& buf = stream_buffer();
+  std::size_t const half = buf.size() / 2, per = half / static_cast<std::size_t>(threads);
+  for (auto _ : state) {
+    on_threads(threads, [&](int t) {
+      std::size_t const off = per * static_cast<std::size_t>(t);
+      std::memcpy(buf.data() + half + off, buf.data() + off, per * sizeof(float));
+    });
+    benchmark::ClobberMemory();
+  }
+  state.counters["bytes_per_second"] =
+      benchmark::Counter(double(half) * 4 * 2, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
+  state.counters["threads"] = threads;
+}
+
+// ---- the presses -----------------------------------------------------------------------------------
+
+/// One layer's prefill state of n tokens in storage type T, built once per (size, type) and shared by
+/// the benchmarks.
+template <class T>
 struct Layer {
   std::int64_t n;
-  std::vector<float> keys, values, queries, window_queries, pristine_keys, pristine_values;
+  std::vector<T> keys, values, queries, window_queries, pristine_keys, pristine_values;
   std::vector<std::int32_t> lengths;
   kvc::CacheExtents extents;
   kvc::RotaryEmbedding rope;
@@ -41,7 +173,7 @@ struct Layer {
     std::mt19937 gen(42);
     std::normal_distribution<float> normal;
     for (auto* v : {&keys, &values, &queries, &window_queries})
-      for (float& x : *v) x = normal(gen);
+      for (T& x : *v) x = T(normal(gen));
     pristine_keys = keys;
     pristine_values = values;
   }
@@ -52,89 +184,151 @@ struct Layer {
     std::fill(lengths.begin(), lengths.end(), static_cast<std::int32_t>(n));
   }
 
-  kvc::KVCacheView<float> view() {
+  kvc::KVCacheView<T> view() {
     auto const layout = kvc::make_strided_layout(extents, {kvc::Axis::kBatch, kvc::Axis::kHead, kvc::Axis::kSeq,
                                                            kvc::Axis::kDim});
     return kvc::make_cache_view(keys.data(), values.data(), extents, layout, lengths.data());
   }
 
-  kvc::Observation<float> observation() const {
-    kvc::Observation<float> obs;
+  kvc::Observation<T> observation() const {
+    kvc::Observation<T> obs;
     obs.queries = kvc::make_tensor4(queries.data(), {1, kQHeads, n, kDim});
     obs.window_queries = kvc::make_tensor4(window_queries.data(), {1, kQHeads, kWindow, kDim});
     obs.rope = &rope;
     return obs;
   }
 
-  [[nodiscard]] double kv_bytes() const { return 2.0 * double(keys.size()) * sizeof(float); }
-  [[nodiscard]] double query_bytes() const { return double(queries.size()) * sizeof(float); }
+  [[nodiscard]] double kv_bytes() const { return 2.0 * double(keys.size()) * sizeof(T); }
+  [[nodiscard]] double query_bytes() const { return double(queries.size()) * sizeof(T); }
 };
 
-Layer& layer(std::int64_t n) {
-  static std::vector<std::unique_ptr<Layer>> cache;
+template <class T>
+Layer<T>& layer(std::int64_t n) {
+  static std::vector<std::unique_ptr<Layer<T>>> cache;
   for (auto& l : cache)
     if (l->n == n) return *l;
-  cache.push_back(std::make_unique<Layer>(n));
+  cache.push_back(std::make_unique<Layer<T>>(n));
   return *cache.back();
 }
 
-void set_rates(benchmark::State& state, double bytes, double flops) {
-  state.counters["bytes_per_second"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate,
-                                                          benchmark::Counter::kIs1024);
-  state.counters["FLOP_per_second"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["tokens"] = static_cast<double>(state.range(0));
-}
+kvc::CpuDevice device(benchmark::State const& state) { return kvc::CpuDevice{static_cast<int>(state.range(1))}; }
 
-template <class Press>
+template <class T, class Press>
 void run_score(benchmark::State& state, Press const& press, double bytes, double flops) {
-  Layer& l = layer(state.range(0));
+  Layer<T>& l = layer<T>(state.range(0));
+  auto const dev = device(state);
   auto const view = l.view();
   auto const obs = l.observation();
   std::vector<float> scores(static_cast<std::size_t>(kKvHeads * l.n));
-  std::vector<std::byte> scratch(press.workspace_bytes(kDevice, obs, view));
+  std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, view));
   for (auto _ : state) {
     kvc::Workspace ws(scratch.data(), scratch.size());
-    kvc::score(kDevice, press, obs, view, scores.data(), ws);
+    kvc::score(dev, press, obs, view, scores.data(), ws);
     benchmark::DoNotOptimize(scores.data());
   }
   set_rates(state, bytes, flops);
 }
 
+/// The whole compress step (score, select, compact) of `press`, the cache restored between calls.
+template <class T, class Press>
+void run_compress(benchmark::State& state, Press const& press, double bytes, double flops) {
+  Layer<T>& l = layer<T>(state.range(0));
+  auto const dev = device(state);
+  auto const obs = l.observation();
+  std::vector<std::byte> scratch(kvc::compress_workspace_bytes(dev, press, obs, l.view()));
+  for (auto _ : state) {
+    state.PauseTiming();
+    l.restore();
+    auto const view = l.view();
+    state.ResumeTiming();
+    kvc::compress(dev, press, obs, view, kvc::Workspace(scratch.data(), scratch.size()));
+  }
+  set_rates(state, bytes, flops);
+}
+
+kvc::ExpectedAttentionPress ea(double ratio, bool covariance) {
+  kvc::ExpectedAttentionPress p;
+  p.compression_ratio = ratio;
+  p.use_covariance = covariance;
+  return p;
+}
+
 // Expected Attention with covariance. FLOPs: query statistics 2·H·q·d² (centred second moment)
 // + quadratic forms 2·H·n·d² + mean terms 2·H·n·d; bytes: queries + K + V.
+template <class T>
 void BM_ExpectedAttentionScore_Cov(benchmark::State& state) {
-  Layer& l = layer(state.range(0));
+  Layer<T>& l = layer<T>(state.range(0));
   double const n = double(l.n), d = double(kDim), h = double(kQHeads);
-  run_score(state, kvc::ExpectedAttentionPress{}, l.query_bytes() + l.kv_bytes(),
-            2 * h * n * d * d + 2 * h * n * d * d + 2 * h * n * d);
+  run_score<T>(state, ea(0.0, true), l.query_bytes() + l.kv_bytes(), 2 * h * n * d * d + 2 * h * n * d * d + 2 * h * n * d);
 }
 
 // Expected Attention, mean only. FLOPs: query means H·q·d + mean terms 2·H·n·d; bytes: queries + K + V.
+template <class T>
 void BM_ExpectedAttentionScore_NoCov(benchmark::State& state) {
-  Layer& l = layer(state.range(0));
-  kvc::ExpectedAttentionPress press;
-  press.use_covariance = false;
+  Layer<T>& l = layer<T>(state.range(0));
   double const n = double(l.n), d = double(kDim), h = double(kQHeads);
-  run_score(state, press, l.query_bytes() + l.kv_bytes(), h * n * d + 2 * h * n * d);
+  run_score<T>(state, ea(0.0, false), l.query_bytes() + l.kv_bytes(), h * n * d + 2 * h * n * d);
 }
 
 // SnapKV from 64 window queries. FLOPs: logits 2·H·w·n·d; bytes: K + window queries.
+template <class T>
 void BM_SnapKVScore(benchmark::State& state) {
-  Layer& l = layer(state.range(0));
+  Layer<T>& l = layer<T>(state.range(0));
   double const n = double(l.n), d = double(kDim), h = double(kQHeads), w = double(kWindow);
-  run_score(state, kvc::SnapKVPress{0.0, kWindow, 5}, l.kv_bytes() / 2 + double(l.window_queries.size()) * 4,
-            2 * h * w * n * d);
+  run_score<T>(state, kvc::SnapKVPress{0.0, kWindow, 5}, l.kv_bytes() / 2 + double(l.window_queries.size()) * sizeof(T),
+               2 * h * w * n * d);
+}
+
+// TOVA from the last query. FLOPs: logits 2·H·n·d; bytes: K (the softmax and means are O(H·n)).
+template <class T>
+void BM_TOVAScore(benchmark::State& state) {
+  Layer<T>& l = layer<T>(state.range(0));
+  double const n = double(l.n), d = double(kDim), h = double(kQHeads);
+  run_score<T>(state, kvc::TOVAPress{}, l.kv_bytes() / 2, 2 * h * n * d);
 }
 
 // Knorm. FLOPs: 2·h·n·d; bytes: K.
+template <class T>
 void BM_KnormScore(benchmark::State& state) {
-  Layer& l = layer(state.range(0));
-  run_score(state, kvc::KnormPress{}, l.kv_bytes() / 2, 2.0 * kKvHeads * double(l.n) * kDim);
+  Layer<T>& l = layer<T>(state.range(0));
+  run_score<T>(state, kvc::KnormPress{}, l.kv_bytes() / 2, 2.0 * kKvHeads * double(l.n) * kDim);
+}
+
+// KeyDiff: cosine of each normalised key with the mean normalised key. FLOPs ≈ 6·h·n·d (norm, mean,
+// dot); bytes: K, read twice (the mean first).
+template <class T>
+void BM_KeyDiffScore(benchmark::State& state) {
+  Layer<T>& l = layer<T>(state.range(0));
+  run_score<T>(state, kvc::KeyDiffPress{}, l.kv_bytes(), 6.0 * kKvHeads * double(l.n) * kDim);
+}
+
+// StreamingLLM: scores from positions only. Bytes: the scores written, h·n floats.
+template <class T>
+void BM_StreamingLLMScore(benchmark::State& state) {
+  Layer<T>& l = layer<T>(state.range(0));
+  run_score<T>(state, kvc::StreamingLLMPress{}, double(kKvHeads) * double(l.n) * 4, 0.0);
+}
+
+// The whole compress step: Expected Attention with covariance at 50 %, selection and compaction.
+template <class T>
+void BM_ExpectedAttentionCompress(benchmark::State& state) {
+  Layer<T>& l = layer<T>(state.range(0));
+  double const n = double(l.n), d = double(kDim), h = double(kQHeads);
+  run_compress<T>(state, ea(0.5, true), l.query_bytes() + 1.5 * l.kv_bytes(), 4 * h * n * d * d + 2 * h * n * d);
+}
+
+// AdaKV(Expected Attention) at 50 %: the same scoring, then one selection across the layer's heads.
+template <class T>
+void BM_AdaKVExpectedAttentionCompress(benchmark::State& state) {
+  Layer<T>& l = layer<T>(state.range(0));
+  double const n = double(l.n), d = double(kDim), h = double(kQHeads);
+  run_compress<T>(state, kvc::AdaKVPress{ea(0.5, true)}, l.query_bytes() + 1.5 * l.kv_bytes(),
+                  4 * h * n * d * d + 2 * h * n * d);
 }
 
 // Selection (top n/2 per head) and in-place compaction. Bytes: scores read + half of K and V moved (r+w).
 void BM_SelectCompact(benchmark::State& state) {
-  Layer& l = layer(state.range(0));
+  Layer<float>& l = layer<float>(state.range(0));
   std::vector<float> scores(static_cast<std::size_t>(kKvHeads * l.n));
   std::mt19937 gen(1);
   std::uniform_real_distribution<float> u;
@@ -146,7 +340,7 @@ void BM_SelectCompact(benchmark::State& state) {
     auto const view = l.view();
     state.ResumeTiming();
     kvc::Workspace ws(scratch.data(), scratch.size());
-    kvc::keep_topk(kDevice, view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
+    kvc::keep_topk(device(state), view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
   }
   set_rates(state, double(scores.size()) * 4 + l.kv_bytes(), 0.0);
 }
@@ -154,7 +348,7 @@ void BM_SelectCompact(benchmark::State& state) {
 // The same selection and compaction through a paged view: page size 16, the pages of the pool
 // (the same K and V buffers) shuffled by the block table, as in an engine after many requests.
 void BM_SelectCompactPaged(benchmark::State& state, kvc::PageTable kind) {
-  Layer& l = layer(state.range(0));
+  Layer<float>& l = layer<float>(state.range(0));
   std::int64_t const page = 16, per_row = l.n / page;
   std::vector<std::int32_t> table(static_cast<std::size_t>((kind == kvc::PageTable::kPerHead ? kKvHeads : 1) * per_row));
   std::iota(table.begin(), table.end(), 0);
@@ -175,43 +369,97 @@ void BM_SelectCompactPaged(benchmark::State& state, kvc::PageTable kind) {
     auto const view = kvc::make_cache_view(l.keys.data(), l.values.data(), l.extents, layout, layout, l.lengths.data());
     state.ResumeTiming();
     kvc::Workspace ws(scratch.data(), scratch.size());
-    kvc::keep_topk(kDevice, view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
+    kvc::keep_topk(device(state), view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
     n_freed = kvc::released_pages(view, before.data(), freed.data(), static_cast<std::int64_t>(freed.size()));
   }
   set_rates(state, double(scores.size()) * 4 + l.kv_bytes(), 0.0);
   state.counters["pages_freed"] = static_cast<double>(n_freed);
 }
 
-// The whole compress step: Expected Attention with covariance at 50 %, selection and compaction.
-void BM_ExpectedAttentionCompress(benchmark::State& state) {
-  Layer& l = layer(state.range(0));
-  kvc::ExpectedAttentionPress press;
-  press.compression_ratio = 0.5;
-  auto const obs = l.observation();
-  std::vector<std::byte> scratch(kvc::compress_workspace_bytes(kDevice, press, obs, l.view()));
+// DecodingPress(Expected Attention) in a decode loop: a row of `tokens` entries grows by one token per
+// step and is compressed back to `tokens` every 512 steps (kvpress's defaults: interval 512, 256
+// buffered queries). The time per step averages the buffering steps and the compressions.
+void BM_DecodingExpectedAttentionStep(benchmark::State& state) {
+  std::int64_t const target = state.range(0), interval = 512, cap = target + interval;
+  auto const dev = device(state);
+  kvc::CacheExtents const extents{1, kKvHeads, cap, kDim};
+  std::vector<float> keys(static_cast<std::size_t>(kKvHeads * cap * kDim)), values(keys.size()),
+      query(static_cast<std::size_t>(kQHeads * kDim));
+  std::mt19937 gen(7);
+  std::normal_distribution<float> normal;
+  for (auto* v : {&keys, &values, &query})
+    for (float& x : *v) x = normal(gen);
+  std::vector<std::int32_t> lengths(kKvHeads, static_cast<std::int32_t>(target));
+  auto const layout =
+      kvc::make_strided_layout(extents, {kvc::Axis::kBatch, kvc::Axis::kHead, kvc::Axis::kSeq, kvc::Axis::kDim});
+  auto const view = kvc::make_cache_view(keys.data(), values.data(), extents, layout, lengths.data());
+  kvc::RotaryEmbedding const rope(kvc_bench::llama31_rope());
+  kvc::DecodingOptions options;
+  options.compression_interval = interval;
+  options.target_size = target;
+  kvc::DecodingPress<kvc::ExpectedAttentionPress> press(kvc::ExpectedAttentionPress{}, options,
+                                                        kvc::QueryBufferShape{1, 1, kQHeads, kDim});
+  kvc::Observation<float> obs;
+  obs.queries = kvc::make_tensor4(query.data(), {1, kQHeads, 1, kDim});
+  obs.rope = &rope;
+  press.step(dev, obs, view);  // position 0: the prefill starts the sequence
+  obs.position = target;
+  std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, view));
   for (auto _ : state) {
-    state.PauseTiming();
-    l.restore();
-    auto const view = l.view();
-    state.ResumeTiming();
-    kvc::compress(kDevice, press, obs, view, kvc::Workspace(scratch.data(), scratch.size()));
+    for (auto& len : lengths) ++len;  // the engine appended this step's token
+    press.step(dev, obs, view, kvc::Workspace(scratch.data(), scratch.size()));
+    ++obs.position;
   }
-  double const n = double(l.n), d = double(kDim), h = double(kQHeads);
-  set_rates(state, l.query_bytes() + 1.5 * l.kv_bytes(), 4 * h * n * d * d + 2 * h * n * d);
+  state.counters["tokens"] = static_cast<double>(target);
+  state.counters["threads"] = static_cast<double>(state.range(1));
 }
 
 void sizes(benchmark::internal::Benchmark* b) {
-  b->Arg(4096)->Arg(16384)->Arg(32768)->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
+  for (std::int64_t n : {4096, 16384, 32768}) b->Args({n, 2});
+  b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
+}
+void sizes_and_threads(benchmark::internal::Benchmark* b) {
+  for (std::int64_t n : {4096, 16384, 32768})
+    for (std::int64_t t : {1, 2}) b->Args({n, t});
+  b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
+}
+void threads_only(benchmark::internal::Benchmark* b, std::int64_t size) {
+  for (std::int64_t t : {1, 2}) b->Args({size, t});
+  b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
 }
 
 }  // namespace
 
-BENCHMARK(BM_ExpectedAttentionScore_Cov)->Apply(sizes);
-BENCHMARK(BM_ExpectedAttentionScore_NoCov)->Apply(sizes);
-BENCHMARK(BM_SnapKVScore)->Apply(sizes);
-BENCHMARK(BM_KnormScore)->Apply(sizes);
+using kvc::bfloat16;
+using kvc::half;
+
+BENCHMARK_CAPTURE(BM_Ceiling_GemmF32, square, 0)->Apply([](auto* b) { threads_only(b, 1024); });
+BENCHMARK_CAPTURE(BM_Ceiling_GemmF32, inner128, 128)->Apply([](auto* b) { threads_only(b, 4096); });
+#if defined(__AVX512BF16__)
+BENCHMARK(BM_Ceiling_Bf16Dot)->Apply([](auto* b) { threads_only(b, 0); });
+#endif
+BENCHMARK(BM_Ceiling_StreamRead)->Apply([](auto* b) { threads_only(b, 0); });
+BENCHMARK(BM_Ceiling_StreamCopy)->Apply([](auto* b) { threads_only(b, 0); });
+
+BENCHMARK(BM_ExpectedAttentionScore_Cov<float>)->Apply(sizes_and_threads);
+BENCHMARK(BM_ExpectedAttentionScore_Cov<bfloat16>)->Apply(sizes);
+BENCHMARK(BM_ExpectedAttentionScore_Cov<half>)->Apply(sizes);
+BENCHMARK(BM_ExpectedAttentionScore_NoCov<float>)->Apply(sizes);
+BENCHMARK(BM_SnapKVScore<float>)->Apply(sizes_and_threads);
+BENCHMARK(BM_SnapKVScore<bfloat16>)->Apply(sizes);
+BENCHMARK(BM_TOVAScore<float>)->Apply(sizes);
+BENCHMARK(BM_KnormScore<float>)->Apply(sizes);
+BENCHMARK(BM_KnormScore<bfloat16>)->Apply(sizes);
+BENCHMARK(BM_KeyDiffScore<float>)->Apply(sizes);
+BENCHMARK(BM_StreamingLLMScore<float>)->Apply(sizes);
 BENCHMARK(BM_SelectCompact)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_sequence, kvc::PageTable::kPerSequence)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_head, kvc::PageTable::kPerHead)->Apply(sizes);
-BENCHMARK(BM_ExpectedAttentionCompress)->Apply(sizes);
+BENCHMARK(BM_ExpectedAttentionCompress<float>)->Apply(sizes_and_threads);
+BENCHMARK(BM_ExpectedAttentionCompress<bfloat16>)->Apply(sizes);
+BENCHMARK(BM_AdaKVExpectedAttentionCompress<float>)->Apply(sizes);
+BENCHMARK(BM_DecodingExpectedAttentionStep)->Apply([](auto* b) {
+  for (std::int64_t n : {4096, 16384}) b->Args({n, 2});
+  b->Unit(benchmark::kMicrosecond)->Iterations(1024)->UseRealTime();
+});
 BENCHMARK_MAIN();
