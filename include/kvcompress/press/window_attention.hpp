@@ -120,13 +120,12 @@ void window_attention_mean(CpuDevice const& dev, Observation<T> const& obs, KVCa
       float* p = probs + j * cap;
       std::fill(p, p + m, 0.0f);
       for (std::int64_t w = 0; w < window; ++w) {
-        float* z = lbuf + (j * window + w) * n;
-        std::int64_t const visible = m + w + 1;  // slots 0 … n − w + row
-        float zmax = -INFINITY;
-        for (std::int64_t i = 0; i < visible; ++i) zmax = std::max(zmax, z[i] *= inv_sqrt_d);
-        float sum = 0.0f;
-        for (std::int64_t i = 0; i < visible; ++i) sum += (z[i] = std::exp(z[i] - zmax));
-        float const scale = 1.0f / (sum * static_cast<float>(window));
+        // The softmax runs on Eigen arrays so that exp is vectorised: with scalar std::exp it, not
+        // the logits' GEMM, was the cost of a window row.
+        Eigen::Map<Eigen::ArrayXf> z(lbuf + (j * window + w) * n, m + w + 1);  // slots 0 … n − w + row
+        z *= inv_sqrt_d;
+        z = (z - z.maxCoeff()).exp();
+        float const scale = 1.0f / (z.sum() * static_cast<float>(window));
         for (std::int64_t i = 0; i < m; ++i) p[i] += z[i] * scale;
       }
       sink(r, j, static_cast<float const*>(p));
