@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 
 #include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/scorer.hpp"
@@ -34,6 +35,15 @@ struct KnormPress {
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
       using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
       float* tile = tiles + t * kTile * d;  // [kTile, head_dim]
+      if constexpr (std::is_same_v<T, float>) {
+        // Float keys with contiguous channels are read where they lie: the norm is one pass over
+        // the row, and a copy through the tile would add a second.
+        if (detail::unit_dim_stride(cache.key_layout)) {
+          for (std::int64_t i = 0; i < cache.lengths[r]; ++i)
+            scores[r * cap + i] = -Eigen::Map<Eigen::VectorXf const>(&cache.key(r / heads, r % heads, i, 0), d).norm();
+          return;
+        }
+      }
       for (std::int64_t i0 = 0; i0 < cache.lengths[r]; i0 += kTile) {
         std::int64_t const count = std::min<std::int64_t>(kTile, cache.lengths[r] - i0);
         detail::gather_keys(cache, r / heads, r % heads, i0, count, tile);

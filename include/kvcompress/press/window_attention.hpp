@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
@@ -108,14 +109,27 @@ void window_attention_mean(CpuDevice const& dev, Observation<T> const& obs, KVCa
     float* kbuf = key_buf + t * (cap * d + group * window * (d + cap));
     float* qbuf = kbuf + cap * d;
     float* lbuf = qbuf + group * window * d;
-    gather_keys(cache, b, h, 0, n, kbuf);
     for (std::int64_t j = 0; j < group; ++j)
       for (std::int64_t w = 0; w < window; ++w)
         for (std::int64_t c = 0; c < d; ++c) qbuf[(j * window + w) * d + c] = to_float(src(b, h * group + j, w, c));
-    Eigen::Map<RowMat const> keys(kbuf, n, d);
     Eigen::Map<RowMat const> qs(qbuf, group * window, d);
     Eigen::Map<RowMat> logits(lbuf, group * window, n);
-    blocked_product<false>(logits, qs, keys.transpose());
+    // Float keys of a strided layout with contiguous channels are read where they lie; any other
+    // cache is first gathered into float rows. For TOVA's single query the copy would double the
+    // bytes read.
+    bool in_place = false;
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<L, StridedLayout>) {
+      if (cache.key_layout.unit_dim_stride()) {
+        using Strided = Eigen::Map<RowMat const, 0, Eigen::OuterStride<>>;
+        Strided const keys(&cache.key(b, h, 0, 0), n, d, Eigen::OuterStride<>(cache.key_layout.strides[2]));
+        blocked_product<false>(logits, qs, keys.transpose());
+        in_place = true;
+      }
+    }
+    if (!in_place) {
+      gather_keys(cache, b, h, 0, n, kbuf);
+      blocked_product<false>(logits, qs, Eigen::Map<RowMat const>(kbuf, n, d).transpose());
+    }
     for (std::int64_t j = 0; j < group; ++j) {
       float* p = probs + j * cap;
       std::fill(p, p + m, 0.0f);
