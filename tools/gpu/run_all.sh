@@ -98,6 +98,11 @@ sanitize() {
   step "sanitizer-$tool-runtime" 30 compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_runtime"
 }
 sanitize memcheck 60
+# memcheck only: the compaction's look-back through few CTAs (every flag wait taken) and the page
+# release over 40 layers.
+step sanitizer-memcheck-compact 40 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/kvc_cuda_test_compact" \
+  "cuda compact with one\, three and 64 CTAs looping over the tiles equals cpu compact_row"
+step sanitizer-memcheck-release 30 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/kvc_cuda_test_release"
 
 step bench 120 ./build/cuda/benchmarks/cuda/kvc_bench_cuda --benchmark_repetitions=3 --benchmark_min_time=0.2 \
   --benchmark_report_aggregates_only=true --benchmark_format=json --benchmark_out="$out/kvcompress_cuda.json" \
