@@ -338,17 +338,35 @@ __device__ __forceinline__ RowBudget row_budget(std::int32_t const* lengths, std
   return {n, k};
 }
 
+/// How a run of `len` floats at address `addr` is read: [0, head) and [tail_first, len) one float at
+/// a time (fewer than 4 each), [head, tail_first) as `vecs` 16-byte-aligned float4 loads. Host and
+/// device: the CPU suite checks every alignment and length.
+struct VectorSplit {
+  std::int64_t head;
+  std::int64_t vecs;
+  std::int64_t tail_first;
+};
+__host__ __device__ __forceinline__ VectorSplit vector_split(std::uintptr_t addr, std::int64_t len) {
+  std::int64_t head = static_cast<std::int64_t>(((16 - (addr & 15u)) & 15u) / 4);
+  if ((addr & 3u) != 0) head = len;  // not even float-aligned: single loads throughout
+  if (head > len) head = len;
+  std::int64_t const vecs = (len - head) / 4;
+  return {head, vecs, head + vecs * 4};
+}
+
+/// The element that single load i (i < head + len − tail_first) reads: the head's, then the tail's.
+__host__ __device__ __forceinline__ std::int64_t single_load_index(VectorSplit const& s, std::int64_t i) {
+  return i < s.head ? i : s.tail_first + (i - s.head);
+}
+
 /// Calls f(key, valid) for every score of x[0, len) as the CTA's threads share them: 16-byte loads over
 /// the 16-byte-aligned middle, every thread of a warp the same number of times (so `f` may use warp
 /// collectives), single loads for the few entries before and after it.
 template <class F>
 __device__ __forceinline__ void for_each_chunk_key(float const* x, std::int64_t len, F&& f) {
   int const t = static_cast<int>(threadIdx.x);
-  auto const addr = reinterpret_cast<std::uintptr_t>(x);
-  std::int64_t head = static_cast<std::int64_t>(((16 - (addr & 15u)) & 15u) / 4);
-  if ((addr & 3u) != 0) head = len;  // not even float-aligned: single loads throughout
-  if (head > len) head = len;
-  std::int64_t const vecs = (len - head) / 4, tail_first = head + vecs * 4;
+  VectorSplit const split = vector_split(reinterpret_cast<std::uintptr_t>(x), len);
+  std::int64_t const head = split.head, vecs = split.vecs, tail_first = split.tail_first;
   auto const* v = reinterpret_cast<float4 const*>(x + head);
   for (std::int64_t base = 0; base < vecs; base += kChunkThreads) {
     std::int64_t const i = base + t;
@@ -363,7 +381,7 @@ __device__ __forceinline__ void for_each_chunk_key(float const* x, std::int64_t 
   for (std::int64_t base = 0; base < head + (len - tail_first); base += kChunkThreads) {
     std::int64_t const i = base + t;
     bool const valid = i < head + (len - tail_first);
-    std::int64_t const at = i < head ? i : tail_first + (i - head);
+    std::int64_t const at = single_load_index(split, i);
     f(valid ? rank_key(x[at]) : 0u, valid);
   }
 }

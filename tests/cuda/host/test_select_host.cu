@@ -260,3 +260,22 @@ TEST_CASE("cuda host: the multi-CTA radix select, chunks in any order, equals th
       }
     }
 }
+
+TEST_CASE("cuda host: the select's 16-byte loads and single loads read every score of a chunk once",
+          "[cuda][host][select]") {
+  for (std::uintptr_t base : {0x1000u, 0x1004u, 0x1008u, 0x100cu, 0x1002u})
+    for (std::int64_t len = 0; len <= 70; ++len) {
+      INFO("address " << base << ", length " << len);
+      cuda_impl::VectorSplit const s = cuda_impl::vector_split(base, len);
+      std::vector<int> seen(static_cast<std::size_t>(len), 0);
+      for (std::int64_t v = 0; v < s.vecs; ++v) {
+        std::uintptr_t const at = base + static_cast<std::uintptr_t>(4 * (s.head + 4 * v));
+        CHECK(at % 16 == 0);  // a float4 load is aligned
+        for (std::int64_t e = 0; e < 4; ++e) ++seen[static_cast<std::size_t>(s.head + 4 * v + e)];
+      }
+      std::int64_t const singles = s.head + (len - s.tail_first);
+      if (base % 4 == 0) CHECK(singles <= 6);  // fewer than 4 before the middle and after it
+      for (std::int64_t i = 0; i < singles; ++i) ++seen[static_cast<std::size_t>(cuda_impl::single_load_index(s, i))];
+      CHECK(std::all_of(seen.begin(), seen.end(), [](int n) { return n == 1; }));
+    }
+}
