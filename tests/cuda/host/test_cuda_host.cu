@@ -1,8 +1,9 @@
 // The host-side logic of the CUDA headers, which runs without a GPU (label `cpu`, so CI runs it): the
 // selection's key order against the CPU's, the device status's messages, where the status sits in a
-// workspace and how compress carves the rest, the compaction's wave sizes and index arithmetic, the
-// global max cell, the error attribution of a failed launch, the row grid, the head_dim dispatch, and
-// the checks `compress` makes before it touches the device. No kernel runs here.
+// workspace and how compress carves the rest, the global max cell, the error attribution of a failed
+// launch, the row grid, the head_dim dispatch, and the checks `compress` makes before it touches the
+// device (the compaction, the selection, the page release and the cuBLAS path have files of their own
+// here). No kernel runs here.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
