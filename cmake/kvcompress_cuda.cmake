@@ -24,7 +24,8 @@ if(KVC_CUDA_ENABLED)
   add_library(kvcompress_cuda INTERFACE)
   add_library(kvcompress::cuda ALIAS kvcompress_cuda)
   set_target_properties(kvcompress_cuda PROPERTIES EXPORT_NAME cuda)
-  target_link_libraries(kvcompress_cuda INTERFACE kvcompress CUDA::cudart)
+  # cuBLAS (part of the toolkit) for the tensor-core paths taken with a CublasSession (blas.cuh).
+  target_link_libraries(kvcompress_cuda INTERFACE kvcompress CUDA::cudart CUDA::cublas)
   # std::array in __host__ __device__ layout functions needs relaxed constexpr; Eigen 3.4's
   # defaulted __host__ __device__ members draw diagnostic 20012 from nvcc 12+ (not ours to fix).
   target_compile_options(kvcompress_cuda INTERFACE

@@ -328,6 +328,84 @@ void BM_CudaKnormCompressPaged(benchmark::State& state) {
   BENCH_CUDA(cudaFree(d_table));
 }
 
+/// One cuBLAS session for the tensor-core benchmarks, made once outside the timed path.
+kvc::CublasSession const& blas_session() {
+  static void* const ws = [] {
+    void* p = nullptr;
+    BENCH_CUDA(cudaMalloc(&p, kvc::CublasSession::kWorkspaceBytes));
+    return p;
+  }();
+  static kvc::CublasSession const session(ws, kvc::CublasSession::kWorkspaceBytes);
+  return session;
+}
+
+// Expected Attention with covariance, the covariance as one strided-batched bf16 GEMM on tensor cores
+// (the engine's cuBLAS session on the device tag); otherwise as BM_CudaExpectedAttentionScore_Cov.
+void BM_CudaExpectedAttentionScore_CovTensorCores(benchmark::State& state) {
+  Layer& l = layer(state.range(0));
+  kvc::cuda const dev{nullptr, false, &blas_session()};
+  kvc::ExpectedAttentionPress p;
+  p.use_covariance = true;
+  auto const view = l.view();
+  auto const obs = l.observation();
+  std::size_t const ws = kvc::score_workspace_bytes(dev, p, obs, view);
+  std::size_t const score_bytes = static_cast<std::size_t>(kKvHeads * l.n) * sizeof(float);
+  auto* base = static_cast<std::byte*>(scratch(ws + score_bytes + 256));
+  auto* scores = reinterpret_cast<float*>(base + ws + 128 - (ws % 128));
+  double const n = double(l.n), d = double(kDim), h = double(kQHeads);
+  timed(state, dev.stream, no_reset, [&] { kvc::score(dev, p, obs, view, scores, kvc::Workspace(base, ws)); },
+        l.query_bytes() + 0.5 * l.kv_bytes(), 4 * h * n * d * d + 2 * h * n * d);
+}
+
+// The whole compress step with the covariance on tensor cores (as BM_CudaExpectedAttentionCompress).
+void BM_CudaExpectedAttentionCompress_TensorCores(benchmark::State& state) {
+  Layer& l = layer(state.range(0));
+  double const n = double(l.n), d = double(kDim), h = double(kQHeads);
+  kvc::cuda const dev{nullptr, false, &blas_session()};
+  kvc::ExpectedAttentionPress p;
+  p.compression_ratio = 0.5;
+  auto const view = l.view();
+  auto const obs = l.observation();
+  std::size_t const ws = kvc::compress_workspace_bytes(dev, p, obs, view);
+  void* base = scratch(ws);
+  timed(
+      state, dev.stream, [&] { l.restore(dev.stream); },
+      [&] { kvc::compress(dev, p, obs, view, kvc::Workspace(base, ws)); },
+      l.query_bytes() + 1.5 * l.kv_bytes(), 4 * h * n * d * d + 2 * h * n * d);
+  kvc::check_status(dev, base);
+  l.restore(dev.stream);
+}
+
+// The compaction alone (one ordered in-place gather), keeping every odd slot of the 8 rows: every
+// kept entry moves. Bytes: half of K + V read, half written.
+void BM_CudaCompact(benchmark::State& state) {
+  Layer& l = layer(state.range(0));
+  kvc::cuda const dev{};
+  auto const view = l.view();
+  std::int64_t const rows = kKvHeads, cap = l.n, keep = l.n / 2;
+  std::vector<std::int32_t> kept(static_cast<std::size_t>(rows * cap), 0), counts(static_cast<std::size_t>(rows));
+  for (std::int64_t r = 0; r < rows; ++r) {
+    counts[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(keep);
+    for (std::int64_t j = 0; j < keep; ++j) kept[static_cast<std::size_t>(r * cap + j)] = static_cast<std::int32_t>(2 * j + 1);
+  }
+  std::int32_t* d_kept = device_copy(kept);
+  std::int32_t* d_counts = device_copy(counts);
+  std::size_t const ws = kvc::cuda_impl::compact_workspace_bytes(view);
+  auto* base = static_cast<std::byte*>(scratch(ws + 256));
+  auto* status = reinterpret_cast<kvc::cuda_impl::DeviceStatus*>(base);
+  BENCH_CUDA(cudaMemset(status, 0, sizeof(kvc::cuda_impl::DeviceStatus)));
+  timed(
+      state, dev.stream, [&] { l.restore(dev.stream); },
+      [&] {
+        kvc::Workspace w(base + 128, ws);
+        kvc::cuda_impl::compact(dev, view, d_kept, d_counts, w, status);
+      },
+      l.kv_bytes(), 0.0);
+  l.restore(dev.stream);
+  BENCH_CUDA(cudaFree(d_kept));
+  BENCH_CUDA(cudaFree(d_counts));
+}
+
 void sizes(benchmark::internal::Benchmark* b) {
   b->Arg(4096)->Arg(32768)->Arg(131072)->UseManualTime()->Unit(benchmark::kMicrosecond);
 }
@@ -342,6 +420,9 @@ BENCHMARK(BM_CudaKnormScore)->Apply(sizes);
 BENCHMARK(BM_CudaSelect)->Apply(sizes);
 BENCHMARK(BM_CudaExpectedAttentionCompress)->Apply(sizes);
 BENCHMARK(BM_CudaKnormCompressPaged)->Apply(sizes);
+BENCHMARK(BM_CudaExpectedAttentionScore_CovTensorCores)->Apply(sizes);
+BENCHMARK(BM_CudaExpectedAttentionCompress_TensorCores)->Apply(sizes);
+BENCHMARK(BM_CudaCompact)->Apply(sizes);
 
 int main(int argc, char** argv) {
   int count = 0;

@@ -6,3 +6,4 @@
 #include "kvcompress/kvcompress.hpp"
 #include "kvcompress/cuda/runtime.cuh"
 #include "kvcompress/cuda/compress.cuh"
+#include "kvcompress/cuda/release.cuh"

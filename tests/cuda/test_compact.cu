@@ -59,9 +59,10 @@ void fill(Case<T, L>& c, std::size_t elems, bool with_positions, std::mt19937& g
 }
 
 /// Compacts the host cache with the CPU and a device mirror with `cuda_impl::compact`, then compares.
-/// \param wave destination slots per wave (0: the library's choice; small values force many waves)
+/// \param ctas the grid's CTAs at most (0: the library's choice; small values make each CTA loop over
+/// many tiles, so a CTA's later tiles wait on its own earlier ones)
 template <class T, class L>
-void check_compact(Case<T, L>& c, std::int64_t wave = 0) {
+void check_compact(Case<T, L>& c, std::int64_t ctas = 0) {
   auto const host = make_cache_view(c.k.data(), c.v.data(), c.e, c.layout, c.layout, c.lengths.data(),
                                     c.positions.empty() ? nullptr : c.positions.data());
   DeviceMirror<T, L> mirror(c.k, c.v, c.lengths, c.positions, c.table);
@@ -69,10 +70,10 @@ void check_compact(Case<T, L>& c, std::int64_t wave = 0) {
   DeviceBuffer<std::int32_t> d_kept(c.kept), d_counts(c.counts);
   DeviceBuffer<cuda_impl::DeviceStatus> status(1);
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
-  std::size_t const bytes = cuda_impl::compact_workspace_bytes(dev, wave);
+  std::size_t const bytes = cuda_impl::compact_workspace_bytes(dev);
   DeviceBuffer<std::byte> ws_mem(bytes);
   Workspace ws(ws_mem.get(), bytes);
-  cuda_impl::compact(kvc_cuda_test::kChecked, dev, d_kept.get(), d_counts.get(), ws, status.get(), wave);
+  cuda_impl::compact(kvc_cuda_test::kChecked, dev, d_kept.get(), d_counts.get(), ws, status.get(), ctas);
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
 
   for (std::int64_t b = 0; b < c.e.batch; ++b)
@@ -91,14 +92,14 @@ void check_compact(Case<T, L>& c, std::int64_t wave = 0) {
 
 template <class T>
 void check_strided(std::int64_t dim, std::array<Axis, 4> order, std::int64_t inner, bool with_positions,
-                   std::int64_t batch, std::int64_t heads, std::int64_t cap, std::uint32_t seed, std::int64_t wave = 0) {
+                   std::int64_t batch, std::int64_t heads, std::int64_t cap, std::uint32_t seed, std::int64_t ctas = 0) {
   std::mt19937 gen(seed);
   Case<T, StridedLayout> c;
   c.e = CacheExtents{batch, heads, cap, dim};
   c.layout = make_strided_layout(c.e, order, inner);
   auto const span = static_cast<std::size_t>(c.layout.offset(batch - 1, heads - 1, cap - 1, dim - 1) + 1);
   fill(c, span, with_positions, gen);
-  check_compact(c, wave);
+  check_compact(c, ctas);
 }
 
 template <class T>
@@ -173,8 +174,11 @@ TEST_CASE("cuda compact over a 131072-slot row keeping half", "[cuda][compact]")
   check_strided<kvcompress::bfloat16>(128, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim}, 1, true, 1, 2, 131072, 7u);
 }
 
-TEST_CASE("cuda compact in waves of 64 destination slots equals cpu compact_row", "[cuda][compact]") {
-  // Many waves: every wave's sources that lie in a later wave's slots must survive until read.
+TEST_CASE("cuda compact with one, three and 64 CTAs looping over the tiles equals cpu compact_row", "[cuda][compact]") {
+  // Few CTAs for many tiles: a CTA's later tiles wait on flags its own earlier tiles set, and every
+  // source in a later tile's slots must survive until read.
+  check_strided<float>(64, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim}, 1, true, 2, 3, 1001, 11u, 1);
+  check_strided<float>(256, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim}, 1, true, 2, 3, 1001, 13u, 3);
   check_strided<float>(64, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim}, 1, true, 2, 3, 1001, 11u, 64);
   check_strided<kvcompress::bfloat16>(128, {Axis::kBatch, Axis::kSeq, Axis::kHead, Axis::kDim}, 1, false, 1, 4, 777, 12u,
                                       64);

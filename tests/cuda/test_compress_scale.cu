@@ -10,6 +10,7 @@
 // and every kept slot holds exactly the original K and V of the position it names.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <random>
@@ -340,4 +341,49 @@ TEST_CASE("cuda compress keeps the lowest slots among heavy ties in 128k rows, a
     for (std::size_t r = 0; r < l.lengths.size(); ++r) l.lengths[r] = static_cast<std::int32_t>(131072 - 977 * r);
     check_layer(KnormPress{0.37}, l, 0, true);  // exact: ties go to the lower slot on both sides
   }
+}
+
+TEST_CASE("cuda compress with a cuBLAS session, captured in a CUDA graph, equals the same call run eagerly",
+          "[cuda][scale][blas]") {
+  // The covariance GEMM goes through cuBLAS with the session's own workspace: the capture (global
+  // mode) fails if cuBLAS allocates or synchronises inside the call, and the replays must give the
+  // eager call's bytes (cuBLAS is deterministic for one handle, shape and GPU).
+  Layer<bfloat16> const l(1, 8, 4, 4096, 128, 1024, 64, 53);
+  ExpectedAttentionPress press = expected_attention(0.5);
+  press.use_covariance = true;
+  DeviceLayer<bfloat16> dev(l);
+  Stream s;
+  DeviceBuffer<std::byte> blas_ws(CublasSession::kWorkspaceBytes);
+  CublasSession const session(blas_ws.get(), CublasSession::kWorkspaceBytes);
+  kvcompress::cuda const d{s.s, false, &session};
+  auto const obs = dev.observation(l);
+  std::size_t const bytes = compress_workspace_bytes(d, press, obs, dev.view);
+  DeviceBuffer<std::byte> scratch(bytes);
+  compress(d, press, obs, dev.view, Workspace(scratch.get(), bytes));
+  check_status(d, scratch.get());
+  std::vector<std::int32_t> const lengths = dev.lengths.download(), positions = dev.positions.download();
+  std::vector<bfloat16> const k = dev.download(dev.view.keys, l.k.size()), v = dev.download(dev.view.values, l.v.size());
+  CpuResult<bfloat16> const cpu(press, l);
+  REQUIRE(lengths == cpu.lengths);  // the budgets do not depend on the scores
+
+  cudaGraph_t graph = nullptr;
+  dev.restore(l);
+  KVC_CUDA_CHECK(cudaStreamBeginCapture(s.s, cudaStreamCaptureModeGlobal));
+  compress(d, press, obs, dev.view, Workspace(scratch.get(), bytes));
+  KVC_CUDA_CHECK(cudaStreamEndCapture(s.s, &graph));
+  cudaGraphExec_t exec = nullptr;
+  KVC_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 2; ++replay) {
+    INFO("replay " << replay);
+    dev.restore(l);
+    KVC_CUDA_CHECK(cudaGraphLaunch(exec, s.s));
+    check_status(d, scratch.get());
+    REQUIRE(dev.lengths.download() == lengths);
+    REQUIRE(dev.positions.download() == positions);
+    std::vector<bfloat16> const gk = dev.download(dev.view.keys, l.k.size()), gv = dev.download(dev.view.values, l.v.size());
+    REQUIRE(std::memcmp(gk.data(), k.data(), k.size() * sizeof(bfloat16)) == 0);
+    REQUIRE(std::memcmp(gv.data(), v.data(), v.size() * sizeof(bfloat16)) == 0);
+  }
+  KVC_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  KVC_CUDA_CHECK(cudaGraphDestroy(graph));
 }

@@ -1,5 +1,7 @@
 // Per-row top-k on the device against cpu_impl::select_topk_row: ties, NaNs, ±0, ±Inf, every k
-// from 0 to n, rows of different lengths in one call, and a 131072-slot row keeping 65536.
+// from 0 to n, rows of different lengths in one call, and a 131072-slot row keeping 65536; rows up to
+// kSelectChunk go through one CTA each, longer ones (and every row under a small `chunk`) through the
+// multi-CTA select.
 #include <cmath>
 #include <limits>
 #include <random>
@@ -35,19 +37,21 @@ std::vector<float> make_scores(std::int64_t rows, std::int64_t capacity, Scores 
 }
 
 /// Runs the device select and checks every row against the CPU, and that nothing past k is written.
+/// \param chunk slots per CTA of the multi-CTA select (0: the library's)
 void check_select(std::vector<float> const& scores, std::int64_t rows, std::int64_t capacity,
-                  std::vector<std::int32_t> const& lengths, std::vector<std::int32_t> const& counts) {
+                  std::vector<std::int32_t> const& lengths, std::vector<std::int32_t> const& counts,
+                  std::int64_t chunk = 0) {
   DeviceBuffer<float> d_scores(scores);
   DeviceBuffer<std::int32_t> d_lengths(lengths), d_counts(counts);
   std::vector<std::int32_t> const sentinel(static_cast<std::size_t>(rows * capacity), -7);
   DeviceBuffer<std::int32_t> d_kept(sentinel);
   DeviceBuffer<cuda_impl::DeviceStatus> status(1);
   KVC_CUDA_CHECK(cudaMemset(status.get(), 0, sizeof(cuda_impl::DeviceStatus)));
-  std::size_t const bytes = cuda_impl::select_workspace_bytes(rows, capacity);
+  std::size_t const bytes = cuda_impl::select_workspace_bytes(rows, capacity, chunk);
   DeviceBuffer<std::byte> ws_mem(bytes);
   Workspace ws(ws_mem.get(), bytes);
   cuda_impl::select_topk(kvc_cuda_test::kChecked, d_scores.get(), rows, capacity, d_lengths.get(), d_counts.get(),
-                         d_kept.get(), ws, status.get());
+                         d_kept.get(), ws, status.get(), chunk);
   KVC_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<std::int32_t> const kept = d_kept.download();
   std::vector<std::int32_t> idx(static_cast<std::size_t>(capacity));
@@ -99,6 +103,25 @@ TEST_CASE("cuda select_topk keeps 65536 of 131072 slots", "[cuda][select]") {
   check_select(make_scores(rows, capacity, kind, 99u), rows, capacity, {131072, 100001}, {65536, 65536});
 }
 
+TEST_CASE("cuda select_topk through many CTAs per row (chunks of 64 and 1000 slots) equals the CPU select",
+          "[cuda][select]") {
+  auto const kind = GENERATE(Scores::kNormal, Scores::kFewValues, Scores::kWithNaN, Scores::kAllEqual);
+  std::int64_t const rows = 9, capacity = 5003;
+  std::mt19937 gen(static_cast<std::uint32_t>(kind) + 71u);
+  std::vector<std::int32_t> lengths(rows), counts(rows);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    std::int32_t const n = r < 3 ? static_cast<std::int32_t>(capacity) : std::uniform_int_distribution<std::int32_t>(1, 5003)(gen);
+    std::int32_t const k_choices[] = {n / 2, 1, n - 1, n, 0, std::uniform_int_distribution<std::int32_t>(0, n)(gen)};
+    lengths[r] = n;
+    counts[r] = k_choices[r % 6] < 0 ? 0 : k_choices[r % 6];
+  }
+  std::vector<float> const s = make_scores(rows, capacity, kind, 17u + static_cast<std::uint32_t>(kind));
+  for (std::int64_t chunk : {64, 1000}) {
+    INFO("chunk " << chunk);
+    check_select(s, rows, capacity, lengths, counts, chunk);
+  }
+}
+
 TEST_CASE("cuda select_topk leaves kept untouched once the status records a failure", "[cuda][select]") {
   std::vector<float> const s = make_scores(1, 100, Scores::kNormal, 3u);
   DeviceBuffer<float> d_scores(s);
@@ -107,9 +130,13 @@ TEST_CASE("cuda select_topk leaves kept untouched once the status records a fail
   cuda_impl::DeviceStatus failed_status{};
   failed_status.code = static_cast<int>(cuda_impl::StatusCode::kLengthOutOfRange);
   DeviceBuffer<cuda_impl::DeviceStatus> status(std::vector<cuda_impl::DeviceStatus>{failed_status});
-  Workspace ws;
-  cuda_impl::select_topk(kvc_cuda_test::kChecked, d_scores.get(), 1, 100, d_lengths.get(), d_counts.get(), d_kept.get(), ws,
-                         status.get());
-  KVC_CUDA_CHECK(cudaDeviceSynchronize());
-  for (std::int32_t x : d_kept.download()) REQUIRE(x == -7);
+  for (std::int64_t chunk : {0, 16}) {  // one CTA per row, and the multi-CTA select
+    std::size_t const bytes = cuda_impl::select_workspace_bytes(1, 100, chunk);
+    DeviceBuffer<std::byte> ws_mem(bytes);
+    Workspace ws(ws_mem.get(), bytes);
+    cuda_impl::select_topk(kvc_cuda_test::kChecked, d_scores.get(), 1, 100, d_lengths.get(), d_counts.get(),
+                           d_kept.get(), ws, status.get(), chunk);
+    KVC_CUDA_CHECK(cudaDeviceSynchronize());
+    for (std::int32_t x : d_kept.download()) REQUIRE(x == -7);
+  }
 }

@@ -11,6 +11,8 @@ from bench_json import load_benchmarks
 
 TARGETS = [
     ("whole compress step (EA + cov, 50 %)", "BM_CudaExpectedAttentionCompress", {4096: 40.0, 131072: 500.0}),
+    ("whole compress step, covariance on tensor cores", "BM_CudaExpectedAttentionCompress_TensorCores",
+     {4096: 60.0, 131072: 600.0}),
     ("selection, 8 rows, 50 %", "BM_CudaSelect", {32768: 20.0}),
 ]
 
@@ -65,6 +67,8 @@ def main():
         for label, name, key in [("EA score, covariance", "BM_CudaExpectedAttentionScore_Cov", "ea_score_cov_s"),
                                  ("EA score, mean only", "BM_CudaExpectedAttentionScore_NoCov", "ea_score_nocov_s"),
                                  ("whole compress step", "BM_CudaExpectedAttentionCompress", "ea_compress_s"),
+                                 ("whole compress step, tensor cores", "BM_CudaExpectedAttentionCompress_TensorCores",
+                                  "ea_compress_s"),
                                  ("SnapKV score", "BM_CudaSnapKVScore", "snapkv_score_s"),
                                  ("Knorm score", "BM_CudaKnormScore", "knorm_score_s")]:
             for tokens in sorted(theirs):

@@ -5,8 +5,9 @@
 # the whole run's budget (KVC_GPU_BUDGET_S, default 450 s, so that the run ends inside 8 minutes
 # whatever hangs): configure and build the CUDA tests and benchmarks (`cuda` preset, sm_90a), the
 # CUDA suite (ctest), compute-sanitizer memcheck on a reduced suite, the CUDA benchmarks, kvpress's
-# PyTorch presses on the same GPU and shapes, the report, then racecheck, initcheck and synccheck on
-# the reduced suite while time is left. Every step runs even when an earlier one failed (a step whose
+# PyTorch presses on the same GPU and shapes, the report, then memcheck on the compaction's CTA loop
+# and the batched page release, and racecheck, initcheck and synccheck on the reduced suite while time
+# is left. Every step runs even when an earlier one failed (a step whose
 # input is missing says so); the exit status is 1 if any step failed or was skipped for time.
 #
 # What comes back from $OUT (at most 8 files): steps.log (every step's output, in order), ctest.xml,
@@ -114,6 +115,12 @@ report() {  # run by `step` through `bash -c`, hence exported with the paths it 
 export -f report
 export out logs
 step report 30 bash -c report
+
+# After the report, while time is left (like the other tools below): memcheck on the compaction's
+# look-back through few CTAs (every flag wait taken) and on the page release over 40 layers.
+step sanitizer-memcheck-compact 40 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/kvc_cuda_test_compact" \
+  "cuda compact with one\, three and 64 CTAs looping over the tiles equals cpu compact_row"
+step sanitizer-memcheck-release 30 compute-sanitizer --tool memcheck --error-exitcode 1 "$bin/kvc_cuda_test_release"
 
 for tool in racecheck initcheck synccheck; do sanitize "$tool" 45; done
 [ -f "$out/kvcompress_cuda.json" ] && step report-final 30 bash -c report  # with every sanitizer's summary

@@ -9,6 +9,8 @@ struct CUstream_st;
 
 namespace kvcompress {
 
+class CublasSession;  // kvcompress/cuda/blas.cuh
+
 /// \brief Runs on the host. `num_threads == 0` uses every hardware thread; 1 runs on the calling
 /// thread only (no thread is started, nothing is allocated for threading).
 struct CpuDevice {
@@ -27,9 +29,14 @@ inline constexpr CpuDevice cpu{};
 /// and the engine's activations and workspace are its own device buffers. Turn it on while
 /// integrating or debugging (`kvcompress::cuda{stream, true}`): a host pointer then throws
 /// `kvcompress::Error` naming the argument instead of faulting in a kernel.
+///
+/// `blas`: a cuBLAS session (handle and workspace, made once by the engine; see
+/// `kvcompress/cuda/blas.cuh`). With one, half and bfloat16 caches run their GEMM-shaped work on
+/// tensor cores through cuBLAS; without one (the default) every kernel is the library's own fp32 SIMT.
 struct cuda {
   CUstream_st* stream = nullptr;
   bool check_pointers = false;
+  CublasSession const* blas = nullptr;
 };
 
 template <class Device>

@@ -2,27 +2,44 @@
 /// \file
 /// \brief In-place compaction on the device: in every (batch, kv head) row, slot j takes the K, V
 /// (and original position) of slot kept[j] for j < counts[r], then lengths[r] = counts[r] — what
-/// `cpu_impl::compact_row` does row by row.
+/// `cpu_impl::compact_row` does row by row — in one launch that reads and writes each moved entry
+/// once (the gather's roofline), with no staging copy in global memory.
 ///
-/// Why launches through a staging copy: the CPU moves entries one after the other, which is safe
-/// because kept is ascending (kept[j] ≥ j, so a source is read before anything overwrites it). Done in
-/// parallel, slot j may be overwritten while an earlier j' (kept[j'] = j) still has to read it. So the
-/// slots are moved in waves of W destination slots per row, in order: a first kernel copies the wave's
-/// sources into the workspace, a second, ordered after it on the stream, writes them to their slots.
-/// Wave w writes slots [wW, (w+1)W): the sources of earlier waves there were read by earlier launches,
-/// its own were read by its first kernel, and every later wave's sources lie at or beyond (w+1)W
-/// (kept[j] ≥ j) — so no slot is written before every read of it has finished, whatever the grid's
-/// schedule, with full parallelism over rows and slots inside a wave. Entries with kept[j] = j stay
-/// where they are and cost nothing; the rest cost two reads and two writes (twice the gather roofline).
-/// W is chosen so that the staging copy stays near kStageBytes (at least kMoveEntries slots): a fixed
-/// scratch instead of one the size of the layer, for a few more launches on long rows.
+/// The scheme. A row's destination slots are cut into tiles of E slots (`gather_tile_slots`). CTAs
+/// take tiles by ticket (one atomic counter; tickets run row by row, tile by tile, so a row's tiles
+/// are taken in ascending order). A CTA reads its tile's sources into shared memory, publishes
+/// "read" in the tile's flag, waits until every earlier tile of its row has published "read", and
+/// only then writes its slots.
 ///
-/// Copies move 16-byte vectors where an entry's channels are contiguous (`unit_dim_stride`: always
-/// when paged, at run time when strided) and the address allows it, one element at a time otherwise.
-/// `lengths` are written by the second kernel, after the first has read every source.
+/// Why no read ever sees an overwritten slot. Kept slots are ascending, so kept[j] ≥ j. Tile t writes
+/// slots [tE, (t+1)E). A destination j' reads slot s = kept[j'] ≥ j', so a slot s of tile t is read
+/// only by destinations j' ≤ s, i.e. by tile t itself or by tiles t' < t. Tile t's own reads finish
+/// (its __syncthreads) before its writes start; every earlier tile's reads finish before its flag
+/// says "read" (its reads are in shared memory, its threads have passed a barrier, and a device-wide
+/// fence orders them before the flag's store), and tile t writes only after it has seen every such
+/// flag (followed by a fence). Conversely the slots tile t reads, kept[j] ≥ j ≥ tE, lie in tiles
+/// u ≥ t, which write only after tile t's "read". Hence every read returns the slot's value from
+/// before the call, as in the CPU's sequential pass, whatever the schedule.
+///
+/// Why it cannot deadlock. A CTA waits only for tiles of smaller tickets, and publishing "read" never
+/// waits. A smaller ticket was taken earlier by a CTA that is running (a CTA takes its next ticket
+/// only after finishing its current tile), so each awaited flag is set in bounded time — no
+/// assumption on the order in which the hardware schedules CTAs (blockIdx order is not guaranteed).
+///
+/// The wait is a decoupled look-back: a flag is 0 (not read), kRead, or kReadThrough (this tile and
+/// every earlier one of the row read). Warp 0 inspects the 32 previous flags at once, waits until none
+/// is 0, and stops at the first kReadThrough (or the row's start); then it marks its own tile
+/// kReadThrough. Most waits end one window back.
+///
+/// The flags [rows, tiles per row] and the ticket counter sit in the workspace and are zeroed by one
+/// cudaMemsetAsync: two stream operations whatever the capacity (`gather_plan`). Entries with
+/// kept[j] = j do not move. Copies move 16-byte vectors where an entry's channels are contiguous
+/// (`unit_dim_stride`: always when paged, at run time when strided) and the address allows it.
+/// `lengths` are written by the CTA of each row's first tile; nothing in the launch reads them.
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "kvcompress/cuda/runtime.cuh"
 #include "kvcompress/detail/layout_traits.hpp"
@@ -30,32 +47,63 @@
 namespace kvcompress::cuda_impl {
 
 inline constexpr int kMoveThreads = 256;
-/// Slots of one row per CTA.
-inline constexpr int kMoveEntries = 64;
-/// Target size of the staging copy (K and V of one wave of every row).
-inline constexpr std::size_t kStageBytes = std::size_t{64} << 20;
+/// Most destination slots per tile, and the shared memory a tile's K and V may take.
+inline constexpr int kMaxGatherTile = 64;
+inline constexpr std::int64_t kGatherSmemBytes = 32 * 1024;
+/// CTAs of one launch at most; each loops over tickets, so this bounds nothing but the grid.
+inline constexpr std::int64_t kMaxGatherCtas = 4096;
 
-/// Destination slots per row and wave: `requested` rounded up to a multiple of kMoveEntries if it is
-/// positive (tests use it to force many waves), else as many as fit kStageBytes; at least
-/// kMoveEntries, at most the capacity rounded up.
-template <class T, class L>
-[[nodiscard]] std::int64_t compact_wave_slots(KVCacheView<T, L> const& cache, std::int64_t requested = 0) {
-  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-  std::int64_t const per_slot = rows * (2 * cache.extents.head_dim * static_cast<std::int64_t>(sizeof(T)) +
-                                        (cache.positions ? 4 : 0));
-  std::int64_t w = requested > 0 ? (requested + kMoveEntries - 1) / kMoveEntries * kMoveEntries
-                                 : static_cast<std::int64_t>(kStageBytes) / per_slot / kMoveEntries * kMoveEntries;
-  std::int64_t const whole = (cache.extents.capacity + kMoveEntries - 1) / kMoveEntries * kMoveEntries;
-  if (w < kMoveEntries) w = kMoveEntries;
-  return w < whole ? w : whole;
+/// The look-back flag values of a tile.
+inline constexpr unsigned int kFlagRead = 1u;
+inline constexpr unsigned int kFlagReadThrough = 2u;
+
+/// Destination slots per tile for entries of `head_dim` elements of `elem_bytes`: the largest power
+/// of two ≤ kMaxGatherTile whose K and V fit kGatherSmemBytes (64 for bf16 at head_dim 128; 16 for
+/// float at 256).
+[[nodiscard]] constexpr int gather_tile_slots(std::int64_t head_dim, std::int64_t elem_bytes) noexcept {
+  int t = kMaxGatherTile;
+  while (t > 1 && 2 * t * head_dim * elem_bytes > kGatherSmemBytes) t /= 2;
+  return t;
 }
 
-/// Staging index of destination slot j of row r in the wave [wave_first, wave_first + wave_slots):
-/// the staging copy is [rows, wave_slots]. Host and device, so that the CPU suite checks the
-/// arithmetic (`tests/cuda/host`).
-__host__ __device__ __forceinline__ std::int64_t stage_index(std::int64_t r, std::int64_t wave_first,
-                                                             std::int64_t wave_slots, std::int64_t j) {
-  return r * wave_slots + (j - wave_first);
+/// Where one compaction launch stands, from the extents alone (host arithmetic; the CPU suite checks
+/// that the launch count is constant).
+struct GatherPlan {
+  std::int64_t tile_slots;     // E
+  std::int64_t tiles_per_row;  // ⌈capacity / E⌉
+  std::int64_t tickets;        // rows · tiles_per_row
+  unsigned int ctas;           // grid size: min(tickets, kMaxGatherCtas), at least 1
+  std::size_t flag_words;      // unsigned ints zeroed per call: the ticket counter, then the flags
+  int launches;                // kernel launches (1)
+  int memsets;                 // cudaMemsetAsync calls (1)
+};
+
+/// The plan for `cache`'s extents and storage type. `max_ctas` > 0 caps the grid (tests use 1 to run
+/// every tile through one CTA). Throws if the tickets (and the counter's overshoot by the grid) would
+/// not fit the 32-bit counter.
+[[nodiscard]] inline GatherPlan gather_plan(CacheExtents const& e, std::int64_t elem_bytes, std::int64_t max_ctas = 0) {
+  GatherPlan p{};
+  p.tile_slots = gather_tile_slots(e.head_dim, elem_bytes);
+  p.tiles_per_row = (e.capacity + p.tile_slots - 1) / p.tile_slots;
+  p.tickets = e.batch * e.kv_heads * p.tiles_per_row;
+  std::int64_t const cap = max_ctas > 0 && max_ctas < kMaxGatherCtas ? max_ctas : kMaxGatherCtas;
+  std::int64_t const ctas = p.tickets < cap ? p.tickets : cap;
+  p.ctas = static_cast<unsigned int>(ctas < 1 ? 1 : ctas);
+  KVC_CHECK(p.tickets + p.ctas <= std::numeric_limits<unsigned int>::max(),
+            "compaction: " << p.tickets << " destination tiles exceed the 32-bit ticket counter");
+  p.flag_words = detail::size_product(p.tickets + 1, 1);
+  p.launches = 1;
+  p.memsets = 1;
+  return p;
+}
+
+/// Row and tile of ticket `ticket`: tickets run row by row, each row's tiles in ascending order.
+struct GatherTile {
+  std::int64_t row;
+  std::int64_t tile;
+};
+__host__ __device__ __forceinline__ GatherTile gather_tile_of(std::int64_t ticket, std::int64_t tiles_per_row) {
+  return {ticket / tiles_per_row, ticket % tiles_per_row};
 }
 
 /// The slot that destination slot j of row r takes its entry from, or -1 when nothing moves: the
@@ -67,21 +115,18 @@ __host__ __device__ __forceinline__ std::int32_t move_source(std::int32_t const*
   return (s == j || s < 0 || s >= capacity) ? -1 : s;
 }
 
-/// The positions' half of a wave for destination slot j of row r, whose source is `src` (≥ 0):
-/// kToStage: p_stage[stage_index] ← positions[r, src]; else positions[r, j] ← p_stage[stage_index].
-/// \param positions [rows, capacity] \param p_stage [rows, wave_slots]
-template <bool kToStage>
-__host__ __device__ __forceinline__ void move_position(std::int32_t* positions, std::int32_t* p_stage, std::int64_t r,
-                                                       std::int64_t capacity, std::int64_t wave_first,
-                                                       std::int64_t wave_slots, std::int64_t j, std::int32_t src) {
-  std::int64_t const staged = stage_index(r, wave_first, wave_slots, j);
-  if (kToStage) p_stage[staged] = positions[r * capacity + src];
-  else positions[r * capacity + j] = p_stage[staged];
+/// The destination slots of tile `tile` that move: [tile·E, tile·E + m), m ≤ 0 when the tile lies at
+/// or past the row's count (then it reads, publishes and writes nothing: no tile with work waits on
+/// it, since tiles with work are exactly those below ⌈count / E⌉).
+__host__ __device__ __forceinline__ std::int64_t gather_tile_count(std::int64_t tile, std::int64_t tile_slots,
+                                                                   std::int64_t count) {
+  std::int64_t const m = count - tile * tile_slots;
+  return m < tile_slots ? m : tile_slots;
 }
 
-/// Moves unit `u` of one entry between the cache (slot `slot` of row (b, h)) and its staging copy:
-/// a 16-byte vector of channels when `runs` (channels contiguous), else channel u.
-/// \param stage [D] the entry's staging copy, 16-byte aligned
+/// Moves unit `u` of one entry between the cache (slot `slot` of row (b, h)) and its copy in shared
+/// memory: a 16-byte vector of channels when `runs` (channels contiguous), else channel u.
+/// \param stage [D] the entry's copy, 16-byte aligned
 template <int D, bool kToStage, class S, class L>
 __device__ __forceinline__ void move_unit(S* cache, L const& layout, bool runs, std::int64_t b, std::int64_t h,
                                           std::int64_t slot, S* stage, int u) {
@@ -105,97 +150,117 @@ __device__ __forceinline__ void move_unit(S* cache, L const& layout, bool runs, 
   }
 }
 
-/// One wave, destination slots [wave_first, wave_first + wave_slots) of every row. kToStage:
-/// stage[row, j − wave_first] ← slot kept[j]; else slot j ← stage[row, j − wave_first] (and, in the
-/// first wave, lengths ← counts). Grid: x over slot tiles of kMoveEntries, y over rows (strided).
-/// \param kept    [rows, capacity] ascending kept slots
-/// \param counts  [rows]
-/// \param k_stage [rows, wave_slots, D]
-/// \param v_stage [rows, wave_slots, D]
-/// \param p_stage [rows, wave_slots], or null when the cache has no positions
-template <int D, bool kToStage, class T, class L>
-__global__ void __launch_bounds__(kMoveThreads)
-    compact_move_kernel(DeviceCache<T, L> c, std::int32_t const* kept, std::int32_t const* counts,
-                        std::int64_t wave_first, std::int64_t wave_slots, device_storage_t<T>* k_stage,
-                        device_storage_t<T>* v_stage, std::int32_t* p_stage, bool k_runs, bool v_runs,
-                        DeviceStatus const* status) {
-  using S = device_storage_t<T>;
-  static_assert((D * sizeof(S)) % 16 == 0, "an entry must be whole 16-byte vectors in the staging copy");
+/// Moves one tile's K (or V) between the cache and shared memory, every thread a share of the units.
+template <int D, bool kToStage, class S, class L>
+__device__ __forceinline__ void move_tile(S* cache, L const& layout, bool runs, std::int64_t b, std::int64_t h,
+                                          std::int64_t j0, std::int32_t const* src, int m, S* stage) {
   constexpr int kVecs = static_cast<int>(D * sizeof(S) / 16);
-  __shared__ std::int32_t src[kMoveEntries];  // the source slot of each slot of the tile, -1: not moved
-  if (failed(status)) return;
-  std::int64_t const heads = c.extents.kv_heads, cap = c.extents.capacity, rows = c.extents.batch * heads;
-  int const t = static_cast<int>(threadIdx.x);
-  for (std::int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    std::int64_t const count = counts[r] < 0 ? 0 : (counts[r] > cap ? cap : counts[r]);
-    if (!kToStage && wave_first == 0 && blockIdx.x == 0 && t == 0) c.lengths[r] = static_cast<std::int32_t>(count);
-    std::int64_t const j0 = wave_first + static_cast<std::int64_t>(blockIdx.x) * kMoveEntries;
-    std::int64_t const end = count < wave_first + wave_slots ? count : wave_first + wave_slots;
-    if (j0 >= end) continue;
-    int const m = static_cast<int>(end - j0 < kMoveEntries ? end - j0 : kMoveEntries);
-    __syncthreads();  // the previous row's tile is no longer read
-    if (t < m) src[t] = move_source(kept, r, cap, j0 + t);
-    __syncthreads();
-    std::int64_t const b = r / heads, h = r % heads;
-    std::int64_t const first = stage_index(r, wave_first, wave_slots, j0);  // staging index of the tile's first slot
-    int const k_units = k_runs ? kVecs : D, v_units = v_runs ? kVecs : D;
-    for (int w = t; w < m * k_units; w += kMoveThreads) {
-      int const e = w / k_units;
-      if (src[e] < 0) continue;
-      move_unit<D, kToStage>(c.keys, c.key_layout, k_runs, b, h, kToStage ? src[e] : j0 + e,
-                             k_stage + (first + e) * D, w - e * k_units);
-    }
-    for (int w = t; w < m * v_units; w += kMoveThreads) {
-      int const e = w / v_units;
-      if (src[e] < 0) continue;
-      move_unit<D, kToStage>(c.values, c.value_layout, v_runs, b, h, kToStage ? src[e] : j0 + e,
-                             v_stage + (first + e) * D, w - e * v_units);
-    }
-    if (p_stage != nullptr && t < m && src[t] >= 0)
-      move_position<kToStage>(c.positions, p_stage, r, cap, wave_first, wave_slots, j0 + t, src[t]);
+  int const units = runs ? kVecs : D;
+  for (int w = static_cast<int>(threadIdx.x); w < m * units; w += kMoveThreads) {
+    int const e = w / units;
+    if (src[e] < 0) continue;
+    move_unit<D, kToStage>(cache, layout, runs, b, h, kToStage ? src[e] : j0 + e, stage + e * D, w - e * units);
   }
 }
 
-/// Scratch bytes of `compact`: a staging copy of K and V (and positions when present) for one wave.
-template <class T, class L>
-[[nodiscard]] std::size_t compact_workspace_bytes(KVCacheView<T, L> const& cache, std::int64_t wave_slots = 0) {
-  auto const slots = static_cast<std::size_t>(cache.extents.batch) * static_cast<std::size_t>(cache.extents.kv_heads) *
-                     static_cast<std::size_t>(compact_wave_slots(cache, wave_slots));
-  auto const elems = slots * static_cast<std::size_t>(cache.extents.head_dim);
-  return 2 * Workspace::bytes_for<T>(elems) + (cache.positions ? Workspace::bytes_for<std::int32_t>(slots) : 0);
+/// Warp 0 of the CTA of tile `tile`: publishes kFlagRead, waits until every earlier tile of the row
+/// has read (the look-back above), then publishes kFlagReadThrough. \param flags [tiles_per_row]
+__device__ __forceinline__ void gather_lookback(unsigned int* flags, std::int64_t tile) {
+  int const lane = static_cast<int>(threadIdx.x & 31);
+  if (lane == 0) {
+    __threadfence();  // the CTA's reads (behind the caller's barrier) before the flag
+    atomicExch(flags + tile, kFlagRead);
+  }
+  for (std::int64_t last = tile - 1; last >= 0; last -= 32) {
+    std::int64_t const i = last - lane;
+    unsigned int f = kFlagReadThrough;  // before the row's start: nothing to wait for
+    if (i >= 0) {
+      do {
+        f = *static_cast<unsigned int const volatile*>(flags + i);
+      } while (f == 0u);
+    }
+    if (__ballot_sync(0xffffffffu, f == kFlagReadThrough) != 0u) break;
+  }
+  __threadfence();  // every flag seen before the CTA's writes
+  if (lane == 0) atomicExch(flags + tile, kFlagReadThrough);
 }
 
-/// Launches the compaction of every row on `dev.stream` (nothing happens once `status` records a
-/// failure). Row r keeps slots kept[r·capacity + 0..counts[r]) (ascending) at its front and its
-/// length becomes counts[r].
+/// One launch compacts every row (see the file's comment). Grid: `GatherPlan::ctas` CTAs that loop
+/// over tickets. Shared memory: the tile's K and V (2·E·D elements) and its positions.
+/// \param kept    [rows, capacity] ascending kept slots
+/// \param counts  [rows]
+/// \param flags   [1 + tickets] zeroed: the ticket counter, then the tiles' flags [rows, tiles_per_row]
+template <int D, class T, class L>
+__global__ void __launch_bounds__(kMoveThreads)
+    compact_gather_kernel(DeviceCache<T, L> c, std::int32_t const* kept, std::int32_t const* counts,
+                          std::int64_t tiles_per_row, std::int64_t tickets, unsigned int* flags, bool k_runs,
+                          bool v_runs, DeviceStatus const* status) {
+  using S = device_storage_t<T>;
+  static_assert((D * sizeof(S)) % 16 == 0, "an entry must be whole 16-byte vectors in shared memory");
+  constexpr int E = gather_tile_slots(D, sizeof(S));
+  __shared__ alignas(16) S k_tile[E * D];  // [E, D]
+  __shared__ alignas(16) S v_tile[E * D];  // [E, D]
+  __shared__ std::int32_t src[E];          // the source slot of each slot of the tile, -1: not moved
+  __shared__ std::int32_t pos[E];          // the sources' positions
+  __shared__ unsigned int ticket_cell;
+  if (failed(status)) return;
+  std::int64_t const heads = c.extents.kv_heads, cap = c.extents.capacity;
+  int const t = static_cast<int>(threadIdx.x);
+  for (;;) {
+    if (t == 0) ticket_cell = atomicAdd(flags, 1u);
+    __syncthreads();
+    std::int64_t const ticket = ticket_cell;
+    if (ticket >= tickets) return;
+    GatherTile const g = gather_tile_of(ticket, tiles_per_row);
+    std::int64_t const count = counts[g.row] < 0 ? 0 : (counts[g.row] > cap ? cap : counts[g.row]);
+    if (g.tile == 0 && t == 0) c.lengths[g.row] = static_cast<std::int32_t>(count);
+    std::int64_t const m = gather_tile_count(g.tile, E, count);
+    if (m > 0) {
+      std::int64_t const j0 = g.tile * E, b = g.row / heads, h = g.row % heads;
+      int const mi = static_cast<int>(m);
+      if (t < mi) src[t] = move_source(kept, g.row, cap, j0 + t);
+      __syncthreads();
+      move_tile<D, true>(c.keys, c.key_layout, k_runs, b, h, j0, src, mi, k_tile);
+      move_tile<D, true>(c.values, c.value_layout, v_runs, b, h, j0, src, mi, v_tile);
+      if (c.positions != nullptr && t < mi && src[t] >= 0) pos[t] = c.positions[g.row * cap + src[t]];
+      __syncthreads();  // every read of the tile is done
+      if (t < 32) gather_lookback(flags + 1 + g.row * tiles_per_row, g.tile);
+      __syncthreads();  // every earlier tile of the row has read: the slots may be written
+      move_tile<D, false>(c.keys, c.key_layout, k_runs, b, h, j0, src, mi, k_tile);
+      move_tile<D, false>(c.values, c.value_layout, v_runs, b, h, j0, src, mi, v_tile);
+      if (c.positions != nullptr && t < mi && src[t] >= 0) c.positions[g.row * cap + j0 + t] = pos[t];
+    }
+    __syncthreads();  // the next ticket reuses the shared memory
+  }
+}
+
+/// Scratch bytes of `compact`: the ticket counter and one flag per destination tile.
+template <class T, class L>
+[[nodiscard]] std::size_t compact_workspace_bytes(KVCacheView<T, L> const& cache) {
+  return Workspace::bytes_for<unsigned int>(gather_plan(cache.extents, sizeof(T)).flag_words);
+}
+
+/// Launches the compaction of every row on `dev.stream`: one memset and one kernel (nothing happens
+/// once `status` records a failure). Row r keeps slots kept[r·capacity + 0..counts[r]) (ascending) at
+/// its front and its length becomes counts[r].
 /// \param cache  device pointers (keys, values, lengths, positions, block tables)
 /// \param kept   [batch · kv_heads, capacity] device memory, ascending per row
 /// \param counts [batch · kv_heads] device memory
 /// \param status device memory
-/// \param wave_slots destination slots per wave (0: sized by kStageBytes; see compact_wave_slots)
+/// \param max_ctas caps the grid (0: `kMaxGatherCtas`); tests use small values
 template <class T, class L>
 void compact(cuda const& dev, KVCacheView<T, L> const& cache, std::int32_t const* kept, std::int32_t const* counts,
-             Workspace& ws, DeviceStatus const* status, std::int64_t wave_slots = 0) {
+             Workspace& ws, DeviceStatus const* status, std::int64_t max_ctas = 0) {
   validate_extents(cache.extents);
-  using S = device_storage_t<T>;
-  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
-  std::int64_t const wave = compact_wave_slots(cache, wave_slots);
-  auto const slots = static_cast<std::size_t>(rows) * static_cast<std::size_t>(wave);
-  auto const elems = slots * static_cast<std::size_t>(cache.extents.head_dim);
-  S* k_stage = ws.take<S>(elems);                                                // [rows, wave, head_dim]
-  S* v_stage = ws.take<S>(elems);                                                // [rows, wave, head_dim]
-  std::int32_t* p_stage = cache.positions ? ws.take<std::int32_t>(slots) : nullptr;  // [rows, wave]
+  GatherPlan const plan = gather_plan(cache.extents, sizeof(T), max_ctas);
+  unsigned int* flags = ws.take<unsigned int>(plan.flag_words);  // [1 + rows · tiles_per_row]
+  KVC_CUDA_CHECK(cudaMemsetAsync(flags, 0, plan.flag_words * sizeof(unsigned int), dev.stream));
   bool const k_runs = detail::unit_dim_stride(cache.key_layout), v_runs = detail::unit_dim_stride(cache.value_layout);
-  dim3 const grid(ceil_div(wave, kMoveEntries), row_grid(rows));
   auto const dc = device_cache(cache);
   dispatch_head_dim(cache.extents.head_dim, [&](auto dim) {
     constexpr int D = decltype(dim)::value;
-    for (std::int64_t first = 0; first < cap; first += wave) {
-      launch("compact_move_kernel (to the staging copy)", compact_move_kernel<D, true, T, L>, grid, kMoveThreads, 0,
-             dev.stream, dc, kept, counts, first, wave, k_stage, v_stage, p_stage, k_runs, v_runs, status);
-      launch("compact_move_kernel (back to the cache)", compact_move_kernel<D, false, T, L>, grid, kMoveThreads, 0,
-             dev.stream, dc, kept, counts, first, wave, k_stage, v_stage, p_stage, k_runs, v_runs, status);
-    }
+    launch("compact_gather_kernel", compact_gather_kernel<D, T, L>, dim3(plan.ctas), kMoveThreads, 0, dev.stream, dc,
+           kept, counts, plan.tiles_per_row, plan.tickets, flags, k_runs, v_runs, status);
   });
 }
 

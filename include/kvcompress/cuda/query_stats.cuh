@@ -11,15 +11,25 @@
 ///   query_cov_partial_kernel   per (batch·head, token split, output tile): Σ_t (x_t − μ)(x_t − μ)ᵀ
 ///                              a tiled XᵀX over shared-memory token tiles, fp32 register blocking
 ///   rotate_stats_kernel        sums the partials, divides by the token count, rotates and scales
+/// With a cuBLAS session (`cuda::blas`) and half or bfloat16 queries whose channels are contiguous and
+/// whose (batch, head) pairs lie at one stride, the covariance pass is instead one strided-batched
+/// GEMM on tensor cores (`query_gram_gemm`): G = Σ_t x_t x_tᵀ read in place from the queries (no
+/// staging copy, nothing rounded: bf16 × bf16 products are exact in fp32, accumulated in fp32), and
+/// the rotation forms Σ = G/T − μμᵀ. That one-pass form loses log2(1 + ‖μ‖²/σ²) of fp32's 24 bits
+/// in the subtraction where the SIMT pass centres first; centring into a bf16 copy instead would
+/// round every element to 8 bits and need a staging copy of all the queries (1 GiB for 32 heads at
+/// 128k tokens). fp32 queries keep the SIMT pass.
 /// The covariance is centred in a second pass over the queries (two-pass), as the CPU does:
 /// E[xxᵀ] − μμᵀ cancels catastrophically when ‖μ‖ is large against the spread. Partials per split
 /// (no float atomics) keep the result deterministic.
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <limits>
 
 #include "kvcompress/core/tensor.hpp"
+#include "kvcompress/cuda/blas.cuh"
 #include "kvcompress/cuda/runtime.cuh"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
@@ -235,6 +245,7 @@ struct RawStats {
   int splits;
   float count;
   bool check_finite;        // given statistics: report NaN/±Inf as kNonFiniteInput
+  bool gram = false;        // cov_parts is one uncentred Σ_t x xᵀ per head [stat_heads, D, D]: Σ = G/count − μμᵀ
 };
 
 /// One block per (stat head, output row i): μ̃ = R̄μ/√d (row 0 blocks only) and row i of
@@ -253,7 +264,14 @@ __global__ void __launch_bounds__(128)
   float const* sbar = cs + D;
   auto const partner = [](int x) { return x < kHalf ? x + kHalf : x - kHalf; };
   auto const sign = [](int x) { return x < kHalf ? -1.0f : 1.0f; };
+  __shared__ float mean_s[D];  // μ, for the one-pass form
+  if (raw.gram) {
+    for (int c = static_cast<int>(threadIdx.x); c < D; c += blockDim.x)
+      mean_s[c] = mean_from_parts<D>(raw.mean_parts, h, raw.splits, raw.count, c);
+    __syncthreads();
+  }
   auto const raw_cov = [&](int r, int c) {
+    if (raw.gram) return raw.cov_parts[(h * D + r) * D + c] / raw.count - mean_s[r] * mean_s[c];
     float s = 0.0f;
     for (int p = 0; p < raw.splits; ++p) s += raw.cov_parts[((h * raw.splits + p) * D + r) * D + c];
     return s / raw.count;
@@ -299,6 +317,25 @@ void rotate_stats(cuda const& dev, RawStats const& raw, std::int64_t stat_heads,
          (covariance ? Workspace::bytes_for<float>(n * static_cast<std::size_t>(d) * splits) : 0);
 }
 
+/// The covariance GEMM for queries of `shape` and `strides` (elements) minus their first `n_sink`
+/// tokens: per (batch, head) pair, the D × T column-major matrix that the queries are in place
+/// (leading dimension = the token stride) times its transpose. `batch` = 0 when the strides do not
+/// allow it in place: channels not contiguous, (batch, head) pairs not at one stride (a broadcast
+/// batch), or a size past cuBLAS's int. Host arithmetic only.
+[[nodiscard]] inline GemmNT query_gram_gemm(std::array<std::int64_t, 4> const& shape,
+                                            std::array<std::int64_t, 4> const& strides, std::int64_t n_sink) {
+  constexpr std::int64_t kInt = std::numeric_limits<int>::max();
+  std::int64_t const b = shape[0], h = shape[1], d = shape[3], count = shape[2] - n_sink;
+  std::int64_t pair_stride = strides[1];
+  if (h == 1) pair_stride = strides[0];
+  else if (b > 1 && strides[0] != h * strides[1]) return GemmNT{};
+  bool const fits = strides[3] == 1 && strides[2] >= d && strides[2] <= kInt && count >= 1 && count <= kInt &&
+                    pair_stride >= 0 && b * h <= kInt && d <= kInt;
+  if (!fits) return GemmNT{};
+  return GemmNT{static_cast<int>(d), static_cast<int>(d), static_cast<int>(count), strides[2], strides[2], d,
+                pair_stride, pair_stride, d * d, static_cast<int>(b * h)};
+}
+
 /// μ̃ [B·H, D] and (covariance) Σ̃ [B·H, D, D] of the queries q [B, H, q_len, D] minus their first
 /// `n_sink` tokens, rotated by R̄ (cs) and scaled. \param cs [2, D] from `averaged_rotation`
 template <int D, class T>
@@ -309,21 +346,27 @@ void query_stats(cuda const& dev, Tensor4<T> const& q, std::int64_t n_sink, floa
   int const splits = query_stats_splits(bh, count, D);
   QueryRange const range{q.shape[1], n_sink, count, splits, (count + splits - 1) / splits};
   auto const n = static_cast<std::size_t>(bh * D);
+  GemmNT const gram = tensor_cores<T>(dev) && cov
+                          ? query_gram_gemm(q.shape, q.strides, n_sink)
+                          : GemmNT{};
   float* mean_parts = ws.take<float>(n * static_cast<std::size_t>(splits));
-  float* cov_parts = cov ? ws.take<float>(n * D * static_cast<std::size_t>(splits)) : nullptr;
+  float* cov_parts = cov ? ws.take<float>(n * D * static_cast<std::size_t>(gram.batch > 0 ? 1 : splits)) : nullptr;
   auto const dq = device_tensor(q);
 
   launch("query_mean_partial_kernel", query_mean_partial_kernel<D, S>,
          dim3(static_cast<unsigned>(bh), static_cast<unsigned>(splits)), D * kMeanRows<D>, 0, dev.stream, dq, range,
          mean_parts, status);
-  if (cov) {
+  if (cov && gram.batch > 0) {
+    T const* first = q.data + n_sink * q.strides[2];
+    gemm_nt(dev, gram, blas_type_v<T>, first, first, cov_parts, 1.0f, 0.0f);
+  } else if (cov) {
     constexpr int kTiles = cov_tiles_per_side(D);
     dim3 const grid(static_cast<unsigned>(bh), static_cast<unsigned>(splits), kTiles * kTiles);
     launch("query_cov_partial_kernel", query_cov_partial_kernel<D, S>, grid, kCovThreads, 0, dev.stream, dq, range,
            mean_parts, cov_parts, status);
   }
-  rotate_stats<D>(dev, RawStats{mean_parts, cov_parts, splits, static_cast<float>(count), false}, bh, cs, mu, cov,
-                  status);
+  rotate_stats<D>(dev, RawStats{mean_parts, cov_parts, splits, static_cast<float>(count), false, gram.batch > 0}, bh,
+                  cs, mu, cov, status);
 }
 
 }  // namespace kvcompress::cuda_impl

@@ -1,8 +1,9 @@
 // The host-side logic of the CUDA headers, which runs without a GPU (label `cpu`, so CI runs it): the
 // selection's key order against the CPU's, the device status's messages, where the status sits in a
-// workspace and how compress carves the rest, the compaction's wave sizes and index arithmetic, the
-// global max cell, the error attribution of a failed launch, the row grid, the head_dim dispatch, and
-// the checks `compress` makes before it touches the device. No kernel runs here.
+// workspace and how compress carves the rest, the global max cell, the error attribution of a failed
+// launch, the row grid, the head_dim dispatch, and the checks `compress` makes before it touches the
+// device (the compaction, the selection, the page release and the cuBLAS path have files of their own
+// here). No kernel runs here.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -79,28 +80,6 @@ TEST_CASE("cuda host: check_status finds the status where compress's first take 
   }
 }
 
-TEST_CASE("cuda host: compaction waves are whole tiles, bounded by the staging budget and the capacity", "[cuda][host]") {
-  std::vector<std::int32_t> lengths(8);
-  for (std::int64_t cap : {1, 63, 64, 4096, 32768, 131072, 262144}) {
-    CacheExtents const e{1, 8, cap, 128};
-    KVCacheView<bfloat16> view{nullptr, nullptr, e, {}, {}, lengths.data(), nullptr};
-    std::int64_t const w = cuda_impl::compact_wave_slots(view);
-    INFO("capacity " << cap << ": wave " << w);
-    CHECK(w % cuda_impl::kMoveEntries == 0);
-    CHECK(w >= cuda_impl::kMoveEntries);
-    CHECK(w <= (cap + cuda_impl::kMoveEntries - 1) / cuda_impl::kMoveEntries * cuda_impl::kMoveEntries);
-    // K and V of one wave of every row fit the staging budget (one tile at least, whatever the shape).
-    CHECK((w == cuda_impl::kMoveEntries ||
-           static_cast<std::size_t>(w) * 8 * 2 * 128 * sizeof(bfloat16) <= cuda_impl::kStageBytes));
-    CHECK(cuda_impl::compact_workspace_bytes(view) >= 2 * static_cast<std::size_t>(w) * 8 * 128 * sizeof(bfloat16));
-  }
-  CacheExtents const e{1, 8, 1000, 64};
-  KVCacheView<float> view{nullptr, nullptr, e, {}, {}, lengths.data(), nullptr};
-  CHECK(cuda_impl::compact_wave_slots(view, 1) == cuda_impl::kMoveEntries);
-  CHECK(cuda_impl::compact_wave_slots(view, 65) == 2 * cuda_impl::kMoveEntries);
-  CHECK(cuda_impl::compact_wave_slots(view, 100000) == 1024);  // the capacity rounded up to whole tiles
-}
-
 TEST_CASE("cuda host: dispatch_head_dim reaches each supported head_dim and names any other", "[cuda][host]") {
   for (int d : {64, 80, 96, 128, 256})
     CHECK(cuda_impl::dispatch_head_dim(d, [](auto dim) { return static_cast<int>(decltype(dim)::value); }) == d);
@@ -163,49 +142,11 @@ TEST_CASE("cuda host: compress's scratch carve-up fits compress_workspace_bytes 
       CHECK(reinterpret_cast<std::byte*>(s.kept + 8 * cap) <= s.phase);
       CHECK(s.phase + s.phase_bytes == buffer.data() + offset + bytes);
       CHECK(s.phase_bytes >= phase_needed);
-      // Each phase carves its own workspace from the region: the compaction's staging fits.
+      // Each phase carves its own workspace from the region: the compaction's flags fit.
       Workspace phase(s.phase, s.phase_bytes);
-      CHECK_NOTHROW((void)phase.take<float>(static_cast<std::size_t>(8 * cuda_impl::compact_wave_slots(view) * 64)));
+      CHECK_NOTHROW((void)phase.take<unsigned int>(cuda_impl::gather_plan(e, sizeof(float)).flag_words));
     }
   }
-}
-
-TEST_CASE("cuda host: the compaction's waves move positions to their rows' slots, as compact_row does",
-          "[cuda][host]") {
-  // The index arithmetic of compact_move_kernel's positions, run wave by wave on the host in the
-  // kernel's two steps (every row's sources to the staging copy, then back to the destination slots).
-  std::mt19937 gen(17);
-  for (std::int64_t cap : {301, 64, 128, 1000})
-    for (std::int64_t rows : {1, 3, 8})
-      for (std::int64_t wave : {64, 128, 1024}) {
-        INFO("capacity " << cap << ", rows " << rows << ", wave " << wave);
-        std::vector<std::int32_t> positions(static_cast<std::size_t>(rows * cap)), kept(positions.size(), 0),
-            counts(static_cast<std::size_t>(rows));
-        for (auto& p : positions) p = std::uniform_int_distribution<std::int32_t>(0, 1 << 30)(gen);
-        std::vector<std::int32_t> want = positions;
-        for (std::int64_t r = 0; r < rows; ++r) {
-          std::vector<std::int32_t> slots(static_cast<std::size_t>(cap));
-          std::iota(slots.begin(), slots.end(), 0);
-          std::shuffle(slots.begin(), slots.end(), gen);
-          auto const k = std::uniform_int_distribution<std::int64_t>(0, cap)(gen);
-          std::sort(slots.begin(), slots.begin() + k);
-          std::copy(slots.begin(), slots.begin() + k, kept.begin() + r * cap);
-          counts[static_cast<std::size_t>(r)] = static_cast<std::int32_t>(k);
-          for (std::int64_t j = 0; j < k; ++j) want[static_cast<std::size_t>(r * cap + j)] = positions[static_cast<std::size_t>(r * cap + slots[static_cast<std::size_t>(j)])];
-        }
-        std::vector<std::int32_t> stage(static_cast<std::size_t>(rows * wave), -1);
-        for (std::int64_t first = 0; first < cap; first += wave)
-          for (bool to_stage : {true, false})
-            for (std::int64_t r = 0; r < rows; ++r)
-              for (std::int64_t j = first; j < std::min<std::int64_t>(counts[static_cast<std::size_t>(r)], first + wave); ++j) {
-                std::int32_t const src = cuda_impl::move_source(kept.data(), r, cap, j);
-                if (src < 0) continue;
-                REQUIRE(cuda_impl::stage_index(r, first, wave, j) < rows * wave);
-                if (to_stage) cuda_impl::move_position<true>(positions.data(), stage.data(), r, cap, first, wave, j, src);
-                else cuda_impl::move_position<false>(positions.data(), stage.data(), r, cap, first, wave, j, src);
-              }
-        REQUIRE(positions == want);
-      }
 }
 
 TEST_CASE("cuda host: the global max cell keeps the exact maximum, -0 and negative scores included", "[cuda][host]") {
