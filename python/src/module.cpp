@@ -68,7 +68,23 @@ NB_MODULE(_core, m) {
   nb::class_<PyObservation>(m, "Observation",
                             "What the engine hands a press at a compression point. Tensors must have the cache's "
                             "dtype and live on its device; shapes are checked by the press that reads them.")
-      .def(nb::init<>())
+      .def("__init__",
+           [](PyObservation* self, std::optional<Array> queries, std::optional<Array> window_queries,
+              std::optional<Array> attention, std::optional<Array> output_projection, std::optional<Array> stats_mean,
+              std::optional<Array> stats_covariance, std::optional<Array> query_offsets,
+              std::optional<Array> sequence_positions, std::shared_ptr<RotaryEmbedding const> rope, int layer_idx,
+              int num_layers, std::int64_t position, std::int64_t chunk_length) {
+             new (self) PyObservation{queries, window_queries, attention, output_projection, stats_mean,
+                                      stats_covariance, query_offsets, sequence_positions, std::move(rope),
+                                      layer_idx, num_layers, position, chunk_length};
+           },
+           nb::kw_only(), nb::arg("queries") = nb::none(), nb::arg("window_queries") = nb::none(),
+           nb::arg("attention") = nb::none(), nb::arg("output_projection") = nb::none(),
+           nb::arg("stats_mean") = nb::none(), nb::arg("stats_covariance") = nb::none(),
+           nb::arg("query_offsets") = nb::none(), nb::arg("sequence_positions") = nb::none(),
+           nb::arg("rope") = nb::none(), nb::arg("layer_idx") = 0, nb::arg("num_layers") = 1, nb::arg("position") = 0,
+           nb::arg("chunk_length") = 0,
+           "Every field is optional; a press that needs one it did not get raises kvcompress.Error naming it.")
       .def_rw("queries", &PyObservation::queries, "Pre-RoPE queries [batch, q_heads, q_len, head_dim].")
       .def_rw("window_queries", &PyObservation::window_queries,
               "Post-RoPE queries of the last window tokens [batch, q_heads, w, head_dim] (SnapKV, TOVA, PyramidKV).")
