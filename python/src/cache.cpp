@@ -1,6 +1,9 @@
 /// \file
 /// \brief Cache views over Python tensors and the entry points (compress, score, released pages).
 
+#include <array>
+#include <string>
+
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
@@ -19,8 +22,16 @@ auto naming(char const* what, F&& f) {
   try {
     return f();
   } catch (Error const& e) {
-    KVC_THROW(what << ": " << e.message());
+    throw Error("KVCache", __FILE__, __LINE__, std::string(what) + ": " + e.message());
   }
+}
+
+/// A tensor's strides; an axis of extent 1 has no meaningful stride (NumPy and PyTorch may give 0
+/// or anything), so it gets 1, which addresses nothing else.
+std::array<std::int64_t, 4> strides_of(Array const& a) {
+  std::array<std::int64_t, 4> s{};
+  for (std::size_t i = 0; i < 4; ++i) s[i] = a.shape(i) == 1 ? 1 : a.stride(i);
+  return s;
 }
 
 void require_same_shape(Array const& k, Array const& v, char const* k_name, char const* v_name) {
@@ -38,8 +49,8 @@ AnyView strided_view(Array const& k, Array const& v, Array const& lengths, std::
   require_same_shape(k, v, "keys", "values");
   CacheExtents const e{static_cast<std::int64_t>(k.shape(0)), static_cast<std::int64_t>(k.shape(1)),
                        static_cast<std::int64_t>(k.shape(2)), static_cast<std::int64_t>(k.shape(3))};
-  StridedLayout const kl = naming("keys", [&] { return make_strided_layout(e, {k.stride(0), k.stride(1), k.stride(2), k.stride(3)}); });
-  StridedLayout const vl = naming("values", [&] { return make_strided_layout(e, {v.stride(0), v.stride(1), v.stride(2), v.stride(3)}); });
+  StridedLayout const kl = naming("keys", [&] { return make_strided_layout(e, strides_of(k)); });
+  StridedLayout const vl = naming("values", [&] { return make_strided_layout(e, strides_of(v)); });
   std::int32_t* len = contiguous_data<std::int32_t>(lengths, e.batch * e.kv_heads, "lengths");
   std::int32_t* pos = positions ? contiguous_data<std::int32_t>(*positions, e.batch * e.kv_heads * e.capacity, "positions")
                                 : nullptr;

@@ -119,7 +119,7 @@ Tensor4<T> tensor4(Array const& a, char const* what) {
   try {
     return make_tensor4(data, shape, strides);
   } catch (Error const& e) {
-    KVC_THROW(what << ": " << e.message());
+    throw Error("Observation", __FILE__, __LINE__, std::string(what) + ": " + e.message());
   }
 }
 

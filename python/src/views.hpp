@@ -97,7 +97,7 @@ Observation<T> PyObservation::build(CacheExtents const& e) const {
       o.output_projection = make_tensor2(data, {static_cast<std::int64_t>(w.shape(0)), static_cast<std::int64_t>(w.shape(1))},
                                          {w.stride(0), w.stride(1)});
     } catch (Error const& err) {
-      KVC_THROW("observation.output_projection: " << err.message());
+      throw Error("Observation", __FILE__, __LINE__, "observation.output_projection: " + err.message());
     }
   }
   if (stats_mean) {
