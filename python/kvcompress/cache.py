@@ -86,13 +86,15 @@ class KVCache:
 
     @classmethod
     def paged(cls, k_pool: Any, v_pool: Any, block_table: Any, lengths: Any, *, kv_heads: int,
-              page_order: str = "NHD", capacity: Optional[int] = None) -> "KVCache":
+              page_order: str = "NHD", capacity: Optional[int] = None,
+              v_block_table: Any = None) -> "KVCache":
         """A paged cache. ``k_pool``/``v_pool``: ``[num_pages, page_size, kv_heads, head_dim]``
         (``page_order="NHD"``), ``[num_pages, kv_heads, page_size, head_dim]`` (``"HND"``), or
         ``[num_pages, page_size, head_dim]`` with a per-head ``block_table``; any page stride
         (fused K/V pools), contiguous channels. ``block_table``: int32 ``[batch, pages]`` (one row
         per sequence) or ``[batch, kv_heads, pages]`` (one per head); entries past a row's live
-        pages are never read. ``capacity`` defaults to ``pages * page_size``."""
+        pages are never read. ``capacity`` defaults to ``pages * page_size``. ``v_block_table``
+        (same shape): V's pages when they are other pages of the same pool (``v_pool is k_pool``)."""
         self = cls.__new__(cls)
         _require_writeable(k_pool, "k_pool")
         _require_writeable(v_pool, "v_pool")
@@ -111,10 +113,13 @@ class KVCache:
             capacity = int(block_table.shape[-1]) * page_size
         batch = int(block_table.shape[0])
         self._lengths = _lengths_array(lengths, batch, kv_heads, capacity)
-        self._core = _core._paged_cache(k4, v4, block_table, self._lengths, kv_heads, capacity)
-        self._tensors = (k_pool, v_pool, block_table)
+        self._core = _core._paged_cache(k4, v4, block_table, self._lengths, kv_heads, capacity,
+                                        v_block_table=v_block_table)
+        self._tensors = (k_pool, v_pool, block_table, v_block_table)
+        self._page_divisor = 1  # engine page id = table entry // divisor (a fused pool's halves)
         self._before = None
         self.per_head_table = per_head
+        self.page_size = page_size
         return self
 
     @property
@@ -146,7 +151,7 @@ class KVCache:
         table = self._tensors[2]
         out = np.empty(int(np.prod(table.shape)), dtype=np.int32)
         n = _core._released_pages(self._core, self._before, out)
-        return out[:n]
+        return out[:n] // self._page_divisor
 
     def memory_report(self) -> dict:
         """K+V bytes (and pages) live now, and freed by the last ``compress``."""

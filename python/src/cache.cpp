@@ -59,7 +59,7 @@ AnyView strided_view(Array const& k, Array const& v, Array const& lengths, std::
 
 template <class T>
 AnyView paged_view(Array const& k, Array const& v, Array const& table, Array const& lengths, std::int64_t kv_heads,
-                   std::int64_t capacity, std::optional<Array> const& positions) {
+                   std::int64_t capacity, std::optional<Array> const& positions, std::optional<Array> const& v_table) {
   T* kd = typed_data<T>(k, "k_pool");
   T* vd = typed_data<T>(v, "v_pool");
   require_rank(k, 4, "k_pool", "[num_pages, heads_in_page, page_size, head_dim]");
@@ -91,8 +91,16 @@ AnyView paged_view(Array const& k, Array const& v, Array const& table, Array con
   // The factory assumes dense pages; the engine's tensors say where pages, heads and tokens really
   // are (a fused K/V pool, HND or NHD, a table that is a slice of a wider one). make_cache_view
   // validates the result.
-  auto const layout_of = [&](Array const& pool) {
+  if (v_table) {
+    index_data<std::int32_t>(*v_table, "v_block_table");
+    for (std::size_t i = 0; i < table.ndim(); ++i)
+      KVC_CHECK(v_table->ndim() == table.ndim() && v_table->shape(i) == table.shape(i) &&
+                    (v_table->shape(i) == 1 || v_table->stride(i) == table.stride(i)),
+                "v_block_table must have block_table's shape and strides");
+  }
+  auto const layout_of = [&](Array const& pool, Array const& tab) {
     PagedLayout l = base;
+    l.block_table = static_cast<std::int32_t const*>(tab.data());
     // A dimension of extent 1 has no meaningful stride (NumPy and PyTorch differ there): keep the dense one.
     if (pool.shape(0) > 1) l.page_stride = pool.stride(0);
     if (!per_head && pool.shape(1) > 1) l.head_stride = pool.stride(1);
@@ -104,7 +112,7 @@ AnyView paged_view(Array const& k, Array const& v, Array const& table, Array con
   std::int32_t* len = contiguous_data<std::int32_t>(lengths, e.batch * e.kv_heads, "lengths");
   std::int32_t* pos = positions ? contiguous_data<std::int32_t>(*positions, e.batch * e.kv_heads * e.capacity, "positions")
                                 : nullptr;
-  return make_cache_view(kd, vd, e, layout_of(k), layout_of(v), len, pos);
+  return make_cache_view(kd, vd, e, layout_of(k, table), layout_of(v, v_table ? *v_table : table), len, pos);
 }
 
 template <class F>
@@ -119,16 +127,16 @@ auto dispatch(Storage s, F&& f) {
 }  // namespace
 
 Cache make_strided_cache(Array keys, Array values, Array lengths, std::optional<Array> positions) {
-  Cache c{keys, values, lengths, positions, std::nullopt, {}, storage_of(keys, "keys"), false};
+  Cache c{keys, values, lengths, positions, std::nullopt, std::nullopt, {}, storage_of(keys, "keys"), false};
   c.view = dispatch(c.storage, [&](auto t) { return strided_view<decltype(t)>(keys, values, lengths, positions); });
   return c;
 }
 
 Cache make_paged_cache(Array k_pool, Array v_pool, Array block_table, Array lengths, std::int64_t kv_heads,
-                       std::int64_t capacity, std::optional<Array> positions) {
-  Cache c{k_pool, v_pool, lengths, positions, block_table, {}, storage_of(k_pool, "k_pool"), true};
+                       std::int64_t capacity, std::optional<Array> positions, std::optional<Array> v_block_table) {
+  Cache c{k_pool, v_pool, lengths, positions, block_table, v_block_table, {}, storage_of(k_pool, "k_pool"), true};
   c.view = dispatch(c.storage, [&](auto t) {
-    return paged_view<decltype(t)>(k_pool, v_pool, block_table, lengths, kv_heads, capacity, positions);
+    return paged_view<decltype(t)>(k_pool, v_pool, block_table, lengths, kv_heads, capacity, positions, v_block_table);
   });
   return c;
 }
@@ -191,8 +199,10 @@ std::int64_t released(Cache const& cache, Array previous, Array out) {
   KVC_CHECK(out.ndim() == 1 && (out.stride(0) == 1 || out.shape(0) <= 1), "out must be a contiguous 1-D int32 array");
   return std::visit(
       [&](auto const& view) -> std::int64_t {
+        // K's table: V's has the same live counts (the same table, or the value half of a fused pool).
         if constexpr (std::is_same_v<typename std::decay_t<decltype(view)>::layout_type, PagedLayout>)
-          return released_pages(view, prev, freed, static_cast<std::int64_t>(out.shape(0)));
+          return released_pages(view.key_layout, view.extents, prev, view.lengths, freed,
+                                static_cast<std::int64_t>(out.shape(0)));
         else
           return 0;
       },
@@ -233,8 +243,10 @@ void bind_cache(nb::module_& m) {
         "A strided cache: keys and values [batch, kv_heads, capacity, head_dim] with any positive strides.");
   m.def("_paged_cache", &make_paged_cache, nb::arg("k_pool"), nb::arg("v_pool"), nb::arg("block_table"),
         nb::arg("lengths"), nb::arg("kv_heads"), nb::arg("capacity"), nb::arg("positions") = nb::none(),
+        nb::arg("v_block_table") = nb::none(),
         "A paged cache: pools [num_pages, heads_in_page, page_size, head_dim] (any page/head/token strides, "
-        "contiguous channels) and an int32 block table [batch, pages] or [batch, kv_heads, pages].");
+        "contiguous channels) and an int32 block table [batch, pages] or [batch, kv_heads, pages]; "
+        "v_block_table (same shape) when V's pages are other pages of the same pool (k_pool is v_pool).");
   m.def("_compress", &compress, nb::arg("press"), nb::arg("observation"), nb::arg("cache"), nb::arg("num_threads") = 0);
   m.def("_score", &score, nb::arg("press"), nb::arg("observation"), nb::arg("cache"), nb::arg("out"),
         nb::arg("num_threads") = 0);

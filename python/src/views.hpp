@@ -26,6 +26,7 @@ struct Cache {
   Array keys, values, lengths;
   std::optional<Array> positions;
   std::optional<Array> block_table;
+  std::optional<Array> v_block_table;
   AnyView view;
   Storage storage = Storage::kF32;
   bool paged = false;
@@ -42,8 +43,9 @@ Cache make_strided_cache(Array keys, Array values, Array lengths, std::optional<
 /// page, head and token strides (NHD and HND are two stride orders of this shape; heads_in_page is 1
 /// for a per-head table). `block_table`: int32 [batch, pages_per_row] (per sequence) or
 /// [batch, kv_heads, pages_per_row] (per head), innermost stride 1.
+/// `v_block_table`: V's table when V lives in other pages of the same pool (`k_pool` is `v_pool`).
 Cache make_paged_cache(Array k_pool, Array v_pool, Array block_table, Array lengths, std::int64_t kv_heads,
-                       std::int64_t capacity, std::optional<Array> positions);
+                       std::int64_t capacity, std::optional<Array> positions, std::optional<Array> v_block_table);
 
 /// \brief What the caller hands a press; tensors must have the cache's storage type.
 struct PyObservation {
