@@ -34,7 +34,7 @@ NB_MODULE(_core, m) {
   nb::class_<RotaryEmbedding>(m, "RotaryEmbedding",
                               "The model's rotary embedding (HF's default, linear, dynamic, llama3 and yarn).")
       .def("__init__",
-           [](RotaryEmbedding* self, std::string const& rope_type_name, double theta, int head_dim, double factor,
+           [](RotaryEmbedding* self, int head_dim, std::string const& rope_type_name, double theta, double factor,
               std::int64_t max_position_embeddings, std::int64_t original_max_position_embeddings,
               double low_freq_factor, double high_freq_factor, double beta_fast, double beta_slow,
               double attention_factor, double mscale, double mscale_all_dim, bool truncate) {
@@ -55,7 +55,7 @@ NB_MODULE(_core, m) {
              c.truncate = truncate;
              new (self) RotaryEmbedding(c);
            },
-           nb::arg("rope_type") = "default", nb::arg("theta") = 10000.0, nb::arg("head_dim"), nb::arg("factor") = 1.0,
+           nb::arg("head_dim"), nb::arg("rope_type") = "default", nb::arg("theta") = 10000.0, nb::arg("factor") = 1.0,
            nb::arg("max_position_embeddings") = 2048, nb::arg("original_max_position_embeddings") = 0,
            nb::arg("low_freq_factor") = 1.0, nb::arg("high_freq_factor") = 4.0, nb::arg("beta_fast") = 32.0,
            nb::arg("beta_slow") = 1.0, nb::arg("attention_factor") = 0.0, nb::arg("mscale") = 0.0,
