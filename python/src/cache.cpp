@@ -1,12 +1,16 @@
 /// \file
 /// \brief Cache views over Python tensors and the entry points (compress, score, released pages).
 
+#include <algorithm>
 #include <array>
+#include <chrono>
+#include <vector>
 #include <string>
 
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include "bindings.hpp"
 #include "views.hpp"
@@ -191,6 +195,36 @@ void score(NativePress& press, PyObservation const& obs, Cache const& cache, Arr
       cache.view);
 }
 
+/// Seconds of each of `repeats` calls of the library's compress on this press, observation and cache,
+/// timed inside C++ with the lengths restored before each call (the Python benchmark's baseline for
+/// the binding's own cost per call).
+std::vector<double> time_compress(NativePress& press, PyObservation const& obs, Cache const& cache, int repeats,
+                                  int num_threads) {
+  KVC_CHECK(repeats > 0, "repeats must be positive, got " << repeats);
+  std::vector<double> seconds;
+  std::visit(
+      [&](auto const& view) {
+        using V = std::decay_t<decltype(view)>;
+        using T = typename V::value_type;
+        Observation<T> const o = obs.build<T>(view.extents);
+        auto const& ops = press.any->ops<T, typename V::layout_type>();
+        CpuDevice const dev{num_threads};
+        std::size_t const rows = static_cast<std::size_t>(view.extents.batch * view.extents.kv_heads);
+        std::vector<std::int32_t> const saved(view.lengths, view.lengths + rows);
+        nb::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(*press.mutex);
+        for (int i = 0; i < repeats; ++i) {
+          std::copy(saved.begin(), saved.end(), view.lengths);
+          auto const t0 = std::chrono::steady_clock::now();
+          ops.compress(dev, o, view, press.reserve(ops.compress_bytes(dev, o, view)));
+          seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+        std::copy(saved.begin(), saved.end(), view.lengths);
+      },
+      cache.view);
+  return seconds;
+}
+
 std::int64_t released(Cache const& cache, Array previous, Array out) {
   KVC_CHECK(cache.paged, "released_pages needs a paged cache");
   CacheExtents const& e = cache.extents();
@@ -252,6 +286,9 @@ void bind_cache(nb::module_& m) {
         nb::arg("num_threads") = 0);
   m.def("_workspace_bytes", &workspace_bytes, nb::arg("press"), nb::arg("observation"), nb::arg("cache"),
         nb::arg("num_threads") = 0);
+  m.def("_time_compress", &time_compress, nb::arg("press"), nb::arg("observation"), nb::arg("cache"),
+        nb::arg("repeats"), nb::arg("num_threads") = 0,
+        "Seconds of each of `repeats` compress calls timed inside C++, lengths restored before each (benchmarks).");
   m.def("_released_pages", &released, nb::arg("cache"), nb::arg("previous_lengths"), nb::arg("out"));
   m.def("_memory_report", &memory, nb::arg("cache"), nb::arg("previous_lengths") = nb::none());
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Python environment of the Python package's tests (python/tests): the golden generator's venv
+# The Python environment of the Python package's tests (tests/python): the golden generator's venv
 # (tools/golden/requirements.txt: numpy, torch, transformers, kvpress 0.5.5) plus nanobind,
 # scikit-build-core and pytest (python/requirements-test.txt). Created when missing, checked
 # otherwise (a few seconds when everything is there). The repository's CMake build finds it

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-GOLDEN = Path(os.environ.get("KVC_GOLDEN_DIR", Path(__file__).resolve().parents[2] / "tests" / "golden"))
+GOLDEN = Path(os.environ.get("KVC_GOLDEN_DIR", Path(__file__).resolve().parents[1] / "golden"))
 
 
 def scenarios():

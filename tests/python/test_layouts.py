@@ -198,3 +198,30 @@ def test_hf_dynamic_cache(dtype):
     cache2.update(k.clone(), v.clone(), 0)
     with pytest.raises(kvc.Error, match="one length for all heads"):
         layouts.compress_dynamic_cache(kvc.AdaKVPress(kvc.KnormPress(0.5)), None, cache2, 0)
+
+
+def test_layout_errors_carry_the_library_message():
+    kv = torch.zeros(2, 8, 16, H, D)
+    table = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)
+    lens = torch.tensor([20, 17], dtype=torch.int32)
+    with pytest.raises(kvc.Error, match=r"fused vLLM kv_cache must be \[2, num_blocks"):
+        layouts.vllm_paged(torch.zeros(3, 8, 16, H, D), block_tables=table, seq_lens=lens)
+    with pytest.raises(kvc.Error, match="outside|num_pages|pool"):
+        layouts.vllm_paged(kv, block_tables=torch.tensor([[0, 1], [2, 9]], dtype=torch.int32), seq_lens=lens)
+    with pytest.raises(kvc.Error, match="live twice"):
+        layouts.vllm_paged(kv, block_tables=torch.tensor([[0, 1], [1, 3]], dtype=torch.int32), seq_lens=lens)
+    with pytest.raises(kvc.Error, match="lengths"):
+        layouts.vllm_paged(kv, block_tables=table, seq_lens=torch.tensor([40, 17], dtype=torch.int32))
+    pool = torch.zeros(8, 2, 16, H, D)
+    with pytest.raises(kvc.Error, match="kv_indptr must start at 0"):
+        layouts.flashinfer_paged(pool, kv_indptr=torch.tensor([0, 3, 2]), kv_indices=torch.arange(4),
+                                 kv_last_page_len=torch.tensor([1, 1]))
+    with pytest.raises(kvc.Error, match="kv_last_page_len must be in"):
+        layouts.flashinfer_paged(pool, kv_indptr=torch.tensor([0, 1, 2]), kv_indices=torch.arange(2),
+                                 kv_last_page_len=torch.tensor([17, 1]))
+    with pytest.raises(kvc.Error, match="must be \\[max_num_pages, 2"):
+        layouts.flashinfer_paged(torch.zeros(8, 3, 16, H, D), kv_indptr=torch.tensor([0, 1]), kv_indices=torch.arange(1),
+                                 kv_last_page_len=torch.tensor([1]))
+    with pytest.raises(kvc.Error, match="k_buffer must be"):
+        layouts.sglang_token_pool(torch.zeros(8, H, 2, D), torch.zeros(8, H, 2, D), req_to_token=torch.zeros(1, 4),
+                                  req_pool_indices=torch.tensor([0]), seq_lens=torch.tensor([2]))

@@ -15,7 +15,7 @@ def test_core_stub_is_current(tmp_path):
     out = tmp_path / "_core.pyi"
     subprocess.run([sys.executable, "-m", "nanobind.stubgen", "-q", "-m", "kvcompress._core", "-o", str(out)],
                    check=True)
-    committed = Path(__file__).resolve().parents[1] / "kvcompress" / "_core.pyi"
+    committed = Path(__file__).resolve().parents[2] / "python" / "kvcompress" / "_core.pyi"
     assert out.read_text() == committed.read_text(), (
         "python/kvcompress/_core.pyi is stale: regenerate it with "
         "`python -m nanobind.stubgen -m kvcompress._core -o python/kvcompress/_core.pyi`")
