@@ -120,7 +120,8 @@ def main():
         "",
         f"Written by `{args.out and 'bash tools/bench/run_python.sh'}` (`tools/bench/bench_python.py`): kvpress "
         f"{kvpress.__version__ if hasattr(kvpress, '__version__') else '0.5.5'}, torch {torch.__version__}, "
-        f"kvcompress {kvc.__version__} built by `pip install ./python` (Release). CPU, float32, the Llama-3.1-8B "
+        f"kvcompress {kvc.__version__} built by pip (Release, `-C cmake.define.KVC_PYTHON_NATIVE=ON`: this machine's "
+        f"instruction set, as the C++ benchmarks' bench preset). CPU, float32, the Llama-3.1-8B "
         f"layer shape ({Q_HEADS} query heads, {KV_HEADS} KV heads, head_dim {HEAD_DIM}), batch 1, "
         f"{args.threads} threads for both (torch.set_num_threads and kvcompress's num_threads), ratio 0.5, "
         f"best of {args.repeats} after a warm-up; both sides work on the same tensors in the same process.",
