@@ -10,8 +10,10 @@ else()
 endif()
 set(KVC_PYTHON "${kvc_python_default}" CACHE FILEPATH "Python interpreter for the Python package and its tests")
 
+# AUTO builds it with the tests only: the package is for its tests here (pip builds it for users). The
+# sanitizer presets turn it off: an instrumented module cannot load into an uninstrumented Python.
 set(KVC_PYTHON_ENABLED OFF)
-if(NOT KVC_BUILD_PYTHON STREQUAL "OFF")
+if(KVC_BUILD_PYTHON STREQUAL "ON" OR (KVC_BUILD_PYTHON STREQUAL "AUTO" AND KVC_BUILD_TESTS))
   set(kvc_python_ok OFF)
   if(EXISTS "${KVC_PYTHON}")
     execute_process(COMMAND "${KVC_PYTHON}" -c "import nanobind, numpy, pytest"

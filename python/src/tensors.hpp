@@ -7,7 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
-#include <variant>
+#include <type_traits>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
