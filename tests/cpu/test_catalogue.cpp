@@ -69,6 +69,11 @@ std::string resolve(std::string ref, std::map<std::string, std::string> const& a
       if (source.find("(" + name + after) != std::string::npos) return "";
     return "no test " + parts[1] + " registered in " + parts[0];
   }
+  // A pytest test, `python/test_api.py › test_bad_inputs_raise_the_library_message`: a function of that name.
+  if (file.extension() == ".py") {
+    if (parts.size() != 2) return "names no pytest function (file › function) in " + parts[0];
+    return source.find("def " + parts[1] + "(") != std::string::npos ? "" : "no function " + parts[1] + " in " + parts[0];
+  }
   std::size_t const begin = source.find("TEST_CASE(\"" + parts[1] + "\"");
   if (begin == std::string::npos) return "no TEST_CASE \"" + parts[1] + "\" in " + parts[0];
   std::size_t const end = source.find("TEST_CASE(", begin + 1);

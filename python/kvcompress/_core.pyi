@@ -1,0 +1,217 @@
+"""
+kvcompress's native core (C++): caches over DLPack tensors, presses, compress and score.
+"""
+
+from collections.abc import Sequence
+
+from numpy.typing import NDArray
+
+
+class Error(ValueError):
+    pass
+
+cuda_enabled: bool = False
+
+class RotaryEmbedding:
+    """
+    The model's rotary embedding (HF's default, linear, dynamic, llama3 and yarn).
+    """
+
+    def __init__(self, head_dim: int, rope_type: str = 'default', theta: float = 10000.0, factor: float = 1.0, max_position_embeddings: int = 2048, original_max_position_embeddings: int = 0, low_freq_factor: float = 1.0, high_freq_factor: float = 4.0, beta_fast: float = 32.0, beta_slow: float = 1.0, attention_factor: float = 0.0, mscale: float = 0.0, mscale_all_dim: float = 0.0, truncate: bool = True) -> None:
+        """
+        Validates the configuration (as transformers reads config.rope_parameters) and precomputes the inverse frequencies.
+        """
+
+    @property
+    def head_dim(self) -> int: ...
+
+    @property
+    def attention_scaling(self) -> float: ...
+
+class Observation:
+    """
+    What the engine hands a press at a compression point. Tensors must have the cache's dtype and live on its device; shapes are checked by the press that reads them.
+    """
+
+    def __init__(self, *, queries: NDArray | None = None, window_queries: NDArray | None = None, attention: NDArray | None = None, output_projection: NDArray | None = None, stats_mean: NDArray | None = None, stats_covariance: NDArray | None = None, query_offsets: NDArray | None = None, sequence_positions: NDArray | None = None, rope: RotaryEmbedding | None = None, layer_idx: int = 0, num_layers: int = 1, position: int = 0, chunk_length: int = 0) -> None:
+        """
+        Every field is optional; a press that needs one it did not get raises kvcompress.Error naming it.
+        """
+
+    @property
+    def queries(self) -> NDArray | None:
+        """Pre-RoPE queries [batch, q_heads, q_len, head_dim]."""
+
+    @queries.setter
+    def queries(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def window_queries(self) -> NDArray | None:
+        """
+        Post-RoPE queries of the last window tokens [batch, q_heads, w, head_dim] (SnapKV, TOVA, PyramidKV).
+        """
+
+    @window_queries.setter
+    def window_queries(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def attention(self) -> NDArray | None:
+        """Attention probabilities [batch, q_heads, q_len, n]."""
+
+    @attention.setter
+    def attention(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def output_projection(self) -> NDArray | None:
+        """W_o (HF o_proj.weight) [hidden, q_heads * head_dim] (CriticalKV)."""
+
+    @output_projection.setter
+    def output_projection(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def stats_mean(self) -> NDArray | None:
+        """float32 [q_heads, head_dim] pre-RoPE query mean."""
+
+    @stats_mean.setter
+    def stats_mean(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def stats_covariance(self) -> NDArray | None:
+        """float32 [q_heads, head_dim, head_dim] pre-RoPE query covariance."""
+
+    @stats_covariance.setter
+    def stats_covariance(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def query_offsets(self) -> NDArray | None:
+        """int32 [batch + 1] cu_seqlens of a ragged batch."""
+
+    @query_offsets.setter
+    def query_offsets(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def sequence_positions(self) -> NDArray | None:
+        """int64 [batch] first positions (ragged)."""
+
+    @sequence_positions.setter
+    def sequence_positions(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def rope(self) -> RotaryEmbedding:
+        """The model's RotaryEmbedding (Expected Attention, key re-rotation)."""
+
+    @rope.setter
+    def rope(self, arg: RotaryEmbedding, /) -> None: ...
+
+    @property
+    def layer_idx(self) -> int: ...
+
+    @layer_idx.setter
+    def layer_idx(self, arg: int, /) -> None: ...
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @num_layers.setter
+    def num_layers(self, arg: int, /) -> None: ...
+
+    @property
+    def position(self) -> int:
+        """Absolute position of the chunk's first token (0 at prefill)."""
+
+    @position.setter
+    def position(self, arg: int, /) -> None: ...
+
+    @property
+    def chunk_length(self) -> int:
+        """Tokens in the chunk; 0 takes it from the queries."""
+
+    @chunk_length.setter
+    def chunk_length(self, arg: int, /) -> None: ...
+
+class NativePress:
+    """A press of the C++ library and the workspace it reuses."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_scorer(self) -> bool: ...
+
+    @property
+    def compression_ratio(self) -> float: ...
+
+    @property
+    def workspace_allocations(self) -> int:
+        """
+        How many times the workspace grew (once per larger cache; never per call).
+        """
+
+    @property
+    def workspace_capacity(self) -> int:
+        """Bytes of workspace held for the next call."""
+
+class Cache:
+    """One layer's KV cache over tensors the caller owns (no copy)."""
+
+    @property
+    def keys(self) -> NDArray:
+        """The keys tensor (or K page pool)."""
+
+    @property
+    def values(self) -> NDArray:
+        """The values tensor (or V page pool)."""
+
+    @property
+    def lengths(self) -> NDArray:
+        """int32 [batch, kv_heads] live lengths, updated in place."""
+
+    @property
+    def paged(self) -> bool: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple:
+        """(batch, kv_heads, capacity, head_dim)"""
+
+def expected_attention(arg0: float, arg1: int, arg2: int, arg3: bool, arg4: bool, arg5: float, /) -> NativePress: ...
+
+def expected_attention_stats(arg0: float, arg1: int, arg2: int, arg3: bool, arg4: bool, arg5: float, /) -> NativePress: ...
+
+def knorm(arg: float, /) -> NativePress: ...
+
+def key_diff(arg: float, /) -> NativePress: ...
+
+def streaming_llm(arg0: float, arg1: int, /) -> NativePress: ...
+
+def lag_kv(arg0: float, arg1: int, arg2: int, arg3: bool, /) -> NativePress: ...
+
+def random(arg0: float, arg1: int | None, /) -> NativePress: ...
+
+def snap_kv(arg0: float, arg1: int, arg2: int, /) -> NativePress: ...
+
+def pyramid_kv(arg0: float, arg1: int, arg2: int, arg3: float, /) -> NativePress: ...
+
+def tova(arg: float, /) -> NativePress: ...
+
+def observed_attention(arg: float, /) -> NativePress: ...
+
+def non_causal_attn(arg0: float, arg1: int, /) -> NativePress: ...
+
+def sim_layer_kv(arg0: float, arg1: int, arg2: int, arg3: int, /) -> NativePress: ...
+
+def adakv(arg0: NativePress, arg1: float, /) -> NativePress: ...
+
+def critical_kv(arg0: NativePress, arg1: float, arg2: float, /) -> NativePress: ...
+
+def critical_adakv(arg0: NativePress, arg1: float, arg2: float, arg3: float, /) -> NativePress: ...
+
+def key_rerotation(arg: NativePress, /) -> NativePress: ...
+
+def chunk_kv(arg0: NativePress, arg1: int, /) -> NativePress: ...
+
+def block(arg0: NativePress, arg1: int, /) -> NativePress: ...
+
+def per_layer_compression(arg0: NativePress, arg1: Sequence[float], /) -> NativePress: ...

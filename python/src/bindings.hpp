@@ -1,0 +1,15 @@
+#pragma once
+/// \file
+/// \brief The parts of the `kvcompress._core` module, one function per source file.
+
+#include <nanobind/nanobind.h>
+
+namespace kvcompress::python {
+
+void bind_cache(nanobind::module_& m);
+void bind_scorers(nanobind::module_& m);
+void bind_attention_scorers(nanobind::module_& m);
+void bind_wrappers(nanobind::module_& m);
+void bind_chunk_wrappers(nanobind::module_& m);
+
+}  // namespace kvcompress::python
