@@ -37,6 +37,7 @@
 #include "kvcompress/press/block.hpp"
 #include "kvcompress/press/chunk.hpp"
 #include "kvcompress/press/chunk_kv.hpp"
+#include "kvcompress/press/entropy_gated_chunk_kv.hpp"
 #include "kvcompress/press/composed.hpp"
 #include "kvcompress/press/critical_kv.hpp"
 #include "kvcompress/press/key_rerotation.hpp"
