@@ -59,7 +59,10 @@ struct DuoAttentionPress {
   void streaming_mask(std::uint8_t* streaming, std::int64_t* order) const {
     std::int64_t const total = num_layers * kv_heads, n = streaming_count();
     std::iota(order, order + total, 0);
-    std::stable_sort(order, order + total, [&](std::int64_t a, std::int64_t b) { return head_scores[a] < head_scores[b]; });
+    // Lowest score first, ties by (layer, head); std::sort, because std::stable_sort may allocate.
+    std::sort(order, order + total, [&](std::int64_t a, std::int64_t b) {
+      return head_scores[a] < head_scores[b] || (head_scores[a] == head_scores[b] && a < b);
+    });
     std::fill(streaming, streaming + total, std::uint8_t{0});
     for (std::int64_t i = 0; i < n; ++i) streaming[order[i]] = 1;
   }

@@ -129,7 +129,10 @@ struct EntropyGatedChunkKVPress {
       double const score_threshold = detail::lower_median(chunk_score, chunks, scratch);
       double const entropy_threshold = detail::lower_median(entropy, chunks, scratch);
       std::iota(order, order + chunks, 0);
-      std::stable_sort(order, order + chunks, [&](std::int32_t a, std::int32_t c) { return chunk_score[a] > chunk_score[c]; });
+      // Best chunk first, ties by position; std::sort, because std::stable_sort may allocate.
+      std::sort(order, order + chunks, [&](std::int32_t a, std::int32_t c) {
+        return chunk_score[a] > chunk_score[c] || (chunk_score[a] == chunk_score[c] && a < c);
+      });
       std::fill(keep, keep + n, 0);
       std::int64_t budget = kept_count(n, ratio);
       for (std::int64_t j = 0; j < chunks && budget > 0; ++j) {

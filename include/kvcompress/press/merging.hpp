@@ -22,6 +22,7 @@
 
 #include <Eigen/Core>
 
+#include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/scorer.hpp"
 
@@ -149,7 +150,7 @@ struct MergingPress {
         for (std::int64_t lo = 0; lo < e; lo += kBlock) {  // s_e and t_e, a block of evicted entries at a time
           std::int64_t const rows_here = std::min(kBlock, e - lo);
           Eigen::Map<Matrix> s(sim, rows_here, k);
-          s.noalias() = Eigen::Map<Matrix const>(evict_keys + lo * d, rows_here, d) * kk.transpose();
+          detail::blocked_product<false>(s, Eigen::Map<Matrix const>(evict_keys + lo * d, rows_here, d), kk.transpose());
           for (std::int64_t i = 0; i < rows_here; ++i) {
             Eigen::Index arg = 0;
             best[lo + i] = s.row(i).maxCoeff(&arg);  // the first maximum, in position order
