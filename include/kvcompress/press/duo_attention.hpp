@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -142,7 +143,7 @@ inline void duo_attention_sample_scores(float const* mean_query, float const* me
       std::int64_t const qh = h * group + g;
       std::copy(mean_query + qh * d, mean_query + (qh + 1) * d, q.begin());
       rope.apply(q.data(), q_len - 1, q_len);
-      double top = -INFINITY;
+      double top = -std::numeric_limits<double>::infinity();
       for (std::int64_t p = 0; p < q_len; ++p) {
         double dot = 0.0;
         for (std::int64_t e = 0; e < d; ++e) dot += static_cast<double>(q[e]) * keys[p * d + e];
