@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Golden fixtures for the wrapper presses added after tests/golden/more_presses was written:
-EntropyGatedChunkKVPress, LUKVPress, DuoAttentionPress (and their kvpress 0.5.5 results).
+"""Golden fixtures for the presses added after tests/golden/more_presses was written: EntropyGatedChunkKVPress,
+LUKVPress, DuoAttentionPress and MergingPress (and their kvpress 0.5.5 results).
 
 Rebuilds each scenario's model and prompt exactly as generate.py does (MORE_SCENARIOS), captures layer 1's inputs
 through kvpress's own hook and asserts that they equal the committed keys.bin / values.bin bit for bit, so the
 scenario's inputs are reused and never rewritten. Each case then runs the kvpress press's own `compress` on those
 inputs, one sequence at a time (kvpress chooses from batch element 0 only; kvcompress per sequence, so each
-sequence's answer is kvpress's answer for that sequence alone).
+sequence's answer is kvpress's answer for that sequence alone); MergingPress runs on the whole batch.
 
 Writes tests/golden/more_presses/<scenario>/more_wrappers.json and its mw_*.bin tensors (tools/golden/README.md).
 Run: python tools/golden/generate_more_wrappers.py --out tests/golden   (about 20 s; two runs write identical files)
@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -265,16 +266,10 @@ class LocalChapters:
     def load_dataset(self, name, split):
         assert name == "kmfoda/booksum" and split == "train"
         frame = pd.DataFrame({"chapter": list(self.ids)})
-        return types_namespace(to_pandas=lambda: frame)
+        return types.SimpleNamespace(to_pandas=lambda: frame)
 
     def from_pretrained(self, name):
         return lambda text, return_tensors: transformers.BatchEncoding({"input_ids": self.ids[text]})
-
-
-def types_namespace(**kw):
-    import types
-
-    return types.SimpleNamespace(**kw)
 
 
 @torch.no_grad()
