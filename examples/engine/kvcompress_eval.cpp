@@ -50,6 +50,7 @@ struct Options {
   int threads = 0;
   std::string out = "eval-results";
   bool no_plot = false;
+  kvc_engine::PressFiles press_files;  // --lukv-curve, --duo-pattern
 };
 
 /// One press at one ratio; runs[0] is the full cache (ratio 0), shared by every press.
@@ -179,7 +180,7 @@ class Evaluation {
     runs_.push_back({"full", 0.0, kvc_engine::make_compressor("none", 0.0)});
     for (auto const& p : o_.presses)
       for (double r : o_.ratios)
-        if (r > 0.0) runs_.push_back({p, r, kvc_engine::make_compressor(p, r, engine_.device())});
+        if (r > 0.0) runs_.push_back({p, r, kvc_engine::make_compressor(p, r, engine_.device(), o_.press_files)});
     for (auto const& ex : examples_) {
       if (group_of_.count({ex.task, ex.length})) continue;
       group_of_[{ex.task, ex.length}] = groups_.size();
@@ -429,6 +430,11 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->capture_default_str();
   app.add_option("--out", o.out, "output folder")->capture_default_str();
   app.add_flag("--no-plot", o.no_plot, "do not write the gnuplot files nor accuracy.png");
+  app.add_option("--lukv-curve", o.press_files.lukv_curve,
+                 "LU-KV's budget curve [99, layers, kv_heads] (.npy) for the model and ExpectedAttention (press lukv)");
+  app.add_option("--duo-pattern", o.press_files.duo_pattern,
+                 "DuoAttention pattern folder (config.json with sink_size and recent_size, full_attention_heads.tsv) "
+                 "for the model (press duo_attention; its ratio is the share of streaming heads)");
   CLI11_PARSE(app, argc, argv);
 
   try {

@@ -220,6 +220,29 @@ PressCase make_case(std::string name, Press p) {
           }};
 }
 
+// [2 layers, 2 kv heads]: head 0 of layer 1 streams at head_compression_ratio 0.5.
+std::vector<float> const kDuoScores{0.9f, 0.8f, 0.1f, 0.7f};
+// [99, 2 layers, 2 kv heads]: prune 30 % and 60 % of the heads at every target.
+std::vector<float> const kLukvCurve = [] {
+  std::vector<float> c(99 * 2 * 2);
+  for (std::size_t i = 0; i < c.size(); ++i) c[i] = i % 2 == 0 ? 0.3f : 0.6f;
+  return c;
+}();
+
+/// A press that only compresses (a wrapper with its own `compress`): no `score` to count.
+template <class Press>
+PressCase make_compress_case(std::string name, Press p) {
+  PressCase c = make_case(std::move(name), KnormPress{});
+  c.bytes = [p](CpuDevice dev, Observation<float> const& o, KVCacheView<float> const& v) {
+    return compress_workspace_bytes(dev, p, o, v);
+  };
+  c.compress = [p](CpuDevice dev, Observation<float> const& o, KVCacheView<float> const& v, Workspace ws) {
+    kvcompress::compress(dev, p, o, v, ws);
+  };
+  c.score = nullptr;
+  return c;
+}
+
 std::vector<PressCase> all_presses(Inputs const& in) {
   double const r = 0.5;
   ExpectedAttentionPress ea;
@@ -243,6 +266,10 @@ std::vector<PressCase> all_presses(Inputs const& in) {
   int const heads = static_cast<int>(in.s.kv_heads), d = static_cast<int>(in.s.head_dim);
   CompactorPress compactor{r};
   compactor.sketch = in.sketch.data();
+  LUKVPress<ExpectedAttentionPress> lukv{ExpectedAttentionPress{}, r};
+  lukv.budget_curves = kLukvCurve.data();
+  lukv.num_layers = 2;
+  lukv.kv_heads = heads;
   return {make_case("ExpectedAttention", ea),
           make_case("ExpectedAttention (no covariance, no vnorm)", ea_plain),
           make_case("ExpectedAttentionStats", eas),
@@ -261,7 +288,11 @@ std::vector<PressCase> all_presses(Inputs const& in) {
           make_case("Compactor", compactor),
           make_case("CUR", CURPress{r}),
           make_case("Cap", CapPress{r}),
-          make_case("Finch", FinchPress{r, 0, true, true, in.s.window})};
+          make_case("Finch", FinchPress{r, 0, true, true, in.s.window}),
+          make_compress_case("EntropyGatedChunkKV", EntropyGatedChunkKVPress{SnapKVPress{r, in.s.window, 5}}),
+          make_compress_case("Merging", MergingPress{ExpectedAttentionPress{r}, 0.1, 0.75}),
+          make_compress_case("DuoAttention", DuoAttentionPress{0.5, 4, 8, kDuoScores.data(), 2, 2}),
+          make_case("LUKV", lukv)};
 }
 
 kvc_test::OwnedCache<float> make_cache(Shape const& s) {
@@ -297,10 +328,12 @@ TEST_CASE("compress and score with a caller-supplied workspace allocate nothing 
     std::vector<std::byte> scratch(p.bytes(one, obs, view));
     std::vector<float> scores(static_cast<std::size_t>(s.batch * s.kv_heads * s.capacity));
 
-    Workspace score_ws(scratch.data(), scratch.size());
-    auto const scored = counting::count([&] { p.score(one, obs, view, scores.data(), score_ws); });
-    CHECK(scored.news == 0);
-    CHECK(scored.mallocs == 0);
+    if (p.score) {
+      Workspace score_ws(scratch.data(), scratch.size());
+      auto const scored = counting::count([&] { p.score(one, obs, view, scores.data(), score_ws); });
+      CHECK(scored.news == 0);
+      CHECK(scored.mallocs == 0);
+    }
 
     auto const compressed = counting::count([&] { p.compress(one, obs, view, Workspace(scratch.data(), scratch.size())); });
     CHECK(compressed.news == 0);

@@ -295,3 +295,74 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
     }
   }
 }
+
+// LUKV gives each head its own budget from the caller's curve, so it has its own matrix: every ratio,
+// ragged and uniform rows, a curve that prunes the two heads differently. Each row keeps its top
+// scores (the protected sinks and window among them), in position order, with its entries intact, and
+// as many as the curve says: the floor of (1 − prune)·n, one more for the larger fractional parts until
+// the rounded total, at least one.
+TEST_CASE("LUKV at every ratio keeps each head's curve budget of top scores, in position order", "[press][matrix][lukv]") {
+  std::vector<float> curve(99 * kLayers * kH);  // [99, kLayers, kH]
+  for (std::size_t i = 0; i < curve.size(); ++i) {
+    auto const t = static_cast<float>(i / (kLayers * kH) + 1) / 100.0f;
+    curve[i] = std::clamp(t + (i % 2 == 0 ? 0.15f : -0.2f), 0.0f, 1.0f);
+  }
+  Inputs const in(kCap);
+  for (double r : {0.1, 0.5, 0.9}) {
+    for (bool ragged : {true, false}) {
+      CAPTURE(r, ragged);
+      LUKVPress<KnormPress> press{KnormPress{}, r, 2, 3};
+      press.budget_curves = curve.data();
+      press.num_layers = kLayers;
+      press.kv_heads = kH;
+      Cache cache(ragged ? std::vector<std::int32_t>{41, 29, 37, 33} : std::vector<std::int32_t>{37, 37, 37, 37});
+      Cache const original = cache;
+      auto const obs = in.observation(kCap);
+      auto const s = score(cpu, press, obs, cache.view());
+      compress(cpu, press, obs, cache.view());
+      float const* prune = curve.data() + (press.curve_row() * kLayers + obs.layer_idx) * kH;
+      for (std::int64_t b = 0; b < kB; ++b) {
+        std::vector<double> ideal(kH);
+        double total = 0.0;
+        std::vector<std::int64_t> want(kH);
+        for (std::int64_t h = 0; h < kH; ++h) {
+          ideal[h] = std::clamp(1.0 - double(prune[h]), 0.0, 1.0) * original.c.lengths[b * kH + h];
+          total += ideal[h];
+          want[h] = static_cast<std::int64_t>(std::floor(ideal[h]));
+        }
+        std::int64_t extra = std::llround(total) - (want[0] + want[1]);
+        if (extra > 0) ++want[ideal[0] - std::floor(ideal[0]) >= ideal[1] - std::floor(ideal[1]) ? 0 : 1];
+        if (extra > 1) ++want[ideal[0] - std::floor(ideal[0]) >= ideal[1] - std::floor(ideal[1]) ? 1 : 0];
+        for (std::int64_t h = 0; h < kH; ++h) {
+          std::int64_t const row = b * kH + h, n = original.c.lengths[row];
+          CAPTURE(row);
+          REQUIRE(cache.c.lengths[row] == std::clamp<std::int64_t>(want[h], 1, n));
+          std::vector<bool> kept(static_cast<std::size_t>(n), false);
+          for (std::int32_t j = 0; j < cache.c.lengths[row]; ++j) {
+            std::int32_t const src = cache.positions[row * kCap + j];
+            if (j > 0) REQUIRE(src > cache.positions[row * kCap + j - 1]);
+            kept[src] = true;
+            for (std::int64_t e = 0; e < kD; ++e)
+              REQUIRE(cache.c.v[(row * kCap + j) * kD + e] == original.c.v[(row * kCap + src) * kD + e]);
+          }
+          float lowest_kept = INFINITY, highest_pruned = -INFINITY;
+          for (std::int32_t i = 0; i < n; ++i)
+            (kept[i] ? lowest_kept : highest_pruned) =
+                kept[i] ? std::min(lowest_kept, s[row * kCap + i]) : std::max(highest_pruned, s[row * kCap + i]);
+          REQUIRE(lowest_kept >= highest_pruned);
+          if (cache.c.lengths[row] >= 5) CHECK((kept[0] && kept[1] && kept[n - 1] && kept[n - 3]));  // sinks, window
+        }
+      }
+    }
+  }
+  SECTION("a NaN key is named, nothing moves") {
+    LUKVPress<KnormPress> press{KnormPress{}, 0.5};
+    press.budget_curves = curve.data();
+    press.num_layers = kLayers;
+    press.kv_heads = kH;
+    Cache cache({37, 37, 37, 37});
+    cache.c.k[(3 * kCap + 20) * kD + 5] = std::numeric_limits<float>::quiet_NaN();
+    REQUIRE_THROWS_WITH(compress(cpu, press, in.observation(37), cache.view()), Catch::Contains("keys[1, 1, 20, 5]"));
+    CHECK(cache.c.lengths == std::vector<std::int32_t>{37, 37, 37, 37});
+  }
+}

@@ -592,6 +592,23 @@ void for_each_wrapper(double r, Fn&& fn) {
   fn("Composed", ComposedPress{KnormPress{r}, KeyDiffPress{r}});
   fn("PerLayer", PerLayerCompressionPress{KnormPress{}, {r}});
   fn("KeyRerotation", KeyRerotationPress{KnormPress{r}});
+  fn("EntropyGatedChunkKV", EntropyGatedChunkKVPress{KnormPress{r}, 6, 2});
+  fn("Merging", MergingPress{KnormPress{r}, 0.1, 0.75});
+  static std::vector<float> const curve = [] {  // [99, 1 layer, 2 heads]: prune t% ± 20 %
+    std::vector<float> c(99 * 2);
+    for (std::size_t t = 0; t < 99; ++t) {
+      c[2 * t] = std::min(1.0f, static_cast<float>(t + 1) / 100.0f + 0.2f);
+      c[2 * t + 1] = std::max(0.0f, static_cast<float>(t + 1) / 100.0f - 0.2f);
+    }
+    return c;
+  }();
+  LUKVPress<KnormPress> lukv{KnormPress{}, r};
+  lukv.budget_curves = curve.data();
+  lukv.num_layers = 1;
+  lukv.kv_heads = 2;
+  fn("LUKV", lukv);
+  static std::vector<float> const head_scores{0.3f, 0.8f};  // [1 layer, 2 heads]: head 0 streams first
+  fn("DuoAttention", DuoAttentionPress{r, 4, 8, head_scores.data(), 1, 2});
 }
 
 std::vector<std::int32_t> const kLens{44, 44, 31, 31};  // ChunkKV shares chunks across a sequence's heads

@@ -17,6 +17,7 @@ fi
 
 cd "${root}"
 "${venv}/bin/python" "${here}/generate.py" --out tests/golden "$@"
+"${venv}/bin/python" "${here}/generate_more_wrappers.py" --out tests/golden "$@"  # after generate.py, which rewrites more_presses/
 "${venv}/bin/python" "${here}/generate_dms.py" --out tests/golden/dms "$@"
 "${venv}/bin/python" "${here}/generate_engine.py" --out tests/golden/engine "$@"
 "${venv}/bin/python" "${here}/generate_gguf.py" --out tests/golden/gguf

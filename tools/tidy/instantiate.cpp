@@ -42,6 +42,16 @@ KVC_TIDY_COMPRESS_ONLY(SimLayerKVPress, float)
 KVC_TIDY_COMPRESS_ONLY(SimLayerKVPress, half)
 KVC_TIDY_COMPRESS_ONLY(SimLayerKVPress, bfloat16)
 
+// The wrappers added with EntropyGatedChunkKV: compress only, but LUKV, which also scores.
+#define KVC_TIDY_MORE_WRAPPERS(T)                                      \
+  KVC_TIDY_COMPRESS_ONLY(EntropyGatedChunkKVPress<KnormPress>, T)      \
+  KVC_TIDY_COMPRESS_ONLY(MergingPress<KnormPress>, T)                  \
+  KVC_TIDY_COMPRESS_ONLY(DuoAttentionPress, T)                         \
+  KVC_TIDY_PRESS(LUKVPress<ExpectedAttentionPress>, T)
+KVC_TIDY_MORE_WRAPPERS(float)
+KVC_TIDY_MORE_WRAPPERS(half)
+KVC_TIDY_MORE_WRAPPERS(bfloat16)
+
 template KVCacheView<float, StridedLayout> make_cache_view<float>(float*, float*, CacheExtents const&,
                                                                   StridedLayout const&, std::int32_t*, std::int32_t*);
 template Tensor4<float> make_tensor4<float>(float const*, std::array<std::int64_t, 4>);

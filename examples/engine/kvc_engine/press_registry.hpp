@@ -3,15 +3,20 @@
 /// \brief kvcompress's prefill presses by name, with kvpress's defaults, as engine compressors — the list
 /// a command line or an evaluation loops over.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <fstream>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "kvc_engine/compressor.hpp"
+#include "kvc_engine/npy.hpp"
+#include "kvc_engine/safetensors.hpp"
 
 namespace kvc_engine {
 
@@ -52,12 +57,69 @@ template <class Press>
 [[nodiscard]] inline std::vector<std::string> press_names() {
   return {"expected_attention", "knorm",   "streaming_llm", "snapkv",    "pyramidkv", "tova",
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
-          "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv"};
+          "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
+          "egchunkkv",          "merging",   "lukv",          "duo_attention"};
 }
 
-/// \brief The named press at `ratio` (fraction of entries removed); "none" is the full cache.
+/// \brief Data computed offline for a model that some presses need (none by default).
+struct PressFiles {
+  /// LU-KV's budget curve [99, layers, kv_heads] for the model and ExpectedAttention, as a .npy file.
+  std::string lukv_curve;
+  /// A DuoAttention pattern folder, as DuoAttention's repository lays them out: `config.json` with
+  /// `sink_size` and `recent_size`, `full_attention_heads.tsv` with one row of head scores per layer.
+  std::string duo_pattern;
+};
+
+/// \brief A DuoAttention pattern folder read into a press (scores clipped to [0, 1], as kvpress does).
+struct DuoPattern {
+  std::int64_t sink_size = 0, recent_size = 0, layers = 0, kv_heads = 0;
+  std::vector<float> scores;  // [layers, kv_heads]
+};
+
+namespace detail {
+
+inline std::string read_whole_file(std::string const& path) {
+  std::ifstream in(path);
+  KVC_CHECK(in.good(), "cannot open " << path);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace detail
+
+[[nodiscard]] inline DuoPattern read_duo_pattern(std::string const& folder) {
+  DuoPattern p;
+  std::string const text = detail::read_whole_file(folder + "/config.json");
+  nlohmann::json const config = detail::parse_json(text.data(), text.data() + text.size(), 8, folder + "/config.json");
+  KVC_CHECK(config.is_object(), folder << "/config.json must be a JSON object");
+  for (char const* key : {"sink_size", "recent_size"}) {
+    KVC_CHECK(config.contains(key) && config.at(key).is_number_integer() && config.at(key).get<std::int64_t>() >= 0,
+              folder << "/config.json: '" << key << "' must be a non-negative integer");
+  }
+  p.sink_size = config.at("sink_size").get<std::int64_t>();
+  p.recent_size = config.at("recent_size").get<std::int64_t>();
+  std::istringstream tsv(detail::read_whole_file(folder + "/full_attention_heads.tsv"));
+  std::string line;
+  while (std::getline(tsv, line)) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    std::istringstream row(line);
+    std::int64_t cols = 0;
+    for (double x = 0.0; row >> x; ++cols) p.scores.push_back(static_cast<float>(std::clamp(x, 0.0, 1.0)));
+    KVC_CHECK(row.eof(), folder << "/full_attention_heads.tsv line " << p.layers + 1 << " holds a value that is not a number");
+    KVC_CHECK(p.layers == 0 || cols == p.kv_heads, folder << "/full_attention_heads.tsv line " << p.layers + 1 << " holds "
+                                                          << cols << " values, line 1 " << p.kv_heads);
+    p.kv_heads = cols;
+    ++p.layers;
+  }
+  KVC_CHECK(p.layers > 0 && p.kv_heads > 0, folder << "/full_attention_heads.tsv holds no head scores");
+  return p;
+}
+
+/// \brief The named press at `ratio` (fraction of entries removed); "none" is the full cache. `lukv` and
+/// `duo_attention` (whose ratio is the share of streaming heads) read their data from `files`.
 [[nodiscard]] inline Compressor make_compressor(std::string const& name, double ratio,
-                                                kvcompress::CpuDevice dev = kvcompress::cpu) {
+                                                kvcompress::CpuDevice dev = kvcompress::cpu, PressFiles const& files = {}) {
   namespace kvc = kvcompress;
   kvc::check_compression_ratio(ratio);
   if (name == "none") return Compressor{"none", {}, {}, {}};
@@ -80,6 +142,39 @@ template <class Press>
     kvc::SimLayerKVPress const press{0.9};
     Compressor c = prefill_press(press, name, dev);
     c.needs.window = press.n_last;
+    return c;
+  }
+  // The wrappers around kvpress's flagship scorer (non-negative scores, which EntropyGatedChunkKV's
+  // entropy gate expects).
+  if (name == "egchunkkv") return prefill_press(kvc::EntropyGatedChunkKVPress{kvc::ExpectedAttentionPress{ratio}}, name, dev);
+  if (name == "merging") return prefill_press(kvc::MergingPress{kvc::ExpectedAttentionPress{ratio}}, name, dev);
+  if (name == "lukv") {  // kvpress's default: LUKVPress(ExpectedAttentionPress(epsilon=2e-2)), sink 4, window 1
+    KVC_CHECK(!files.lukv_curve.empty(),
+              "press lukv needs LU-KV's budget curve for the model and ExpectedAttention: --lukv-curve FILE.npy");
+    auto const curve = std::make_shared<NpyArray>(read_npy(files.lukv_curve));
+    KVC_CHECK(curve->shape.size() == 3 && curve->shape[0] == 99,
+              files.lukv_curve << ": a budget curve has shape [99, layers, kv_heads]");
+    kvc::LUKVPress<> press;
+    press.compression_ratio = ratio;
+    press.budget_curves = curve->data.data();
+    press.num_layers = curve->shape[1];
+    press.kv_heads = curve->shape[2];
+    Compressor c = prefill_press(press, name, dev);
+    c.after_prefill = [inner = c.after_prefill, curve](kvc::Observation<float> const& o, kvc::KVCacheView<float> const& v) {
+      inner(o, v);  // `curve` is captured to keep the press's data alive
+    };
+    return c;
+  }
+  if (name == "duo_attention") {
+    KVC_CHECK(!files.duo_pattern.empty(),
+              "press duo_attention needs a DuoAttention pattern folder for the model: --duo-pattern DIR");
+    auto const pattern = std::make_shared<DuoPattern>(read_duo_pattern(files.duo_pattern));
+    kvc::DuoAttentionPress const press{ratio, pattern->sink_size, pattern->recent_size, pattern->scores.data(),
+                                       pattern->layers, pattern->kv_heads};
+    Compressor c = prefill_press(press, name, dev);
+    c.after_prefill = [inner = c.after_prefill, pattern](kvc::Observation<float> const& o, kvc::KVCacheView<float> const& v) {
+      inner(o, v);  // `pattern` is captured to keep the press's data alive
+    };
     return c;
   }
   std::string known = "none";
