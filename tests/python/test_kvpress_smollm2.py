@@ -46,8 +46,13 @@ CONTEXT = " ".join(f"{name}'s locker code is {1000 + 379 * i % 9000}." for i, na
 QUESTION = "What is Mira's locker code?"
 
 
+# The test command runs every press at 0.5 (about a minute on 2 cores); KVC_PYTHON_FULL=1 adds 0.25 and
+# 0.75, which the tiny models cover in the test command already (test_kvpress_dropin.py).
+RATIOS = [0.25, 0.5, 0.75] if os.environ.get("KVC_PYTHON_FULL") == "1" else [0.5]
+
+
 @pytest.mark.parametrize("name", list(PRESSES))
-@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("ratio", RATIOS)
 def test_smollm2_answers_equal_kvpress(pipe, name, ratio):
     theirs, ours = PRESSES[name]
     expected = pipe(CONTEXT, question=QUESTION, press=theirs(ratio), max_new_tokens=12)["answer"]
