@@ -73,6 +73,15 @@ void validate_shard(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
                                                  << " kv heads outside the layer's " << s.kv_heads);
 }
 
+/// Throws for a press whose result depends on the other ranks' heads in a way it does not yet
+/// communicate: on a shard it would silently compute something else than on the whole layer.
+template <class T>
+void require_whole_layer(Observation<T> const& obs, char const* press, char const* why) {
+  KVC_CHECK(!obs.shard.split(), press << " has no tensor-parallel form (" << why
+                                      << "): compress the whole layer on one process (observation.shard has a "
+                                         "communicator)");
+}
+
 /// The all-gather of the handshake: `table` [size + 1, kFields] gets rank i's record in row i
 /// (the last row is this rank's own record).
 inline void exchange_records(Communicator& comm, std::int64_t const* record, std::int64_t* table) {
