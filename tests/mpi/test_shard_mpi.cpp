@@ -94,6 +94,30 @@ TEST_CASE("A NaN key on rank 1 only is an error on every MPI rank, without waiti
   CHECK(waited < 5.0);
 }
 
+TEST_CASE("A collective the other ranks do not join times out on the rank that waits", "[mpi][errors]") {
+  int const rank = world_rank();
+  MPI_Comm dup = MPI_COMM_NULL;  // its own communicator, so that the abandoned collective disturbs nothing
+  REQUIRE(MPI_Comm_dup(MPI_COMM_WORLD, &dup) == MPI_SUCCESS);
+  if (rank == 0) {
+    MpiCommunicator lonely(dup, std::chrono::milliseconds(300));
+    std::int64_t x = 1;
+    CHECK_THROWS_WITH(lonely.all_reduce(&x, 1, ReduceOp::sum),
+                      Catch::Contains("MPI_Iallreduce on rank 0 of ") && Catch::Contains("did not complete within 300 ms"));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // The others join late (non-blocking too: a blocking collective does not match a non-blocking one),
+  // so that the abandoned collective completes before the communicator is freed.
+  std::int64_t x = 0;
+  if (rank != 0) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    MPI_Iallreduce(MPI_IN_PLACE, &x, 1, MPI_INT64_T, MPI_SUM, dup, &req);
+    MPI_Wait(&req, MPI_STATUS_IGNORE);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  MPI_Barrier(dup);
+  MPI_Comm_free(&dup);
+}
+
 TEST_CASE("MpiCommunicator's collectives", "[mpi]") {
   int const rank = world_rank(), p = world_size();
   MpiCommunicator comm(MPI_COMM_WORLD, kWait);

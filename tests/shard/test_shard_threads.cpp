@@ -200,7 +200,13 @@ TEST_CASE("Bad input on one rank of a shard is an error on every rank", "[shard]
     for (auto const& e : errors)
       CHECK_THAT(message_of(e), Catch::Contains("disagree on the press's shared quantity"));
   }
-  SECTION("a batch of another size on rank 1") {
+  SECTION("a press with no tensor-parallel form") {
+    auto const errors = run([](Part&, Observation<float>&) {}, RandomPress{0.5});
+    for (auto const& e : errors)
+      CHECK_THAT(message_of(e), Catch::Contains("Random has no tensor-parallel form (its streams are keyed by the "
+                                                "layer's kv head)"));
+  }
+    SECTION("a batch of another size on rank 1") {
     auto const errors = run(
         [](Part& part, Observation<float>& obs) {
           part.cache.extents.batch = 1;
