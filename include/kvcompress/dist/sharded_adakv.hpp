@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <utility>
 
@@ -61,6 +62,8 @@ template <class T, class L, class BudgetFn>
 void sharded_adakv_counts(Observation<T> const& obs, KVCacheView<T, L> const& cache, float const* scores,
                           BudgetFn&& row_budget, std::int32_t* safe, std::int32_t* counts, Workspace& ws) {
   std::int64_t const batch = cache.extents.batch, heads = cache.extents.kv_heads, cap = cache.extents.capacity;
+  KVC_CHECK(heads * cap <= std::numeric_limits<std::int32_t>::max(),
+            "AdaKV ranks the kv_heads · capacity = " << heads * cap << " entries of a sequence with int32 ids");
   std::int32_t* pools = ws.take<std::int32_t>(size_product(batch, heads, cap));  // [batch, ≤ heads·cap] pooled ids h·cap + i
   std::int32_t* part = ws.take<std::int32_t>(size_product(cap));                  // [cap] one row's partition
   // [batch, {budget, pooled, entries still to take, key prefix}]: the first two summed over the group
