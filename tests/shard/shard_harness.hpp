@@ -4,6 +4,7 @@
 // out of the whole layer; its activations are strided views of the whole layer's query heads.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -41,6 +42,7 @@ struct Layer {
   std::vector<float> queries;  // [batch, q_heads, n, d] pre-RoPE
   std::vector<float> window_q; // [batch, q_heads, window, d] post-RoPE
   std::vector<float> wo;       // [hidden, q_heads * d]
+  std::vector<float> attention;  // [batch, q_heads, n, n] causal rows of positive weights
   kvcompress::RotaryEmbedding rope;
 
   Layer(std::int64_t batch_, std::int64_t heads_, std::int64_t group_, std::int64_t n_, std::int64_t cap,
@@ -50,8 +52,13 @@ struct Layer {
         queries(kvc_test::random_vector(static_cast<std::size_t>(batch_ * heads_ * group_ * n_ * d_), seed + 1)),
         window_q(kvc_test::random_vector(static_cast<std::size_t>(batch_ * heads_ * group_ * 4 * d_), seed + 2)),
         wo(kvc_test::random_vector(static_cast<std::size_t>(24 * heads_ * group_ * d_), seed + 3, 0.3f)),
+        attention(kvc_test::random_vector(static_cast<std::size_t>(batch_ * heads_ * group_ * n_ * n_), seed + 4)),
         rope(rope_config(d_)) {
     cache.fill_random(seed);
+    for (std::size_t i = 0; i < attention.size(); ++i) {  // row t of a [n, n] block sees slots ≤ t
+      auto const t = static_cast<std::int64_t>(i) / n_ % n_, slot = static_cast<std::int64_t>(i) % n_;
+      attention[i] = slot <= t ? std::abs(attention[i]) : 0.0f;
+    }
     std::fill(cache.lengths.begin(), cache.lengths.end(), static_cast<std::int32_t>(n_));
   }
 
@@ -84,8 +91,9 @@ struct Part {
 };
 
 /// The observation of kv heads [first, first + count): views of their query heads.
+/// With `attention`, also the attention probabilities (presses that have both paths then read them).
 inline Observation<float> observe(Layer const& layer, std::int64_t first, std::int64_t count, int layer_idx = 0,
-                                  int num_layers = 1) {
+                                  int num_layers = 1, bool attention = false) {
   std::int64_t const qh = layer.q_heads(), g = layer.group, d = layer.d;
   Observation<float> obs;
   obs.layer_idx = layer_idx;
@@ -97,6 +105,10 @@ inline Observation<float> observe(Layer const& layer, std::int64_t first, std::i
                                {qh * layer.window * d, layer.window * d, d, 1});
   obs.output_projection =
       kvcompress::make_tensor2(layer.wo.data() + first * g * d, {layer.hidden, count * g * d}, {qh * d, 1});
+  if (attention)
+    obs.attention = kvcompress::make_tensor4(layer.attention.data() + first * g * layer.n * layer.n,
+                                             {layer.batch, count * g, layer.n, layer.n},
+                                             {qh * layer.n * layer.n, layer.n * layer.n, layer.n, 1});
   obs.rope = &layer.rope;
   return obs;
 }
@@ -127,6 +139,7 @@ struct Scenario {
   Run run;
   int layer_idx = 0;
   int num_layers = 1;
+  bool attention = false;  // hand over the attention probabilities
 };
 
 inline Layer default_layer() { return Layer(2, 8, 2, 40, 40, 16, 7); }
@@ -178,6 +191,7 @@ inline std::vector<Scenario> per_head_scenarios() {
   return {
       {"ExpectedAttention", default_layer, one(ea)},
       {"SnapKV", default_layer, one(SnapKVPress{0.5, 4, 3})},
+      {"ObservedAttention", default_layer, one(ObservedAttentionPress{0.5}), 0, 1, true},
       {"Knorm", default_layer, one(KnormPress{0.5})},
       {"CriticalKV(ExpectedAttention)", default_layer, one(CriticalKVPress{ea, 1e-4, 0.5})},
   };

@@ -68,13 +68,15 @@ void check_scenario(kvc_shard::Scenario const& scenario, Split const& split, boo
   std::vector<std::vector<float>> got(static_cast<std::size_t>(p));
   auto const errors = on_ranks(p, [&](int r, ThreadCommunicator& comm) {
     Part& part = parts[static_cast<std::size_t>(r)];
-    Observation<float> obs = kvc_shard::observe(layer, part.first, part.count, scenario.layer_idx, scenario.num_layers);
+    Observation<float> obs = kvc_shard::observe(layer, part.first, part.count, scenario.layer_idx, scenario.num_layers,
+                                                  scenario.attention);
     if (with_communicator) obs.shard = {&comm, part.first, layer.heads};
     scenario.run(obs, part.cache.view());
     got[static_cast<std::size_t>(r)] = kvc_shard::kept(part.cache, 0, part.count);
   });
   require_no_errors(errors);
-  scenario.run(kvc_shard::observe(layer, 0, layer.heads, scenario.layer_idx, scenario.num_layers), layer.cache.view());
+  scenario.run(kvc_shard::observe(layer, 0, layer.heads, scenario.layer_idx, scenario.num_layers, scenario.attention),
+               layer.cache.view());
   for (int r = 0; r < p; ++r) {
     INFO(scenario.name << ", rank " << r << " of " << p << ", kv heads [" << parts[static_cast<std::size_t>(r)].first
                        << ", +" << parts[static_cast<std::size_t>(r)].count << ")");
