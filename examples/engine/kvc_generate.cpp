@@ -16,6 +16,7 @@
 #include "kvc_engine/cli_validators.hpp"
 #include "kvc_engine/engine.hpp"
 #include "kvc_engine/press_registry.hpp"
+#include "kvc_engine/tensor_parallel.hpp"
 
 namespace {
 
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
   double ratio = 0.0, temperature = 0.0;
   std::int64_t max_new_tokens = 32;
   std::uint64_t seed = 0;
-  int threads = 0, repeat = 1;
+  int threads = 0, repeat = 1, tensor_parallel = 1;
   app.add_option("--model", model_dir, "GGUF model file (.gguf) or HF checkpoint folder (config.json + *.safetensors)")->required();
   auto* p = app.add_option("--prompt", prompt, "prompt token ids, separated by spaces or commas");
   auto* pf = app.add_option("--prompt-file", prompt_file, "file holding the prompt token ids");
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string press_help = "press applied to every layer after the prefill (needs --ratio): none";
   for (auto const& n : kvc_engine::press_names()) press_help += ", " + n;
+  press_help += ", adakv";
   app.add_option("--press", press, press_help)->capture_default_str();
   app.add_option("--ratio", ratio,
                  "compression ratio, the fraction of cache entries the press removes, in [0, 1): required with "
@@ -63,6 +65,11 @@ int main(int argc, char** argv) {
       ->check(kvc_engine::integer_at_least(0, "non-negative"))
       ->capture_default_str();
   app.add_option("--repeat", repeat, "run the generation this many times and report the fastest timings")
+      ->check(kvc_engine::integer_at_least(1, "positive"))
+      ->capture_default_str();
+  app.add_option("--tensor-parallel", tensor_parallel,
+                 "split each layer's kv heads over this many MPI ranks for the press (run under mpiexec -n P; "
+                 "docs/distributed.md)")
       ->check(kvc_engine::integer_at_least(1, "positive"))
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -84,7 +91,9 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> const ids = parse_ids(prompt, prompt_file.empty() ? "--prompt" : prompt_file);
     kvc_engine::Model const model = kvc_engine::load_model(model_dir);
     kvc_engine::Engine engine(model, threads);
-    kvc_engine::Compressor const compressor = kvc_engine::make_compressor(press, ratio, engine.device());
+    kvc_engine::TensorParallel const tp(tensor_parallel);
+    kvc_engine::Compressor const compressor =
+        tp.wrap(kvc_engine::make_shard_compressor(press, ratio, engine.device()), model.config.num_kv_heads);
     kvc_engine::GenerateOptions options;
     options.max_new_tokens = max_new_tokens;
     options.sampler = kvc_engine::Sampler(temperature, seed);
@@ -98,6 +107,7 @@ int main(int argc, char** argv) {
       r.decode_seconds = std::min(r.decode_seconds, again.decode_seconds);
     }
 
+    if (!tp.root()) return 0;
     for (std::size_t i = 0; i < r.tokens.size(); ++i) std::printf("%s%d", i ? " " : "", r.tokens[i]);
     std::printf("\n");
     double const prefill_tps = static_cast<double>(ids.size()) / r.prefill_seconds;
@@ -111,6 +121,7 @@ int main(int argc, char** argv) {
     return 0;
   } catch (std::exception const& e) {
     std::fprintf(stderr, "kvc_generate: %s\n", e.what());
+    kvc_engine::TensorParallel::abort_after_error();
     return 1;
   }
 }

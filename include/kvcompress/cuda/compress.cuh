@@ -231,6 +231,9 @@ template <class Press, class T, class L>
 void compress(cuda const& dev, Press const& press, Observation<T> const& obs, KVCacheView<T, L> const& cache,
               Workspace workspace) {
   cuda_impl::require_cuda_press<Press, T, L>();
+  // The device path has no tensor-parallel form yet: a split layer would be compressed per rank.
+  KVC_CHECK(!obs.shard.split(), "the CUDA compress does not take a tensor-parallel shard (observation.shard has a "
+                                "communicator); compress a split layer with the CPU path (docs/distributed.md)");
   double const ratio = compression_ratio_of(press);
   check_compression_ratio(ratio);
   if constexpr (cuda_impl::is_adakv<Press>::value) detail::check_alpha_safeguard(press.alpha_safeguard);

@@ -15,7 +15,9 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <utility>
 
+#include "kvcompress/dist/sharded_adakv.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -76,6 +78,29 @@ void adakv_counts(CpuDevice const& dev, KVCacheView<T, L> const& cache, float co
   });
 }
 
+/// Scratch bytes of `adakv_layer_counts`.
+template <class T, class L>
+std::size_t adakv_layer_counts_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+  return obs.shard.split() ? sharded_adakv_bytes(obs, cache) : adakv_counts_bytes(dev, cache);
+}
+
+/// `adakv_counts` over the whole layer, on this process or spread over a tensor-parallel group
+/// (`observation.shard`; dist/sharded_adakv.hpp): the same counts either way.
+template <class T, class L, class KeptFn>
+void adakv_layer_counts(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
+                        float const* scores, double alpha, KeptFn&& row_kept, std::int32_t* safe, std::int32_t* counts,
+                        Workspace& ws) {
+  if (!obs.shard.split()) {
+    adakv_counts(dev, cache, scores, alpha, row_kept, safe, counts, ws);
+    return;
+  }
+  auto const budget = [&](std::int64_t n) {
+    std::int64_t const k = std::clamp<std::int64_t>(row_kept(n), 0, n);
+    return std::pair<std::int64_t, std::int64_t>{k, std::min(adakv_safe_count(k, alpha), k)};
+  };
+  sharded_adakv_counts(obs, cache, scores, budget, safe, counts, ws);
+}
+
 }  // namespace detail
 
 /// \brief AdaKV around a scorer press: its scores, the sequence-wide budget, per-head lengths.
@@ -91,7 +116,7 @@ struct AdaKVPress {
                                             KVCacheView<T, L> const& cache) const {
     std::size_t const rows = static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads);
     return detail::sum_bytes(press.workspace_bytes(dev, obs, cache), Workspace::bytes_for<std::int32_t>(rows),
-                              detail::adakv_counts_bytes(dev, cache));
+                              detail::adakv_layer_counts_bytes(dev, obs, cache));
   }
 
   template <class T, class L>
@@ -107,8 +132,8 @@ struct AdaKVPress {
                    std::int32_t* counts, Workspace& ws) const {
     detail::check_alpha_safeguard(alpha_safeguard);
     std::int32_t* safe = ws.take<std::int32_t>(static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads));
-    detail::adakv_counts(
-        dev, cache, scores, alpha_safeguard, [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); },
+    detail::adakv_layer_counts(
+        dev, obs, cache, scores, alpha_safeguard, [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); },
         safe, counts, ws);
   }
 };

@@ -35,6 +35,7 @@ struct ChunkKVPress {
 
   template <class T, class L>
   void compress(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace ws) const {
+    detail::require_whole_layer(obs, "ChunkKV", "a chunk's score sums all kv heads");
     double const ratio = compression_ratio_of(press);
     check_compression_ratio(ratio);
     if (ratio == 0.0) return;

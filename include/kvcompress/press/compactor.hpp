@@ -37,6 +37,7 @@ struct CompactorPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
+    detail::require_whole_layer(obs, "Compactor", "its scores are z-scored over all kv heads");
     char const* const name = "CompactorPress";
     KVC_CHECK(sink_size_start >= 0 && sink_size_end >= 0, "CompactorPress sink_size_start and sink_size_end must be non-negative, got "
                                                               << sink_size_start << " and " << sink_size_end);

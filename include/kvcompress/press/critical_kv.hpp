@@ -184,7 +184,7 @@ struct CriticalAdaKVPress {
     auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
     auto const i = [](auto... n) { return Workspace::bytes_for<std::int32_t>(detail::size_product(n...)); };
     return detail::sum_bytes(2 * f(rows, cap), 2 * i(rows), 2 * i(detail::thread_count(dev, rows), cap),
-                              detail::adakv_counts_bytes(dev, cache), detail::value_projection_bytes(dev, obs, cache),
+                              detail::adakv_layer_counts_bytes(dev, obs, cache), detail::value_projection_bytes(dev, obs, cache),
                               press.workspace_bytes(dev, obs, cache));
   }
 
@@ -199,13 +199,15 @@ struct CriticalAdaKVPress {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     float* scores = ws.take<float>(static_cast<std::size_t>(rows * cap));
     kvcompress::score(dev, press, obs, cache, scores, ws);
-    std::int32_t* safe = ws.take<std::int32_t>(static_cast<std::size_t>(rows));
-    std::int32_t* counts = ws.take<std::int32_t>(static_cast<std::size_t>(rows));
-    detail::adakv_counts(
-        dev, cache, scores, alpha_safeguard, [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); },
-        safe, counts, ws);
+    // The norms (which may fail on a non-finite input) before the selection, which communicates on
+    // a tensor-parallel shard: nothing may fail on one rank after the group's handshake.
     float* norms = ws.take<float>(static_cast<std::size_t>(rows * cap));
     detail::value_projection_norms(dev, obs, cache, norms, ws);
+    std::int32_t* safe = ws.take<std::int32_t>(static_cast<std::size_t>(rows));
+    std::int32_t* counts = ws.take<std::int32_t>(static_cast<std::size_t>(rows));
+    detail::adakv_layer_counts(
+        dev, obs, cache, scores, alpha_safeguard,
+        [&](std::int64_t n) { return detail::press_kept_count(press, n, obs); }, safe, counts, ws);
     std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(detail::thread_count(dev, rows) * cap));
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
       // kvpress computes the stage-1 budget as a float32 tensor product, then truncates.

@@ -164,7 +164,7 @@ class BasicDecodingPress {
                               Workspace::bytes_for<T>(detail::size_product(bh, ring_, d)),
                               Workspace::bytes_for<T>(detail::size_product(bh, std::max<std::int64_t>(w, 0), d)),
                               Workspace::bytes_for<float>(detail::size_product(3, d)),
-                              inner_.workspace_bytes(dev, view, cache));
+                              inner_.workspace_bytes(dev, view, cache), detail::handshake_bytes(obs.shard));
   }
 
   /// \brief One decode step of one layer. Call it after the step's keys and values were appended.
@@ -174,6 +174,26 @@ class BasicDecodingPress {
   ///            `position`, `layer_idx`, and whatever else the inner press reads (`rope`, …)
   template <class L>
   bool step(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace workspace) {
+    bool compressed = false;
+    detail::shard_call(obs, cache, [&] { compressed = step_on_rank(dev, obs, cache, workspace); });
+    return compressed;
+  }
+
+  /// \brief Allocating convenience overload of `step`.
+  template <class L>
+  bool step(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+    bool compressed = false;
+    detail::shard_call(obs, cache, [&] {
+      std::vector<std::byte> scratch(obs.position == 0 ? 0 : workspace_bytes(dev, obs, cache));
+      compressed = step(dev, obs, cache, Workspace(scratch.data(), scratch.size()));
+    });
+    return compressed;
+  }
+
+ private:
+  template <class L>
+  bool step_on_rank(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
+                    Workspace& workspace) {
     LayerState& st = state(obs.layer_idx);
     detail::validate_inputs(obs, cache);
     detail::require_not_ragged(obs, "DecodingPress (one query per sequence and step)");
@@ -195,14 +215,6 @@ class BasicDecodingPress {
     return compressed;
   }
 
-  /// \brief Allocating convenience overload of `step`.
-  template <class L>
-  bool step(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) {
-    std::vector<std::byte> scratch(obs.position == 0 ? 0 : workspace_bytes(dev, obs, cache));
-    return step(dev, obs, cache, Workspace(scratch.data(), scratch.size()));
-  }
-
- private:
   struct LayerState {
     std::int64_t steps = 0;           // decode steps since the last compression
     std::int64_t head = 0;            // ring slot the next query goes to
@@ -303,7 +315,12 @@ class BasicDecodingPress {
   bool compress_rows(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
                      LayerState const& st, std::int64_t target, Workspace& ws) const {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
-    std::int64_t const longest = *std::max_element(cache.lengths, cache.lengths + rows);
+    std::int64_t longest = *std::max_element(cache.lengths, cache.lengths + rows);
+    if (obs.shard.split()) {
+      // The whole layer's longest row decides (and sets the inner press's ratio) on every rank.
+      detail::join_shard(obs, cache, target, 0, ws);
+      obs.shard.communicator->all_reduce(&longest, 1, ReduceOp::max);
+    }
     if (longest <= target) return false;
     // The inner press sees the ratio kvpress would hand it (it matters to presses whose scores
     // depend on the ratio, e.g. StreamingLLM); the budget itself is exactly `target` per row.

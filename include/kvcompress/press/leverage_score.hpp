@@ -137,6 +137,7 @@ struct LeverageScorePress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
+    detail::require_whole_layer(obs, "LeverageScore", "its scores are z-scored over all kv heads");
     char const* const name = "LeverageScorePress";
     detail::check_leverage_inputs(sketch, sketch_dimension, obs, cache, name);
     std::int64_t const n = detail::require_prefill(obs, cache, name);

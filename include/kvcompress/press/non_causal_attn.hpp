@@ -150,6 +150,7 @@ struct NonCausalAttnPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
+    detail::require_whole_layer(obs, "NonCausalAttn", "its scores are z-scored over all kv heads");
     char const* const name = "NonCausalAttnPress";
     detail::check_non_causal_queries(obs, cache.extents, chunk_size, name);
     std::int64_t const n = detail::require_prefill(obs, cache, name);

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "kvcompress/core/tensor.hpp"
+#include "kvcompress/dist/tensor_parallel_shard.hpp"
 
 namespace kvcompress {
 
@@ -50,6 +51,10 @@ struct Observation {
   /// Absolute position of each sequence's first chunk token, [batch]; null means `position` for
   /// every sequence. Read only with `query_offsets`.
   std::int64_t const* sequence_positions = nullptr;
+
+  /// Tensor parallelism: which kv heads of the layer the cache holds and the group holding the
+  /// others (docs/distributed.md). The default is the whole layer on this process.
+  TensorParallelShard shard{};
 
   /// Whether the queries are packed per sequence (`query_offsets`).
   [[nodiscard]] bool ragged() const noexcept { return query_offsets != nullptr; }

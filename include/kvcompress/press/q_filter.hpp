@@ -32,6 +32,7 @@ struct QFilterPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace&) const {
+    detail::require_whole_layer(obs, "QFilter", "its filters are indexed by the layer's kv head");
     KVC_CHECK(filters != nullptr, "QFilterPress.filters must be given ([num_layers, num_kv_heads, head_dim] "
                                   "float; kvpress loads them from nthngdy/<model>_qfilt)");
     KVC_CHECK(num_layers > 0, "QFilterPress.num_layers must be positive, got " << num_layers);

@@ -60,6 +60,7 @@ struct RandomPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace&) const {
+    detail::require_whole_layer(obs, "Random", "its streams are keyed by the layer's kv head");
     std::uint64_t base = 0;
     if (seed) {
       base = *seed;

@@ -46,6 +46,7 @@
 #include "kvcompress/detail/finite.hpp"
 #include "kvcompress/detail/parallel_for.hpp"
 #include "kvcompress/detail/workspace.hpp"
+#include "kvcompress/dist/shard_protocol.hpp"
 #include "kvcompress/press/observation.hpp"
 
 namespace kvcompress {
@@ -164,6 +165,7 @@ template <class T, class L>
 void validate_inputs(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
   validate_view(cache);
   validate_observation(obs, cache.extents.batch);
+  validate_shard(obs, cache);
 }
 
 }  // namespace detail
@@ -283,22 +285,26 @@ void require_finite_scores(CpuDevice const& dev, Observation<T> const& obs, KVCa
 template <class Press, class T, class L>
 void score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
            KVCacheView<T, L> const& cache, float* scores, Workspace& ws) {
-  KVC_CHECK(scores != nullptr, "scores must not be null");
-  detail::validate_inputs(obs, cache);
-  press.score(dev, obs, cache, scores, ws);
-  detail::require_finite_scores(dev, obs, cache, scores);
+  detail::shard_call(obs, cache, [&] {
+    KVC_CHECK(scores != nullptr, "scores must not be null");
+    detail::validate_inputs(obs, cache);
+    press.score(dev, obs, cache, scores, ws);
+    detail::require_finite_scores(dev, obs, cache, scores);
+  });
 }
 
 /// \brief Allocating convenience: returns the scores [batch, kv_heads, capacity].
 template <class Press, class T, class L>
 [[nodiscard]] std::vector<float> score(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
                                        KVCacheView<T, L> const& cache) {
-  detail::validate_inputs(obs, cache);
-  std::vector<float> scores(static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads *
-                                                     cache.extents.capacity));
-  std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, cache));
-  Workspace ws(scratch.data(), scratch.size());
-  score(dev, press, obs, cache, scores.data(), ws);
+  std::vector<float> scores;
+  detail::shard_call(obs, cache, [&] {
+    detail::validate_inputs(obs, cache);
+    scores.resize(static_cast<std::size_t>(cache.extents.batch * cache.extents.kv_heads * cache.extents.capacity));
+    std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, cache));
+    Workspace ws(scratch.data(), scratch.size());
+    score(dev, press, obs, cache, scores.data(), ws);
+  });
   return scores;
 }
 
@@ -320,16 +326,10 @@ void row_kept_counts(CpuDevice const& dev, Press const& press, Observation<T> co
   }
 }
 
-}  // namespace detail
-
-/// \brief Compresses one layer's cache in place: score, keep `kept_count(n, ratio)` entries per
-/// (batch, kv head) row (or the press's own budgets), compact in position order. Ratio 0 leaves the
-/// cache untouched. A NaN or ±Inf in an input the press reads is rejected before anything moves.
-/// A press with its own `compress` member (wrappers) is handed over to it.
-/// Allocates nothing: all scratch comes from `workspace` (size: `compress_workspace_bytes`).
+/// `compress` on this rank (inside the tensor-parallel protocol when the layer is split).
 template <class Press, class T, class L>
-void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
-              KVCacheView<T, L> const& cache, Workspace workspace) {
+void compress_layer(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+                    KVCacheView<T, L> const& cache, Workspace workspace) {
   detail::validate_inputs(obs, cache);
   if constexpr (detail::has_compress_member<Press, T, L>::value) {
     detail::require_workspace(dev, press, obs, cache, workspace);
@@ -355,6 +355,21 @@ void compress(CpuDevice const& dev, Press const& press, Observation<T> const& ob
   }
 }
 
+}  // namespace detail
+
+/// \brief Compresses one layer's cache in place: score, keep `kept_count(n, ratio)` entries per
+/// (batch, kv head) row (or the press's own budgets), compact in position order. Ratio 0 leaves the
+/// cache untouched. A NaN or ±Inf in an input the press reads is rejected before anything moves.
+/// A press with its own `compress` member (wrappers) is handed over to it.
+/// Allocates nothing: all scratch comes from `workspace` (size: `compress_workspace_bytes`); on a
+/// tensor-parallel shard (`observation.shard`) a press that does not communicate ends with the
+/// group's handshake, whose table of size() × 8 integers is allocated.
+template <class Press, class T, class L>
+void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
+              KVCacheView<T, L> const& cache, Workspace workspace) {
+  detail::shard_call(obs, cache, [&] { detail::compress_layer(dev, press, obs, cache, workspace); });
+}
+
 #if !defined(__CUDACC__)
 /// \brief The CUDA device's `compress` lives in `kvcompress/cuda.cuh`, which needs nvcc; this
 /// overload turns a call from a host-compiled file into a message saying so.
@@ -370,8 +385,11 @@ void compress(cuda const&, Press const&, Observation<T> const&, KVCacheView<T, L
 template <class Press, class T, class L>
 void compress(CpuDevice const& dev, Press const& press, Observation<T> const& obs,
               KVCacheView<T, L> const& cache) {
-  std::vector<std::byte> scratch(compress_workspace_bytes(dev, press, obs, cache));
-  compress(dev, press, obs, cache, Workspace(scratch.data(), scratch.size()));
+  // Sizing the scratch checks the inputs too: on a tensor-parallel shard it is part of the call.
+  detail::shard_call(obs, cache, [&] {
+    std::vector<std::byte> scratch(compress_workspace_bytes(dev, press, obs, cache));
+    compress(dev, press, obs, cache, Workspace(scratch.data(), scratch.size()));
+  });
 }
 
 }  // namespace kvcompress

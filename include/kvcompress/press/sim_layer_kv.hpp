@@ -73,6 +73,7 @@ struct SimLayerKVPress {
 
   template <class T, class L>
   void compress(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace ws) const {
+    detail::require_whole_layer(obs, "SimLayerKV", "the lazy-layer test averages all query heads");
     check();
     detail::validate_view(cache);
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;

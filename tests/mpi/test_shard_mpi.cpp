@@ -1,0 +1,201 @@
+// Tensor-parallel shards in real processes: run under `mpirun -np P`; every rank holds some kv heads
+// of the layer, compresses them with an MpiCommunicator and compares its rows with the whole layer,
+// which each rank also compresses alone. CTest runs it on 2 and 4 ranks (label mpi).
+
+#define CATCH_CONFIG_RUNNER
+#include <mpi.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "kvcompress/dist/mpi_communicator.hpp"
+#include "mpi/counting_communicator.hpp"
+#include "shard/shard_harness.hpp"
+
+using namespace kvcompress;
+using kvc_shard::Layer;
+using kvc_shard::Part;
+using kvc_shard::Split;
+
+namespace {
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int p = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &p);
+  return p;
+}
+
+/// A bound on every wait in these tests, far below CTest's timeout.
+constexpr std::chrono::seconds kWait{20};
+
+}  // namespace
+
+TEST_CASE("MPI ranks compress their kv heads as the whole layer does", "[mpi]") {
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator comm(MPI_COMM_WORLD, kWait);
+  for (auto const& scenario : kvc_shard::coupled_scenarios())
+    for (Split const& split : kvc_shard::splits_for(p, scenario.make_layer().heads)) {
+      INFO(scenario.name << " on " << p << " ranks, split " << split.front() << ".." << split.back() << ", rank " << rank);
+      Layer layer = scenario.make_layer();
+      Part part(layer, kvc_shard::first_head(split, rank), split[static_cast<std::size_t>(rank)]);
+      Observation<float> obs = kvc_shard::observe(layer, part.first, part.count, scenario.layer_idx, scenario.num_layers);
+      obs.shard = {&comm, part.first, layer.heads};
+      scenario.run(obs, part.cache.view());
+      scenario.run(kvc_shard::observe(layer, 0, layer.heads, scenario.layer_idx, scenario.num_layers), layer.cache.view());
+      CHECK(kvc_shard::kept(part.cache, 0, part.count) == kvc_shard::kept(layer.cache, part.first, part.count));
+    }
+}
+
+TEST_CASE("MPI ranks run DecodingPress(TOVA) as the whole layer does", "[mpi]") {
+  using kvc_shard::Decoding;
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator comm(MPI_COMM_WORLD, kWait);
+  for (Split const& split : kvc_shard::splits_for(p, 8)) {
+    Layer layer = Decoding::make_layer();
+    kvc_test::OwnedCache<float> whole = layer.cache;
+    std::int64_t const first = kvc_shard::first_head(split, rank), count = split[static_cast<std::size_t>(rank)];
+    Part part(layer, first, count);
+    Decoding::run(layer, part.cache, first, {&comm, first, layer.heads});
+    Decoding::run(layer, whole, 0, {});
+    CHECK(kvc_shard::kept(part.cache, 0, count) == kvc_shard::kept(whole, first, count));
+  }
+}
+
+TEST_CASE("A NaN key on rank 1 only is an error on every MPI rank, without waiting out the timeout", "[mpi][errors]") {
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator comm(MPI_COMM_WORLD, kWait);
+  Layer layer = kvc_shard::default_layer();
+  Split const split = kvc_shard::splits_for(p, layer.heads).front();
+  Part part(layer, kvc_shard::first_head(split, rank), split[static_cast<std::size_t>(rank)]);
+  if (rank == 1) part.cache.k[static_cast<std::size_t>(20 * layer.d + 3)] = std::nanf("");
+  Observation<float> obs = kvc_shard::observe(layer, part.first, part.count);
+  obs.shard = {&comm, part.first, layer.heads};
+  ExpectedAttentionPress ea{0.6};
+  auto const t0 = std::chrono::steady_clock::now();
+  std::string message = "(no error)";
+  try {
+    compress(cpu, AdaKVPress{ea}, obs, part.cache.view());
+  } catch (Error const& e) {
+    message = e.what();
+  }
+  double const waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO("rank " << rank << ": " << message);
+  if (rank == 1) CHECK_THAT(message, Catch::Contains("keys[0, 0, 20, 3] = nan is not finite"));
+  else CHECK_THAT(message, Catch::Contains("rank 1 of " + std::to_string(p) + " failed in this compression call"));
+  CHECK(waited < 5.0);
+}
+
+TEST_CASE("A collective the other ranks do not join times out on the rank that waits", "[mpi][errors]") {
+  int const rank = world_rank();
+  MPI_Comm dup = MPI_COMM_NULL;  // its own communicator, so that the abandoned collective disturbs nothing
+  REQUIRE(MPI_Comm_dup(MPI_COMM_WORLD, &dup) == MPI_SUCCESS);
+  if (rank == 0) {
+    MpiCommunicator lonely(dup, std::chrono::milliseconds(300));
+    std::int64_t x = 1;
+    CHECK_THROWS_WITH(lonely.all_reduce(&x, 1, ReduceOp::sum),
+                      Catch::Contains("MPI_Iallreduce on rank 0 of ") && Catch::Contains("did not complete within 300 ms"));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  // The others join late (non-blocking too: a blocking collective does not match a non-blocking one),
+  // so that the abandoned collective completes before the communicator is freed.
+  std::int64_t x = 0;
+  if (rank != 0) {
+    MPI_Request req = MPI_REQUEST_NULL;
+    MPI_Iallreduce(MPI_IN_PLACE, &x, 1, MPI_INT64_T, MPI_SUM, dup, &req);
+    MPI_Wait(&req, MPI_STATUS_IGNORE);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  MPI_Barrier(dup);
+  MPI_Comm_free(&dup);
+}
+
+TEST_CASE("MpiCommunicator's collectives", "[mpi]") {
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator comm(MPI_COMM_WORLD, kWait);
+  CHECK(comm.rank() == rank);
+  CHECK(comm.size() == p);
+  std::int64_t ints[2] = {rank + 1, -rank};
+  comm.all_reduce(ints, 2, ReduceOp::sum);
+  CHECK(ints[0] == std::int64_t{p} * (p + 1) / 2);
+  CHECK(ints[1] == -std::int64_t{p} * (p - 1) / 2);
+  float floats[2] = {static_cast<float>(rank) * 0.5f, -1.0f};
+  comm.all_reduce(floats, 2, ReduceOp::max);
+  CHECK(floats[0] == static_cast<float>(p - 1) * 0.5f);
+  CHECK(floats[1] == -1.0f);
+  std::int64_t const mine[2] = {rank, 10 * rank};
+  std::vector<std::int64_t> all(static_cast<std::size_t>(2 * p));
+  comm.all_gather(mine, all.data(), 2);
+  for (int r = 0; r < p; ++r) {
+    CHECK(all[static_cast<std::size_t>(2 * r)] == r);
+    CHECK(all[static_cast<std::size_t>(2 * r + 1)] == 10 * r);
+  }
+}
+
+// The per-layer figures of docs/distributed.md: `mpirun -np P kvc_tests_mpi "[.measure]"`.
+TEST_CASE("Communication per layer of the presses that couple heads", "[.measure]") {
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator mpi(MPI_COMM_WORLD, kWait);
+  kvc_shard::CountingCommunicator comm(mpi);
+  if (rank == 0)
+    std::printf("\n| press | ranks | n | collectives | bytes per rank | communication ms | compress ms |\n");
+  for (std::int64_t n : {1024, 16384}) {
+    ExpectedAttentionPress ea{0.5};
+    ea.n_future_positions = 16;
+    ExpectedAttentionPress ea_plain = ea;
+    ea_plain.use_vnorm = false;
+    struct Row {
+      char const* name;
+      kvc_shard::Run run;
+    };
+    auto const one = [](auto press) -> kvc_shard::Run {
+      return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+    };
+    std::vector<Row> const rows = {{"AdaKV(ExpectedAttention)", one(AdaKVPress{ea})},
+                                   {"CriticalAdaKV(ExpectedAttention)", one(CriticalAdaKVPress{ea_plain})},
+                                   {"TOVA", one(TOVAPress{0.5})},
+                                   {"PyramidKV", one(PyramidKVPress{0.5, 4, 3, 2.0})},
+                                   {"Knorm (per head)", one(KnormPress{0.5})}};
+    // SmolLM2-135M's layer: 3 kv heads of 64 dims, 9 query heads; 8 kv heads here so that 2 and 4 ranks divide it.
+    Layer const base(1, 8, 3, n, n, 64, 3);
+    for (Row const& row : rows) {
+      Layer layer = base;
+      Split const split = kvc_shard::splits_for(p, layer.heads).front();
+      Part part(layer, kvc_shard::first_head(split, rank), split[static_cast<std::size_t>(rank)]);
+      Observation<float> obs = kvc_shard::observe(layer, part.first, part.count);
+      obs.shard = {&comm, part.first, layer.heads};
+      comm.reset();
+      MPI_Barrier(MPI_COMM_WORLD);
+      auto const t0 = std::chrono::steady_clock::now();
+      row.run(obs, part.cache.view());
+      double const total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      MPI_Barrier(MPI_COMM_WORLD);
+      double const latency = comm.replay(50);
+      if (rank == 0)
+        std::printf("| %s | %d | %lld | %d | %zu | %.3f | %.1f |\n", row.name, p, static_cast<long long>(n),
+                    comm.collectives, comm.bytes, latency * 1e3, total * 1e3);
+    }
+  }
+}
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  Catch::Session session;
+  // A rank with failures ends the job: the others may be waiting for it in a collective.
+  int result = session.applyCommandLine(argc, argv);
+  if (result == 0) result = session.run();
+  if (result != 0) {
+    std::fprintf(stderr, "rank %d: %d test failure(s)\n", world_rank(), result);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  MPI_Finalize();
+  return 0;
+}

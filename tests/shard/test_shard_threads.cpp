@@ -1,0 +1,220 @@
+// Tensor-parallel shards in one process: P threads, each a rank holding some kv heads of the
+// layer, against the whole layer compressed on one thread. The MPI tests (tests/mpi/) run the same
+// scenarios in real processes.
+
+#include <catch2/catch.hpp>
+#include <deque>
+#include <exception>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shard/shard_harness.hpp"
+#include "shard/thread_communicator.hpp"
+
+using namespace kvcompress;
+using kvc_shard::Layer;
+using kvc_shard::Part;
+using kvc_shard::Split;
+using kvc_shard::ThreadCommunicator;
+using kvc_shard::ThreadGroup;
+
+namespace {
+
+/// Runs body(rank, communicator) on one thread per rank; returns each rank's exception (or null).
+template <class Body>
+std::vector<std::exception_ptr> on_ranks(int p, Body&& body, std::vector<int>* collectives = nullptr) {
+  ThreadGroup group(p);
+  std::deque<ThreadCommunicator> comms;  // communicators neither copy nor move
+  for (int r = 0; r < p; ++r) comms.emplace_back(group, r);
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(p));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < p; ++r)
+    threads.emplace_back([&, r] {
+      try {
+        body(r, comms[static_cast<std::size_t>(r)]);
+      } catch (...) {
+        errors[static_cast<std::size_t>(r)] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  if (collectives != nullptr)
+    for (auto const& c : comms) collectives->push_back(c.collectives);
+  return errors;
+}
+
+std::string message_of(std::exception_ptr const& e) {
+  if (!e) return "(no error)";
+  try {
+    std::rethrow_exception(e);
+  } catch (std::exception const& x) {
+    return x.what();
+  }
+}
+
+void require_no_errors(std::vector<std::exception_ptr> const& errors) {
+  for (std::size_t r = 0; r < errors.size(); ++r) {
+    INFO("rank " << r << ": " << message_of(errors[r]));
+    REQUIRE(!errors[r]);
+  }
+}
+
+/// Each rank's kept entries after `scenario` on `split`, and the whole layer's for the same heads.
+void check_scenario(kvc_shard::Scenario const& scenario, Split const& split, bool with_communicator) {
+  Layer layer = scenario.make_layer();
+  int const p = static_cast<int>(split.size());
+  std::vector<Part> parts;
+  for (int r = 0; r < p; ++r) parts.emplace_back(layer, kvc_shard::first_head(split, r), split[static_cast<std::size_t>(r)]);
+  std::vector<std::vector<float>> got(static_cast<std::size_t>(p));
+  auto const errors = on_ranks(p, [&](int r, ThreadCommunicator& comm) {
+    Part& part = parts[static_cast<std::size_t>(r)];
+    Observation<float> obs = kvc_shard::observe(layer, part.first, part.count, scenario.layer_idx, scenario.num_layers,
+                                                  scenario.attention);
+    if (with_communicator) obs.shard = {&comm, part.first, layer.heads};
+    scenario.run(obs, part.cache.view());
+    got[static_cast<std::size_t>(r)] = kvc_shard::kept(part.cache, 0, part.count);
+  });
+  require_no_errors(errors);
+  scenario.run(kvc_shard::observe(layer, 0, layer.heads, scenario.layer_idx, scenario.num_layers, scenario.attention),
+               layer.cache.view());
+  for (int r = 0; r < p; ++r) {
+    INFO(scenario.name << ", rank " << r << " of " << p << ", kv heads [" << parts[static_cast<std::size_t>(r)].first
+                       << ", +" << parts[static_cast<std::size_t>(r)].count << ")");
+    CHECK(got[static_cast<std::size_t>(r)] ==
+          kvc_shard::kept(layer.cache, parts[static_cast<std::size_t>(r)].first, parts[static_cast<std::size_t>(r)].count));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("Presses that couple kv heads give on P thread ranks the whole layer's lengths and kept entries",
+          "[shard]") {
+  for (auto const& scenario : kvc_shard::coupled_scenarios())
+    for (int p : {2, 4, 8})
+      for (Split const& split : kvc_shard::splits_for(p, scenario.make_layer().heads)) {
+        DYNAMIC_SECTION(scenario.name << " on " << p << " ranks, split " << split.front() << ".." << split.back()) {
+          check_scenario(scenario, split, true);
+        }
+      }
+}
+
+TEST_CASE("Uneven splits of six kv heads over four thread ranks match the whole layer", "[shard]") {
+  for (auto scenario : kvc_shard::coupled_scenarios()) {
+    scenario.make_layer = [] { return Layer(1, 6, 3, 36, 40, 16, 5); };
+    for (Split const& split : {Split{1, 2, 1, 2}, Split{3, 1, 1, 1}, Split{1, 1, 3, 1}})
+      DYNAMIC_SECTION(scenario.name << ", split " << split[0] << split[1] << split[2] << split[3]) {
+        check_scenario(scenario, split, true);
+      }
+  }
+}
+
+TEST_CASE("Per-head presses need no communication: each rank alone gives the whole layer's rows", "[shard]") {
+  for (auto const& scenario : kvc_shard::per_head_scenarios())
+    for (int p : {2, 4})
+      for (Split const& split : kvc_shard::splits_for(p, 8)) DYNAMIC_SECTION(scenario.name << " on " << p << " ranks") {
+          check_scenario(scenario, split, false);
+        }
+}
+
+TEST_CASE("A per-head press on a shard only agrees that every rank succeeded", "[shard]") {
+  Layer layer = kvc_shard::default_layer();
+  std::vector<int> collectives;
+  auto const errors = on_ranks(
+      2,
+      [&](int r, ThreadCommunicator& comm) {
+        Part part(layer, 4 * r, 4);
+        Observation<float> obs = kvc_shard::observe(layer, part.first, part.count);
+        obs.shard = {&comm, part.first, layer.heads};
+        compress(cpu, KnormPress{0.5}, obs, part.cache.view());
+      },
+      &collectives);
+  require_no_errors(errors);
+  CHECK(collectives == std::vector<int>{1, 1});
+}
+
+TEST_CASE("DecodingPress(TOVA) on P thread ranks keeps the whole layer's entries at every compression", "[shard]") {
+  using kvc_shard::Decoding;
+  for (int p : {2, 4, 8})
+    for (Split const& split : kvc_shard::splits_for(p, 8))
+      DYNAMIC_SECTION(p << " ranks, split " << split.front() << ".." << split.back()) {
+        Layer layer = Decoding::make_layer();
+        kvc_test::OwnedCache<float> whole = layer.cache;
+        std::vector<std::vector<float>> got(split.size());
+        auto const errors = on_ranks(p, [&](int r, ThreadCommunicator& comm) {
+          std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
+          Part part(layer, first, count);
+          Decoding::run(layer, part.cache, first, {&comm, first, layer.heads});
+          got[static_cast<std::size_t>(r)] = kvc_shard::kept(part.cache, 0, count);
+        });
+        require_no_errors(errors);
+        Decoding::run(layer, whole, 0, {});
+        CHECK(whole.lengths.front() < Decoding::kPrefill + Decoding::kSteps);  // it did compress
+        for (int r = 0; r < p; ++r)
+          CHECK(got[static_cast<std::size_t>(r)] ==
+                kvc_shard::kept(whole, kvc_shard::first_head(split, r), split[static_cast<std::size_t>(r)]));
+      }
+}
+
+TEST_CASE("The single-rank communicator gives what no communicator gives", "[shard]") {
+  Layer layer = kvc_shard::default_layer();
+  Layer again = kvc_shard::default_layer();
+  SingleRankCommunicator single;
+  ExpectedAttentionPress ea{0.6};
+  Observation<float> obs = kvc_shard::observe(again, 0, again.heads);
+  obs.shard = {&single, 0, again.heads};
+  compress(cpu, AdaKVPress{ea}, obs, again.cache.view());
+  compress(cpu, AdaKVPress{ea}, kvc_shard::observe(layer, 0, layer.heads), layer.cache.view());
+  CHECK(kvc_shard::kept(again.cache, 0, 8) == kvc_shard::kept(layer.cache, 0, 8));
+}
+
+TEST_CASE("Bad input on one rank of a shard is an error on every rank", "[shard][errors]") {
+  Layer layer = kvc_shard::default_layer();
+  ExpectedAttentionPress ea{0.6};
+  auto const run = [&](auto&& spoil, auto press) {
+    return on_ranks(2, [&](int r, ThreadCommunicator& comm) {
+      Part part(layer, 4 * r, 4);
+      Observation<float> obs = kvc_shard::observe(layer, part.first, part.count);
+      obs.shard = {&comm, part.first, layer.heads};
+      if (r == 1) spoil(part, obs);
+      compress(cpu, press, obs, part.cache.view());
+    });
+  };
+  SECTION("a NaN key on rank 1") {
+    auto const errors = run([](Part& part, Observation<float>&) { part.cache.k[20 * 16 + 3] = std::nanf(""); }, AdaKVPress{ea});
+    CHECK_THAT(message_of(errors[1]), Catch::Contains("keys[0, 0, 20, 3] = nan is not finite"));
+    CHECK_THAT(message_of(errors[0]), Catch::Contains("rank 1 of 2 failed in this compression call"));
+  }
+  SECTION("a bad first_kv_head on rank 1") {
+    auto const errors = run([](Part&, Observation<float>& obs) { obs.shard.first_kv_head = 6; }, TOVAPress{0.5});
+    CHECK_THAT(message_of(errors[1]), Catch::Contains("observation.shard.first_kv_head = 6"));
+    CHECK_THAT(message_of(errors[0]), Catch::Contains("rank 1 of 2 failed"));
+  }
+  SECTION("rank 1 holds heads that rank 0 holds") {
+    auto const errors = run([](Part&, Observation<float>& obs) { obs.shard.first_kv_head = 2; }, AdaKVPress{ea});
+    for (auto const& e : errors) CHECK_THAT(message_of(e), Catch::Contains("do not tile the layer: rank 1 starts at head 2"));
+  }
+  SECTION("TOVA rows of another length on rank 1") {
+    auto const errors = run(
+        [](Part& part, Observation<float>&) {
+          for (auto& n : part.cache.lengths) n -= 1;
+        },
+        TOVAPress{0.5});
+    for (auto const& e : errors)
+      CHECK_THAT(message_of(e), Catch::Contains("disagree on the press's shared quantity"));
+  }
+  SECTION("a press with no tensor-parallel form") {
+    auto const errors = run([](Part&, Observation<float>&) {}, RandomPress{0.5});
+    for (auto const& e : errors)
+      CHECK_THAT(message_of(e), Catch::Contains("Random has no tensor-parallel form (its streams are keyed by the "
+                                                "layer's kv head)"));
+  }
+    SECTION("a batch of another size on rank 1") {
+    auto const errors = run(
+        [](Part& part, Observation<float>& obs) {
+          part.cache.extents.batch = 1;
+          obs.queries.shape[0] = obs.window_queries.shape[0] = 1;
+        },
+        AdaKVPress{ea});
+    for (auto const& e : errors) CHECK_THAT(message_of(e), Catch::Contains("disagree on the batch: rank 0 has 2, rank 1 has 1"));
+  }
+}
