@@ -48,3 +48,4 @@
 #include "kvcompress/press/cap.hpp"
 #include "kvcompress/press/sim_layer_kv.hpp"
 #include "kvcompress/press/finch.hpp"
+#include "kvcompress/press/kv_compose.hpp"

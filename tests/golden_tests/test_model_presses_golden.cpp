@@ -1,0 +1,122 @@
+// The presses that look at the whole model, against kvpress 0.5.5 itself (tests/golden/more_presses/model,
+// written by tools/golden/generate_model_presses.py): every layer's inputs and kvpress's decisions on a
+// random-weight Llama (GQA 4:1, llama3 RoPE) and Qwen3 (q_norm/k_norm, default RoPE) model.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "golden_scenario.hpp"
+#include "kvcompress/kvcompress.hpp"
+
+using namespace kvcompress;
+using nlohmann::json;
+
+namespace {
+
+struct ModelScenario {
+  std::string dir;
+  json meta;
+  int layers;
+  std::int64_t q_heads, kv_heads, head_dim, n;
+
+  explicit ModelScenario(std::string const& name)
+      : dir(kvc_test::kGoldenDir + "/more_presses/model/" + name), meta(kvc_test::load_json(dir + "/scenario.json")) {
+    layers = meta.at("num_layers");
+    q_heads = meta.at("q_heads");
+    kv_heads = meta.at("kv_heads");
+    head_dim = meta.at("head_dim");
+    n = meta.at("seq_len");
+  }
+  [[nodiscard]] kvc_test::LoadedTensor<float> tensor(std::string const& name) const {
+    return kvc_test::load_tensor<float>(dir, meta.at("tensors").at(name));
+  }
+};
+
+std::vector<std::string> model_scenarios() {
+  auto const index = kvc_test::load_json(kvc_test::kGoldenDir + "/more_presses/model/index.json");
+  return index.at("scenarios").get<std::vector<std::string>>();
+}
+
+/// One layer's batch-1 cache over copies of the scenario's keys and values, with positions.
+struct LayerCache {
+  std::vector<float> k, v;
+  std::vector<std::int32_t> lengths, positions;
+  KVCacheView<float> view;
+
+  LayerCache(ModelScenario const& sc, int layer) : k(sc.tensor("keys_l" + std::to_string(layer)).data),
+                                                   v(sc.tensor("values_l" + std::to_string(layer)).data) {
+    CacheExtents const e{1, sc.kv_heads, sc.n, sc.head_dim};
+    auto const layout = make_strided_layout(e, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim});
+    lengths.assign(static_cast<std::size_t>(sc.kv_heads), static_cast<std::int32_t>(sc.n));
+    positions.resize(static_cast<std::size_t>(sc.kv_heads * sc.n));
+    for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(sc.n));
+    view = make_cache_view(k.data(), v.data(), e, layout, lengths.data(), positions.data());
+  }
+};
+
+KVComposeAggregation aggregation(json const& j) {
+  std::string const s = j;
+  if (s == "max") return KVComposeAggregation::kMax;
+  REQUIRE(s == "mean");
+  return KVComposeAggregation::kMean;
+}
+
+}  // namespace
+
+// KVCompose from the attention of kvpress's replay pass: scores of every (layer, kv head), the budgets
+// per layer (structured) or per head (unstructured), and each head's kept set.
+TEST_CASE("KVCompose matches kvpress 0.5.5: scores, budgets and kept sets", "[golden][press]") {
+  int cases = 0;
+  double max_rel = 0.0;
+  for (auto const& name : model_scenarios()) {
+    ModelScenario const sc(name);
+    std::vector<kvc_test::LoadedTensor<float>> attention;
+    for (int l = 0; l < sc.layers; ++l) attention.push_back(sc.tensor("replay_attention_l" + std::to_string(l)));
+    for (auto const& pc : sc.meta.at("kvcompose")) {
+      std::string const case_name = pc.at("name");
+      CAPTURE(name, case_name);
+      json const& p = pc.at("params");
+      KVComposePress const press{p.at("structured"),       p.at("compression_ratio"),    aggregation(p.at("agg_task")),
+                                 aggregation(p.at("agg_group")), aggregation(p.at("agg_head")), p.at("add_v_norm"),
+                                 p.at("add_mean_across_heads"), p.at("keep_token_lower_bound")};
+      KVComposeStatistics stats(press, sc.layers, sc.q_heads, sc.n);
+      for (int l = 0; l < sc.layers; ++l) {
+        auto const& a = attention[static_cast<std::size_t>(l)];
+        stats.add(cpu, l, make_tensor4(a.data.data(), {a.shape[0], a.shape[1], a.shape[2], a.shape[3]}));
+      }
+      KVComposePlan const plan = kvcompose_plan(cpu, press, stats, sc.kv_heads);
+      auto const want = kvc_test::load_tensor<float>(sc.dir, pc.at("scores"));  // [layers, kv_heads, n]
+      REQUIRE(want.data.size() == plan.scores.size());
+      for (std::size_t i = 0; i < want.data.size(); ++i) {
+        double const rel = std::fabs(double(plan.scores[i]) - want.data[i]) / std::max(1e-6, double(std::fabs(want.data[i])));
+        max_rel = std::max(max_rel, rel);
+        if (rel > 1e-5) FAIL_CHECK("score " << i << ": kvcompress " << plan.scores[i] << ", kvpress " << want.data[i]);
+      }
+      auto const mask = kvc_test::load_tensor<std::int32_t>(sc.dir, pc.at("kept_mask"));  // [layers, kv_heads, n]
+      for (int l = 0; l < sc.layers; ++l) {
+        CAPTURE(l);
+        LayerCache cache(sc, l);
+        std::vector<std::byte> scratch(kvcompose_compress_workspace_bytes(cpu, cache.view));
+        kvcompose_compress(cpu, plan, l, cache.view, Workspace(scratch.data(), scratch.size()));
+        for (std::int64_t h = 0; h < sc.kv_heads; ++h) {
+          CAPTURE(h);
+          std::int32_t const want_count = pc.at("kept_counts").at(static_cast<std::size_t>(l)).at(static_cast<std::size_t>(h));
+          CHECK(plan.kept[static_cast<std::size_t>(l * sc.kv_heads + h)] == want_count);
+          REQUIRE(cache.lengths[static_cast<std::size_t>(h)] == want_count);
+          std::vector<std::int32_t> want_kept;
+          for (std::int64_t i = 0; i < sc.n; ++i)
+            if (mask.data[static_cast<std::size_t>((l * sc.kv_heads + h) * sc.n + i)] != 0) want_kept.push_back(static_cast<std::int32_t>(i));
+          std::vector<std::int32_t> const got(cache.positions.begin() + h * sc.n, cache.positions.begin() + h * sc.n + want_count);
+          CHECK(got == want_kept);
+        }
+      }
+      ++cases;
+    }
+  }
+  std::printf("golden KVCompose: %d cases, max relative score error %.3g\n", cases, max_rel);
+  CHECK(cases == 2 * 3);
+}

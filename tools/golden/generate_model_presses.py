@@ -1,0 +1,183 @@
+"""Golden fixtures for the presses that look at the whole model (tests/golden/more_presses/model/).
+
+KVCompose and KVzip score the cache from an extra forward pass over the context, FastKVzip and KVzap
+apply small learned scorers (here with random weights, through kvpress's own model classes) to the
+hidden states, and ThinK prunes key channels. Each scenario records, for every layer of a small
+random-weight model, what kvpress's hooks saw and what kvpress decided, through kvpress itself.
+
+Only tests/golden/more_presses/model/ is written: the other fixtures are left as they are (their
+regeneration on another machine moves them by float rounding). Run it as generate.py is run:
+
+    /root/.cache/kvcompress-golden-venv/bin/python tools/golden/generate_model_presses.py --out tests/golden
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every artefact is built locally
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+from transformers.cache_utils import DynamicCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import generate as g  # noqa: E402  (the shared model builder and writers)
+
+from kvpress.presses.kvcompose_press import KVComposePress  # noqa: E402
+
+GENERATOR = "tools/golden/generate_model_presses.py"
+
+# (name, model family, head_dim, context length, seed): batch 1 (KVzip, FastKVzip and unstructured KVCompose
+# support nothing else), GQA 4:1 on both; llama3 RoPE on the first, q_norm/k_norm and default RoPE on the second.
+SCENARIOS = [
+    ("llama_d64_n64", "llama", 64, 64, 601),
+    ("qwen3_d128_n72", "qwen3", 128, 72, 602),
+]
+
+# KVCompose: (name, parameters)
+KVCOMPOSE_CASES = [
+    ("kvcompose_default", dict(compression_ratio=0.5)),
+    ("kvcompose_unstructured", dict(compression_ratio=0.3, structured=False)),
+    (
+        "kvcompose_mean_lb8",
+        dict(compression_ratio=0.7, agg_task="mean", agg_group="max", agg_head="max", add_mean_across_heads=False,
+             keep_token_lower_bound=8),
+    ),
+]
+
+
+@torch.no_grad()
+def run_kvcompose(model, input_ids, name, params, td: g.TensorDir, shared: dict) -> dict:
+    """Prefills with KVComposePress (which replays the context once more, eagerly); records every layer's attention
+    of the replay pass, kvpress's scores, composites, budgets and kept masks."""
+    press = KVComposePress(**params)
+    L = model.config.num_hidden_layers
+    ctx = input_ids.shape[1]
+    replay: dict[int, torch.Tensor] = {}
+
+    def hook(module, args, kwargs, output):  # runs before the press's hook, which drops output[1]
+        a = output[1]
+        if a is not None and a.shape[2] != a.shape[3]:
+            replay[module.layer_idx] = a.detach().clone()
+        return output
+
+    hooks = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in model.model.layers]
+    got: dict = {}
+    original = press.compress_cache
+
+    def compress_cache(m):
+        got["scores"] = press.scores.clone()
+        got["per_head"] = torch.as_tensor(press.important_per_head).clone()
+        got["per_layer"] = torch.as_tensor(press.important_per_layer).clone()
+        got["masks"] = torch.stack([torch.stack(list(row)) for row in press.important_mask_per_kv_head])
+        got["keys"] = [press.cache.layers[i].keys[:, :, :ctx].clone() for i in range(L)]
+        got["values"] = [press.cache.layers[i].values[:, :, :ctx].clone() for i in range(L)]
+        return original(m)
+
+    press.compress_cache = compress_cache
+    cache = DynamicCache(config=model.config)
+    try:
+        with press(model):
+            model(input_ids, past_key_values=cache, use_cache=True)
+    finally:
+        for h in hooks:
+            h.remove()
+        del press.compress_cache
+    assert sorted(replay) == list(range(L))
+    masks = got["masks"]  # [L, kv_heads, ctx]
+    if press.structured:
+        for i in range(L):  # the cache holds the kept entries of batch 0, in position order
+            for h in range(masks.shape[1]):
+                assert torch.equal(cache.layers[i].keys[0, h], got["keys"][i][0, h][masks[i, h]])
+    if "attention" not in shared:
+        shared["attention"] = [td.write(f"replay_attention_l{i}", replay[i]) for i in range(L)]
+        shared["replay"] = replay
+        for i in range(L):
+            td.write(f"keys_l{i}", got["keys"][i])
+            td.write(f"values_l{i}", got["values"][i])
+        shared["keys"] = got["keys"]
+    for i in range(L):
+        assert torch.equal(replay[i], shared["replay"][i]), f"{name}: the replay pass differs between cases"
+        assert torch.equal(got["keys"][i], shared["keys"][i])
+    kept_counts = masks.sum(-1)
+    return {
+        "name": name,
+        "press": "KVComposePress",
+        "params": g.press_params(press),
+        "scores": td.write(f"{name}_scores", got["scores"]),
+        "important_per_head": [[int(x) for x in row] for row in got["per_head"]],
+        "important_per_layer": [int(x) for x in got["per_layer"]],
+        "kept_counts": [[int(x) for x in row] for row in kept_counts],
+        "kept_mask": td.write(f"{name}_kept_mask", masks.to(torch.int32), "int32"),
+    }
+
+
+def generate_scenario(out_dir: Path, spec, log) -> str:
+    name, family, head_dim, ctx, seed = spec
+    model = g.build_model(family, head_dim, seed)
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed + 1000)
+    input_ids = torch.randint(0, cfg.vocab_size, (1, ctx), generator=gen)
+    td = g.TensorDir(out_dir / name)
+    shared: dict = {}
+    kvcompose = []
+    for cname, params in KVCOMPOSE_CASES:
+        e = run_kvcompose(model, input_ids, cname, params, td, shared)
+        kvcompose.append(e)
+        log(f"  model/{name:16s} {cname:26s} per layer {e['important_per_layer']} per head {e['important_per_head']}")
+    L = cfg.num_hidden_layers
+    tensors = {f"keys_l{i}": td.written[f"keys_l{i}.bin"] for i in range(L)}
+    tensors.update({f"values_l{i}": td.written[f"values_l{i}.bin"] for i in range(L)})
+    tensors.update({f"replay_attention_l{i}": shared["attention"][i] for i in range(L)})
+    rope = g.model_rope_json(model, td)
+    g.write_json(
+        td.path / "scenario.json",
+        {
+            "format": g.FORMAT,
+            "generator": GENERATOR,
+            **g.versions(),
+            "model": family,
+            "num_layers": L,
+            "batch": 1,
+            "q_heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "head_dim": head_dim,
+            "hidden_size": cfg.hidden_size,
+            "seq_len": ctx,
+            "rope": rope,
+            "tensors": tensors,
+            "kvcompose": kvcompose,
+        },
+    )
+    return name
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output directory (tests/golden)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float32)
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("kvpress").setLevel(logging.ERROR)
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    d = Path(args.out) / "more_presses" / "model"
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    names = [generate_scenario(d, spec, log) for spec in SCENARIOS]
+    g.write_json(d / "index.json", {"format": g.FORMAT, "generator": GENERATOR, **g.versions(), "scenarios": names})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
