@@ -49,3 +49,4 @@
 #include "kvcompress/press/sim_layer_kv.hpp"
 #include "kvcompress/press/finch.hpp"
 #include "kvcompress/press/kv_compose.hpp"
+#include "kvcompress/press/think.hpp"

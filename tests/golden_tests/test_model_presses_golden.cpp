@@ -120,3 +120,71 @@ TEST_CASE("KVCompose matches kvpress 0.5.5: scores, budgets and kept sets", "[go
   std::printf("golden KVCompose: %d cases, max relative score error %.3g\n", cases, max_rel);
   CHECK(cases == 2 * 3);
 }
+
+// ThinK on every layer: kvpress's channel scores (from its own window queries) and the channels it
+// zeroed; the packed keys hold exactly the kept channels, and attention over them equals attention
+// over kvpress's zeroed keys.
+TEST_CASE("ThinK matches kvpress 0.5.5: channel scores, pruned channels and attention over packed keys", "[golden][press]") {
+  int cases = 0;
+  double max_rel = 0.0, max_out = 0.0;
+  for (auto const& name : model_scenarios()) {
+    ModelScenario const sc(name);
+    for (auto const& pc : sc.meta.at("think")) {
+      std::string const case_name = pc.at("name");
+      json const& p = pc.at("params");
+      ThinKPress const press{p.at("key_channel_compression_ratio"), p.at("window_size")};
+      for (int l = 0; l < sc.layers; ++l) {
+        CAPTURE(name, case_name, l);
+        json const& pl = pc.at("layers").at(static_cast<std::size_t>(l));
+        auto const wq = kvc_test::load_tensor<float>(sc.dir, pl.at("window_queries"));
+        auto const want = kvc_test::load_tensor<float>(sc.dir, pl.at("scores"));            // [1, kv_heads, d]
+        auto const pruned = kvc_test::load_tensor<std::int32_t>(sc.dir, pl.at("pruned"));   // [1, kv_heads, d]
+        Observation<float> obs;
+        obs.window_queries = make_tensor4(wq.data.data(), {wq.shape[0], wq.shape[1], wq.shape[2], wq.shape[3]});
+        LayerCache cache(sc, l);
+        std::vector<float> scores(want.data.size());
+        press.channel_scores(cpu, obs, cache.view, scores.data());
+        for (std::size_t i = 0; i < scores.size(); ++i) {
+          double const rel = std::fabs(double(scores[i]) - want.data[i]) / std::max(1e-12, double(std::fabs(want.data[i])));
+          max_rel = std::max(max_rel, rel);
+          if (rel > 1e-5) FAIL_CHECK("channel score " << i << ": kvcompress " << scores[i] << ", kvpress " << want.data[i]);
+        }
+        std::int64_t const kept = press.kept_channels(sc.head_dim);
+        std::vector<float> packed(static_cast<std::size_t>(sc.kv_heads * sc.n * kept));
+        std::vector<std::int32_t> channels(static_cast<std::size_t>(sc.kv_heads * kept));
+        PackedKeys<float> const keys{packed.data(), channels.data(), kept};
+        std::vector<std::byte> scratch(press.workspace_bytes(cpu, cache.view));
+        press.compress(cpu, obs, cache.view, keys, Workspace(scratch.data(), scratch.size()));
+        for (std::int64_t h = 0; h < sc.kv_heads; ++h) {
+          std::vector<std::int32_t> want_kept;
+          for (std::int64_t c = 0; c < sc.head_dim; ++c)
+            if (pruned.data[static_cast<std::size_t>(h * sc.head_dim + c)] == 0) want_kept.push_back(static_cast<std::int32_t>(c));
+          std::vector<std::int32_t> const got(channels.begin() + h * kept, channels.begin() + (h + 1) * kept);
+          CHECK(got == want_kept);
+          for (std::int64_t i = 0; i < sc.n; ++i)
+            for (std::int64_t c = 0; c < kept; ++c)
+              REQUIRE(packed[static_cast<std::size_t>((h * sc.n + i) * kept + c)] ==
+                      cache.k[static_cast<std::size_t>((h * sc.n + i) * sc.head_dim + got[static_cast<std::size_t>(c)])]);
+        }
+        // Attention of the window queries over the packed keys vs over kvpress's zeroed keys.
+        auto const zeroed = kvc_test::load_tensor<float>(sc.dir, pl.at("keys_out"));
+        LayerCache reference(sc, l);
+        reference.k = zeroed.data;
+        reference.view.keys = reference.k.data();
+        auto const want_out = reference_attention(cpu, obs.window_queries, reference.view);
+        std::vector<float> out(want_out.size());
+        std::vector<std::byte> ascratch(reference_attention_workspace_bytes(cpu, obs.window_queries, cache.view));
+        reference_attention_packed(cpu, obs.window_queries, cache.view, keys, out.data(), AttentionOptions{},
+                                   Workspace(ascratch.data(), ascratch.size()));
+        for (std::size_t i = 0; i < out.size(); ++i) {
+          max_out = std::max(max_out, double(std::fabs(out[i] - want_out[i])));
+          REQUIRE(out[i] == Approx(want_out[i]).margin(1e-5));
+        }
+      }
+      ++cases;
+    }
+  }
+  std::printf("golden ThinK: %d cases, max relative channel score error %.3g, max attention difference %.3g\n", cases,
+              max_rel, max_out);
+  CHECK(cases == 2 * 2);
+}

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate as g  # noqa: E402  (the shared model builder and writers)
 
 from kvpress.presses.kvcompose_press import KVComposePress  # noqa: E402
+from kvpress.presses.think_press import ThinKPress  # noqa: E402
 
 GENERATOR = "tools/golden/generate_model_presses.py"
 
@@ -119,6 +120,57 @@ def run_kvcompose(model, input_ids, name, params, td: g.TensorDir, shared: dict)
     }
 
 
+# ThinK: (name, parameters)
+THINK_CASES = [
+    ("think_half", dict(key_channel_compression_ratio=0.5)),
+    ("think_w8_r03", dict(key_channel_compression_ratio=0.3, window_size=8)),
+]
+
+
+@torch.no_grad()
+def run_think(model, input_ids, name, params, td: g.TensorDir, shared: dict) -> dict:
+    """Prefills with ThinKPress through kvpress's hook; records per layer its window queries (its own
+    compute_window_queries), its channel scores and the channels it zeroed."""
+    press = ThinKPress(**params)
+    L = model.config.num_hidden_layers
+    got: dict[int, dict] = {}
+    original = press.compress
+
+    def compress(module, hidden_states, keys, values, attentions, kwargs):
+        keys_in = keys.clone()
+        q = press.compute_window_queries(module, kwargs["hidden_states"], kwargs["position_embeddings"])
+        k2, v2 = original(module, hidden_states, keys, values, attentions, kwargs)
+        b, h, n, d = keys_in.shape
+        qn = q.pow(2).mean(dim=2).view(b, h, -1, d).mean(2)
+        got[module.layer_idx] = dict(keys=keys_in, window=q, scores=qn * keys_in.pow(2).mean(dim=2),
+                                     pruned=(k2 == 0).all(dim=2), keys_out=k2.clone())
+        return k2, v2
+
+    press.compress = compress
+    try:
+        with press(model):
+            model(input_ids, use_cache=True)
+    finally:
+        del press.compress
+    layers = []
+    for i in range(L):
+        c = got[i]
+        assert torch.equal(c["keys"], shared["keys"][i]), f"{name}: layer {i} keys differ from the scenario's"
+        n_pruned = int(c["pruned"].sum(-1)[0, 0])
+        assert n_pruned == int(c["keys"].shape[-1] * press.key_channel_compression_ratio)
+        assert torch.all(c["pruned"].sum(-1) == n_pruned)
+        wname = f"think_window_{press.window_size}_l{i}"
+        if f"{wname}.bin" not in td.written:
+            td.write(wname, c["window"])
+        layers.append({
+            "window_queries": td.written[f"{wname}.bin"],
+            "scores": td.write(f"{name}_l{i}_scores", c["scores"]),
+            "pruned": td.write(f"{name}_l{i}_pruned", c["pruned"].to(torch.int32), "int32"),
+            "keys_out": td.write(f"{name}_l{i}_keys_out", c["keys_out"]),
+        })
+    return {"name": name, "press": "ThinKPress", "params": g.press_params(press), "layers": layers}
+
+
 def generate_scenario(out_dir: Path, spec, log) -> str:
     name, family, head_dim, ctx, seed = spec
     model = g.build_model(family, head_dim, seed)
@@ -132,6 +184,10 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
         e = run_kvcompose(model, input_ids, cname, params, td, shared)
         kvcompose.append(e)
         log(f"  model/{name:16s} {cname:26s} per layer {e['important_per_layer']} per head {e['important_per_head']}")
+    think = []
+    for cname, params in THINK_CASES:
+        think.append(run_think(model, input_ids, cname, params, td, shared))
+        log(f"  model/{name:16s} {cname:26s}")
     L = cfg.num_hidden_layers
     tensors = {f"keys_l{i}": td.written[f"keys_l{i}.bin"] for i in range(L)}
     tensors.update({f"values_l{i}": td.written[f"values_l{i}.bin"] for i in range(L)})
@@ -154,6 +210,7 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
             "rope": rope,
             "tensors": tensors,
             "kvcompose": kvcompose,
+            "think": think,
         },
     )
     return name
