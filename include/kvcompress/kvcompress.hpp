@@ -50,3 +50,4 @@
 #include "kvcompress/press/finch.hpp"
 #include "kvcompress/press/kv_compose.hpp"
 #include "kvcompress/press/think.hpp"
+#include "kvcompress/press/kvzap.hpp"

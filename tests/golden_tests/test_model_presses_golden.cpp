@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "golden_scenario.hpp"
+#include "kvc_engine/learned_scorers.hpp"
 #include "kvcompress/kvcompress.hpp"
 
 using namespace kvcompress;
@@ -186,5 +187,56 @@ TEST_CASE("ThinK matches kvpress 0.5.5: channel scores, pruned channels and atte
   }
   std::printf("golden ThinK: %d cases, max relative channel score error %.3g, max attention difference %.3g\n", cases,
               max_rel, max_out);
+  CHECK(cases == 2 * 2);
+}
+
+// KVzap with random surrogates (kvpress's own KVzapModel, saved as the safetensors a caller gives, read
+// by the engine's loader): scores of every layer and the kept sets.
+TEST_CASE("KVzap matches kvpress 0.5.5: scores and kept sets from the surrogate's safetensors", "[golden][press]") {
+  int cases = 0, tied = 0;
+  double max_rel = 0.0;
+  for (auto const& name : model_scenarios()) {
+    ModelScenario const sc(name);
+    for (auto const& pc : sc.meta.at("kvzap")) {
+      std::string const case_name = pc.at("name");
+      json const& p = pc.at("params");
+      auto const ck = kvc_engine::load_kvzap(sc.dir + "/" + pc.at("weights").get<std::string>());
+      REQUIRE(ck.num_layers() == sc.layers);
+      KVzapModelType const type = p.at("model_type") == "mlp" ? KVzapModelType::kMlp : KVzapModelType::kLinear;
+      REQUIRE(ck.type == type);
+      for (int l = 0; l < sc.layers; ++l) {
+        CAPTURE(name, case_name, l);
+        json const& pl = pc.at("layers").at(static_cast<std::size_t>(l));
+        KVzapPress const press{p.at("compression_ratio"), type, ck.layer(l)};
+        auto const x = sc.tensor("hidden_l" + std::to_string(l));  // [1, n, hidden]
+        Observation<float> obs;
+        obs.hidden_states = make_tensor4(x.data.data(), {x.shape[0], 1, x.shape[1], x.shape[2]});
+        LayerCache cache(sc, l);
+        auto const got = score(cpu, press, obs, cache.view);
+        auto const want = kvc_test::load_tensor<float>(sc.dir, pl.at("scores"));
+        double scale = 0.0;
+        for (float v : want.data) scale = std::max(scale, double(std::fabs(v)));
+        for (std::size_t i = 0; i < got.size(); ++i) {
+          double const rel = std::fabs(double(got[i]) - want.data[i]) / std::max(double(std::fabs(want.data[i])), 1e-2 * scale);
+          max_rel = std::max(max_rel, rel);
+          // a dot product over hidden_size terms that cancel: float32 rounding, as for the other presses
+          if (rel > 1e-4) FAIL_CHECK("score " << i << ": kvcompress " << got[i] << ", kvpress " << want.data[i]);
+        }
+        compress(cpu, press, obs, cache.view);
+        auto const kept = kvc_test::load_tensor<std::int32_t>(sc.dir, pl.at("kept"));
+        std::int64_t const n_kept = pl.at("n_kept");
+        bool const tie = pl.at("boundary_tie");
+        tied += tie;
+        for (std::int64_t h = 0; h < sc.kv_heads; ++h) {
+          REQUIRE(cache.lengths[static_cast<std::size_t>(h)] == n_kept);
+          std::vector<std::int32_t> const g(cache.positions.begin() + h * sc.n, cache.positions.begin() + h * sc.n + n_kept);
+          std::vector<std::int32_t> const w(kept.data.begin() + h * n_kept, kept.data.begin() + (h + 1) * n_kept);
+          if (!tie) CHECK(g == w);
+        }
+      }
+      ++cases;
+    }
+  }
+  std::printf("golden KVzap: %d cases, %d layers tied at the cut, max relative score error %.3g\n", cases, tied, max_rel);
   CHECK(cases == 2 * 2);
 }

@@ -21,6 +21,7 @@ import argparse
 import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ import generate as g  # noqa: E402  (the shared model builder and writers)
 
 from kvpress.presses.kvcompose_press import KVComposePress  # noqa: E402
 from kvpress.presses.think_press import ThinKPress  # noqa: E402
+from kvpress.presses.kvzap_press import KVzapConfig, KVzapModel, KVzapPress  # noqa: E402
 
 GENERATOR = "tools/golden/generate_model_presses.py"
 
@@ -171,6 +173,48 @@ def run_think(model, input_ids, name, params, td: g.TensorDir, shared: dict) -> 
     return {"name": name, "press": "ThinKPress", "params": g.press_params(press), "layers": layers}
 
 
+# KVzap with random surrogates built by kvpress's own KVzapModel: (name, model_type, hidden_dim, ratio)
+KVZAP_CASES = [
+    ("kvzap_mlp", "mlp", 32, 0.5),
+    ("kvzap_linear", "linear", None, 0.3),
+]
+
+
+@torch.no_grad()
+def run_kvzap(model, input_ids, name, model_type, hidden_dim, ratio, seed, td: g.TensorDir, shared: dict) -> dict:
+    """Prefills with KVzapPress holding a randomly initialised KVzapModel (saved as the safetensors a caller would
+    give); records every layer's hidden states, kvpress's scores and kept sets."""
+    cfg = model.config
+    torch.manual_seed(seed)
+    surrogate = KVzapModel(KVzapConfig(input_dim=cfg.hidden_size, output_dim=cfg.num_key_value_heads,
+                                       n_modules=cfg.num_hidden_layers, hidden_dim=hidden_dim)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        surrogate.save_pretrained(tmp)
+        shutil.copy(Path(tmp) / "model.safetensors", td.path / f"{name}.safetensors")
+    press = KVzapPress(compression_ratio=ratio, model_type=model_type)
+    press.kvzap_model = surrogate
+    press.kvzap_model_name = f"nvidia/KVzap-{model_type}-{cfg.name_or_path.split('/')[-1]}"  # no download
+    L = cfg.num_hidden_layers
+    cap = g.run_press(model, input_ids, press, tuple(range(L)), no_attention=True)
+    layers = []
+    for i in range(L):
+        c = cap[i]
+        assert torch.equal(c["keys"], shared["keys"][i]), f"{name}: layer {i} keys differ from the scenario's"
+        if f"hidden_l{i}.bin" not in td.written:
+            td.write(f"hidden_l{i}", c["hidden_states"])
+        kept = g.recover_kept(c["keys"], c["values"], c["keys_out"], c["values_out"])
+        scores = c["scores"].to(torch.float32)
+        tied = g.check_topk(scores, kept)
+        layers.append({
+            "scores": td.write(f"{name}_l{i}_scores", scores),
+            "kept": td.write(f"{name}_l{i}_kept", kept, "int32"),
+            "n_kept": int(kept.shape[-1]),
+            "boundary_tie": bool(tied),
+        })
+    return {"name": name, "press": "KVzapPress", "params": g.press_params(press), "weights": f"{name}.safetensors",
+            "layers": layers}
+
+
 def generate_scenario(out_dir: Path, spec, log) -> str:
     name, family, head_dim, ctx, seed = spec
     model = g.build_model(family, head_dim, seed)
@@ -188,10 +232,15 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
     for cname, params in THINK_CASES:
         think.append(run_think(model, input_ids, cname, params, td, shared))
         log(f"  model/{name:16s} {cname:26s}")
+    kvzap = []
+    for ci, (cname, mtype, hid, ratio) in enumerate(KVZAP_CASES):
+        kvzap.append(run_kvzap(model, input_ids, cname, mtype, hid, ratio, seed + 100 + ci, td, shared))
+        log(f"  model/{name:16s} {cname:26s} n_kept {[e['n_kept'] for e in kvzap[-1]['layers']]}")
     L = cfg.num_hidden_layers
     tensors = {f"keys_l{i}": td.written[f"keys_l{i}.bin"] for i in range(L)}
     tensors.update({f"values_l{i}": td.written[f"values_l{i}.bin"] for i in range(L)})
     tensors.update({f"replay_attention_l{i}": shared["attention"][i] for i in range(L)})
+    tensors.update({f"hidden_l{i}": td.written[f"hidden_l{i}.bin"] for i in range(L)})
     rope = g.model_rope_json(model, td)
     g.write_json(
         td.path / "scenario.json",
@@ -211,6 +260,7 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
             "tensors": tensors,
             "kvcompose": kvcompose,
             "think": think,
+            "kvzap": kvzap,
         },
     )
     return name

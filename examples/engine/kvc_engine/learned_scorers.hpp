@@ -1,0 +1,88 @@
+#pragma once
+/// \file
+/// \brief The weights of the learned scorers, read from the caller's safetensors file: KVzap's
+/// per-layer surrogates in kvpress's `KVzapModel` layout (`layers.<l>.weight`/`.bias` for the linear
+/// model; `layers.<l>.0.*` and `layers.<l>.2.*` for the MLP, as `nn.Sequential` names them).
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvc_engine/safetensors.hpp"
+#include "kvcompress/press/kvzap.hpp"
+
+namespace kvc_engine {
+
+/// \brief Every layer's KVzap surrogate, owned.
+struct KVzapCheckpoint {
+  kvcompress::KVzapModelType type = kvcompress::KVzapModelType::kMlp;
+  std::int64_t hidden_size = 0, hidden_dim = 0, kv_heads = 0;
+  std::vector<std::vector<float>> w1, b1, w2, b2;  // per layer
+
+  [[nodiscard]] int num_layers() const noexcept { return static_cast<int>(w1.size()); }
+  /// \brief Layer l's weights, pointing into this checkpoint.
+  [[nodiscard]] kvcompress::KVzapWeights layer(int l) const {
+    KVC_CHECK(l >= 0 && l < num_layers(), "KVzap checkpoint has " << num_layers() << " layers, layer " << l << " asked");
+    auto const u = static_cast<std::size_t>(l);
+    bool const mlp = type == kvcompress::KVzapModelType::kMlp;
+    return {w1[u].data(), b1[u].data(), mlp ? w2[u].data() : nullptr, mlp ? b2[u].data() : nullptr,
+            hidden_size, hidden_dim, kv_heads};
+  }
+};
+
+namespace detail {
+
+/// `name` of `file` as float, with the shape `shape`.
+inline std::vector<float> read_shaped(SafetensorsFile const& file, std::string const& name, std::vector<std::int64_t> const& shape) {
+  auto const& info = file.info(name);
+  bool same = info.shape.size() == shape.size();
+  for (std::size_t i = 0; same && i < shape.size(); ++i) same = info.shape[i] == shape[i];
+  if (!same) {
+    std::string want, got;
+    for (auto s : shape) want += (want.empty() ? "" : ", ") + std::to_string(s);
+    for (auto s : info.shape) got += (got.empty() ? "" : ", ") + std::to_string(s);
+    KVC_THROW(file.source() << ": tensor '" << name << "' has shape [" << got << "], expected [" << want << "]");
+  }
+  return file.read_as_float(name);
+}
+
+}  // namespace detail
+
+/// \brief Reads a KVzap checkpoint (kvpress's `KVzapModel.save_pretrained` safetensors); the model
+/// type follows from the tensor names. Layers are counted until `layers.<L>` is missing.
+[[nodiscard]] inline KVzapCheckpoint load_kvzap(std::string const& path) {
+  auto const file = SafetensorsFile::open(path);
+  KVzapCheckpoint ck;
+  bool const mlp = file.contains("layers.0.0.weight");
+  KVC_CHECK(mlp || file.contains("layers.0.weight"),
+            path << " holds no KVzap surrogate: neither 'layers.0.weight' (linear) nor 'layers.0.0.weight' (mlp)");
+  ck.type = mlp ? kvcompress::KVzapModelType::kMlp : kvcompress::KVzapModelType::kLinear;
+  auto const& first = file.info(mlp ? "layers.0.0.weight" : "layers.0.weight").shape;
+  KVC_CHECK(first.size() == 2, path << ": a KVzap weight must be a matrix, got " << first.size() << " dimensions");
+  ck.hidden_size = first[1];
+  if (mlp) {
+    ck.hidden_dim = first[0];
+    auto const& second = file.info("layers.0.2.weight").shape;
+    KVC_CHECK(second.size() == 2, path << ": a KVzap weight must be a matrix, got " << second.size() << " dimensions");
+    ck.kv_heads = second[0];
+  } else {
+    ck.kv_heads = first[0];
+  }
+  for (int l = 0;; ++l) {
+    std::string const p = "layers." + std::to_string(l) + ".";
+    if (!file.contains(p + (mlp ? "0.weight" : "weight"))) break;
+    if (mlp) {
+      ck.w1.push_back(detail::read_shaped(file, p + "0.weight", {ck.hidden_dim, ck.hidden_size}));
+      ck.b1.push_back(detail::read_shaped(file, p + "0.bias", {ck.hidden_dim}));
+      ck.w2.push_back(detail::read_shaped(file, p + "2.weight", {ck.kv_heads, ck.hidden_dim}));
+      ck.b2.push_back(detail::read_shaped(file, p + "2.bias", {ck.kv_heads}));
+    } else {
+      ck.w1.push_back(detail::read_shaped(file, p + "weight", {ck.kv_heads, ck.hidden_size}));
+      ck.b1.push_back(detail::read_shaped(file, p + "bias", {ck.kv_heads}));
+    }
+  }
+  return ck;
+}
+
+}  // namespace kvc_engine
