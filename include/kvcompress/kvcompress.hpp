@@ -51,3 +51,5 @@
 #include "kvcompress/press/kv_compose.hpp"
 #include "kvcompress/press/think.hpp"
 #include "kvcompress/press/kvzap.hpp"
+#include "kvcompress/press/cross_layer_eviction.hpp"
+#include "kvcompress/press/fast_kvzip.hpp"

@@ -240,3 +240,58 @@ TEST_CASE("KVzap matches kvpress 0.5.5: scores and kept sets from the surrogate'
   std::printf("golden KVzap: %d cases, %d layers tied at the cut, max relative score error %.3g\n", cases, tied, max_rel);
   CHECK(cases == 2 * 2);
 }
+
+// FastKVzip with random gates (kvpress's own FastKVzipGate, saved as safetensors, read by the engine's
+// loader): every layer's gate scores, then the cross-layer eviction against the entries kvpress masked.
+TEST_CASE("FastKVzip matches kvpress 0.5.5: gate scores and the entries evicted across layers", "[golden][press]") {
+  int cases = 0;
+  double max_rel = 0.0;
+  for (auto const& name : model_scenarios()) {
+    ModelScenario const sc(name);
+    for (auto const& pc : sc.meta.at("fastkvzip")) {
+      std::string const case_name = pc.at("name");
+      CAPTURE(name, case_name);
+      json const& p = pc.at("params");
+      FastKVzipPress const press{p.at("compression_ratio"), p.at("layerwise"), p.at("n_sink"), p.at("window_size"),
+                                 p.at("window_ratio")};
+      auto const ck = kvc_engine::load_fast_kvzip(sc.dir + "/" + pc.at("weights").get<std::string>());
+      REQUIRE(ck.num_layers() == sc.layers);
+      REQUIRE(ck.group == pc.at("group").get<std::int64_t>());
+      std::vector<float> scores(static_cast<std::size_t>(sc.layers * sc.kv_heads * sc.n));  // [layers, kv_heads, n]
+      for (int l = 0; l < sc.layers; ++l) {
+        auto const x = kvc_test::load_tensor<float>(sc.dir, pc.at("layers").at(static_cast<std::size_t>(l)).at("hidden"));
+        press.score_layer(cpu, ck.layer(l), make_tensor4(x.data.data(), {1, 1, x.shape[1], x.shape[2]}),
+                          scores.data() + l * sc.kv_heads * sc.n);
+      }
+      auto const want = kvc_test::load_tensor<float>(sc.dir, pc.at("scores"));
+      REQUIRE(want.data.size() == scores.size());
+      for (std::size_t i = 0; i < scores.size(); ++i) {
+        double const rel = std::fabs(double(scores[i]) - want.data[i]) / std::max(1e-6, double(std::fabs(want.data[i])));
+        max_rel = std::max(max_rel, rel);
+        if (rel > 1e-4) FAIL_CHECK("score " << i << ": kvcompress " << scores[i] << ", kvpress " << want.data[i]);
+      }
+      std::vector<std::int64_t> pruned(static_cast<std::size_t>(sc.layers));
+      cross_layer_pruned_counts(scores.data(), sc.layers, sc.kv_heads * sc.n, press.compression_ratio, press.layerwise, pruned.data());
+      auto const masked = kvc_test::load_tensor<std::int32_t>(sc.dir, pc.at("masked"));  // [layers, kv_heads, n]
+      for (int l = 0; l < sc.layers; ++l) {
+        CAPTURE(l);
+        CHECK(pruned[static_cast<std::size_t>(l)] == pc.at("masked_per_layer").at(static_cast<std::size_t>(l)).get<std::int64_t>());
+        LayerCache cache(sc, l);
+        std::vector<std::byte> scratch(evict_lowest_across_heads_workspace_bytes(cpu, cache.view));
+        evict_lowest_across_heads(cpu, cache.view, scores.data() + l * sc.kv_heads * sc.n, pruned[static_cast<std::size_t>(l)],
+                                  Workspace(scratch.data(), scratch.size()));
+        for (std::int64_t h = 0; h < sc.kv_heads; ++h) {
+          std::vector<std::int32_t> want_kept;
+          for (std::int64_t i = 0; i < sc.n; ++i)
+            if (masked.data[static_cast<std::size_t>((l * sc.kv_heads + h) * sc.n + i)] == 0) want_kept.push_back(static_cast<std::int32_t>(i));
+          std::int32_t const len = cache.lengths[static_cast<std::size_t>(h)];
+          std::vector<std::int32_t> const got(cache.positions.begin() + h * sc.n, cache.positions.begin() + h * sc.n + len);
+          CHECK(got == want_kept);
+        }
+      }
+      ++cases;
+    }
+  }
+  std::printf("golden FastKVzip: %d cases, max relative score error %.3g\n", cases, max_rel);
+  CHECK(cases == 2 * 2);
+}

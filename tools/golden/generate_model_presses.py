@@ -34,6 +34,8 @@ import generate as g  # noqa: E402  (the shared model builder and writers)
 from kvpress.presses.kvcompose_press import KVComposePress  # noqa: E402
 from kvpress.presses.think_press import ThinKPress  # noqa: E402
 from kvpress.presses.kvzap_press import KVzapConfig, KVzapModel, KVzapPress  # noqa: E402
+from kvpress.presses.fastkvzip_press import FastKVzipGate, FastKVzipPress  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 GENERATOR = "tools/golden/generate_model_presses.py"
 
@@ -215,6 +217,68 @@ def run_kvzap(model, input_ids, name, model_type, hidden_dim, ratio, seed, td: g
             "layers": layers}
 
 
+# FastKVzip with random gates built by kvpress's own FastKVzipGate (k_base, b and the norms randomised too; kvpress
+# initialises them to 0 and 1): (name, parameters)
+FASTKVZIP_CASES = [
+    ("fastkvzip_default", dict(compression_ratio=0.5)),
+    ("fastkvzip_layerwise", dict(compression_ratio=0.3, layerwise=True, n_sink=2, window_ratio=0.1)),
+]
+
+
+@torch.no_grad()
+def run_fastkvzip(family, head_dim, seed, input_ids, name, params, gate_seed, td: g.TensorDir) -> dict:
+    """Prefills an sdpa model (kvpress refuses eager for the masking presses) with FastKVzipPress and random gates;
+    records every layer's hidden states, kvpress's final scores and the entries it masked."""
+    model = g.build_model(family, head_dim, seed, attn_implementation="sdpa")
+    cfg = model.config
+    L, h = cfg.num_hidden_layers, cfg.num_key_value_heads
+    G = cfg.num_attention_heads // h
+    torch.manual_seed(gate_seed)
+    gates = []
+    for i in range(L):
+        gate = FastKVzipGate(i, cfg.hidden_size, h, G, torch.float32, output_dim=16, sink=16)
+        gate.k_base.normal_(0.0, 1.0)
+        gate.b.normal_(0.0, 1.0)
+        gate.q_norm.weight.normal_(1.0, 0.3)
+        gate.k_norm.weight.normal_(1.0, 0.3)
+        gates.append(gate.eval())
+    save_file({f"{i}.{k}": v.contiguous() for i, gate in enumerate(gates) for k, v in gate.state_dict().items()},
+              str(td.path / f"{name}.safetensors"))
+    press = FastKVzipPress(**params)
+    press.gates = gates
+    hidden: dict[int, torch.Tensor] = {}
+
+    def hook(module, args, kwargs, output):
+        hidden.setdefault(module.layer_idx, kwargs["hidden_states"].detach().clone())
+        return output
+
+    hooks = [layer.self_attn.register_forward_hook(hook, with_kwargs=True) for layer in model.model.layers]
+    try:
+        with press(model):
+            model(input_ids, use_cache=True)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    ctx = input_ids.shape[1]
+    masked = torch.zeros(L, h, ctx, dtype=torch.int32)
+    for i, layer in enumerate(model.model.layers):
+        bi, hi, si = layer.self_attn.masked_key_indices
+        assert torch.all(bi == 0)
+        masked[i, hi, si] = 1
+    layers = [{"hidden": td.write(f"{name}_hidden_l{i}", hidden[i])} for i in range(L)]
+    return {
+        "name": name,
+        "press": "FastKVzipPress",
+        "params": g.press_params(press),
+        "weights": f"{name}.safetensors",
+        "group": G,
+        "layers": layers,
+        "scores": td.write(f"{name}_scores", press.score_val[:, 0]),
+        "masked": td.write(f"{name}_masked", masked, "int32"),
+        "masked_per_layer": [int(x) for x in masked.sum((1, 2))],
+    }
+
+
 def generate_scenario(out_dir: Path, spec, log) -> str:
     name, family, head_dim, ctx, seed = spec
     model = g.build_model(family, head_dim, seed)
@@ -236,6 +300,10 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
     for ci, (cname, mtype, hid, ratio) in enumerate(KVZAP_CASES):
         kvzap.append(run_kvzap(model, input_ids, cname, mtype, hid, ratio, seed + 100 + ci, td, shared))
         log(f"  model/{name:16s} {cname:26s} n_kept {[e['n_kept'] for e in kvzap[-1]['layers']]}")
+    fastkvzip = []
+    for ci, (cname, params) in enumerate(FASTKVZIP_CASES):
+        fastkvzip.append(run_fastkvzip(family, head_dim, seed, input_ids, cname, params, seed + 200 + ci, td))
+        log(f"  model/{name:16s} {cname:26s} masked per layer {fastkvzip[-1]['masked_per_layer']}")
     L = cfg.num_hidden_layers
     tensors = {f"keys_l{i}": td.written[f"keys_l{i}.bin"] for i in range(L)}
     tensors.update({f"values_l{i}": td.written[f"values_l{i}.bin"] for i in range(L)})
@@ -261,6 +329,7 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
             "kvcompose": kvcompose,
             "think": think,
             "kvzap": kvzap,
+            "fastkvzip": fastkvzip,
         },
     )
     return name

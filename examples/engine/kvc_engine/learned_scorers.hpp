@@ -2,7 +2,10 @@
 /// \file
 /// \brief The weights of the learned scorers, read from the caller's safetensors file: KVzap's
 /// per-layer surrogates in kvpress's `KVzapModel` layout (`layers.<l>.weight`/`.bias` for the linear
-/// model; `layers.<l>.0.*` and `layers.<l>.2.*` for the MLP, as `nn.Sequential` names them).
+/// model; `layers.<l>.0.*` and `layers.<l>.2.*` for the MLP, as `nn.Sequential` names them), and
+/// FastKVzip's per-layer gates (`<l>.q_proj.weight`, `<l>.q_proj.bias`, `<l>.k_proj.weight`,
+/// `<l>.q_norm.weight`, `<l>.k_norm.weight`, `<l>.k_base`, `<l>.b`: kvpress's `FastKVzipGate` state
+/// dicts, which it loads from a `.pt` list, saved as one safetensors file).
 
 #include <cstddef>
 #include <cstdint>
@@ -10,6 +13,7 @@
 #include <vector>
 
 #include "kvc_engine/safetensors.hpp"
+#include "kvcompress/press/fast_kvzip.hpp"
 #include "kvcompress/press/kvzap.hpp"
 
 namespace kvc_engine {
@@ -81,6 +85,53 @@ inline std::vector<float> read_shaped(SafetensorsFile const& file, std::string c
       ck.w1.push_back(detail::read_shaped(file, p + "weight", {ck.kv_heads, ck.hidden_size}));
       ck.b1.push_back(detail::read_shaped(file, p + "bias", {ck.kv_heads}));
     }
+  }
+  return ck;
+}
+
+/// \brief Every layer's FastKVzip gate, owned.
+struct FastKVzipCheckpoint {
+  std::int64_t hidden_size = 0, kv_heads = 0, group = 0, dim = 0, sink = 0;
+  std::vector<std::vector<float>> q_proj_weight, q_proj_bias, k_proj_weight, q_norm, k_norm, k_base, bias;  // per layer
+
+  [[nodiscard]] int num_layers() const noexcept { return static_cast<int>(q_proj_weight.size()); }
+  /// \brief Layer l's gate, pointing into this checkpoint.
+  [[nodiscard]] kvcompress::FastKVzipGate layer(int l) const {
+    KVC_CHECK(l >= 0 && l < num_layers(), "FastKVzip checkpoint has " << num_layers() << " layers, layer " << l << " asked");
+    auto const u = static_cast<std::size_t>(l);
+    return {q_proj_weight[u].data(), q_proj_bias[u].data(), k_proj_weight[u].data(), q_norm[u].data(), k_norm[u].data(),
+            k_base[u].data(), bias[u].data(), hidden_size, kv_heads, group, dim, sink};
+  }
+};
+
+/// \brief Reads FastKVzip gates; sizes follow from layer 0's shapes, layers are counted until
+/// `<L>.q_proj.weight` is missing.
+[[nodiscard]] inline FastKVzipCheckpoint load_fast_kvzip(std::string const& path) {
+  auto const file = SafetensorsFile::open(path);
+  KVC_CHECK(file.contains("0.q_proj.weight"), path << " holds no FastKVzip gate: no tensor '0.q_proj.weight'");
+  auto const& kb = file.info("0.k_base").shape;
+  auto const& b = file.info("0.b").shape;
+  auto const& qw = file.info("0.q_proj.weight").shape;
+  KVC_CHECK(kb.size() == 4 && b.size() == 3 && qw.size() == 2,
+            path << ": FastKVzip gate tensors must be k_base [kv_heads, 1, sink, dim], b [kv_heads, 1, group], q_proj.weight "
+                    "[kv_heads · group · dim, hidden_size]");
+  FastKVzipCheckpoint ck;
+  ck.kv_heads = kb[0];
+  ck.sink = kb[2];
+  ck.dim = kb[3];
+  ck.group = b[2];
+  ck.hidden_size = qw[1];
+  std::int64_t const H = ck.kv_heads, G = ck.group, d = ck.dim, D = ck.hidden_size;
+  for (int l = 0;; ++l) {
+    std::string const p = std::to_string(l) + ".";
+    if (!file.contains(p + "q_proj.weight")) break;
+    ck.q_proj_weight.push_back(detail::read_shaped(file, p + "q_proj.weight", {H * G * d, D}));
+    ck.q_proj_bias.push_back(detail::read_shaped(file, p + "q_proj.bias", {H * G * d}));
+    ck.k_proj_weight.push_back(detail::read_shaped(file, p + "k_proj.weight", {H * d, D}));
+    ck.q_norm.push_back(detail::read_shaped(file, p + "q_norm.weight", {d}));
+    ck.k_norm.push_back(detail::read_shaped(file, p + "k_norm.weight", {d}));
+    ck.k_base.push_back(detail::read_shaped(file, p + "k_base", {H, 1, ck.sink, d}));
+    ck.bias.push_back(detail::read_shaped(file, p + "b", {H, 1, G}));
   }
   return ck;
 }
