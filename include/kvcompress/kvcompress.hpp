@@ -53,3 +53,4 @@
 #include "kvcompress/press/kvzap.hpp"
 #include "kvcompress/press/cross_layer_eviction.hpp"
 #include "kvcompress/press/fast_kvzip.hpp"
+#include "kvcompress/press/kvzip.hpp"

@@ -295,3 +295,84 @@ TEST_CASE("FastKVzip matches kvpress 0.5.5: gate scores and the entries evicted 
   std::printf("golden FastKVzip: %d cases, max relative score error %.3g\n", cases, max_rel);
   CHECK(cases == 2 * 2);
 }
+
+// KVzip from kvpress's reconstruction passes (a byte tokenizer, no chat template): per chunk and layer
+// the input's pre-RoPE queries and the cache holding the context and the input; the scores of every
+// layer before the sink protection, then the entries evicted across layers against those kvpress masked.
+TEST_CASE("KVzip matches kvpress 0.5.5: reconstruction scores and the entries evicted across layers", "[golden][press]") {
+  int cases = 0, chunks = 0;
+  double max_rel = 0.0;
+  for (auto const& name : model_scenarios()) {
+    ModelScenario const sc(name);
+    RotaryEmbedding const rope(kvc_test::rope_config_from(sc.meta.at("rope"), static_cast<int>(sc.head_dim)));
+    for (auto const& pc : sc.meta.at("kvzip")) {
+      std::string const case_name = pc.at("name");
+      CAPTURE(name, case_name);
+      json const& p = pc.at("params");
+      KVzipPress const press{p.at("compression_ratio"), p.at("layerwise"), p.at("n_sink"), p.at("kvzip_plus_normalization"),
+                             p.at("chunk_size")};
+      std::vector<float> scores(static_cast<std::size_t>(sc.layers * sc.kv_heads * sc.n), 0.0f);  // [layers, kv_heads, n]
+      for (auto const& chunk : pc.at("chunks")) {
+        std::int64_t const start = chunk.at("start"), end = chunk.at("end");
+        for (int l = 0; l < sc.layers; ++l) {
+          CAPTURE(start, l);
+          json const& cl = chunk.at("layers").at(static_cast<std::size_t>(l));
+          auto const queries = kvc_test::load_tensor<float>(sc.dir, cl.at("queries"));  // [1, q_heads, q, d]
+          auto keys = kvc_test::load_tensor<float>(sc.dir, cl.at("keys"));              // [1, kv_heads, n + q, d]
+          std::vector<float> values = press.kvzip_plus_normalization ? kvc_test::load_tensor<float>(sc.dir, cl.at("values")).data
+                                                                     : std::vector<float>(keys.data.size(), 0.0f);
+          std::int64_t const m = keys.shape[2];
+          CacheExtents const e{1, sc.kv_heads, m, sc.head_dim};
+          auto const layout = make_strided_layout(e, {Axis::kBatch, Axis::kHead, Axis::kSeq, Axis::kDim});
+          std::vector<std::int32_t> lengths(static_cast<std::size_t>(sc.kv_heads), static_cast<std::int32_t>(m));
+          auto const cache = make_cache_view(keys.data.data(), values.data(), e, layout, lengths.data());
+          Observation<float> obs;
+          obs.queries = make_tensor4(queries.data.data(), {queries.shape[0], queries.shape[1], queries.shape[2], queries.shape[3]});
+          obs.rope = &rope;
+          obs.position = cl.at("position");
+          kvc_test::LoadedTensor<float> hidden, wo;
+          if (press.kvzip_plus_normalization) {
+            hidden = kvc_test::load_tensor<float>(sc.dir, cl.at("hidden"));  // [1, q, hidden]
+            wo = kvc_test::load_tensor<float>(sc.dir, cl.at("o_proj"));      // [hidden, q_heads · d]
+            obs.hidden_states = make_tensor4(hidden.data.data(), {1, 1, hidden.shape[1], hidden.shape[2]});
+            obs.output_projection = make_tensor2(wo.data.data(), {wo.shape[0], wo.shape[1]});
+          }
+          press.score_chunk(cpu, obs, cache, sc.n, start, end, scores.data() + l * sc.kv_heads * sc.n);
+        }
+        ++chunks;
+      }
+      auto const want = kvc_test::load_tensor<float>(sc.dir, pc.at("scores"));  // [layers, kv_heads, n]
+      REQUIRE(want.data.size() == scores.size());
+      double scale = 0.0;
+      for (float v : want.data) scale = std::max(scale, double(std::fabs(v)));
+      for (std::size_t i = 0; i < scores.size(); ++i) {
+        double const rel = std::fabs(double(scores[i]) - want.data[i]) / std::max(double(std::fabs(want.data[i])), 1e-3 * scale);
+        max_rel = std::max(max_rel, rel);
+        if (rel > 1e-4) FAIL_CHECK("score " << i << ": kvcompress " << scores[i] << ", kvpress " << want.data[i]);
+      }
+      press.protect_sinks(scores.data(), sc.layers * sc.kv_heads, sc.n);
+      std::vector<std::int64_t> pruned(static_cast<std::size_t>(sc.layers));
+      cross_layer_pruned_counts(scores.data(), sc.layers, sc.kv_heads * sc.n, press.compression_ratio, press.layerwise, pruned.data());
+      auto const masked = kvc_test::load_tensor<std::int32_t>(sc.dir, pc.at("masked"));
+      for (int l = 0; l < sc.layers; ++l) {
+        CAPTURE(l);
+        CHECK(pruned[static_cast<std::size_t>(l)] == pc.at("masked_per_layer").at(static_cast<std::size_t>(l)).get<std::int64_t>());
+        LayerCache cache(sc, l);
+        std::vector<std::byte> scratch(evict_lowest_across_heads_workspace_bytes(cpu, cache.view));
+        evict_lowest_across_heads(cpu, cache.view, scores.data() + l * sc.kv_heads * sc.n, pruned[static_cast<std::size_t>(l)],
+                                  Workspace(scratch.data(), scratch.size()));
+        for (std::int64_t h = 0; h < sc.kv_heads; ++h) {
+          std::vector<std::int32_t> want_kept;
+          for (std::int64_t i = 0; i < sc.n; ++i)
+            if (masked.data[static_cast<std::size_t>((l * sc.kv_heads + h) * sc.n + i)] == 0) want_kept.push_back(static_cast<std::int32_t>(i));
+          std::int32_t const len = cache.lengths[static_cast<std::size_t>(h)];
+          std::vector<std::int32_t> const got(cache.positions.begin() + h * sc.n, cache.positions.begin() + h * sc.n + len);
+          CHECK(got == want_kept);
+        }
+      }
+      ++cases;
+    }
+  }
+  std::printf("golden KVzip: %d cases, %d reconstruction chunks, max relative score error %.3g\n", cases, chunks, max_rel);
+  CHECK(cases == 3);
+}

@@ -36,6 +36,9 @@ from kvpress.presses.think_press import ThinKPress  # noqa: E402
 from kvpress.presses.kvzap_press import KVzapConfig, KVzapModel, KVzapPress  # noqa: E402
 from kvpress.presses.fastkvzip_press import FastKVzipGate, FastKVzipPress  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+import kvpress.presses.kvzip_press as kvzip_module  # noqa: E402
+from kvpress.presses.kvzip_press import KVzipPress  # noqa: E402
+from kvpress.utils import get_prerope_query_states  # noqa: E402
 
 GENERATOR = "tools/golden/generate_model_presses.py"
 
@@ -265,7 +268,14 @@ def run_fastkvzip(family, head_dim, seed, input_ids, name, params, gate_seed, td
         bi, hi, si = layer.self_attn.masked_key_indices
         assert torch.all(bi == 0)
         masked[i, hi, si] = 1
-    layers = [{"hidden": td.write(f"{name}_hidden_l{i}", hidden[i])} for i in range(L)]
+    for i in range(L):  # the same model and prompt in every case: written once
+        if f"fastkvzip_hidden_l{i}.bin" in td.written:
+            assert torch.equal(hidden[i], td.hidden[i])
+        else:
+            td.write(f"fastkvzip_hidden_l{i}", hidden[i])
+            td.hidden = getattr(td, "hidden", {})
+            td.hidden[i] = hidden[i]
+    layers = [{"hidden": td.written[f"fastkvzip_hidden_l{i}.bin"]} for i in range(L)]
     return {
         "name": name,
         "press": "FastKVzipPress",
@@ -274,6 +284,93 @@ def run_fastkvzip(family, head_dim, seed, input_ids, name, params, gate_seed, td
         "group": G,
         "layers": layers,
         "scores": td.write(f"{name}_scores", press.score_val[:, 0]),
+        "masked": td.write(f"{name}_masked", masked, "int32"),
+        "masked_per_layer": [int(x) for x in masked.sum((1, 2))],
+    }
+
+
+# KVzip: (scenario, name, parameters). The scenarios' vocabulary is 256 tokens, so a byte tokenizer without a chat
+# template (kvpress then uses no prefix and the suffix "\n") stands in for the model's.
+KVZIP_CASES = [
+    ("llama_d64_n64", "kvzip_chunk32", dict(compression_ratio=0.5, chunk_size=32)),
+    ("llama_d64_n64", "kvzip_plus_layerwise", dict(compression_ratio=0.3, kvzip_plus_normalization=True, layerwise=True)),
+    ("qwen3_d128_n72", "kvzip_default", dict(compression_ratio=0.4)),
+]
+
+
+class ByteTokenizer:
+    chat_template = None
+
+    @staticmethod
+    def encode(text, return_tensors=None, add_special_tokens=False):
+        assert return_tensors == "pt" and not add_special_tokens
+        return torch.tensor([list(text.encode("utf-8"))], dtype=torch.int64)
+
+
+@torch.no_grad()
+def run_kvzip(family, head_dim, seed, input_ids, name, params, td: g.TensorDir) -> dict:
+    """Prefills an sdpa model with KVzipPress; records, per reconstruction chunk and layer, the pre-RoPE queries, the
+    cache (context + the input's own entries) and, for KVzip+, the hidden states; then kvpress's scores before the
+    sink protection and the entries it masked."""
+    model = g.build_model(family, head_dim, seed, attn_implementation="sdpa")
+    cfg = model.config
+    L, h = cfg.num_hidden_layers, cfg.num_key_value_heads
+    press = KVzipPress(**params)
+    chunks: list[dict] = []
+    original_score = press.score_kvzip
+    original_post = press.compress_post
+    got: dict = {}
+
+    def score_kvzip(module, hidden_states, keys, values, attentions, kwargs):
+        i = module.layer_idx
+        if i == 0:
+            chunks.append({"start": press.start_idx, "end": press.end_idx, "layers": []})
+        c = chunks[-1]
+        tag = f"{name}_c{len(chunks) - 1}_l{i}"
+        q = hidden_states.shape[1]
+        assert int(kwargs["cache_position"][0]) == press.context_length == keys.shape[2] - q
+        entry = {
+            "queries": td.write(f"{tag}_queries", get_prerope_query_states(module, hidden_states)),
+            "keys": td.write(f"{tag}_keys", keys),
+            "position": int(kwargs["cache_position"][0]),
+            "q_len": q,
+        }
+        if press.kvzip_plus_normalization:
+            entry["values"] = td.write(f"{tag}_values", values)
+            entry["hidden"] = td.write(f"{tag}_hidden", hidden_states)
+            if f"{name}_o_proj_l{i}.bin" not in td.written:
+                td.write(f"{name}_o_proj_l{i}", module.o_proj.weight)
+            entry["o_proj"] = td.written[f"{name}_o_proj_l{i}.bin"]
+        c["layers"].append(entry)
+        return original_score(module, hidden_states, keys, values, attentions, kwargs)
+
+    def compress_post(m):
+        got["scores"] = press.score_val[:, 0].clone()
+        return original_post(m)
+
+    press.score_kvzip = score_kvzip
+    press.compress_post = compress_post
+    auto = kvzip_module.AutoTokenizer
+    kvzip_module.AutoTokenizer = type("Tokenizers", (), {"from_pretrained": staticmethod(lambda *a, **k: ByteTokenizer())})
+    try:
+        with press(model):  # kvpress's pipeline hands the model a cache, which KVzip replays over
+            model(input_ids, past_key_values=DynamicCache(config=cfg), use_cache=True)
+    finally:
+        kvzip_module.AutoTokenizer = auto
+        del press.score_kvzip
+        del press.compress_post
+    ctx = input_ids.shape[1]
+    masked = torch.zeros(L, h, ctx, dtype=torch.int32)
+    for i, layer in enumerate(model.model.layers):
+        bi, hi, si = layer.self_attn.masked_key_indices
+        assert torch.all(bi == 0)
+        masked[i, hi, si] = 1
+    return {
+        "name": name,
+        "press": "KVzipPress",
+        "params": g.press_params(press),
+        "chunks": chunks,
+        "scores": td.write(f"{name}_scores", got["scores"]),
         "masked": td.write(f"{name}_masked", masked, "int32"),
         "masked_per_layer": [int(x) for x in masked.sum((1, 2))],
     }
@@ -304,6 +401,11 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
     for ci, (cname, params) in enumerate(FASTKVZIP_CASES):
         fastkvzip.append(run_fastkvzip(family, head_dim, seed, input_ids, cname, params, seed + 200 + ci, td))
         log(f"  model/{name:16s} {cname:26s} masked per layer {fastkvzip[-1]['masked_per_layer']}")
+    kvzip = []
+    for scen, cname, params in KVZIP_CASES:
+        if scen == name:
+            kvzip.append(run_kvzip(family, head_dim, seed, input_ids, cname, params, td))
+            log(f"  model/{name:16s} {cname:26s} chunks {len(kvzip[-1]['chunks'])} masked per layer {kvzip[-1]['masked_per_layer']}")
     L = cfg.num_hidden_layers
     tensors = {f"keys_l{i}": td.written[f"keys_l{i}.bin"] for i in range(L)}
     tensors.update({f"values_l{i}": td.written[f"values_l{i}.bin"] for i in range(L)})
@@ -330,6 +432,7 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
             "think": think,
             "kvzap": kvzap,
             "fastkvzip": fastkvzip,
+            "kvzip": kvzip,
         },
     )
     return name
