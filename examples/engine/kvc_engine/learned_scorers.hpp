@@ -55,8 +55,8 @@ inline std::vector<float> read_shaped(SafetensorsFile const& file, std::string c
 
 /// \brief Reads a KVzap checkpoint (kvpress's `KVzapModel.save_pretrained` safetensors); the model
 /// type follows from the tensor names. Layers are counted until `layers.<L>` is missing.
-[[nodiscard]] inline KVzapCheckpoint load_kvzap(std::string const& path) {
-  auto const file = SafetensorsFile::open(path);
+[[nodiscard]] inline KVzapCheckpoint load_kvzap(SafetensorsFile const& file) {
+  std::string const& path = file.source();
   KVzapCheckpoint ck;
   bool const mlp = file.contains("layers.0.0.weight");
   KVC_CHECK(mlp || file.contains("layers.0.weight"),
@@ -89,6 +89,8 @@ inline std::vector<float> read_shaped(SafetensorsFile const& file, std::string c
   return ck;
 }
 
+[[nodiscard]] inline KVzapCheckpoint load_kvzap(std::string const& path) { return load_kvzap(SafetensorsFile::open(path)); }
+
 /// \brief Every layer's FastKVzip gate, owned.
 struct FastKVzipCheckpoint {
   std::int64_t hidden_size = 0, kv_heads = 0, group = 0, dim = 0, sink = 0;
@@ -106,8 +108,8 @@ struct FastKVzipCheckpoint {
 
 /// \brief Reads FastKVzip gates; sizes follow from layer 0's shapes, layers are counted until
 /// `<L>.q_proj.weight` is missing.
-[[nodiscard]] inline FastKVzipCheckpoint load_fast_kvzip(std::string const& path) {
-  auto const file = SafetensorsFile::open(path);
+[[nodiscard]] inline FastKVzipCheckpoint load_fast_kvzip(SafetensorsFile const& file) {
+  std::string const& path = file.source();
   KVC_CHECK(file.contains("0.q_proj.weight"), path << " holds no FastKVzip gate: no tensor '0.q_proj.weight'");
   auto const& kb = file.info("0.k_base").shape;
   auto const& b = file.info("0.b").shape;
@@ -134,6 +136,10 @@ struct FastKVzipCheckpoint {
     ck.bias.push_back(detail::read_shaped(file, p + "b", {H, 1, G}));
   }
   return ck;
+}
+
+[[nodiscard]] inline FastKVzipCheckpoint load_fast_kvzip(std::string const& path) {
+  return load_fast_kvzip(SafetensorsFile::open(path));
 }
 
 }  // namespace kvc_engine

@@ -58,6 +58,8 @@ struct FastKVzipPress {
     KVC_CHECK(s[0] == 1 && s[1] == 1 && s[3] == gate.hidden_size,
               "FastKVzipPress hidden states must be [1, 1, n, hidden_size = " << gate.hidden_size << "] (batch 1), got [" << s[0]
                                                                               << ", " << s[1] << ", " << s[2] << ", " << s[3] << "]");
+    // Cheap beside the gate's products, and a sink's or the window's score would hide a NaN.
+    detail::require_finite(hidden, "FastKVzipPress hidden states");
     using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     std::int64_t const n = s[2], D = gate.hidden_size, H = gate.kv_heads, G = gate.group, d = gate.dim;
     Eigen::Map<RowMat const> const wq(gate.q_proj_weight, H * G * d, D), wk(gate.k_proj_weight, H * d, D);
@@ -107,7 +109,6 @@ struct FastKVzipPress {
       std::fill_n(scores + h * n + std::max<std::int64_t>(0, n - window), std::min(window, n), 1.0f);
       for (std::int64_t t = 0; t < n; ++t)
         if (!std::isfinite(scores[h * n + t])) {
-          detail::require_finite(hidden, "FastKVzipPress hidden states");
           KVC_THROW("FastKVzipPress: a non-finite gate score " << scores[h * n + t] << " at (kv head " << h << ", token " << t
                                                               << ") from finite hidden states (check the gate weights)");
         }
