@@ -11,6 +11,7 @@
 
 #include "golden_scenario.hpp"
 #include "kvc_engine/learned_scorers.hpp"
+#include "kvc_engine/press_registry.hpp"
 #include "kvcompress/kvcompress.hpp"
 
 using namespace kvcompress;
@@ -375,4 +376,35 @@ TEST_CASE("KVzip matches kvpress 0.5.5: reconstruction scores and the entries ev
   }
   std::printf("golden KVzip: %d cases, %d reconstruction chunks, max relative score error %.3g\n", cases, chunks, max_rel);
   CHECK(cases == 3);
+}
+
+// KVCompose through the reference engine ("kvcompose" in kvcompress-eval's registry): the engine replays
+// the prompt, folds the replay's attention of every layer into the statistics and compacts every layer;
+// what each head keeps must equal what kvpress kept on the same checkpoint and prompt.
+TEST_CASE("KVCompose in the reference engine keeps what kvpress 0.5.5 keeps on the engine's Llama", "[golden][press][engine]") {
+  auto const want = kvc_test::load_json(kvc_test::kGoldenDir + "/more_presses/model/engine_kvcompose.json");
+  std::string const dir = kvc_test::kGoldenDir + "/engine/llama";
+  auto const meta = kvc_test::load_json(dir + "/engine.json");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+  kvc_engine::Engine engine(model);
+  auto const prompt = meta.at("prompt").get<std::vector<std::int32_t>>();
+  kvc_engine::Compressor const c = kvc_engine::make_compressor("kvcompose", want.at("compression_ratio").get<double>(), engine.device());
+  REQUIRE(c.after_prefill_model);
+  kvc_engine::KVCache cache = engine.new_cache(static_cast<std::int64_t>(prompt.size()));
+  kvc_engine::ForwardRecord record;
+  (void)engine.forward(cache, prompt, kvc_engine::Logits::kNone, nullptr, &record);
+  c.after_prefill_model(engine, cache, record);
+  REQUIRE(cache.next_position() == static_cast<std::int64_t>(prompt.size()));  // the replay left no trace
+  int layers = 0;
+  for (std::int64_t l = 0; l < model.config.num_layers; ++l) {
+    for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h) {
+      CAPTURE(l, h);
+      auto const kept = want.at("kept").at(static_cast<std::size_t>(l)).at(static_cast<std::size_t>(h)).get<std::vector<std::int32_t>>();
+      REQUIRE(cache.length(l, h) == static_cast<std::int32_t>(kept.size()));
+      std::vector<std::int32_t> const got(cache.positions(l, h), cache.positions(l, h) + cache.length(l, h));
+      CHECK(got == kept);
+    }
+    ++layers;
+  }
+  std::printf("golden KVCompose (engine): %d layers of the engine's Llama keep kvpress's sets\n", layers);
 }

@@ -18,6 +18,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every artefact is built locally
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers import LlamaForCausalLM
 from transformers.cache_utils import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -438,6 +440,41 @@ def generate_scenario(out_dir: Path, spec, log) -> str:
     return name
 
 
+# KVCompose through the reference engine: kvpress on the engine's golden Llama checkpoint (tests/golden/engine/llama)
+# and its 203-token prompt; what every layer's heads keep.
+ENGINE_KVCOMPOSE_RATIO = 0.5
+
+
+@torch.no_grad()
+def generate_engine_kvcompose(golden: Path, out_dir: Path, log) -> None:
+    engine_dir = golden / "engine" / "llama"
+    meta = json.loads((engine_dir / "engine.json").read_text())
+    model = LlamaForCausalLM.from_pretrained(str(engine_dir / meta["checkpoint"]), attn_implementation="eager")
+    model = model.to(torch.float32).eval()
+    ids = torch.tensor([meta["prompt"]], dtype=torch.int64)
+    press = KVComposePress(compression_ratio=ENGINE_KVCOMPOSE_RATIO)
+    got = {}
+    original = press.compress_cache
+
+    def compress_cache(m):
+        got["masks"] = torch.stack([torch.stack(list(row)) for row in press.important_mask_per_kv_head])
+        return original(m)
+
+    press.compress_cache = compress_cache
+    try:
+        with press(model):
+            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    finally:
+        del press.compress_cache
+    masks = got["masks"]  # [L, kv_heads, n]
+    kept = [[[int(i) for i in torch.nonzero(masks[l, h]).flatten()] for h in range(masks.shape[1])] for l in range(masks.shape[0])]
+    g.write_json(out_dir / "engine_kvcompose.json", {
+        "format": g.FORMAT, "generator": GENERATOR, **g.versions(),
+        "model": "engine/llama", "compression_ratio": ENGINE_KVCOMPOSE_RATIO, "kept": kept,
+    })
+    log(f"  model/engine_kvcompose kept per layer {[len(k[0]) for k in kept]}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory (tests/golden)")
@@ -454,6 +491,7 @@ def main(argv=None) -> int:
         shutil.rmtree(d)
     d.mkdir(parents=True)
     names = [generate_scenario(d, spec, log) for spec in SCENARIOS]
+    generate_engine_kvcompose(Path(args.out), d, log)
     g.write_json(d / "index.json", {"format": g.FORMAT, "generator": GENERATOR, **g.versions(), "scenarios": names})
     return 0
 

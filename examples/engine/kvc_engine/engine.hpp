@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kvc_engine/attention.hpp"
@@ -35,6 +36,7 @@ struct ForwardRecord {
   std::int64_t position = 0;                // absolute position of the chunk's first token
   std::int64_t tokens = 0;                  // tokens in the chunk
   std::vector<std::vector<float>> queries;  // per layer: [q_heads, tokens, head_dim], pre-RoPE, after q_norm
+  std::vector<std::int32_t> token_ids;      // [tokens] the chunk's tokens
 };
 
 enum class Logits { kNone, kLast, kAll };
@@ -101,6 +103,7 @@ class Engine {
       rec->position = p0;
       rec->tokens = n;
       rec->queries.assign(static_cast<std::size_t>(c.num_layers), {});
+      rec->token_ids.assign(tokens, tokens + n);
     }
 
     std::int64_t const D = c.hidden_size, H = c.num_heads, kvH = c.num_kv_heads, d = c.head_dim, I = c.intermediate_size;
@@ -204,6 +207,28 @@ class Engine {
     }
   }
 
+  /// \brief Feeds `tokens` after the cache's entries (at the next positions), hands every layer's attention
+  /// probabilities of that pass to fn(layer, probs [q_heads, n, length]: the cache's entries, then the
+  /// pass's own, causal), then removes the pass's entries: the cache is as it was. The pass of KVCompose.
+  void replay(KVCache& cache, std::vector<std::int32_t> const& tokens,
+              std::function<void(std::int64_t, std::vector<float> const&, std::int64_t)> const& fn) {
+    ModelConfig const& c = model_.config;
+    std::vector<std::vector<std::int32_t>> lengths(static_cast<std::size_t>(c.num_layers));
+    for (std::int64_t l = 0; l < c.num_layers; ++l)
+      for (std::int64_t h = 0; h < c.num_kv_heads; ++h) lengths[static_cast<std::size_t>(l)].push_back(cache.length(l, h));
+    ForwardRecord rec;
+    auto const n = static_cast<std::int64_t>(tokens.size());
+    (void)forward(cache, tokens, Logits::kNone, nullptr, &rec);
+    std::vector<float> probs;
+    for (std::int64_t l = 0; l < c.num_layers; ++l) {
+      attention_probabilities(cache, l, rec.queries[static_cast<std::size_t>(l)], n, rec.position, probs);
+      fn(l, probs, cache.length(l, 0));
+    }
+    for (std::int64_t l = 0; l < c.num_layers; ++l)
+      for (std::int64_t h = 0; h < c.num_kv_heads; ++h) cache.length_ref(l, h) = lengths[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+    cache.advance(-n);
+  }
+
   /// \brief Prefill, optional press, then `max_new_tokens` tokens: the first from the prefill's logits,
   /// each later one from a decoding pass over the (compressed) cache at the next original position.
   GenerateResult generate(std::vector<std::int32_t> const& prompt, GenerateOptions options) {
@@ -212,7 +237,8 @@ class Engine {
     KVC_CHECK(options.max_new_tokens > 0, "max_new_tokens must be positive, got " << options.max_new_tokens);
     std::int64_t const vocab = model_.config.vocab_size;
     Compressor const* c = options.compressor;
-    bool const prefill_hook = c != nullptr && c->after_prefill, step_hook = c != nullptr && c->after_step;
+    bool const model_hook = c != nullptr && c->after_prefill_model;
+    bool const prefill_hook = c != nullptr && (c->after_prefill || model_hook), step_hook = c != nullptr && c->after_step;
     GenerateResult r{{}, {}, new_cache(static_cast<std::int64_t>(prompt.size()) + options.max_new_tokens)};
     ForwardRecord record;
     auto t = clock::now();
@@ -220,7 +246,8 @@ class Engine {
     r.prefill_seconds = seconds(t);
     if (prefill_hook) {
       t = clock::now();
-      compress(r.cache, record, c->after_prefill, c->needs);
+      if (model_hook) c->after_prefill_model(*this, r.cache, record);
+      else compress(r.cache, record, c->after_prefill, c->needs);
       r.compress_seconds += seconds(t);
     }
     r.cache_bytes_after_prefill = r.cache.bytes_in_use();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kvc_engine/compressor.hpp"
+#include "kvc_engine/engine.hpp"
 
 namespace kvc_engine {
 
@@ -49,10 +50,34 @@ template <class Press>
   return c;
 }
 
+/// \brief KVCompose after the prefill: the engine replays the prefill's tokens (kvpress's default, the
+/// context itself), the replay's attention of every layer goes into the statistics, then the plan across
+/// layers compacts every layer.
+[[nodiscard]] inline Compressor kvcompose_compressor(kvcompress::KVComposePress press, std::string name, kvcompress::CpuDevice dev) {
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.after_prefill_model = [press, dev, scratch](Engine& engine, KVCache& cache, ForwardRecord const& record) {
+    ModelConfig const& m = engine.model().config;
+    kvcompress::KVComposeStatistics stats(press, static_cast<int>(m.num_layers), m.num_heads, record.tokens);
+    engine.replay(cache, record.token_ids, [&](std::int64_t layer, std::vector<float> const& probs, std::int64_t length) {
+      stats.add(dev, static_cast<int>(layer),
+                kvcompress::make_tensor4(probs.data(), {1, m.num_heads, static_cast<std::int64_t>(record.token_ids.size()), length}));
+    });
+    kvcompress::KVComposePlan const plan = kvcompress::kvcompose_plan(dev, press, stats, m.num_kv_heads);
+    for (std::int64_t l = 0; l < m.num_layers; ++l) {
+      kvcompress::KVCacheView<float> const view = cache.view(l);
+      scratch->resize(kvcompress::kvcompose_compress_workspace_bytes(dev, view));
+      kvcompress::kvcompose_compress(dev, plan, static_cast<int>(l), view, kvcompress::Workspace(scratch->data(), scratch->size()));
+    }
+  };
+  return c;
+}
+
 [[nodiscard]] inline std::vector<std::string> press_names() {
   return {"expected_attention", "knorm",   "streaming_llm", "snapkv",    "pyramidkv", "tova",
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
-          "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv"};
+          "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv", "kvcompose"};
 }
 
 /// \brief The named press at `ratio` (fraction of entries removed); "none" is the full cache.
@@ -60,7 +85,7 @@ template <class Press>
                                                 kvcompress::CpuDevice dev = kvcompress::cpu) {
   namespace kvc = kvcompress;
   kvc::check_compression_ratio(ratio);
-  if (name == "none") return Compressor{"none", {}, {}, {}};
+  if (name == "none") return Compressor{"none", {}, {}, {}, {}};
   if (name == "expected_attention") return prefill_press(kvc::ExpectedAttentionPress{ratio}, name, dev);
   if (name == "knorm") return prefill_press(kvc::KnormPress{ratio}, name, dev);
   if (name == "streaming_llm") return prefill_press(kvc::StreamingLLMPress{ratio}, name, dev);
@@ -82,6 +107,7 @@ template <class Press>
     c.needs.window = press.n_last;
     return c;
   }
+  if (name == "kvcompose") return kvcompose_compressor(kvc::KVComposePress{true, ratio}, name, dev);
   std::string known = "none";
   for (auto const& n : press_names()) known += ", " + n;
   KVC_THROW("unknown press '" << name << "' (" << known << ")");
