@@ -408,3 +408,50 @@ TEST_CASE("KVCompose in the reference engine keeps what kvpress 0.5.5 keeps on t
   }
   std::printf("golden KVCompose (engine): %d layers of the engine's Llama keep kvpress's sets\n", layers);
 }
+
+// KVzip through the reference engine (`kvzip_compressor`, given kvpress's prompts as token ids: the
+// checkpoint's vocabulary is 256 bytes): the engine replays prompt + suffix + chunk for each of the two
+// chunks, every layer scores its chunk, and the eviction across layers must keep what kvpress kept.
+TEST_CASE("KVzip in the reference engine keeps what kvpress 0.5.5 keeps on the engine's Llama", "[golden][press][engine]") {
+  auto const want = kvc_test::load_json(kvc_test::kGoldenDir + "/more_presses/model/engine_kvzip.json");
+  std::string const dir = kvc_test::kGoldenDir + "/engine/llama";
+  auto const meta = kvc_test::load_json(dir + "/engine.json");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+  kvc_engine::Engine engine(model);
+  auto const prompt = meta.at("prompt").get<std::vector<std::int32_t>>();
+  json const& p = want.at("params");
+  KVzipPress const press{p.at("compression_ratio"), p.at("layerwise"), p.at("n_sink"), p.at("kvzip_plus_normalization"),
+                         p.at("chunk_size")};
+  kvc_engine::KVzipPrompt const ids{want.at("prompt_first").get<std::vector<std::int32_t>>(),
+                                    want.at("prompt_later").get<std::vector<std::int32_t>>(),
+                                    want.at("suffix").get<std::vector<std::int32_t>>()};
+  kvc_engine::Compressor const c = kvc_engine::kvzip_compressor(press, ids, "kvzip", engine.device());
+  kvc_engine::KVCache cache = engine.new_cache(static_cast<std::int64_t>(prompt.size()));
+  kvc_engine::ForwardRecord record;
+  (void)engine.forward(cache, prompt, kvc_engine::Logits::kNone, nullptr, &record);
+  // The scores of the engine's reconstruction passes against kvpress's.
+  auto const scores = kvc_engine::kvzip_scores(engine, cache, record, press, ids, engine.device());
+  auto const want_scores = kvc_test::load_tensor<float>(kvc_test::kGoldenDir + "/more_presses/model", want.at("scores"));
+  REQUIRE(scores.size() == want_scores.data.size());
+  double max_rel = 0.0;
+  for (std::size_t i = 0; i < scores.size(); ++i) {
+    double const rel = std::fabs(double(scores[i]) - want_scores.data[i]) / std::max(1e-6, double(std::fabs(want_scores.data[i])));
+    max_rel = std::max(max_rel, rel);
+    if (rel > 1e-3) FAIL_CHECK("score " << i << ": engine " << scores[i] << ", kvpress " << want_scores.data[i]);
+  }
+  std::printf("golden KVzip (engine): max relative score error %.3g\n", max_rel);
+  c.after_prefill_model(engine, cache, record);
+  REQUIRE(cache.next_position() == static_cast<std::int64_t>(prompt.size()));
+  std::int64_t kept_total = 0;
+  for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+    for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h) {
+      CAPTURE(l, h);
+      auto const kept = want.at("kept").at(static_cast<std::size_t>(l)).at(static_cast<std::size_t>(h)).get<std::vector<std::int32_t>>();
+      REQUIRE(cache.length(l, h) == static_cast<std::int32_t>(kept.size()));
+      std::vector<std::int32_t> const got(cache.positions(l, h), cache.positions(l, h) + cache.length(l, h));
+      CHECK(got == kept);
+      kept_total += cache.length(l, h);
+    }
+  std::printf("golden KVzip (engine): %lld entries kept over every layer and head, kvpress's sets\n",
+              static_cast<long long>(kept_total));
+}

@@ -475,6 +475,54 @@ def generate_engine_kvcompose(golden: Path, out_dir: Path, log) -> None:
     log(f"  model/engine_kvcompose kept per layer {[len(k[0]) for k in kept]}")
 
 
+# KVzip through the reference engine: kvpress on the same checkpoint (vocabulary 256, so the byte tokenizer is exact
+# for its prompts), two reconstruction chunks.
+ENGINE_KVZIP = dict(compression_ratio=0.5, chunk_size=128)
+
+
+@torch.no_grad()
+def generate_engine_kvzip(golden: Path, out_dir: Path, log) -> None:
+    engine_dir = golden / "engine" / "llama"
+    meta = json.loads((engine_dir / "engine.json").read_text())
+    model = LlamaForCausalLM.from_pretrained(str(engine_dir / meta["checkpoint"]), attn_implementation="sdpa")
+    model = model.to(torch.float32).eval()
+    ids = torch.tensor([meta["prompt"]], dtype=torch.int64)
+    press = KVzipPress(**ENGINE_KVZIP)
+    got = {}
+    original_post = press.compress_post
+
+    def compress_post(m):
+        got["scores"] = press.score_val[:, 0].clone()
+        return original_post(m)
+
+    press.compress_post = compress_post
+    auto = kvzip_module.AutoTokenizer
+    kvzip_module.AutoTokenizer = type("Tokenizers", (), {"from_pretrained": staticmethod(lambda *a, **k: ByteTokenizer())})
+    try:
+        with press(model):
+            model(ids, past_key_values=DynamicCache(config=model.config), use_cache=True)
+    finally:
+        kvzip_module.AutoTokenizer = auto
+        del press.compress_post
+    n = ids.shape[1]
+    kept = []
+    for layer in model.model.layers:
+        bi, hi, si = layer.self_attn.masked_key_indices
+        masked = torch.zeros(model.config.num_key_value_heads, n, dtype=torch.bool)
+        masked[hi, si] = True
+        kept.append([[int(i) for i in torch.nonzero(~masked[h]).flatten()] for h in range(masked.shape[0])])
+    g.write_json(out_dir / "engine_kvzip.json", {
+        "format": g.FORMAT, "generator": GENERATOR, **g.versions(),
+        "model": "engine/llama", "params": g.press_params(press), "tokenizer": "bytes, no chat template",
+        "prompt_first": ByteTokenizer.encode("\n\nRepeat the previous context exactly.", "pt")[0].tolist(),
+        "prompt_later": ByteTokenizer.encode("\n\nRepeat the part of the previous context exactly, starting with", "pt")[0].tolist(),
+        "suffix": ByteTokenizer.encode("\n", "pt")[0].tolist(),
+        "scores": g.TensorDir(out_dir).write("engine_kvzip_scores", got["scores"]),
+        "kept": kept,
+    })
+    log(f"  model/engine_kvzip kept per layer and head {[[len(h) for h in k] for k in kept]}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory (tests/golden)")
@@ -492,6 +540,7 @@ def main(argv=None) -> int:
     d.mkdir(parents=True)
     names = [generate_scenario(d, spec, log) for spec in SCENARIOS]
     generate_engine_kvcompose(Path(args.out), d, log)
+    generate_engine_kvzip(Path(args.out), d, log)
     g.write_json(d / "index.json", {"format": g.FORMAT, "generator": GENERATOR, **g.versions(), "scenarios": names})
     return 0
 

@@ -207,26 +207,49 @@ class Engine {
     }
   }
 
-  /// \brief Feeds `tokens` after the cache's entries (at the next positions), hands every layer's attention
-  /// probabilities of that pass to fn(layer, probs [q_heads, n, length]: the cache's entries, then the
-  /// pass's own, causal), then removes the pass's entries: the cache is as it was. The pass of KVCompose.
-  void replay(KVCache& cache, std::vector<std::int32_t> const& tokens,
-              std::function<void(std::int64_t, std::vector<float> const&, std::int64_t)> const& fn) {
+  /// \brief Feeds `tokens` after the cache's entries (at the next positions), calls fn(record) while the
+  /// cache holds the pass's entries too (every layer: its entries, then the pass's), then removes them: the
+  /// cache is as it was. The extra passes of KVCompose and KVzip.
+  void replay(KVCache& cache, std::vector<std::int32_t> const& tokens, std::function<void(ForwardRecord const&)> const& fn) {
     ModelConfig const& c = model_.config;
     std::vector<std::vector<std::int32_t>> lengths(static_cast<std::size_t>(c.num_layers));
     for (std::int64_t l = 0; l < c.num_layers; ++l)
       for (std::int64_t h = 0; h < c.num_kv_heads; ++h) lengths[static_cast<std::size_t>(l)].push_back(cache.length(l, h));
     ForwardRecord rec;
-    auto const n = static_cast<std::int64_t>(tokens.size());
     (void)forward(cache, tokens, Logits::kNone, nullptr, &rec);
-    std::vector<float> probs;
-    for (std::int64_t l = 0; l < c.num_layers; ++l) {
-      attention_probabilities(cache, l, rec.queries[static_cast<std::size_t>(l)], n, rec.position, probs);
-      fn(l, probs, cache.length(l, 0));
-    }
+    fn(rec);
     for (std::int64_t l = 0; l < c.num_layers; ++l)
       for (std::int64_t h = 0; h < c.num_kv_heads; ++h) cache.length_ref(l, h) = lengths[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
-    cache.advance(-n);
+    cache.advance(-static_cast<std::int64_t>(tokens.size()));
+  }
+
+  /// \brief probs [q_heads, n, length]: the causal attention of a pass's n queries (pre-RoPE, [q_heads, n,
+  /// head_dim], first at `position`) over layer `layer`'s cache, whose last n entries are the pass's own.
+  /// Every kv head of the layer must hold the same length.
+  void attention_probabilities(KVCache& cache, std::int64_t layer, std::vector<float> const& q, std::int64_t n,
+                               std::int64_t position, std::vector<float>& probs) {
+    ModelConfig const& c = model_.config;
+    std::int64_t const H = c.num_heads, d = c.head_dim, group = c.num_heads / c.num_kv_heads;
+    std::int64_t const len = cache.length(layer, 0);
+    for (std::int64_t g = 1; g < c.num_kv_heads; ++g)
+      KVC_CHECK(cache.length(layer, g) == len, "attention probabilities need every kv head at the same length; layer "
+                                                   << layer << " head 0 holds " << len << ", head " << g << " holds "
+                                                   << cache.length(layer, g));
+    KVC_CHECK(len >= n, "layer " << layer << " holds " << len << " entries, fewer than the pass's " << n << " tokens");
+    std::vector<float> cos, sin;
+    rope_table(position, n, position + n, cos, sin);
+    probs.resize(static_cast<std::size_t>(H * n * len));
+    float const scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    pool_.parallel_for(H, [&](std::int64_t j, int thread) {
+      std::vector<float>& rotated = scratch_[static_cast<std::size_t>(thread)];
+      rotated.assign(q.begin() + j * n * d, q.begin() + (j + 1) * n * d);
+      rotate_rows(rotated.data(), n, cos, sin);
+      ops::ConstMap const Q(rotated.data(), n, d), K(cache.keys(layer, j / group), len, d);
+      Eigen::Map<ops::RowMat> P(probs.data() + j * n * len, n, len);
+      P.noalias() = Q * K.transpose();
+      P *= scale;
+      for (std::int64_t t = 0; t < n; ++t) ops::softmax_prefix(probs.data() + (j * n + t) * len, len - n + t + 1, len);
+    });
   }
 
   /// \brief Prefill, optional press, then `max_new_tokens` tokens: the first from the prefill's logits,
@@ -314,32 +337,6 @@ class Engine {
 
   /// The pass's attention probabilities [H, n, len] over the layer's (not yet compressed) cache, which
   /// every kv head must hold at the same length; query t sees the first len − n + t + 1 slots.
-  void attention_probabilities(KVCache& cache, std::int64_t layer, std::vector<float> const& q, std::int64_t n,
-                               std::int64_t position, std::vector<float>& probs) {
-    ModelConfig const& c = model_.config;
-    std::int64_t const H = c.num_heads, d = c.head_dim, group = c.num_heads / c.num_kv_heads;
-    std::int64_t const len = cache.length(layer, 0);
-    for (std::int64_t g = 1; g < c.num_kv_heads; ++g)
-      KVC_CHECK(cache.length(layer, g) == len, "attention probabilities need every kv head at the same length; layer "
-                                                   << layer << " head 0 holds " << len << ", head " << g << " holds "
-                                                   << cache.length(layer, g));
-    KVC_CHECK(len >= n, "layer " << layer << " holds " << len << " entries, fewer than the pass's " << n << " tokens");
-    std::vector<float> cos, sin;
-    rope_table(position, n, position + n, cos, sin);
-    probs.resize(static_cast<std::size_t>(H * n * len));
-    float const scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    pool_.parallel_for(H, [&](std::int64_t j, int thread) {
-      std::vector<float>& rotated = scratch_[static_cast<std::size_t>(thread)];
-      rotated.assign(q.begin() + j * n * d, q.begin() + (j + 1) * n * d);
-      rotate_rows(rotated.data(), n, cos, sin);
-      ops::ConstMap const Q(rotated.data(), n, d), K(cache.keys(layer, j / group), len, d);
-      Eigen::Map<ops::RowMat> P(probs.data() + j * n * len, n, len);
-      P.noalias() = Q * K.transpose();
-      P *= scale;
-      for (std::int64_t t = 0; t < n; ++t) ops::softmax_prefix(probs.data() + (j * n + t) * len, len - n + t + 1, len);
-    });
-  }
-
   Model const& model_;
   ThreadPool pool_;
   kvcompress::RotaryEmbedding rope_;
