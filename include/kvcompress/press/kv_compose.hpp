@@ -69,7 +69,7 @@ class KVComposeStatistics {
     KVC_CHECK(q_heads > 0, "KVComposeStatistics q_heads must be positive, got " << q_heads);
     KVC_CHECK(context_length > 0, "KVComposeStatistics context_length must be positive, got " << context_length);
     data_.assign(detail::size_product(num_layers, q_heads, context_length),
-                 agg_ == KVComposeAggregation::kMax ? -INFINITY : 0.0);
+                 agg_ == KVComposeAggregation::kMax ? -std::numeric_limits<double>::infinity() : 0.0);
     rows_.assign(static_cast<std::size_t>(num_layers), 0);
   }
 

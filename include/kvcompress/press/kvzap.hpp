@@ -62,6 +62,7 @@ struct KVzapPress {
     bool const mlp = model_type == KVzapModelType::kMlp;
     std::int64_t const width = std::max(hid, heads) + D;
     float* buf = ws.take<float>(detail::size_product(detail::thread_count(dev, e.batch), width));
+    float* const out_scores = scores;  // [batch, kv_heads, capacity], written per batch element below
     Eigen::Map<RowMat const> const w1(weights.w1, mlp ? hid : heads, D);
     Eigen::Map<Eigen::VectorXf const> const b1(weights.b1, mlp ? hid : heads);
     detail::parallel_for(dev, e.batch, [&](std::int64_t b, int t) {
@@ -79,11 +80,11 @@ struct KVzapPress {
           for (std::int64_t k = 0; k < hid; ++k) y[k] = 0.5f * y[k] * (1.0f + std::erf(y[k] * 0.70710678118654752f));
           for (std::int64_t g = 0; g < heads; ++g) {
             Eigen::Map<Eigen::VectorXf const> const w2(weights.w2 + g * hid, hid);
-            scores[(b * heads + g) * e.capacity + i] = w2.dot(hvec) + weights.b2[g];
+            out_scores[(b * heads + g) * e.capacity + i] = w2.dot(hvec) + weights.b2[g];
           }
           continue;
         }
-        for (std::int64_t g = 0; g < heads; ++g) scores[(b * heads + g) * e.capacity + i] = y[g];
+        for (std::int64_t g = 0; g < heads; ++g) out_scores[(b * heads + g) * e.capacity + i] = y[g];
       }
     });
   }
