@@ -68,8 +68,9 @@ class KVComposeStatistics {
     KVC_CHECK(num_layers > 0, "KVComposeStatistics num_layers must be positive, got " << num_layers);
     KVC_CHECK(q_heads > 0, "KVComposeStatistics q_heads must be positive, got " << q_heads);
     KVC_CHECK(context_length > 0, "KVComposeStatistics context_length must be positive, got " << context_length);
-    data_.assign(detail::size_product(num_layers, q_heads, context_length),
-                 agg_ == KVComposeAggregation::kMax ? -std::numeric_limits<double>::infinity() : 0.0);
+    double neutral = 0.0;  // of the running sum; the running maximum starts below every probability
+    if (agg_ == KVComposeAggregation::kMax) neutral = -std::numeric_limits<double>::infinity();
+    data_.assign(detail::size_product(num_layers, q_heads, context_length), neutral);
     rows_.assign(static_cast<std::size_t>(num_layers), 0);
   }
 
