@@ -78,7 +78,7 @@ class Engine {
 
   /// \brief Runs `tokens` [n] at positions cache.next_position() … + n − 1, appends their keys and values
   /// to every layer and returns the logits ([n, vocab] for kAll, [vocab] for kLast). With a compressor,
-  /// its hook for this pass (after_prefill on an empty cache, else after_step) runs on every layer
+  /// its hook for this pass (after_prefill_model or after_prefill on an empty cache, else after_step) runs
   /// afterwards. With `record`, the pass's observations are kept there.
   std::vector<float> forward(KVCache& cache, std::int32_t const* tokens, std::int64_t n, Logits logits,
                              Compressor const* compressor = nullptr, ForwardRecord* record = nullptr) {
@@ -97,8 +97,9 @@ class Engine {
     CompressFn const* hook = nullptr;
     if (compressor != nullptr) hook = prefill ? &compressor->after_prefill : &compressor->after_step;
     if (hook != nullptr && !*hook) hook = nullptr;
+    bool const model_hook = prefill && compressor != nullptr && compressor->after_prefill_model;
     ForwardRecord local;
-    ForwardRecord* rec = record != nullptr ? record : (hook != nullptr ? &local : nullptr);
+    ForwardRecord* rec = record != nullptr ? record : (hook != nullptr || model_hook ? &local : nullptr);
     if (rec != nullptr) {
       rec->position = p0;
       rec->tokens = n;
@@ -159,7 +160,8 @@ class Engine {
       out.resize(static_cast<std::size_t>(rows * c.vocab_size));
       ops::linear(pool_, h_.data(), rows, D, model_.output_weights(), nullptr, c.vocab_size, out.data());
     }
-    if (hook != nullptr) compress(cache, *rec, *hook, compressor->needs);
+    if (model_hook) compressor->after_prefill_model(*this, cache, *rec);  // its own passes reuse the buffers: `out` is kept
+    else if (hook != nullptr) compress(cache, *rec, *hook, compressor->needs);
     return out;
   }
 
