@@ -39,9 +39,9 @@ struct KVzapPress {
   KVzapWeights weights{};  ///< the surrogate of the layer being compressed
 
   template <class T, class L>
-  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache) const {
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) const {
     std::int64_t const width = std::max(weights.hidden_dim, weights.kv_heads) + weights.hidden_size;
-    return Workspace::bytes_for<float>(detail::size_product(detail::thread_count(dev, cache.extents.batch), std::max<std::int64_t>(width, 1)));
+    return Workspace::bytes_for<float>(detail::size_product(detail::thread_count(dev, token_rows(obs, cache)), std::max<std::int64_t>(width, 1)));
   }
 
   template <class T, class L>
@@ -61,35 +61,38 @@ struct KVzapPress {
     std::int64_t const D = weights.hidden_size, hid = weights.hidden_dim, heads = e.kv_heads, q = s[2];
     bool const mlp = model_type == KVzapModelType::kMlp;
     std::int64_t const width = std::max(hid, heads) + D;
-    float* buf = ws.take<float>(detail::size_product(detail::thread_count(dev, e.batch), width));
-    float* const out_scores = scores;  // [batch, kv_heads, capacity], written per batch element below
+    float* buf = ws.take<float>(detail::size_product(detail::thread_count(dev, e.batch * q), width));
+    float* const out_scores = scores;  // [batch, kv_heads, capacity], written per token below
     Eigen::Map<RowMat const> const w1(weights.w1, mlp ? hid : heads, D);
     Eigen::Map<Eigen::VectorXf const> const b1(weights.b1, mlp ? hid : heads);
-    detail::parallel_for(dev, e.batch, [&](std::int64_t b, int t) {
+    detail::parallel_for(dev, e.batch * q, [&](std::int64_t bi, int t) {
+      std::int64_t const b = bi / q, i = bi % q;
       float* x = buf + t * width;  // [D]
       float* y = x + D;            // [max(hidden_dim, kv_heads)]
-      for (std::int64_t i = 0; i < q; ++i) {
-        for (std::int64_t c = 0; c < D; ++c) x[c] = to_float(obs.hidden_states(b, 0, i, c));
-        Eigen::Map<Eigen::VectorXf const> const xv(x, D);
-        if (!mlp) {
-          Eigen::Map<Eigen::VectorXf> out(y, heads);
-          out.noalias() = w1 * xv + b1;
-        } else {
-          Eigen::Map<Eigen::VectorXf> hvec(y, hid);
-          hvec.noalias() = w1 * xv + b1;
-          for (std::int64_t k = 0; k < hid; ++k) y[k] = 0.5f * y[k] * (1.0f + std::erf(y[k] * 0.70710678118654752f));
-          for (std::int64_t g = 0; g < heads; ++g) {
-            Eigen::Map<Eigen::VectorXf const> const w2(weights.w2 + g * hid, hid);
-            out_scores[(b * heads + g) * e.capacity + i] = w2.dot(hvec) + weights.b2[g];
-          }
-          continue;
-        }
+      for (std::int64_t c = 0; c < D; ++c) x[c] = to_float(obs.hidden_states(b, 0, i, c));
+      Eigen::Map<Eigen::VectorXf const> const xv(x, D);
+      if (!mlp) {
+        Eigen::Map<Eigen::VectorXf>(y, heads).noalias() = w1 * xv + b1;
         for (std::int64_t g = 0; g < heads; ++g) out_scores[(b * heads + g) * e.capacity + i] = y[g];
+        return;
+      }
+      Eigen::Map<Eigen::VectorXf> hvec(y, hid);
+      hvec.noalias() = w1 * xv + b1;
+      for (std::int64_t k = 0; k < hid; ++k) y[k] = 0.5f * y[k] * (1.0f + std::erf(y[k] * 0.70710678118654752f));  // exact GELU
+      for (std::int64_t g = 0; g < heads; ++g) {
+        Eigen::Map<Eigen::VectorXf const> const w2(weights.w2 + g * hid, hid);
+        out_scores[(b * heads + g) * e.capacity + i] = w2.dot(hvec) + weights.b2[g];
       }
     });
   }
 
  private:
+  /// Tokens scored: every batch element's chunk (the hidden states' batch × q_len), for the thread count.
+  template <class T, class L>
+  static std::int64_t token_rows(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+    return obs.hidden_states.empty() ? cache.extents.batch : cache.extents.batch * obs.hidden_states.shape[2];
+  }
+
   void check(CacheExtents const& e) const {
     bool const mlp = model_type == KVzapModelType::kMlp;
     KVC_CHECK(weights.w1 != nullptr && weights.b1 != nullptr, "KVzapPress weights w1 and b1 must be given");
