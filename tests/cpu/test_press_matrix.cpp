@@ -18,7 +18,7 @@ using namespace kvcompress;
 
 namespace {
 
-constexpr std::int64_t kB = 2, kH = 2, kQ = 8, kCap = 41, kD = 16, kW = 6, kLayers = 4;
+constexpr std::int64_t kB = 2, kH = 2, kQ = 8, kCap = 41, kD = 16, kW = 6, kLayers = 4, kHidden = 24;
 
 RotaryEmbedding make_rope() {
   RopeConfig c;
@@ -35,9 +35,10 @@ RotaryEmbedding make_rope() {
 /// needs the full n × n prefill attention, TOVA equal lengths across heads).
 struct Inputs {
   RotaryEmbedding rope = make_rope();
-  std::vector<float> queries, window_queries, attention, mean, covariance, filters;
+  std::vector<float> queries, window_queries, attention, mean, covariance, filters, hidden;
 
   explicit Inputs(std::int64_t n) {
+    hidden = kvc_test::random_vector(static_cast<std::size_t>(kB * n * kHidden), 19);
     queries = kvc_test::random_vector(static_cast<std::size_t>(kB * kQ * kCap * kD), 11);
     window_queries = kvc_test::random_vector(static_cast<std::size_t>(kB * kQ * kW * kD), 12);
     mean = kvc_test::random_vector(static_cast<std::size_t>(kQ * kD), 13, 0.3f);
@@ -72,6 +73,7 @@ struct Inputs {
     obs.window_queries = make_tensor4(window_queries.data(), {kB, kQ, kW, kD});
     obs.attention = make_tensor4(attention.data(), {kB, kQ, n, n});
     obs.stats = QueryStats{mean.data(), covariance.data(), kQ};
+    obs.hidden_states = make_tensor4(hidden.data(), {kB, 1, n, kHidden});
     obs.rope = &rope;
     return obs;
   }
@@ -139,6 +141,10 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
   static std::vector<float> const projection =
       kvc_test::random_vector(static_cast<std::size_t>(kD * CURPress::kProjectionDim), 18, 0.2f);
   CURPress cur_projected{r, 2, CurLeverage::kKey, true, false, 16, projection.data()};
+  static std::vector<float> const zap_w1 = kvc_test::random_vector(static_cast<std::size_t>(10 * kHidden), 30),
+                                  zap_b1 = kvc_test::random_vector(10, 31), zap_w2 = kvc_test::random_vector(kH * 10, 32),
+                                  zap_b2 = kvc_test::random_vector(kH, 33);
+  KVzapPress const kvzap{r, KVzapModelType::kMlp, {zap_w1.data(), zap_b1.data(), zap_w2.data(), zap_b2.data(), kHidden, 10, kH}};
   return {make_case("ExpectedAttention", ea),
           make_case("ExpectedAttention (no covariance, no vnorm)", ea_plain),
           make_case("ExpectedAttentionStats", eas),
@@ -158,7 +164,8 @@ std::vector<PressCase> all_presses(double r, float const* filters) {
           make_case("CUR", CURPress{r}),
           make_case("CUR (key, global, random projection)", cur_projected),
           make_case("Cap", CapPress{r}),
-          make_case("Finch (no re-rotation)", FinchPress{r, 0, true, false, kW})};
+          make_case("Finch (no re-rotation)", FinchPress{r, 0, true, false, kW}),
+          make_case("KVzap (mlp)", kvzap, false)};
 }
 
 }  // namespace
@@ -207,9 +214,10 @@ TEST_CASE("every press at every ratio keeps exactly its top n_kept scores, in po
 TEST_CASE("every press rejects a non-finite input it reads and ignores one it does not", "[press][matrix][errors]") {
   Inputs in(37);
   std::vector<std::int32_t> const lengths{37, 37, 37, 37};
-  // StreamingLLM and Random score by position alone, ObservedAttention from the given attention.
+  // StreamingLLM and Random score by position alone, ObservedAttention from the given attention, KVzap
+  // from the hidden states.
   auto const reads_keys = [](std::string const& name) {
-    return name != "StreamingLLM" && name != "Random" && name != "ObservedAttention";
+    return name != "StreamingLLM" && name != "Random" && name != "ObservedAttention" && name != "KVzap (mlp)";
   };
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                     -std::numeric_limits<float>::infinity()}) {
@@ -264,6 +272,12 @@ TEST_CASE("non-finite activations are named: queries, window queries, attention,
       REQUIRE_THROWS_WITH(press_named(name).compress(in.observation(37), cache.view()),
                           Catch::Contains("observation.window_queries[0, 3, 5, 9]"));
     }
+  }
+  SECTION("hidden states (KVzap)") {
+    in.hidden[(1 * 37 + 12) * kHidden + 7] = nan;
+    Cache cache(lengths);
+    REQUIRE_THROWS_WITH(press_named("KVzap (mlp)").compress(in.observation(37), cache.view()),
+                        Catch::Contains("observation.hidden_states[1, 0, 12, 7]"));
   }
   SECTION("attention (ObservedAttention)") {
     in.attention[((1 * kQ + 2) * 37 + 36) * 37 + 10] = nan;

@@ -43,7 +43,7 @@ std::vector<std::string> model_names() { return kvc_test::load_json(kDir + "/ind
 kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& model, kvcompress::CpuDevice dev) {
   std::string const name = run.at("name");
   json const& p = run.at("params");
-  if (name == "none") return kvc_engine::Compressor{name, {}, {}, {}};
+  if (name == "none") return kvc_engine::Compressor{name, {}, {}, {}, {}};
   if (name == "expected_attention")
     return kvc_engine::prefill_press(kvcompress::ExpectedAttentionPress{p.at("compression_ratio").get<double>()}, name, dev);
   if (name == "snapkv") return kvc_engine::prefill_press(kvcompress::SnapKVPress{p.at("compression_ratio").get<double>()}, name, dev);

@@ -57,8 +57,9 @@ TEST_CASE("eval snapshot: compressed copies leave the snapshot intact and equal 
 
   int checked = 0;
   // Window presses (SnapKV, PyramidKV's per-layer budgets, TOVA), query statistics (ExpectedAttention),
-  // attention probabilities (ObservedAttention) and key-only scores (Knorm).
-  for (std::string const press : {"expected_attention", "snapkv", "pyramidkv", "tova", "observed_attention", "knorm"}) {
+  // attention probabilities (ObservedAttention), key-only scores (Knorm) and a press with a pass of its
+  // own over the whole cache (KVCompose).
+  for (std::string const press : {"expected_attention", "snapkv", "pyramidkv", "tova", "observed_attention", "knorm", "kvcompose"}) {
     for (double const ratio : {0.25, 0.75}) {
       INFO(press << " at " << ratio);
       kvc_engine::Compressor const compressor = kvc_engine::make_compressor(press, ratio, engine.device());
@@ -77,7 +78,7 @@ TEST_CASE("eval snapshot: compressed copies leave the snapshot intact and equal 
       ++checked;
     }
   }
-  CHECK(checked == 12);
+  CHECK(checked == 14);
 
   // The full cache (no press) is the snapshot itself.
   kvc_engine::CompressedCopy full = kvc_engine::compressed_copy(engine, snap, kvc_engine::make_compressor("none", 0.0));

@@ -28,7 +28,8 @@ namespace kvcompress {
   KVC_TIDY_PRESS(CompactorPress, T)                   \
   KVC_TIDY_PRESS(CURPress, T)                         \
   KVC_TIDY_PRESS(CapPress, T)                         \
-  KVC_TIDY_PRESS(FinchPress, T)
+  KVC_TIDY_PRESS(FinchPress, T)                       \
+  KVC_TIDY_PRESS(KVzapPress, T)
 
 KVC_TIDY_ALL_PRESSES(float)
 KVC_TIDY_ALL_PRESSES(half)
@@ -51,6 +52,26 @@ KVC_TIDY_COMPRESS_ONLY(SimLayerKVPress, bfloat16)
 KVC_TIDY_MORE_WRAPPERS(float)
 KVC_TIDY_MORE_WRAPPERS(half)
 KVC_TIDY_MORE_WRAPPERS(bfloat16)
+// The presses with entry points of their own: ThinK (packed keys), KVCompose, FastKVzip and KVzip (across
+// layers), and the attention over packed keys.
+#define KVC_TIDY_MODEL_PRESSES(T)                                                                                       \
+  template void ThinKPress::compress<T, StridedLayout>(CpuDevice const&, Observation<T> const&,                         \
+                                                       KVCacheView<T, StridedLayout> const&, PackedKeys<T> const&, Workspace) const; \
+  template void reference_attention_packed<T, StridedLayout, PackedKeys<T>>(                                            \
+      CpuDevice const&, Tensor4<T> const&, KVCacheView<T, StridedLayout> const&, PackedKeys<T> const&, float*,          \
+      AttentionOptions const&, Workspace);                                                                               \
+  template void KVComposeStatistics::add<T>(CpuDevice const&, int, Tensor4<T> const&);                                  \
+  template void kvcompose_compress<T, StridedLayout>(CpuDevice const&, KVComposePlan const&, int,                       \
+                                                     KVCacheView<T, StridedLayout> const&, Workspace);                   \
+  template void FastKVzipPress::score_layer<T>(CpuDevice const&, FastKVzipGate const&, Tensor4<T> const&, float*) const; \
+  template void KVzipPress::score_chunk<T, StridedLayout>(CpuDevice const&, Observation<T> const&,                     \
+                                                          KVCacheView<T, StridedLayout> const&, std::int64_t,            \
+                                                          std::int64_t, std::int64_t, float*) const;                     \
+  template void evict_lowest_across_heads<T, StridedLayout>(CpuDevice const&, KVCacheView<T, StridedLayout> const&,     \
+                                                            float const*, std::int64_t, Workspace);
+KVC_TIDY_MODEL_PRESSES(float)
+KVC_TIDY_MODEL_PRESSES(half)
+KVC_TIDY_MODEL_PRESSES(bfloat16)
 
 template KVCacheView<float, StridedLayout> make_cache_view<float>(float*, float*, CacheExtents const&,
                                                                   StridedLayout const&, std::int32_t*, std::int32_t*);

@@ -25,11 +25,19 @@ struct ObservationNeeds {
 
 using CompressFn = std::function<void(kvcompress::Observation<float> const&, kvcompress::KVCacheView<float> const&)>;
 
+class Engine;
+class KVCache;
+struct ForwardRecord;
+/// After the prefill, with the engine and every layer's cache: for presses that run passes of their own
+/// before deciding across layers (KVCompose). Given the prefill's record.
+using ModelFn = std::function<void(Engine&, KVCache&, ForwardRecord const&)>;
+
 struct Compressor {
   std::string name;
   ObservationNeeds needs;
   CompressFn after_prefill;  ///< per layer after the first forward pass on an empty cache; empty: none
   CompressFn after_step;     ///< per layer after every later forward pass; empty: none
+  ModelFn after_prefill_model{};  ///< instead of after_prefill: the whole model and cache at once; empty: none
 };
 
 namespace detail {

@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kvc_engine/attention.hpp"
@@ -35,6 +36,7 @@ struct ForwardRecord {
   std::int64_t position = 0;                // absolute position of the chunk's first token
   std::int64_t tokens = 0;                  // tokens in the chunk
   std::vector<std::vector<float>> queries;  // per layer: [q_heads, tokens, head_dim], pre-RoPE, after q_norm
+  std::vector<std::int32_t> token_ids;      // [tokens] the chunk's tokens
 };
 
 enum class Logits { kNone, kLast, kAll };
@@ -76,7 +78,7 @@ class Engine {
 
   /// \brief Runs `tokens` [n] at positions cache.next_position() … + n − 1, appends their keys and values
   /// to every layer and returns the logits ([n, vocab] for kAll, [vocab] for kLast). With a compressor,
-  /// its hook for this pass (after_prefill on an empty cache, else after_step) runs on every layer
+  /// its hook for this pass (after_prefill_model or after_prefill on an empty cache, else after_step) runs
   /// afterwards. With `record`, the pass's observations are kept there.
   std::vector<float> forward(KVCache& cache, std::int32_t const* tokens, std::int64_t n, Logits logits,
                              Compressor const* compressor = nullptr, ForwardRecord* record = nullptr) {
@@ -95,12 +97,14 @@ class Engine {
     CompressFn const* hook = nullptr;
     if (compressor != nullptr) hook = prefill ? &compressor->after_prefill : &compressor->after_step;
     if (hook != nullptr && !*hook) hook = nullptr;
+    bool const model_hook = prefill && compressor != nullptr && compressor->after_prefill_model;
     ForwardRecord local;
-    ForwardRecord* rec = record != nullptr ? record : (hook != nullptr ? &local : nullptr);
+    ForwardRecord* rec = record != nullptr ? record : (hook != nullptr || model_hook ? &local : nullptr);
     if (rec != nullptr) {
       rec->position = p0;
       rec->tokens = n;
       rec->queries.assign(static_cast<std::size_t>(c.num_layers), {});
+      rec->token_ids.assign(tokens, tokens + n);
     }
 
     std::int64_t const D = c.hidden_size, H = c.num_heads, kvH = c.num_kv_heads, d = c.head_dim, I = c.intermediate_size;
@@ -156,7 +160,8 @@ class Engine {
       out.resize(static_cast<std::size_t>(rows * c.vocab_size));
       ops::linear(pool_, h_.data(), rows, D, model_.output_weights(), nullptr, c.vocab_size, out.data());
     }
-    if (hook != nullptr) compress(cache, *rec, *hook, compressor->needs);
+    if (model_hook) compressor->after_prefill_model(*this, cache, *rec);  // its own passes reuse the buffers: `out` is kept
+    else if (hook != nullptr) compress(cache, *rec, *hook, compressor->needs);
     return out;
   }
 
@@ -204,6 +209,51 @@ class Engine {
     }
   }
 
+  /// \brief Feeds `tokens` after the cache's entries (at the next positions), calls fn(record) while the
+  /// cache holds the pass's entries too (every layer: its entries, then the pass's), then removes them: the
+  /// cache is as it was. The extra passes of KVCompose and KVzip.
+  void replay(KVCache& cache, std::vector<std::int32_t> const& tokens, std::function<void(ForwardRecord const&)> const& fn) {
+    ModelConfig const& c = model_.config;
+    std::vector<std::vector<std::int32_t>> lengths(static_cast<std::size_t>(c.num_layers));
+    for (std::int64_t l = 0; l < c.num_layers; ++l)
+      for (std::int64_t h = 0; h < c.num_kv_heads; ++h) lengths[static_cast<std::size_t>(l)].push_back(cache.length(l, h));
+    ForwardRecord rec;
+    (void)forward(cache, tokens, Logits::kNone, nullptr, &rec);
+    fn(rec);
+    for (std::int64_t l = 0; l < c.num_layers; ++l)
+      for (std::int64_t h = 0; h < c.num_kv_heads; ++h) cache.length_ref(l, h) = lengths[static_cast<std::size_t>(l)][static_cast<std::size_t>(h)];
+    cache.advance(-static_cast<std::int64_t>(tokens.size()));
+  }
+
+  /// \brief probs [q_heads, n, length]: the causal attention of a pass's n queries (pre-RoPE, [q_heads, n,
+  /// head_dim], first at `position`) over layer `layer`'s cache, whose last n entries are the pass's own.
+  /// Every kv head of the layer must hold the same length.
+  void attention_probabilities(KVCache& cache, std::int64_t layer, std::vector<float> const& q, std::int64_t n,
+                               std::int64_t position, std::vector<float>& probs) {
+    ModelConfig const& c = model_.config;
+    std::int64_t const H = c.num_heads, d = c.head_dim, group = c.num_heads / c.num_kv_heads;
+    std::int64_t const len = cache.length(layer, 0);
+    for (std::int64_t g = 1; g < c.num_kv_heads; ++g)
+      KVC_CHECK(cache.length(layer, g) == len, "attention probabilities need every kv head at the same length; layer "
+                                                   << layer << " head 0 holds " << len << ", head " << g << " holds "
+                                                   << cache.length(layer, g));
+    KVC_CHECK(len >= n, "layer " << layer << " holds " << len << " entries, fewer than the pass's " << n << " tokens");
+    std::vector<float> cos, sin;
+    rope_table(position, n, position + n, cos, sin);
+    probs.resize(static_cast<std::size_t>(H * n * len));
+    float const scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    pool_.parallel_for(H, [&](std::int64_t j, int thread) {
+      std::vector<float>& rotated = scratch_[static_cast<std::size_t>(thread)];
+      rotated.assign(q.begin() + j * n * d, q.begin() + (j + 1) * n * d);
+      rotate_rows(rotated.data(), n, cos, sin);
+      ops::ConstMap const Q(rotated.data(), n, d), K(cache.keys(layer, j / group), len, d);
+      Eigen::Map<ops::RowMat> P(probs.data() + j * n * len, n, len);
+      P.noalias() = Q * K.transpose();
+      P *= scale;
+      for (std::int64_t t = 0; t < n; ++t) ops::softmax_prefix(probs.data() + (j * n + t) * len, len - n + t + 1, len);
+    });
+  }
+
   /// \brief Prefill, optional press, then `max_new_tokens` tokens: the first from the prefill's logits,
   /// each later one from a decoding pass over the (compressed) cache at the next original position.
   GenerateResult generate(std::vector<std::int32_t> const& prompt, GenerateOptions options) {
@@ -212,7 +262,8 @@ class Engine {
     KVC_CHECK(options.max_new_tokens > 0, "max_new_tokens must be positive, got " << options.max_new_tokens);
     std::int64_t const vocab = model_.config.vocab_size;
     Compressor const* c = options.compressor;
-    bool const prefill_hook = c != nullptr && c->after_prefill, step_hook = c != nullptr && c->after_step;
+    bool const model_hook = c != nullptr && c->after_prefill_model;
+    bool const prefill_hook = c != nullptr && (c->after_prefill || model_hook), step_hook = c != nullptr && c->after_step;
     GenerateResult r{{}, {}, new_cache(static_cast<std::int64_t>(prompt.size()) + options.max_new_tokens)};
     ForwardRecord record;
     auto t = clock::now();
@@ -220,7 +271,8 @@ class Engine {
     r.prefill_seconds = seconds(t);
     if (prefill_hook) {
       t = clock::now();
-      compress(r.cache, record, c->after_prefill, c->needs);
+      if (model_hook) c->after_prefill_model(*this, r.cache, record);
+      else compress(r.cache, record, c->after_prefill, c->needs);
       r.compress_seconds += seconds(t);
     }
     r.cache_bytes_after_prefill = r.cache.bytes_in_use();
@@ -287,32 +339,6 @@ class Engine {
 
   /// The pass's attention probabilities [H, n, len] over the layer's (not yet compressed) cache, which
   /// every kv head must hold at the same length; query t sees the first len − n + t + 1 slots.
-  void attention_probabilities(KVCache& cache, std::int64_t layer, std::vector<float> const& q, std::int64_t n,
-                               std::int64_t position, std::vector<float>& probs) {
-    ModelConfig const& c = model_.config;
-    std::int64_t const H = c.num_heads, d = c.head_dim, group = c.num_heads / c.num_kv_heads;
-    std::int64_t const len = cache.length(layer, 0);
-    for (std::int64_t g = 1; g < c.num_kv_heads; ++g)
-      KVC_CHECK(cache.length(layer, g) == len, "attention probabilities need every kv head at the same length; layer "
-                                                   << layer << " head 0 holds " << len << ", head " << g << " holds "
-                                                   << cache.length(layer, g));
-    KVC_CHECK(len >= n, "layer " << layer << " holds " << len << " entries, fewer than the pass's " << n << " tokens");
-    std::vector<float> cos, sin;
-    rope_table(position, n, position + n, cos, sin);
-    probs.resize(static_cast<std::size_t>(H * n * len));
-    float const scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-    pool_.parallel_for(H, [&](std::int64_t j, int thread) {
-      std::vector<float>& rotated = scratch_[static_cast<std::size_t>(thread)];
-      rotated.assign(q.begin() + j * n * d, q.begin() + (j + 1) * n * d);
-      rotate_rows(rotated.data(), n, cos, sin);
-      ops::ConstMap const Q(rotated.data(), n, d), K(cache.keys(layer, j / group), len, d);
-      Eigen::Map<ops::RowMat> P(probs.data() + j * n * len, n, len);
-      P.noalias() = Q * K.transpose();
-      P *= scale;
-      for (std::int64_t t = 0; t < n; ++t) ops::softmax_prefix(probs.data() + (j * n + t) * len, len - n + t + 1, len);
-    });
-  }
-
   Model const& model_;
   ThreadPool pool_;
   kvcompress::RotaryEmbedding rope_;

@@ -45,9 +45,10 @@ struct CompressedCopy {
 [[nodiscard]] inline CompressedCopy compressed_copy(Engine& engine, PrefillSnapshot const& snapshot,
                                                     Compressor const& compressor) {
   CompressedCopy c{snapshot.cache, 0.0};
-  if (compressor.after_prefill) {
+  if (compressor.after_prefill || compressor.after_prefill_model) {
     auto const start = std::chrono::steady_clock::now();
-    engine.compress(c.cache, snapshot.record, compressor.after_prefill, compressor.needs);
+    if (compressor.after_prefill_model) compressor.after_prefill_model(engine, c.cache, snapshot.record);
+    else engine.compress(c.cache, snapshot.record, compressor.after_prefill, compressor.needs);
     c.compress_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
   return c;

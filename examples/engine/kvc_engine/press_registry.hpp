@@ -17,6 +17,7 @@
 #include "kvc_engine/compressor.hpp"
 #include "kvc_engine/npy.hpp"
 #include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/engine.hpp"
 
 namespace kvc_engine {
 
@@ -54,11 +55,111 @@ template <class Press>
   return c;
 }
 
+/// \brief KVCompose after the prefill: the engine replays the prefill's tokens (kvpress's default, the
+/// context itself), the replay's attention of every layer goes into the statistics, then the plan across
+/// layers compacts every layer.
+[[nodiscard]] inline Compressor kvcompose_compressor(kvcompress::KVComposePress press, std::string name, kvcompress::CpuDevice dev) {
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.after_prefill_model = [press, dev, scratch](Engine& engine, KVCache& cache, ForwardRecord const& record) {
+    ModelConfig const& m = engine.model().config;
+    kvcompress::KVComposeStatistics stats(press, static_cast<int>(m.num_layers), m.num_heads, record.tokens);
+    std::vector<float> probs;
+    engine.replay(cache, record.token_ids, [&](ForwardRecord const& pass) {
+      for (std::int64_t l = 0; l < m.num_layers; ++l) {
+        engine.attention_probabilities(cache, l, pass.queries[static_cast<std::size_t>(l)], pass.tokens, pass.position, probs);
+        stats.add(dev, static_cast<int>(l), kvcompress::make_tensor4(probs.data(), {1, m.num_heads, pass.tokens, cache.length(l, 0)}));
+      }
+    });
+    kvcompress::KVComposePlan const plan = kvcompress::kvcompose_plan(dev, press, stats, m.num_kv_heads);
+    for (std::int64_t l = 0; l < m.num_layers; ++l) {
+      kvcompress::KVCacheView<float> const view = cache.view(l);
+      scratch->resize(kvcompress::kvcompose_compress_workspace_bytes(dev, view));
+      kvcompress::kvcompose_compress(dev, plan, static_cast<int>(l), view, kvcompress::Workspace(scratch->data(), scratch->size()));
+    }
+  };
+  return c;
+}
+
+/// \brief The token ids of KVzip's reconstruction prompt, from the model's tokenizer: kvpress's
+/// "\n\nRepeat the previous context exactly." (first chunk), "\n\nRepeat the part of the previous context
+/// exactly, starting with" (later chunks, followed by the previous chunk's last 8 tokens) and the chat
+/// template's suffix after a user turn ("\n" without a template).
+struct KVzipPrompt {
+  std::vector<std::int32_t> first, later, suffix;
+};
+
+/// \brief KVzip's scores [layers, kv_heads, context] of a prefilled cache (the whole prefill is the
+/// context): per chunk of `press.chunk_size` tokens the engine replays prompt + suffix + chunk over the
+/// cache and every layer scores the chunk (`KVzipPress::score_chunk`). Before the sink protection.
+[[nodiscard]] inline std::vector<float> kvzip_scores(Engine& engine, KVCache& cache, ForwardRecord const& record,
+                                                     kvcompress::KVzipPress const& press, KVzipPrompt const& prompt,
+                                                     kvcompress::CpuDevice dev) {
+  ModelConfig const& m = engine.model().config;
+  std::int64_t const ctx = record.tokens, per_layer = m.num_kv_heads * ctx;
+  KVC_CHECK(press.chunk_size > 0, "KVzipPress chunk_size must be positive, got " << press.chunk_size);
+  std::vector<float> scores(static_cast<std::size_t>(m.num_layers * per_layer), 0.0f);
+  for (std::int64_t start = 0; start < ctx; start += press.chunk_size) {
+    std::int64_t const end = std::min(ctx, start + press.chunk_size);
+    std::vector<std::int32_t> input = start == 0 ? prompt.first : prompt.later;
+    if (start > 0)  // the previous chunk's last 8 tokens
+      input.insert(input.end(), record.token_ids.begin() + std::max<std::int64_t>(start - press.chunk_size, start - 8),
+                   record.token_ids.begin() + start);
+    input.insert(input.end(), prompt.suffix.begin(), prompt.suffix.end());
+    input.insert(input.end(), record.token_ids.begin() + start, record.token_ids.begin() + end);
+    engine.replay(cache, input, [&](ForwardRecord const& pass) {
+      for (std::int64_t l = 0; l < m.num_layers; ++l) {
+        kvcompress::Observation<float> obs;
+        obs.queries = kvcompress::make_tensor4(pass.queries[static_cast<std::size_t>(l)].data(), {1, m.num_heads, pass.tokens, m.head_dim});
+        obs.rope = &engine.rope();
+        obs.position = pass.position;
+        press.score_chunk(dev, obs, cache.view(l), ctx, start, end, scores.data() + l * per_layer);
+      }
+    });
+  }
+  return scores;
+}
+
+/// \brief KVzip after the prefill: `kvzip_scores`, the sink protection, then the eviction across layers
+/// shortens every head. KVzip+ needs each replay's hidden states, which the engine does not record: Error.
+[[nodiscard]] inline Compressor kvzip_compressor(kvcompress::KVzipPress press, KVzipPrompt prompt, std::string name,
+                                                 kvcompress::CpuDevice dev) {
+  KVC_CHECK(!press.kvzip_plus_normalization, "kvzip_compressor: KVzip+ needs the reconstruction pass's hidden states, which "
+                                             "the engine does not record");
+  KVC_CHECK(!prompt.first.empty() && !prompt.later.empty(), "kvzip_compressor: the reconstruction prompts must not be empty");
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.after_prefill_model = [press, prompt, dev, scratch](Engine& engine, KVCache& cache, ForwardRecord const& record) {
+    if (press.compression_ratio == 0.0) return;
+    ModelConfig const& m = engine.model().config;
+    std::int64_t const per_layer = m.num_kv_heads * record.tokens;
+    std::vector<float> scores = kvzip_scores(engine, cache, record, press, prompt, dev);
+    press.protect_sinks(scores.data(), m.num_layers * m.num_kv_heads, record.tokens);
+    std::vector<std::int64_t> pruned(static_cast<std::size_t>(m.num_layers));
+    kvcompress::cross_layer_pruned_counts(scores.data(), static_cast<int>(m.num_layers), per_layer, press.compression_ratio,
+                                          press.layerwise, pruned.data());
+    std::vector<float> row_scores;  // [kv_heads, capacity]: the layout evict_lowest_across_heads reads
+    for (std::int64_t l = 0; l < m.num_layers; ++l) {
+      kvcompress::KVCacheView<float> const view = cache.view(l);
+      std::int64_t const cap = view.extents.capacity;
+      row_scores.assign(static_cast<std::size_t>(m.num_kv_heads * cap), 0.0f);
+      for (std::int64_t h = 0; h < m.num_kv_heads; ++h)
+        std::copy_n(scores.data() + l * per_layer + h * record.tokens, record.tokens, row_scores.data() + h * cap);
+      scratch->resize(kvcompress::evict_lowest_across_heads_workspace_bytes(dev, view));
+      kvcompress::evict_lowest_across_heads(dev, view, row_scores.data(), pruned[static_cast<std::size_t>(l)],
+                                            kvcompress::Workspace(scratch->data(), scratch->size()));
+    }
+  };
+  return c;
+}
+
 [[nodiscard]] inline std::vector<std::string> press_names() {
   return {"expected_attention", "knorm",   "streaming_llm", "snapkv",    "pyramidkv", "tova",
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
           "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
-          "egchunkkv",          "merging",   "lukv",          "duo_attention"};
+          "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose"};
 }
 
 /// \brief Data computed offline for a model that some presses need (none by default).
@@ -122,7 +223,7 @@ inline std::string read_whole_file(std::string const& path) {
                                                 kvcompress::CpuDevice dev = kvcompress::cpu, PressFiles const& files = {}) {
   namespace kvc = kvcompress;
   kvc::check_compression_ratio(ratio);
-  if (name == "none") return Compressor{"none", {}, {}, {}};
+  if (name == "none") return Compressor{"none", {}, {}, {}, {}};
   if (name == "expected_attention") return prefill_press(kvc::ExpectedAttentionPress{ratio}, name, dev);
   if (name == "knorm") return prefill_press(kvc::KnormPress{ratio}, name, dev);
   if (name == "streaming_llm") return prefill_press(kvc::StreamingLLMPress{ratio}, name, dev);
@@ -177,6 +278,7 @@ inline std::string read_whole_file(std::string const& path) {
     };
     return c;
   }
+  if (name == "kvcompose") return kvcompose_compressor(kvc::KVComposePress{true, ratio}, name, dev);
   std::string known = "none";
   for (auto const& n : press_names()) known += ", " + n;
   KVC_THROW("unknown press '" << name << "' (" << known << ")");

@@ -71,45 +71,43 @@ template <class T, class L>
   return Workspace::bytes_for<float>(detail::size_product(threads, per));
 }
 
-/// \brief out[b, j, t] = Σ_s softmax_s(scale·q[b, j, t]·k[b, g, s]) v[b, g, s], with g = j / G
-/// (GQA: G = q_heads / kv_heads consecutive query heads share a kv head), s over the live slots
-/// [0, length(b, g)) of the row and, when `options.causal`, only those whose original position
-/// (`cache.position`) is ≤ options.query_position + t. A query that sees no key gets zeros.
-/// Arithmetic in float whatever the storage type.
-/// \param queries post-RoPE queries [batch, q_heads, q_len, head_dim]
-/// \param out     [batch, q_heads, q_len, head_dim], contiguous
-template <class T, class L>
-void reference_attention(CpuDevice const& dev, Tensor4<T> const& queries, KVCacheView<T, L> const& cache, float* out,
-                         AttentionOptions const& options, Workspace workspace) {
+namespace detail {
+
+/// The attention of `reference_attention`, with keys of `key_dim` channels read by
+/// gather_k(b, h, n, out /*[n, key_dim]*/) and query channel c of row r taken from channel
+/// query_channel(r, c) of the full-width queries.
+template <class T, class L, class GatherK, class QueryChannel>
+void attention_rows(CpuDevice const& dev, Tensor4<T> const& queries, KVCacheView<T, L> const& cache, float* out,
+                    AttentionOptions const& options, Workspace& workspace, std::int64_t key_dim, GatherK&& gather_k,
+                    QueryChannel&& query_channel) {
   using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  detail::check_attention_inputs(queries, cache, options);
-  KVC_CHECK(out != nullptr, "out must not be null");
   auto const& e = cache.extents;
   std::int64_t const heads = e.kv_heads, d = e.head_dim, cap = e.capacity, rows = e.batch * heads;
   std::int64_t const q_heads = queries.shape[1], q_len = queries.shape[2], group = q_heads / heads;
   std::int64_t const rows_q = group * q_len;
-  std::int64_t const per = detail::attention_floats_per_thread(e, q_heads, q_len);
-  float* scratch = workspace.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * per));  // [threads, per]
+  std::int64_t const per = attention_floats_per_thread(e, q_heads, q_len);
+  float* scratch = workspace.take<float>(static_cast<std::size_t>(thread_count(dev, rows) * per));  // [threads, per]
   float const scale = options.scale > 0.0f ? options.scale : 1.0f / std::sqrt(static_cast<float>(d));
 
-  detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
+  parallel_for(dev, rows, [&](std::int64_t r, int t) {
     std::int64_t const b = r / heads, h = r % heads, n = cache.lengths[r];
-    float* kbuf = scratch + t * per;    // [n, d]
+    float* kbuf = scratch + t * per;    // [n, key_dim]
     float* vbuf = kbuf + cap * d;       // [n, d]
-    float* qbuf = vbuf + cap * d;       // [G·q_len, d]
+    float* qbuf = vbuf + cap * d;       // [G·q_len, key_dim]
     float* lbuf = qbuf + rows_q * d;    // [G·q_len, n]
     Eigen::Map<RowMat> o(out + (b * q_heads + h * group) * q_len * d, rows_q, d);
     if (n == 0) {
       o.setZero();
       return;
     }
-    detail::gather_keys(cache, b, h, 0, n, kbuf);
-    detail::gather_values(cache, b, h, 0, n, vbuf);
+    gather_k(b, h, n, kbuf);
+    gather_values(cache, b, h, 0, n, vbuf);
     for (std::int64_t j = 0; j < group; ++j)
       for (std::int64_t i = 0; i < q_len; ++i)
-        for (std::int64_t c = 0; c < d; ++c) qbuf[(j * q_len + i) * d + c] = to_float(queries(b, h * group + j, i, c));
+        for (std::int64_t c = 0; c < key_dim; ++c)
+          qbuf[(j * q_len + i) * key_dim + c] = to_float(queries(b, h * group + j, i, query_channel(r, c)));
     Eigen::Map<RowMat> p(lbuf, rows_q, n);
-    p.noalias() = Eigen::Map<RowMat const>(qbuf, rows_q, d) * Eigen::Map<RowMat const>(kbuf, n, d).transpose();
+    p.noalias() = Eigen::Map<RowMat const>(qbuf, rows_q, key_dim) * Eigen::Map<RowMat const>(kbuf, n, key_dim).transpose();
     for (std::int64_t i = 0; i < rows_q; ++i) {
       float* z = lbuf + i * n;
       std::int64_t const last = options.query_position + i % q_len;  // the query's own position
@@ -130,6 +128,53 @@ void reference_attention(CpuDevice const& dev, Tensor4<T> const& queries, KVCach
     }
     o.noalias() = p * Eigen::Map<RowMat const>(vbuf, n, d);
   });
+}
+
+}  // namespace detail
+
+/// \brief out[b, j, t] = Σ_s softmax_s(scale·q[b, j, t]·k[b, g, s]) v[b, g, s], with g = j / G
+/// (GQA: G = q_heads / kv_heads consecutive query heads share a kv head), s over the live slots
+/// [0, length(b, g)) of the row and, when `options.causal`, only those whose original position
+/// (`cache.position`) is ≤ options.query_position + t. A query that sees no key gets zeros.
+/// Arithmetic in float whatever the storage type.
+/// \param queries post-RoPE queries [batch, q_heads, q_len, head_dim]
+/// \param out     [batch, q_heads, q_len, head_dim], contiguous
+template <class T, class L>
+void reference_attention(CpuDevice const& dev, Tensor4<T> const& queries, KVCacheView<T, L> const& cache, float* out,
+                         AttentionOptions const& options, Workspace workspace) {
+  detail::check_attention_inputs(queries, cache, options);
+  KVC_CHECK(out != nullptr, "out must not be null");
+  detail::attention_rows(
+      dev, queries, cache, out, options, workspace, cache.extents.head_dim,
+      [&](std::int64_t b, std::int64_t h, std::int64_t n, float* k) { detail::gather_keys(cache, b, h, 0, n, k); },
+      [](std::int64_t, std::int64_t c) { return c; });
+}
+
+/// \brief `reference_attention` over keys whose channels were pruned (ThinK): the logits read the
+/// packed keys `keys` ([batch, kv_heads, capacity, kept]) against the queries' channels
+/// `keys.channels` of each row; the scale stays 1/√head_dim. The cache supplies values, lengths and
+/// positions (its key memory is not read).
+/// \param out [batch, q_heads, q_len, head_dim], contiguous
+template <class T, class L, class K>
+void reference_attention_packed(CpuDevice const& dev, Tensor4<T> const& queries, KVCacheView<T, L> const& cache,
+                                K const& keys, float* out, AttentionOptions const& options, Workspace workspace) {
+  detail::check_attention_inputs(queries, cache, options);
+  KVC_CHECK(out != nullptr, "out must not be null");
+  auto const& e = cache.extents;
+  KVC_CHECK(keys.data != nullptr && keys.channels != nullptr, "packed keys data and channels must not be null");
+  KVC_CHECK(keys.kept > 0 && keys.kept <= e.head_dim, "packed keys keep " << keys.kept << " channels, must be in [1, head_dim = "
+                                                                           << e.head_dim << "]");
+  for (std::int64_t i = 0; i < e.batch * e.kv_heads * keys.kept; ++i)
+    KVC_CHECK(keys.channels[i] >= 0 && keys.channels[i] < e.head_dim,
+              "packed keys channels[" << i << "] = " << keys.channels[i] << " is outside [0, head_dim = " << e.head_dim << ")");
+  std::int64_t const kept = keys.kept;
+  detail::attention_rows(
+      dev, queries, cache, out, options, workspace, kept,
+      [&](std::int64_t b, std::int64_t h, std::int64_t n, float* k) {
+        auto const* src = keys.data + (b * e.kv_heads + h) * e.capacity * kept;  // [capacity, kept]
+        for (std::int64_t i = 0; i < n * kept; ++i) k[i] = to_float(src[i]);
+      },
+      [&](std::int64_t r, std::int64_t c) { return std::int64_t{keys.channels[r * kept + c]}; });
 }
 
 /// \brief Allocating convenience: returns out [batch, q_heads, q_len, head_dim].

@@ -33,6 +33,9 @@ struct Observation {
   /// Attention probabilities of the chunk's queries over the cache: [batch, q_heads, q_len, n].
   Tensor4<T> attention{};
   QueryStats stats{};
+  /// The attention module's input for the chunk (the hidden states after input_layernorm), read by
+  /// the learned scorers (KVzap, FastKVzip): [batch, 1, q_len, hidden_size].
+  Tensor4<T> hidden_states{};
   /// The attention's output projection W_o (HF `o_proj.weight`), read by CriticalKV:
   /// [hidden, q_heads * head_dim]; column j·head_dim + c is channel c of query head j.
   Tensor2<T> output_projection{};
@@ -83,6 +86,7 @@ void validate_observation(Observation<T> const& obs, std::int64_t batch) {
   if (!obs.queries.empty()) validate_tensor(obs.queries, "observation.queries");
   if (!obs.window_queries.empty()) validate_tensor(obs.window_queries, "observation.window_queries");
   if (!obs.attention.empty()) validate_tensor(obs.attention, "observation.attention");
+  if (!obs.hidden_states.empty()) validate_tensor(obs.hidden_states, "observation.hidden_states");
   if (!obs.output_projection.empty()) validate_matrix(obs.output_projection, "observation.output_projection");
   KVC_CHECK(obs.position >= 0, "observation.position must be non-negative, got " << obs.position);
   KVC_CHECK(obs.chunk_length >= 0, "observation.chunk_length must be non-negative, got " << obs.chunk_length);

@@ -251,6 +251,7 @@ template <class T, class L>
   require_finite(obs.queries, "observation.queries");
   require_finite(obs.window_queries, "observation.window_queries");
   require_finite(obs.attention, "observation.attention");
+  require_finite(obs.hidden_states, "observation.hidden_states");
   std::int64_t const d = cache.extents.head_dim, q_heads = obs.stats.q_heads;
   if (obs.stats.mean != nullptr && q_heads > 0)
     require_finite(make_tensor4(obs.stats.mean, {1, q_heads, 1, d}), "observation.stats.mean[0, head, 0, dim]");
