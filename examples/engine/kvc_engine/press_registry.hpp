@@ -52,7 +52,7 @@ template <class Press>
 [[nodiscard]] inline std::vector<std::string> press_names() {
   return {"expected_attention", "knorm",   "streaming_llm", "snapkv",    "pyramidkv", "tova",
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
-          "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv"};
+          "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv", "adakv_expected_attention"};
 }
 
 /// \brief The named press at `ratio` (fraction of entries removed); "none" is the full cache.
@@ -76,6 +76,9 @@ template <class Press>
   if (name == "compactor") return sketch_press(kvc::CompactorPress{ratio}, name, dev);
   if (name == "cur") return prefill_press(kvc::CURPress{ratio}, name, dev);
   if (name == "cap") return prefill_press(kvc::CapPress{ratio}, name, dev);
+  // AdaKV's budget across the kv heads of a layer over Expected Attention's scores (kvpress's
+  // AdaKVPress(ExpectedAttentionPress(ratio)), alpha_safeguard 0.20)
+  if (name == "adakv_expected_attention") return prefill_press(kvc::AdaKVPress{kvc::ExpectedAttentionPress{ratio}}, name, dev);
   if (name == "simlayerkv") {  // decides per layer: the ratio is not used; kvpress's Llama 3 threshold
     kvc::SimLayerKVPress const press{0.9};
     Compressor c = prefill_press(press, name, dev);
