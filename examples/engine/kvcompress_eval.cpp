@@ -28,6 +28,7 @@
 #include "kvc_engine/eval_metrics.hpp"
 #include "kvc_engine/eval_tasks.hpp"
 #include "kvc_engine/gguf.hpp"
+#include "kvc_engine/greedy_answer.hpp"
 #include "kvc_engine/markdown_table.hpp"
 #include "kvc_engine/prefill_snapshot.hpp"
 #include "kvc_engine/press_registry.hpp"
@@ -178,29 +179,6 @@ kvc_engine::QuestionRule question_rule(Options const& o, std::int64_t vocab_size
   return rule;
 }
 
-/// Greedy answer: the question (if any) is forwarded over the cache in one pass, as kvpress's pipeline does,
-/// then one token per pass — as many as the reference answer has, or for generated tasks up to
-/// `max_new_tokens`, stopping after a later token equal to `stop` (kvpress's pipeline does not check the first).
-/// Times the passes after the first answer token.
-std::vector<std::int32_t> answer_greedily(Engine& engine, kvc_engine::KVCache& cache, TaskExample const& ex,
-                                          std::vector<float> const& context_logits, std::int32_t stop, Cell& cell) {
-  using clock = std::chrono::steady_clock;
-  std::int64_t const vocab = engine.model().config.vocab_size;
-  std::vector<float> logits =
-      ex.question.empty() ? context_logits : engine.forward(cache, ex.question, kvc_engine::Logits::kLast);
-  std::vector<std::int32_t> out{kvc_engine::argmax(logits.data(), vocab)};
-  auto const budget = static_cast<std::size_t>(ex.answer_budget());
-  bool const stops = !ex.references.empty();
-  while (out.size() < budget && !(stops && out.size() > 1 && out.back() == stop)) {
-    auto const start = clock::now();
-    logits = engine.forward(cache, &out.back(), 1, kvc_engine::Logits::kLast);
-    cell.decode_seconds += std::chrono::duration<double>(clock::now() - start).count();
-    ++cell.decode_tokens;
-    out.push_back(kvc_engine::argmax(logits.data(), vocab));
-  }
-  return out;
-}
-
 /// The chat format a GGUF's template names; none when it carries no template (plain prompts).
 std::optional<kvc_engine::ChatFormat> chat_format_of(kvc_engine::Tokenizer const& tok) {
   kvc_engine::TokenizerModel const& m = tok.model();
@@ -299,7 +277,14 @@ class Evaluation {
         cell.compress_seconds += copy.compress_seconds;
         cell.kept_bytes += static_cast<double>(copy.cache.bytes_in_use());
         cell.full_bytes += full_bytes;
-        std::vector<std::int32_t> const out = answer_greedily(engine_, copy.cache, ex, snap.last_logits, stop_token(), cell);
+        // Answers of generated tasks stop at the end-of-turn token; reference token answers have their length.
+        std::optional<std::int32_t> const stop =
+            ex.references.empty() || !tokenizer_ ? std::nullopt : std::optional<std::int32_t>(tokenizer_->eos_id());
+        kvc_engine::GreedyAnswer const answer =
+            kvc_engine::greedy_answer(engine_, copy.cache, ex.question, snap.last_logits, ex.answer_budget(), stop);
+        cell.decode_tokens += answer.decode_passes;
+        cell.decode_seconds += answer.decode_seconds;
+        std::vector<std::int32_t> const& out = answer.tokens;
         std::string const text = tokenizer_ ? tokenizer_->decode(out) : std::string();
         bool const right = ex.references.empty() ? kvc_engine::exact_match(out, ex.answer)
                                                  : kvc_engine::references_found(text, ex.references);
@@ -474,7 +459,6 @@ class Evaluation {
   }
 
  private:
-  [[nodiscard]] std::int32_t stop_token() const { return tokenizer_ ? tokenizer_->eos_id() : -1; }
   [[nodiscard]] std::int64_t count(std::size_t g) const {
     return std::count_if(examples_.begin(), examples_.end(),
                          [&](TaskExample const& e) { return e.task == groups_[g].task && e.length == groups_[g].length; });
