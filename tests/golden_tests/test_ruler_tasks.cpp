@@ -228,6 +228,5 @@ TEST_CASE("RULER tasks: the examples equal the fixture, whose ids HF tokenizers 
     CHECK(p.references == j.at("references").get<std::vector<std::string>>());
     CHECK(p.max_new_tokens == j.at("max_new_tokens").get<std::int64_t>());
   }
-  json const meta = kvc_test::load_json(std::string(KVC_GOLDEN_DIR) + "/ruler/kvpress_answers.json");
-  CHECK(lines == static_cast<std::int64_t>(meta.at("tasks").size()));
+  CHECK(lines == 5);  // tools/golden/generate_ruler.py's five tasks
 }
