@@ -1,5 +1,6 @@
 // kvcompress-eval: what each press costs in accuracy and buys in memory, on the model the project ships
-// (models/kvc-recall) or any HF checkpoint folder with pre-tokenised tasks.
+// (models/kvc-recall), any HF checkpoint folder with pre-tokenised tasks, or a GGUF model on RULER-style
+// tasks generated with its own tokenizer (kvc_engine/ruler_tasks.hpp).
 //
 // For every context it prefills once, keeps the cache and the forward record, and then, for every
 // press × ratio, compresses a copy: retrieval tasks are answered greedily after the question (exact match),
@@ -7,6 +8,7 @@
 // markdown tables and writes <out>/results.csv, <out>/results.md and <out>/accuracy.png (docs/engine.md,
 // "Evaluation").
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -25,10 +27,15 @@
 #include "kvc_engine/engine.hpp"
 #include "kvc_engine/eval_metrics.hpp"
 #include "kvc_engine/eval_tasks.hpp"
+#include "kvc_engine/gguf.hpp"
+#include "kvc_engine/greedy_answer.hpp"
 #include "kvc_engine/markdown_table.hpp"
 #include "kvc_engine/prefill_snapshot.hpp"
 #include "kvc_engine/press_registry.hpp"
 #include "kvc_engine/progress_bar.hpp"
+#include "kvc_engine/prose_corpus.hpp"
+#include "kvc_engine/ruler_tasks.hpp"
+#include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 
 namespace {
 
@@ -39,8 +46,14 @@ using kvc_engine::TaskExample;
 
 struct Options {
   std::string model = std::string(KVC_EVAL_REPO_ROOT) + "/models/kvc-recall";
-  std::string tasks, heldout;  // default: inside the model folder
-  std::vector<std::string> presses{"expected_attention", "snapkv", "tova", "knorm", "streaming_llm", "keydiff", "pyramidkv"};
+  std::string tasks, heldout;  // default: inside the model folder; generated for a GGUF model
+  std::vector<std::string> presses{"expected_attention", "snapkv",    "tova",     "knorm",
+                                   "streaming_llm",      "keydiff",   "pyramidkv", "adakv_expected_attention"};
+  std::vector<std::string> task_names = kvc_engine::ruler_task_names();
+  std::uint64_t seed = 0;
+  std::string prose = kvc_engine::kDefaultProsePath;
+  std::string write_tasks;
+  bool generate_tasks = false, generate_heldout = false;  // set by validate()
   std::vector<double> ratios{0.0, 0.25, 0.5, 0.75, 0.9};
   std::vector<std::int64_t> lengths{2048};
   std::int64_t per_task = 20;
@@ -122,6 +135,20 @@ void validate(Options& o) {
   KVC_CHECK(o.kl_tokens > 0, "--kl-tokens must be positive, got " << o.kl_tokens);
   KVC_CHECK(o.kl_lines >= 0, "--kl-lines must be non-negative, got " << o.kl_lines);
   KVC_CHECK(o.threads >= 0, "--threads must be non-negative, got " << o.threads);
+  // A GGUF file brings its tokenizer: tasks and held-out text are generated unless files are given.
+  bool const gguf = fs::is_regular_file(o.model);
+  o.generate_tasks = gguf && o.tasks.empty();
+  o.generate_heldout = gguf && o.heldout.empty();
+  if (o.generate_tasks) {
+    std::vector<std::string> const tasks = kvc_engine::ruler_task_names();
+    KVC_CHECK(!o.task_names.empty(), "--task-names: give at least one task");
+    for (auto const& t : o.task_names) {
+      std::string list;
+      for (auto const& n : tasks) list += (list.empty() ? "" : ", ") + n;
+      KVC_CHECK(std::find(tasks.begin(), tasks.end(), t) != tasks.end(), "--task-names: unknown task '" << t << "' (known: " << list << ")");
+    }
+  }
+  for (auto const l : o.lengths) KVC_CHECK(l > 0, "--lengths: " << l << " is not a positive length");
   if (o.tasks.empty()) o.tasks = o.model + "/tasks.jsonl";
   if (o.heldout.empty()) o.heldout = o.model + "/heldout_text.jsonl";
 }
@@ -153,30 +180,69 @@ kvc_engine::QuestionRule question_rule(Options const& o, std::int64_t vocab_size
   return rule;
 }
 
-/// Greedy answer of `n` tokens: the question (if any) is forwarded over the cache in one pass, as kvpress's
-/// pipeline does, then one token per pass. Times the passes after the first answer token.
-std::vector<std::int32_t> answer_greedily(Engine& engine, kvc_engine::KVCache& cache, TaskExample const& ex,
-                                          std::vector<float> const& context_logits, Cell& cell) {
-  using clock = std::chrono::steady_clock;
-  std::int64_t const vocab = engine.model().config.vocab_size;
-  std::vector<float> logits =
-      ex.question.empty() ? context_logits : engine.forward(cache, ex.question, kvc_engine::Logits::kLast);
-  std::vector<std::int32_t> out{kvc_engine::argmax(logits.data(), vocab)};
-  while (out.size() < ex.answer.size()) {
-    auto const start = clock::now();
-    logits = engine.forward(cache, &out.back(), 1, kvc_engine::Logits::kLast);
-    cell.decode_seconds += std::chrono::duration<double>(clock::now() - start).count();
-    ++cell.decode_tokens;
-    out.push_back(kvc_engine::argmax(logits.data(), vocab));
-  }
+/// The chat format a GGUF's template names; none when it carries no template (plain prompts).
+std::optional<kvc_engine::ChatFormat> chat_format_of(kvc_engine::Tokenizer const& tok) {
+  kvc_engine::TokenizerModel const& m = tok.model();
+  if (m.chat_template.empty()) return std::nullopt;
+  auto const text = [&](std::int64_t id) {
+    return id >= 0 && id < static_cast<std::int64_t>(m.tokens.size()) ? m.tokens[static_cast<std::size_t>(id)] : std::string();
+  };
+  return kvc_engine::ChatFormat::from_template(m.chat_template, text(m.bos_id), text(m.eos_id));
+}
+
+/// `--per-task` examples of every task at every length; example i draws seed * 1000000 + i.
+std::vector<kvc_engine::RulerPrompt> generate_prompts(Options const& o, kvc_engine::RulerTaskGenerator const& gen) {
+  std::vector<kvc_engine::RulerPrompt> out;
+  for (std::int64_t length : o.lengths)
+    for (auto const& task : o.task_names)
+      for (std::int64_t i = 0; i < o.per_task; ++i)
+        out.push_back(gen.generate(task, length, o.seed * 1000000 + static_cast<std::uint64_t>(i), o.compress_questions));
   return out;
+}
+
+TaskExample to_example(kvc_engine::RulerPrompt const& p, std::size_t index, std::int64_t vocab) {
+  TaskExample ex;
+  ex.task = p.task;
+  ex.length = p.length;
+  ex.context = p.context;
+  ex.question = p.question;
+  ex.references = p.references;
+  ex.max_new_tokens = p.max_new_tokens;
+  ex.source = "generated example " + std::to_string(index + 1) + " (" + p.task + ", " + std::to_string(p.length) + " tokens)";
+  for (auto const* ids : {&ex.context, &ex.question})
+    for (std::int32_t id : *ids)
+      KVC_CHECK(id < vocab, ex.source << ": token id " << id << " of the GGUF's tokenizer is outside the model's "
+                                      << "vocabulary [0, " << vocab << ")");
+  return ex;
+}
+
+/// One JSON line per example: readable by --tasks, and by tools/golden/generate_ruler.py.
+void write_prompts(std::string const& path, std::vector<kvc_engine::RulerPrompt> const& prompts, bool compress_questions) {
+  std::ofstream f(path);
+  KVC_CHECK(f.good(), "--write-tasks: cannot write " << path);
+  for (auto const& p : prompts) {
+    nlohmann::json j;
+    j["task"] = p.task;
+    j["length"] = p.length;
+    j["question_in_context"] = compress_questions;
+    j["prompt"] = p.context;
+    j["question"] = p.question;
+    j["references"] = p.references;
+    j["max_new_tokens"] = p.max_new_tokens;
+    j["context_text"] = p.context_text;
+    j["question_text"] = p.question_text;
+    f << j.dump() << "\n";
+  }
+  KVC_CHECK(f.good(), "--write-tasks: cannot write " << path);
 }
 
 class Evaluation {
  public:
-  Evaluation(Options const& o, kvc_engine::Model const& model, std::vector<TaskExample> examples,
-             std::vector<std::vector<std::int32_t>> heldout)
-      : o_(o), model_(model), engine_(model, o.threads), examples_(std::move(examples)), heldout_(std::move(heldout)) {
+  /// \param tokenizer decodes the answers of examples with text references (none: every example has ids)
+  Evaluation(Options const& o, kvc_engine::Model const& model, kvc_engine::Tokenizer const* tokenizer,
+             std::vector<TaskExample> examples, std::vector<std::vector<std::int32_t>> heldout)
+      : o_(o), model_(model), tokenizer_(tokenizer), engine_(model, o.threads), examples_(std::move(examples)),
+        heldout_(std::move(heldout)) {
     runs_.push_back({"full", 0.0, kvc_engine::make_compressor("none", 0.0)});
     for (auto const& p : o_.presses)
       for (double r : o_.ratios)
@@ -201,7 +267,7 @@ class Evaluation {
                                 std::to_string(std::min<std::int64_t>(o_.per_task, count(g)));
       bar.update(done / units, where + ": prefill");
       kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(
-          engine_, ex.context, static_cast<std::int64_t>(ex.question.size() + ex.answer.size()));
+          engine_, ex.context, static_cast<std::int64_t>(ex.question.size()) + ex.answer_budget());
       groups_[g].prefill_seconds += snap.seconds;
       groups_[g].contexts += 1;
       groups_[g].context_tokens += static_cast<std::int64_t>(ex.context.size());
@@ -212,7 +278,21 @@ class Evaluation {
         cell.compress_seconds += copy.compress_seconds;
         cell.kept_bytes += static_cast<double>(copy.cache.bytes_in_use());
         cell.full_bytes += full_bytes;
-        cell.tally.add(kvc_engine::exact_match(answer_greedily(engine_, copy.cache, ex, snap.last_logits, cell), ex.answer));
+        // Answers of generated tasks stop at the end-of-turn token; reference token answers have their length.
+        std::optional<std::int32_t> const stop =
+            ex.references.empty() || !tokenizer_ ? std::nullopt : std::optional<std::int32_t>(tokenizer_->eos_id());
+        kvc_engine::GreedyAnswer const answer =
+            kvc_engine::greedy_answer(engine_, copy.cache, ex.question, snap.last_logits, ex.answer_budget(), stop);
+        cell.decode_tokens += answer.decode_passes;
+        cell.decode_seconds += answer.decode_seconds;
+        std::vector<std::int32_t> const& out = answer.tokens;
+        std::string const text = tokenizer_ ? tokenizer_->decode(out) : std::string();
+        bool const right = ex.references.empty() ? kvc_engine::exact_match(out, ex.answer)
+                                                 : kvc_engine::references_found(text, ex.references);
+        cell.tally.add(right);
+        answers_.push_back({{"press", runs_[r].press}, {"ratio", runs_[r].ratio}, {"task", ex.task}, {"length", ex.length},
+                            {"example", ex.source}, {"tokens", out}, {"right", right}});
+        if (tokenizer_) answers_.back()["text"] = text;
         done += 1.0;
         bar.update(done / units, where + ": " + runs_[r].press + " " + ratio_text(runs_[r].ratio));
       }
@@ -371,6 +451,14 @@ class Evaluation {
   [[nodiscard]] std::size_t runs() const { return runs_.size(); }
   [[nodiscard]] std::size_t contexts() const { return examples_.size() + heldout_.size(); }
 
+  /// answers.jsonl: every example's answer under every run, one JSON object a line.
+  void write_answers(std::string const& path) const {
+    std::ofstream f(path);
+    KVC_CHECK(f.good(), "cannot write " << path);
+    for (auto const& a : answers_) f << a.dump() << "\n";
+    KVC_CHECK(f.good(), "cannot write " << path);
+  }
+
  private:
   [[nodiscard]] std::int64_t count(std::size_t g) const {
     return std::count_if(examples_.begin(), examples_.end(),
@@ -379,6 +467,7 @@ class Evaluation {
 
   Options const& o_;
   kvc_engine::Model const& model_;
+  kvc_engine::Tokenizer const* tokenizer_;
   Engine engine_;
   std::vector<TaskExample> examples_;
   std::vector<std::vector<std::int32_t>> heldout_;
@@ -387,6 +476,7 @@ class Evaluation {
   std::map<std::pair<std::string, std::int64_t>, std::size_t> group_of_;
   std::vector<std::vector<Cell>> cells_;  // [runs][groups]
   std::vector<double> kl_sum_;            // [runs]: sum over held-out texts of the mean KL per token
+  std::vector<nlohmann::json> answers_;   // one per example and run
 };
 
 }  // namespace
@@ -399,8 +489,19 @@ int main(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.add_option("--model", o.model, "GGUF model file (.gguf) or HF checkpoint folder (config.json + *.safetensors)")->capture_default_str();
   app.add_option("--tasks", o.tasks, "task examples, JSON Lines {length, task, prompt, answer[, question]} "
-                                     "(default: <model>/tasks.jsonl)");
-  app.add_option("--heldout", o.heldout, "held-out text, JSON Lines {tokens} (default: <model>/heldout_text.jsonl)");
+                                     "(default: <model>/tasks.jsonl; for a .gguf model, tasks generated with its "
+                                     "tokenizer: --task-names)");
+  app.add_option("--heldout", o.heldout, "held-out text, JSON Lines {tokens} (default: <model>/heldout_text.jsonl; for "
+                                         "a .gguf model, passages of the --prose text)");
+  std::string task_help = "generated tasks (a .gguf model without --tasks), comma-separated, among:";
+  for (auto const& n : kvc_engine::ruler_task_names()) task_help += " " + n;
+  app.add_option("--task-names", o.task_names, task_help)->delimiter(',')->capture_default_str();
+  app.add_option("--seed", o.seed, "generated tasks and held-out text: example i of a task and length draws "
+                                   "seed * 1000000 + i")->capture_default_str();
+  app.add_option("--prose", o.prose, "natural English text of the generated tasks and held-out text (gzip or plain; "
+                                     "Debian's dict-devil)")->capture_default_str();
+  app.add_option("--write-tasks", o.write_tasks, "write the selected examples (ids, texts, references) as JSON Lines "
+                                                 "to this file and stop (tools/golden/generate_ruler.py reads them)");
   std::string press_help = "presses to evaluate, comma-separated, among:";
   for (auto const& n : kvc_engine::press_names()) press_help += " " + n;
   // `--ratios ""` reaches CLI11 as one empty value, which it would convert to 0: a full-cache-only run.
@@ -420,7 +521,7 @@ int main(int argc, char** argv) {
   app.add_option("--kl-prefix", o.kl_prefix, "held-out tokens prefilled and compressed")->capture_default_str();
   app.add_option("--kl-tokens", o.kl_tokens, "held-out tokens then fed, at which the KL divergence is averaged")
       ->capture_default_str();
-  app.add_option("--kl-lines", o.kl_lines, "held-out texts used (0: all)")->capture_default_str();
+  app.add_option("--kl-lines", o.kl_lines, "held-out texts used (0: all; generated: 4)")->capture_default_str();
   app.add_option("--question-token", o.question_token,
                  "token (name in <model>/vocab.json, or id) where the question of a prompt without a \"question\" "
                  "field starts; the question is forwarded after compression")
@@ -440,11 +541,38 @@ int main(int argc, char** argv) {
   try {
     auto const start = std::chrono::steady_clock::now();
     validate(o);
+    // A GGUF file's tokenizer generates the tasks and held-out text and decodes answers scored by text.
+    std::optional<kvc_engine::Tokenizer> tokenizer;
+    if (fs::is_regular_file(o.model))
+      tokenizer.emplace(kvc_engine::tokenizer_model_from_gguf(kvc_engine::GgufFile::open(o.model)));
+    std::optional<kvc_engine::ProseCorpus> prose;
+    std::optional<kvc_engine::RulerTaskGenerator> generator;
+    std::vector<kvc_engine::RulerPrompt> prompts;
+    if (o.generate_tasks || o.generate_heldout) {
+      prose.emplace(kvc_engine::load_prose_corpus(o.prose));
+      generator.emplace(*tokenizer, chat_format_of(*tokenizer), *prose);
+    }
+    if (o.generate_tasks) prompts = generate_prompts(o, *generator);
+    if (!o.write_tasks.empty()) {
+      KVC_CHECK(o.generate_tasks, "--write-tasks writes generated tasks: give a .gguf --model and no --tasks");
+      write_prompts(o.write_tasks, prompts, o.compress_questions);
+      std::fprintf(stderr, "wrote %zu examples to %s\n", prompts.size(), o.write_tasks.c_str());
+      return 0;
+    }
     kvc_engine::Model const model = kvc_engine::load_model(o.model);
     std::int64_t const vocab = model.config.vocab_size;
-    std::vector<TaskExample> examples =
-        kvc_engine::select_examples(kvc_engine::read_task_file(o.tasks, vocab, question_rule(o, vocab)), o.lengths, o.per_task);
-    std::vector<std::vector<std::int32_t>> heldout = kvc_engine::read_heldout_file(o.heldout, vocab, o.kl_prefix + o.kl_tokens);
+    std::vector<TaskExample> examples;
+    if (o.generate_tasks) {
+      for (std::size_t i = 0; i < prompts.size(); ++i) examples.push_back(to_example(prompts[i], i, vocab));
+    } else {
+      examples = kvc_engine::select_examples(kvc_engine::read_task_file(o.tasks, vocab, question_rule(o, vocab)), o.lengths, o.per_task);
+    }
+    for (auto const& ex : examples)
+      KVC_CHECK(ex.references.empty() || tokenizer, ex.source << " is scored by text (\"references\"): that needs the "
+                                                                 "tokenizer of a .gguf --model");
+    std::vector<std::vector<std::int32_t>> heldout =
+        o.generate_heldout ? generator->heldout(o.kl_lines > 0 ? o.kl_lines : 4, o.kl_prefix + o.kl_tokens, o.seed)
+                           : kvc_engine::read_heldout_file(o.heldout, vocab, o.kl_prefix + o.kl_tokens);
     std::int64_t const max_positions = model.config.max_position_embeddings;
     kvc_engine::check_positions(examples, max_positions);
     KVC_CHECK(max_positions <= 0 || o.kl_prefix + o.kl_tokens <= max_positions,
@@ -458,7 +586,7 @@ int main(int argc, char** argv) {
     fs::create_directories(o.out, ec);
     KVC_CHECK(!ec && fs::is_directory(o.out), "--out: cannot create the folder " << o.out << ": " << ec.message());
 
-    Evaluation eval(o, model, std::move(examples), std::move(heldout));
+    Evaluation eval(o, model, tokenizer ? &*tokenizer : nullptr, std::move(examples), std::move(heldout));
     std::fprintf(stderr, "kvcompress-eval: %zu contexts (tasks and held-out texts), each prefilled once and run %zu ways\n",
                  eval.contexts(), eval.runs());
     eval.run();
@@ -477,7 +605,10 @@ int main(int argc, char** argv) {
        << "- model: `" << o.model << "` (" << c.model_type << ", " << c.num_layers << " layers, hidden " << c.hidden_size
        << ", " << c.num_heads << " heads, " << c.num_kv_heads << " KV heads, head_dim " << c.head_dim << ", vocab "
        << c.vocab_size << ")\n"
-       << "- tasks: `" << o.tasks << "`; held-out text: `" << o.heldout << "`\n"
+       << "- tasks: "
+       << (o.generate_tasks ? "generated (kvc_engine/ruler_tasks.hpp), seed " + std::to_string(o.seed) + ", prose `" + o.prose + "`"
+                            : "`" + o.tasks + "`")
+       << "; held-out text: " << (o.generate_heldout ? "passages of the prose" : "`" + o.heldout + "`") << "\n"
        << "- questions: " << (o.compress_questions ? "compressed with the context" : "forwarded after compression")
        << "\n- date: " << date << "; wall time " << kvc_engine::ProgressBar::clock_time(wall) << "\n";
     for (auto const& t : tables) md << "\n" << t;
@@ -488,6 +619,7 @@ int main(int argc, char** argv) {
       f << md.str();
     }
     eval.write_csv(csv_path);
+    eval.write_answers((fs::path(o.out) / "answers.jsonl").string());
     std::fprintf(stderr, "wrote %s and %s\n", csv_path.c_str(), md_path.c_str());
     if (!o.no_plot &&
         kvc_engine::write_accuracy_plot(o.out, o.ratios, eval.plot_series(), eval.full_accuracy(),

@@ -23,5 +23,9 @@ cd "${root}"
 "${venv}/bin/python" "${here}/generate_model_presses.py" --out tests/golden "$@"  # after generate.py and generate_engine.py: it reads the engine checkpoint
 "${venv}/bin/python" "${here}/generate_gguf.py" --out tests/golden/gguf
 "${venv}/bin/python" "${here}/generate_smollm2.py" --out tests/golden/smollm2
+# The generated RULER-style tasks answered by kvpress's pipeline: kvcompress-eval writes the examples.
+cmake --preset release > /dev/null
+cmake --build --preset release --target kvcompress-eval
+"${venv}/bin/python" "${here}/generate_ruler.py" --eval build/release/examples/engine/kvcompress-eval --out tests/golden/ruler
 "${venv}/bin/python" "${here}/check.py" tests/golden > /dev/null
 echo "fixtures checked: $(du -sh --apparent-size tests/golden | cut -f1) in tests/golden"

@@ -31,7 +31,17 @@ struct TaskExample {
   std::vector<std::int32_t> context;
   std::vector<std::int32_t> question;
   std::vector<std::int32_t> answer;
+  /// Text references (generated tasks, kvc_engine/ruler_tasks.hpp): when present the answer is decoded
+  /// greedily for at most `max_new_tokens` tokens, up to the end-of-turn token, and is right when every
+  /// reference occurs in its text; `answer` is then unused.
+  std::vector<std::string> references;
+  std::int64_t max_new_tokens = 0;
   std::string source;  ///< "<file> line <n>", for messages
+
+  /// Tokens the answer may take: the reference answer's, or the decoding budget.
+  [[nodiscard]] std::int64_t answer_budget() const {
+    return references.empty() ? static_cast<std::int64_t>(answer.size()) : max_new_tokens;
+  }
 };
 
 namespace detail {
@@ -102,8 +112,20 @@ struct QuestionRule {
                     << (j.contains("length") ? detail::brief(j.at("length")) : "nothing"));
     ex.length = j.at("length").get<std::int64_t>();
     ex.context = detail::token_ids(j, "prompt", vocab_size, where);
-    ex.answer = detail::token_ids(j, "answer", vocab_size, where);
-    KVC_CHECK(!ex.answer.empty(), where << ": \"answer\" holds no token ids");
+    if (j.contains("references")) {  // a generated task's line (kvcompress-eval --write-tasks)
+      nlohmann::json const& r = j.at("references");
+      KVC_CHECK(r.is_array() && !r.empty() && std::all_of(r.begin(), r.end(), [](auto const& x) { return x.is_string(); }),
+                where << ": \"references\" must be a non-empty array of strings, got " << detail::brief(r));
+      for (auto const& x : r) ex.references.push_back(x.get<std::string>());
+      KVC_CHECK(j.contains("max_new_tokens") && j.at("max_new_tokens").is_number_integer() &&
+                    j.at("max_new_tokens").get<std::int64_t>() > 0,
+                where << ": \"max_new_tokens\" must be a positive integer beside \"references\", got "
+                      << (j.contains("max_new_tokens") ? detail::brief(j.at("max_new_tokens")) : "nothing"));
+      ex.max_new_tokens = j.at("max_new_tokens").get<std::int64_t>();
+    } else {
+      ex.answer = detail::token_ids(j, "answer", vocab_size, where);
+      KVC_CHECK(!ex.answer.empty(), where << ": \"answer\" holds no token ids");
+    }
     if (j.contains("question")) {
       ex.question = detail::token_ids(j, "question", vocab_size, where);
     } else if (!rule.compress_questions) {
@@ -182,10 +204,10 @@ struct QuestionRule {
 inline void check_positions(std::vector<TaskExample> const& examples, std::int64_t max_positions) {
   if (max_positions <= 0) return;
   for (auto const& ex : examples) {
-    std::int64_t const needed = static_cast<std::int64_t>(ex.context.size() + ex.question.size() + ex.answer.size()) - 1;
+    std::int64_t const needed = static_cast<std::int64_t>(ex.context.size() + ex.question.size()) + ex.answer_budget() - 1;
     KVC_CHECK(needed <= max_positions, ex.source << ": the example needs " << needed << " positions (prompt "
                                                  << ex.context.size() + ex.question.size() << " + answer "
-                                                 << ex.answer.size() << " - 1), more than the model's "
+                                                 << ex.answer_budget() << " - 1), more than the model's "
                                                  << "max_position_embeddings = " << max_positions);
   }
 }

@@ -159,7 +159,8 @@ struct KVzipPrompt {
   return {"expected_attention", "knorm",   "streaming_llm", "snapkv",    "pyramidkv", "tova",
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
           "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
-          "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose"};
+          "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose",
+          "adakv_expected_attention"};
 }
 
 /// \brief Data computed offline for a model that some presses need (none by default).
@@ -239,6 +240,9 @@ inline std::string read_whole_file(std::string const& path) {
   if (name == "compactor") return sketch_press(kvc::CompactorPress{ratio}, name, dev);
   if (name == "cur") return prefill_press(kvc::CURPress{ratio}, name, dev);
   if (name == "cap") return prefill_press(kvc::CapPress{ratio}, name, dev);
+  // AdaKV's budget across the kv heads of a layer over Expected Attention's scores (kvpress's
+  // AdaKVPress(ExpectedAttentionPress(ratio)), alpha_safeguard 0.20)
+  if (name == "adakv_expected_attention") return prefill_press(kvc::AdaKVPress{kvc::ExpectedAttentionPress{ratio}}, name, dev);
   if (name == "simlayerkv") {  // decides per layer: the ratio is not used; kvpress's Llama 3 threshold
     kvc::SimLayerKVPress const press{0.9};
     Compressor c = prefill_press(press, name, dev);
