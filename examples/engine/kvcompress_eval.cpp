@@ -279,8 +279,8 @@ class Evaluation {
         cell.kept_bytes += static_cast<double>(copy.cache.bytes_in_use());
         cell.full_bytes += full_bytes;
         // Answers of generated tasks stop at the end-of-turn token; reference token answers have their length.
-        std::optional<std::int32_t> const stop =
-            ex.references.empty() || !tokenizer_ ? std::nullopt : std::optional<std::int32_t>(tokenizer_->eos_id());
+        std::int32_t const stop =
+            ex.references.empty() || !tokenizer_ ? kvc_engine::kNoStopToken : tokenizer_->eos_id();
         kvc_engine::GreedyAnswer const answer =
             kvc_engine::greedy_answer(engine_, copy.cache, ex.question, snap.last_logits, ex.answer_budget(), stop);
         cell.decode_tokens += answer.decode_passes;

@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
-#include <optional>
 #include <vector>
 
 #include "kvc_engine/engine.hpp"
@@ -38,13 +37,17 @@ struct GreedyAnswer {
   return a - b;
 }
 
+/// `greedy_answer`'s stop token when decoding runs to its budget (token ids are never negative).
+inline constexpr std::int32_t kNoStopToken = -1;
+
 /// \param question       forwarded first; empty: the answer starts from `context_logits`
 /// \param context_logits [vocab] the context's last logits (used when there is no question)
 /// \param max_tokens     at most this many tokens (≥ 1)
-/// \param stop           the end-of-turn token, if decoding stops at it
+/// \param stop           the end-of-turn token decoding stops at, or kNoStopToken (a plain
+///                       int, not std::optional: gcc 12 reports optional<int> arguments as maybe uninitialized)
 [[nodiscard]] inline GreedyAnswer greedy_answer(Engine& engine, KVCache& cache, std::vector<std::int32_t> const& question,
                                                 std::vector<float> const& context_logits, std::int64_t max_tokens,
-                                                std::optional<std::int32_t> stop) {
+                                                std::int32_t stop) {
   using clock = std::chrono::steady_clock;
   KVC_CHECK(max_tokens >= 1, "max_tokens must be at least 1, got " << max_tokens);
   std::int64_t const vocab = engine.model().config.vocab_size;
@@ -52,7 +55,7 @@ struct GreedyAnswer {
   GreedyAnswer a;
   a.tokens.push_back(argmax(logits.data(), vocab));
   a.margins.push_back(top2_margin(logits.data(), vocab));
-  while (static_cast<std::int64_t>(a.tokens.size()) < max_tokens && !(stop && a.tokens.size() > 1 && a.tokens.back() == *stop)) {
+  while (static_cast<std::int64_t>(a.tokens.size()) < max_tokens && !(stop != kNoStopToken && a.tokens.size() > 1 && a.tokens.back() == stop)) {
     auto const start = clock::now();
     logits = engine.forward(cache, &a.tokens.back(), 1, Logits::kLast);
     a.decode_seconds += std::chrono::duration<double>(clock::now() - start).count();
