@@ -1,4 +1,4 @@
-// libFuzzer target: the engine's config.json reader (examples/engine/kvc_engine/config.hpp) on arbitrary
+// libFuzzer target: the engine's config.json reader (examples/engine/kvc_engine/model_io/config.hpp) on arbitrary
 // text, then the RotaryEmbedding the engine builds from the result, for every RoPE variant
 // (`rope_parameters` or the older `rope_scaling`: default, linear, dynamic, llama3, yarn).
 // Accepted outcomes: a ModelConfig, or kvcompress::Error. A crash, a sanitizer report, another
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/config.hpp"
+#include "kvc_engine/model_io/config.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
 namespace {

@@ -1,4 +1,4 @@
-// libFuzzer target: the engine's GGUF reader (examples/engine/kvc_engine/gguf.hpp, gguf_dequant.hpp,
+// libFuzzer target: the engine's GGUF reader (examples/engine/kvc_engine/model_io/gguf.hpp, gguf_dequant.hpp,
 // gguf_model.hpp) on arbitrary bytes, as `GgufFile::open` reads a file. A validated file is then used the way
 // the engine uses one: every metadata value through every accessor, every tensor dequantised, and the model
 // built from the architecture metadata.
@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "kvc_engine/gguf_model.hpp"
+#include "kvc_engine/model_io/gguf_model.hpp"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// libFuzzer target: the engine's safetensors reader (examples/engine/kvc_engine/safetensors.hpp) on
+// libFuzzer target: the engine's safetensors reader (examples/engine/kvc_engine/model_io/safetensors.hpp) on
 // arbitrary bytes. Each input is tried twice:
 //   1. as the whole file (length field, header, data), exactly as `SafetensorsFile::open` reads it;
 //   2. if it holds a NUL byte, as "header text NUL data": the harness writes the length field. JSON text
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
 
 namespace {
 

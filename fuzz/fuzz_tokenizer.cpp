@@ -13,8 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "kvc_engine/chat_format.hpp"
-#include "kvc_engine/gguf.hpp"
+#include "kvc_engine/tokenizer/chat_format.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 #include "kvc_engine/tokenizer/tokenizer.hpp"
 #include "kvc_engine/tokenizer/utf8.hpp"

@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/cli_validators.hpp"
-#include "kvc_engine/engine.hpp"
-#include "kvc_engine/press_registry.hpp"
-#include "kvc_engine/tensor_parallel.hpp"
+#include "kvc_engine/cli/cli_validators.hpp"
+#include "kvc_engine/forward/engine.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
+#include "kvc_engine/cli/tensor_parallel.hpp"
 
 namespace {
 

@@ -1,6 +1,6 @@
 // kvcompress-eval: what each press costs in accuracy and buys in memory, on the model the project ships
 // (models/kvc-recall), any HF checkpoint folder with pre-tokenised tasks, or a GGUF model on RULER-style
-// tasks generated with its own tokenizer (kvc_engine/ruler_tasks.hpp).
+// tasks generated with its own tokenizer (kvc_engine/tasks/ruler_tasks.hpp).
 //
 // For every context it prefills once, keeps the cache and the forward record, and then, for every
 // press × ratio, compresses a copy: retrieval tasks are answered greedily after the question (exact match),
@@ -22,19 +22,19 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/accuracy_plot.hpp"
-#include "kvc_engine/csv_writer.hpp"
-#include "kvc_engine/engine.hpp"
-#include "kvc_engine/eval_metrics.hpp"
-#include "kvc_engine/eval_tasks.hpp"
-#include "kvc_engine/gguf.hpp"
-#include "kvc_engine/greedy_answer.hpp"
-#include "kvc_engine/markdown_table.hpp"
-#include "kvc_engine/prefill_snapshot.hpp"
-#include "kvc_engine/press_registry.hpp"
-#include "kvc_engine/progress_bar.hpp"
-#include "kvc_engine/prose_corpus.hpp"
-#include "kvc_engine/ruler_tasks.hpp"
+#include "kvc_engine/eval/accuracy_plot.hpp"
+#include "kvc_engine/eval/csv_writer.hpp"
+#include "kvc_engine/forward/engine.hpp"
+#include "kvc_engine/eval/eval_metrics.hpp"
+#include "kvc_engine/tasks/eval_tasks.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
+#include "kvc_engine/eval/greedy_answer.hpp"
+#include "kvc_engine/eval/markdown_table.hpp"
+#include "kvc_engine/eval/prefill_snapshot.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
+#include "kvc_engine/eval/progress_bar.hpp"
+#include "kvc_engine/tasks/prose_corpus.hpp"
+#include "kvc_engine/tasks/ruler_tasks.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 
 namespace {
@@ -61,6 +61,7 @@ struct Options {
   std::string question_token = "<question>";
   bool compress_questions = false;
   int threads = 0;
+  std::int64_t decode_batch = 12;
   std::string out = "eval-results";
   bool no_plot = false;
   kvc_engine::PressFiles press_files;  // --lukv-curve, --duo-pattern
@@ -135,6 +136,7 @@ void validate(Options& o) {
   KVC_CHECK(o.kl_tokens > 0, "--kl-tokens must be positive, got " << o.kl_tokens);
   KVC_CHECK(o.kl_lines >= 0, "--kl-lines must be non-negative, got " << o.kl_lines);
   KVC_CHECK(o.threads >= 0, "--threads must be non-negative, got " << o.threads);
+  KVC_CHECK(o.decode_batch > 0, "--decode-batch must be positive, got " << o.decode_batch);
   // A GGUF file brings its tokenizer: tasks and held-out text are generated unless files are given.
   bool const gguf = fs::is_regular_file(o.model);
   o.generate_tasks = gguf && o.tasks.empty();
@@ -272,29 +274,40 @@ class Evaluation {
       groups_[g].contexts += 1;
       groups_[g].context_tokens += static_cast<std::int64_t>(ex.context.size());
       double const full_bytes = static_cast<double>(snap.cache.bytes_in_use());
-      for (std::size_t r = 0; r < runs_.size(); ++r) {
-        Cell& cell = cells_[r][g];
-        kvc_engine::CompressedCopy copy = kvc_engine::compressed_copy(engine_, snap, runs_[r].compressor);
-        cell.compress_seconds += copy.compress_seconds;
-        cell.kept_bytes += static_cast<double>(copy.cache.bytes_in_use());
-        cell.full_bytes += full_bytes;
-        // Answers of generated tasks stop at the end-of-turn token; reference token answers have their length.
-        std::int32_t const stop =
-            ex.references.empty() || !tokenizer_ ? kvc_engine::kNoStopToken : tokenizer_->eos_id();
-        kvc_engine::GreedyAnswer const answer =
-            kvc_engine::greedy_answer(engine_, copy.cache, ex.question, snap.last_logits, ex.answer_budget(), stop);
-        cell.decode_tokens += answer.decode_passes;
-        cell.decode_seconds += answer.decode_seconds;
-        std::vector<std::int32_t> const& out = answer.tokens;
-        std::string const text = tokenizer_ ? tokenizer_->decode(out) : std::string();
-        bool const right = ex.references.empty() ? kvc_engine::exact_match(out, ex.answer)
-                                                 : kvc_engine::references_found(text, ex.references);
-        cell.tally.add(right);
-        answers_.push_back({{"press", runs_[r].press}, {"ratio", runs_[r].ratio}, {"task", ex.task}, {"length", ex.length},
-                            {"example", ex.source}, {"tokens", out}, {"right", right}});
-        if (tokenizer_) answers_.back()["text"] = text;
-        done += 1.0;
-        bar.update(done / units, where + ": " + runs_[r].press + " " + ratio_text(runs_[r].ratio));
+      // Answers of generated tasks stop at the end-of-turn token; reference token answers have their length.
+      std::int32_t const stop = ex.references.empty() || !tokenizer_ ? kvc_engine::kNoStopToken : tokenizer_->eos_id();
+      // The runs decode their answers together, --decode-batch at a time: one set of weight reads per pass.
+      for (std::size_t r0 = 0; r0 < runs_.size(); r0 += static_cast<std::size_t>(o_.decode_batch)) {
+        std::size_t const r1 = std::min(runs_.size(), r0 + static_cast<std::size_t>(o_.decode_batch));
+        std::vector<kvc_engine::CompressedCopy> copies;
+        std::vector<kvc_engine::KVCache*> caches;
+        copies.reserve(r1 - r0);
+        for (std::size_t r = r0; r < r1; ++r) {
+          Cell& cell = cells_[r][g];
+          copies.push_back(kvc_engine::compressed_copy(engine_, snap, runs_[r].compressor));
+          cell.compress_seconds += copies.back().compress_seconds;
+          cell.kept_bytes += static_cast<double>(copies.back().cache.bytes_in_use());
+          cell.full_bytes += full_bytes;
+        }
+        for (auto& c : copies) caches.push_back(&c.cache);
+        std::vector<kvc_engine::GreedyAnswer> const answers =
+            kvc_engine::greedy_answers(engine_, caches, ex.question, snap.last_logits, ex.answer_budget(), stop);
+        for (std::size_t r = r0; r < r1; ++r) {
+          Cell& cell = cells_[r][g];
+          kvc_engine::GreedyAnswer const& answer = answers[r - r0];
+          cell.decode_tokens += answer.decode_passes;
+          cell.decode_seconds += answer.decode_seconds;
+          std::vector<std::int32_t> const& out = answer.tokens;
+          std::string const text = tokenizer_ ? tokenizer_->decode(out) : std::string();
+          bool const right = ex.references.empty() ? kvc_engine::exact_match(out, ex.answer)
+                                                   : kvc_engine::references_found(text, ex.references);
+          cell.tally.add(right);
+          answers_.push_back({{"press", runs_[r].press}, {"ratio", runs_[r].ratio}, {"task", ex.task}, {"length", ex.length},
+                              {"example", ex.source}, {"tokens", out}, {"right", right}});
+          if (tokenizer_) answers_.back()["text"] = text;
+        }
+        done += static_cast<double>(r1 - r0);
+        bar.update(done / units, where + ": " + runs_[r1 - 1].press + " " + ratio_text(runs_[r1 - 1].ratio));
       }
     }
     std::int64_t const V = model_.config.vocab_size;
@@ -410,7 +423,10 @@ class Evaluation {
                   " threads)\n\nPrefill, once per context: " + format("%.0f", 1e3 * prefill_s / contexts) +
                   " ms for " + format("%.0f", tokens / contexts) + " tokens on average (" +
                   format("%.0f", tokens / prefill_s) +
-                  " tokens/s). Decode: single-token passes over the compressed cache while answering.\n\n" + cost.str());
+                  " tokens/s). Decode: single-token passes over the compressed caches while answering, up to " +
+                  std::to_string(o_.decode_batch) +
+                  " runs' answers in one batched pass (--decode-batch); a pass's time is shared among its answers.\n\n" +
+                  cost.str());
     return out;
   }
 
@@ -529,6 +545,9 @@ int main(int argc, char** argv) {
   app.add_flag("--compress-questions", o.compress_questions,
                "compress the whole prompt, question included (kvpress's compress_questions)");
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->capture_default_str();
+  app.add_option("--decode-batch", o.decode_batch,
+                 "press × ratio runs whose answers decode together (one weight read per pass; each holds a cache copy)")
+      ->capture_default_str();
   app.add_option("--out", o.out, "output folder")->capture_default_str();
   app.add_flag("--no-plot", o.no_plot, "do not write the gnuplot files nor accuracy.png");
   app.add_option("--lukv-curve", o.press_files.lukv_curve,
@@ -606,7 +625,7 @@ int main(int argc, char** argv) {
        << ", " << c.num_heads << " heads, " << c.num_kv_heads << " KV heads, head_dim " << c.head_dim << ", vocab "
        << c.vocab_size << ")\n"
        << "- tasks: "
-       << (o.generate_tasks ? "generated (kvc_engine/ruler_tasks.hpp), seed " + std::to_string(o.seed) + ", prose `" + o.prose + "`"
+       << (o.generate_tasks ? "generated (kvc_engine/tasks/ruler_tasks.hpp), seed " + std::to_string(o.seed) + ", prose `" + o.prose + "`"
                             : "`" + o.tasks + "`")
        << "; held-out text: " << (o.generate_heldout ? "passages of the prose" : "`" + o.heldout + "`") << "\n"
        << "- questions: " << (o.compress_questions ? "compressed with the context" : "forwarded after compression")

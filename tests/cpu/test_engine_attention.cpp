@@ -7,7 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "kvc_engine/attention.hpp"
+#include "kvc_engine/forward/attention.hpp"
 
 using Catch::Matchers::Contains;
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "kvc_engine/config.hpp"
+#include "kvc_engine/model_io/config.hpp"
 
 using kvc_engine::ModelFamily;
 using kvc_engine::parse_model_config;

@@ -1,4 +1,4 @@
-// The engine's GGUF reader (examples/engine/kvc_engine/gguf.hpp, gguf_model.hpp) on files built in memory:
+// The engine's GGUF reader (examples/engine/kvc_engine/model_io/gguf.hpp, gguf_model.hpp) on files built in memory:
 // every metadata value type, and every malformed input it must refuse with an error naming the key or
 // tensor and the value.
 #include <catch2/catch.hpp>
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "gguf_builder.hpp"
-#include "kvc_engine/gguf_model.hpp"
+#include "kvc_engine/model_io/gguf_model.hpp"
 
 using Catch::Matchers::Contains;
 using kvc_engine::GgufFile;

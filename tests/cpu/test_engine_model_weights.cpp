@@ -13,7 +13,7 @@
 
 #include <unistd.h>
 
-#include "kvc_engine/model.hpp"
+#include "kvc_engine/model_io/model.hpp"
 
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;

@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/config.hpp"
-#include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/model_io/config.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
 using kvc_engine::SafetensorsFile;

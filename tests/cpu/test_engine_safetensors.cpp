@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
 
 using kvc_engine::SafetensorsFile;
 using Catch::Matchers::Contains;

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <vector>
 
-#include "kvc_engine/sampling.hpp"
+#include "kvc_engine/forward/sampling.hpp"
 
 using Catch::Matchers::Contains;
 using kvc_engine::Sampler;

@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "kvc_engine/chat_format.hpp"
+#include "kvc_engine/tokenizer/chat_format.hpp"
 #include "kvc_engine/tokenizer/byte_level.hpp"
 #include "kvc_engine/tokenizer/tokenizer.hpp"
 #include "kvcompress/core/error.hpp"

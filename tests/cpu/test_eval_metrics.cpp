@@ -7,7 +7,7 @@
 #include <limits>
 #include <vector>
 
-#include "kvc_engine/eval_metrics.hpp"
+#include "kvc_engine/eval/eval_metrics.hpp"
 
 using Catch::Matchers::Contains;
 

@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "kvc_engine/csv_writer.hpp"
-#include "kvc_engine/markdown_table.hpp"
-#include "kvc_engine/progress_bar.hpp"
+#include "kvc_engine/eval/csv_writer.hpp"
+#include "kvc_engine/eval/markdown_table.hpp"
+#include "kvc_engine/eval/progress_bar.hpp"
 
 using Catch::Matchers::Contains;
 

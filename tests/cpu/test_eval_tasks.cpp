@@ -11,7 +11,7 @@
 
 #include <unistd.h>
 
-#include "kvc_engine/eval_tasks.hpp"
+#include "kvc_engine/tasks/eval_tasks.hpp"
 
 using Catch::Matchers::Contains;
 using kvc_engine::QuestionRule;

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/learned_scorers.hpp"
+#include "kvc_engine/compression/learned_scorers.hpp"
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/chat_format.hpp"
+#include "kvc_engine/tokenizer/chat_format.hpp"
 #include "kvcompress/core/error.hpp"
 
 using kvc_engine::ChatFormat;

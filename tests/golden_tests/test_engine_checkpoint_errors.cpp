@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "golden_fixture.hpp"
-#include "kvc_engine/model.hpp"
+#include "kvc_engine/model_io/model.hpp"
 
 namespace fs = std::filesystem;
 

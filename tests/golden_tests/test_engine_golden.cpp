@@ -13,7 +13,7 @@
 #include <string>
 
 #include "golden_fixture.hpp"
-#include "kvc_engine/engine.hpp"
+#include "kvc_engine/forward/engine.hpp"
 
 using nlohmann::json;
 

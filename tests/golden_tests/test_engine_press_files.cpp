@@ -9,8 +9,8 @@
 #include <vector>
 
 #include "golden_fixture.hpp"
-#include "kvc_engine/npy.hpp"
-#include "kvc_engine/press_registry.hpp"
+#include "kvc_engine/model_io/npy.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
 
 namespace fs = std::filesystem;
 

@@ -12,8 +12,8 @@
 #include <string>
 
 #include "golden_fixture.hpp"
-#include "kvc_engine/engine.hpp"
-#include "kvc_engine/gguf_model.hpp"
+#include "kvc_engine/forward/engine.hpp"
+#include "kvc_engine/model_io/gguf_model.hpp"
 
 using nlohmann::json;
 

@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "golden_scenario.hpp"
-#include "kvc_engine/learned_scorers.hpp"
-#include "kvc_engine/press_registry.hpp"
+#include "kvc_engine/compression/learned_scorers.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
 #include "kvcompress/kvcompress.hpp"
 
 using namespace kvcompress;

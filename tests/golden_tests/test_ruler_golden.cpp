@@ -17,12 +17,12 @@
 #include <vector>
 
 #include "golden_fixture.hpp"
-#include "kvc_engine/engine.hpp"
-#include "kvc_engine/gguf.hpp"
-#include "kvc_engine/greedy_answer.hpp"
-#include "kvc_engine/prefill_snapshot.hpp"
-#include "kvc_engine/press_registry.hpp"
-#include "kvc_engine/ruler_tasks.hpp"
+#include "kvc_engine/forward/engine.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
+#include "kvc_engine/eval/greedy_answer.hpp"
+#include "kvc_engine/eval/prefill_snapshot.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
+#include "kvc_engine/tasks/ruler_tasks.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 
 using nlohmann::json;

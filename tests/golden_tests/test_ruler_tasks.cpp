@@ -1,4 +1,4 @@
-// The generated RULER-style tasks (kvc_engine/ruler_tasks.hpp) with SmolLM2's tokenizer and chat format and the
+// The generated RULER-style tasks (kvc_engine/tasks/ruler_tasks.hpp) with SmolLM2's tokenizer and chat format and the
 // prose of Debian's dict-devil: the same seed gives the same example, the prompt's length is within one haystack
 // unit of the target, the answers are in the context, scoring by references is right, and the examples equal
 // tests/golden/ruler/tasks.jsonl, whose ids tools/golden/generate_ruler.py checked against HF tokenizers (SmolLM2's
@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "golden_fixture.hpp"
-#include "kvc_engine/chat_format.hpp"
-#include "kvc_engine/gguf.hpp"
-#include "kvc_engine/ruler_tasks.hpp"
+#include "kvc_engine/tokenizer/chat_format.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
+#include "kvc_engine/tasks/ruler_tasks.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 
 using nlohmann::json;

@@ -16,7 +16,7 @@
 #include <string>
 
 #include "golden_fixture.hpp"
-#include "kvc_engine/engine.hpp"
+#include "kvc_engine/forward/engine.hpp"
 
 using nlohmann::json;
 

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "golden_scenario.hpp"
-#include "kvc_engine/gguf.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 #include "kvc_engine/tokenizer/tokenizer.hpp"
 

@@ -43,7 +43,7 @@ from transformers import AutoModelForCausalLM
 SEED = 20261206
 VERSIONS = {p: importlib.metadata.version(p) for p in ("gguf", "transformers", "torch", "numpy")}
 
-# Byte offsets of the f16 scale fields in each block (see examples/engine/kvc_engine/gguf_dequant.hpp).
+# Byte offsets of the f16 scale fields in each block (see examples/engine/kvc_engine/model_io/gguf_dequant.hpp).
 SCALE_FIELDS = {
     Q.Q4_0: [0], Q.Q4_1: [0, 2], Q.Q5_0: [0], Q.Q5_1: [0, 2], Q.Q8_0: [0],
     Q.Q2_K: [80, 82], Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208],

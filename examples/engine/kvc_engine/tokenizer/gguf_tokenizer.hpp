@@ -8,7 +8,7 @@
 #include <limits>
 #include <string>
 
-#include "kvc_engine/gguf.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
 #include "kvc_engine/tokenizer/tokenizer_model.hpp"
 
 namespace kvc_engine {

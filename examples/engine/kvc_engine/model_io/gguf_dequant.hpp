@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/gguf.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
 #include "kvcompress/core/dtype.hpp"
 #include "kvcompress/core/error.hpp"
 

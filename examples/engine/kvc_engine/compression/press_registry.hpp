@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/compressor.hpp"
-#include "kvc_engine/npy.hpp"
-#include "kvc_engine/safetensors.hpp"
-#include "kvc_engine/engine.hpp"
+#include "kvc_engine/compression/compressor.hpp"
+#include "kvc_engine/model_io/npy.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
+#include "kvc_engine/forward/engine.hpp"
 
 namespace kvc_engine {
 

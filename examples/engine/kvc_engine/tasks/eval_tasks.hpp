@@ -17,7 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
 #include "kvcompress/core/error.hpp"
 
 namespace kvc_engine {
@@ -31,7 +31,7 @@ struct TaskExample {
   std::vector<std::int32_t> context;
   std::vector<std::int32_t> question;
   std::vector<std::int32_t> answer;
-  /// Text references (generated tasks, kvc_engine/ruler_tasks.hpp): when present the answer is decoded
+  /// Text references (generated tasks, kvc_engine/tasks/ruler_tasks.hpp): when present the answer is decoded
   /// greedily for at most `max_new_tokens` tokens, up to the end-of-turn token, and is right when every
   /// reference occurs in its text; `answer` is then unused.
   std::vector<std::string> references;

@@ -11,8 +11,8 @@
 #include <utility>
 #include <vector>
 
-#include "kvc_engine/compressor.hpp"
-#include "kvc_engine/engine.hpp"
+#include "kvc_engine/compression/compressor.hpp"
+#include "kvc_engine/forward/engine.hpp"
 
 namespace kvc_engine {
 

@@ -17,8 +17,8 @@
 #include <utility>
 #include <vector>
 
-#include "kvc_engine/compressor.hpp"
-#include "kvc_engine/press_registry.hpp"
+#include "kvc_engine/compression/compressor.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
 #include "kvcompress/kvcompress.hpp"
 
 #if defined(KVC_ENGINE_MPI)

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/config.hpp"
+#include "kvc_engine/model_io/config.hpp"
 #include "kvcompress/core/error.hpp"
 
 namespace kvc_engine {

@@ -16,10 +16,10 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/config.hpp"
-#include "kvc_engine/gguf_model.hpp"
-#include "kvc_engine/model_weights.hpp"
-#include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/model_io/config.hpp"
+#include "kvc_engine/model_io/gguf_model.hpp"
+#include "kvc_engine/model_io/model_weights.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
 
 namespace kvc_engine {
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
 #include "kvcompress/press/fast_kvzip.hpp"
 #include "kvcompress/press/kvzap.hpp"
 

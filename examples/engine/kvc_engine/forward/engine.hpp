@@ -18,13 +18,13 @@
 #include <functional>
 #include <vector>
 
-#include "kvc_engine/attention.hpp"
-#include "kvc_engine/compressor.hpp"
-#include "kvc_engine/kv_cache.hpp"
-#include "kvc_engine/model.hpp"
-#include "kvc_engine/ops.hpp"
-#include "kvc_engine/sampling.hpp"
-#include "kvc_engine/thread_pool.hpp"
+#include "kvc_engine/forward/attention.hpp"
+#include "kvc_engine/compression/compressor.hpp"
+#include "kvc_engine/forward/kv_cache.hpp"
+#include "kvc_engine/model_io/model.hpp"
+#include "kvc_engine/forward/ops.hpp"
+#include "kvc_engine/forward/sampling.hpp"
+#include "kvc_engine/forward/thread_pool.hpp"
 #include "kvcompress/kvcompress.hpp"
 
 namespace kvc_engine {
@@ -83,16 +83,7 @@ class Engine {
   std::vector<float> forward(KVCache& cache, std::int32_t const* tokens, std::int64_t n, Logits logits,
                              Compressor const* compressor = nullptr, ForwardRecord* record = nullptr) {
     ModelConfig const& c = model_.config;
-    KVC_CHECK(n > 0, "forward needs at least one token, got " << n);
-    KVC_CHECK(cache.num_layers() == c.num_layers && cache.kv_heads() == c.num_kv_heads && cache.head_dim() == c.head_dim,
-              "the cache was not made for this model");
-    for (std::int64_t t = 0; t < n; ++t)
-      KVC_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab_size,
-                "tokens[" << t << "] = " << tokens[t] << " is outside the vocabulary [0, " << c.vocab_size << ")");
-    std::int64_t const p0 = cache.next_position();
-    KVC_CHECK(c.sliding_window == 0 || p0 + n <= c.sliding_window,
-              "the sequence reaches " << p0 + n << " tokens, past config.json's sliding_window = " << c.sliding_window
-                                      << "; the engine implements full attention only");
+    std::int64_t const p0 = check_pass(cache, tokens, n);
     bool const prefill = p0 == 0;
     CompressFn const* hook = nullptr;
     if (compressor != nullptr) hook = prefill ? &compressor->after_prefill : &compressor->after_step;
@@ -106,63 +97,38 @@ class Engine {
       rec->queries.assign(static_cast<std::size_t>(c.num_layers), {});
       rec->token_ids.assign(tokens, tokens + n);
     }
-
-    std::int64_t const D = c.hidden_size, H = c.num_heads, kvH = c.num_kv_heads, d = c.head_dim, I = c.intermediate_size;
-    reserve_for(cache, n);
-    x_.resize(static_cast<std::size_t>(n * D));
-    h_.resize(x_.size());
-    q_.resize(static_cast<std::size_t>(n * H * d));
-    attn_.resize(q_.size());
-    k_.resize(static_cast<std::size_t>(n * kvH * d));
-    v_.resize(k_.size());
-    gate_.resize(static_cast<std::size_t>(n * I));
-    up_.resize(gate_.size());
-    rope_table(p0, n, p0 + n, cos_, sin_);
-    for (std::int64_t t = 0; t < n; ++t)
-      std::copy_n(model_.embed.data() + tokens[t] * D, D, x_.data() + t * D);
-
-    for (std::int64_t l = 0; l < c.num_layers; ++l) {
-      LayerWeights const& w = model_.layers[static_cast<std::size_t>(l)];
-      ops::rms_norm(x_.data(), n, D, w.input_norm.data(), c.rms_norm_eps, h_.data());
-      ops::linear(pool_, h_.data(), n, D, w.q_w.data(), bias(w.q_b), H * d, q_.data());
-      ops::linear(pool_, h_.data(), n, D, w.k_w.data(), bias(w.k_b), kvH * d, k_.data());
-      ops::linear(pool_, h_.data(), n, D, w.v_w.data(), bias(w.v_b), kvH * d, v_.data());
-      if (c.qk_norm) {
-        ops::rms_norm(q_.data(), n * H, d, w.q_norm.data(), c.rms_norm_eps, q_.data());
-        ops::rms_norm(k_.data(), n * kvH, d, w.k_norm.data(), c.rms_norm_eps, k_.data());
-      }
-      if (rec != nullptr) {
-        auto& out = rec->queries[static_cast<std::size_t>(l)];  // [H, n, d] from [n, H, d]
-        out.resize(static_cast<std::size_t>(H * n * d));
-        for (std::int64_t t = 0; t < n; ++t)
-          for (std::int64_t j = 0; j < H; ++j) std::copy_n(q_.data() + (t * H + j) * d, d, out.data() + (j * n + t) * d);
-      }
-      ops::apply_rope(q_.data(), n, H, d, cos_.data(), sin_.data());
-      ops::apply_rope(k_.data(), n, kvH, d, cos_.data(), sin_.data());
-      append(cache, l, n, p0);
-      causal_attention(pool_, cache, l, q_.data(), n, H, first_new_, attn_.data(), scratch_);
-      ops::linear(pool_, attn_.data(), n, H * d, w.o_w.data(), bias(w.o_b), D, h_.data());
-      for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += h_[i];
-
-      ops::rms_norm(x_.data(), n, D, w.post_norm.data(), c.rms_norm_eps, h_.data());
-      ops::linear(pool_, h_.data(), n, D, w.gate_w.data(), bias(w.gate_b), I, gate_.data());
-      ops::linear(pool_, h_.data(), n, D, w.up_w.data(), bias(w.up_b), I, up_.data());
-      ops::silu_mul(gate_.data(), up_.data(), n * I);
-      ops::linear(pool_, gate_.data(), n, I, w.down_w.data(), bias(w.down_b), D, h_.data());
-      for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += h_[i];
-    }
-    cache.advance(n);
+    KVCache* const one[] = {&cache};
+    layers(one, 1, tokens, n, rec);
 
     std::vector<float> out;
     if (logits != Logits::kNone) {
-      std::int64_t const first = logits == Logits::kAll ? 0 : n - 1, rows = n - first;
-      ops::rms_norm(x_.data() + first * D, rows, D, model_.final_norm.data(), c.rms_norm_eps, h_.data());
-      out.resize(static_cast<std::size_t>(rows * c.vocab_size));
-      ops::linear(pool_, h_.data(), rows, D, model_.output_weights(), nullptr, c.vocab_size, out.data());
+      std::int64_t const first = logits == Logits::kAll ? 0 : n - 1;
+      out = output_logits(first, n - first, 1);
     }
     if (model_hook) compressor->after_prefill_model(*this, cache, *rec);  // its own passes reuse the buffers: `out` is kept
     else if (hook != nullptr) compress(cache, *rec, *hook, compressor->needs);
     return out;
+  }
+
+  /// \brief One pass of n tokens for each of B sequences, each over its own cache, in one set of weight
+  /// reads: the linear layers run on the B·n rows together, attention per sequence. Sequence b runs
+  /// `tokens[b·n … b·n + n − 1]` at its own cache's next positions. No press runs (decoding several
+  /// answers at once). Returns [B, vocab]: each sequence's last logits. The linear layers' sums may round
+  /// differently from B single-sequence passes (a different GEMM blocking), by a few float ulps.
+  /// \param caches B distinct caches made for this model
+  /// \param tokens [B, n]
+  std::vector<float> forward_batch(std::vector<KVCache*> const& caches, std::int32_t const* tokens, std::int64_t n) {
+    std::int64_t const B = static_cast<std::int64_t>(caches.size());
+    KVC_CHECK(B > 0, "forward_batch needs at least one cache");
+    for (std::int64_t b = 0; b < B; ++b) {
+      KVC_CHECK(caches[static_cast<std::size_t>(b)] != nullptr, "caches[" << b << "] is null");
+      for (std::int64_t e = 0; e < b; ++e)
+        KVC_CHECK(caches[static_cast<std::size_t>(e)] != caches[static_cast<std::size_t>(b)],
+                  "caches[" << e << "] and caches[" << b << "] are the same cache; each sequence needs its own");
+      (void)check_pass(*caches[static_cast<std::size_t>(b)], tokens + b * n, n);
+    }
+    layers(caches.data(), B, tokens, n, nullptr);
+    return output_logits(n - 1, 1, B);
   }
 
   std::vector<float> forward(KVCache& cache, std::vector<std::int32_t> const& tokens, Logits logits,
@@ -296,14 +262,111 @@ class Engine {
  private:
   static float const* bias(std::vector<float> const& b) noexcept { return b.empty() ? nullptr : b.data(); }
 
+  /// Checks a pass of `tokens` [n] over `cache` and returns its first position.
+  std::int64_t check_pass(KVCache const& cache, std::int32_t const* tokens, std::int64_t n) const {
+    ModelConfig const& c = model_.config;
+    KVC_CHECK(n > 0, "forward needs at least one token, got " << n);
+    KVC_CHECK(cache.num_layers() == c.num_layers && cache.kv_heads() == c.num_kv_heads && cache.head_dim() == c.head_dim,
+              "the cache was not made for this model");
+    for (std::int64_t t = 0; t < n; ++t)
+      KVC_CHECK(tokens[t] >= 0 && tokens[t] < c.vocab_size,
+                "tokens[" << t << "] = " << tokens[t] << " is outside the vocabulary [0, " << c.vocab_size << ")");
+    std::int64_t const p0 = cache.next_position();
+    KVC_CHECK(c.sliding_window == 0 || p0 + n <= c.sliding_window,
+              "the sequence reaches " << p0 + n << " tokens, past config.json's sliding_window = " << c.sliding_window
+                                      << "; the engine implements full attention only");
+    return p0;
+  }
+
+  /// Every layer for B sequences of n tokens each (`tokens` [B, n], sequence b over `*caches[b]`), their
+  /// keys and values appended; x_ holds the final hidden states [B·n, hidden]. `rec` (B = 1 only) keeps
+  /// each layer's pre-RoPE queries.
+  void layers(KVCache* const* caches, std::int64_t B, std::int32_t const* tokens, std::int64_t n, ForwardRecord* rec) {
+    ModelConfig const& c = model_.config;
+    std::int64_t const D = c.hidden_size, H = c.num_heads, kvH = c.num_kv_heads, d = c.head_dim, I = c.intermediate_size;
+    std::int64_t const rows = B * n;
+    x_.resize(static_cast<std::size_t>(rows * D));
+    h_.resize(x_.size());
+    q_.resize(static_cast<std::size_t>(rows * H * d));
+    attn_.resize(q_.size());
+    k_.resize(static_cast<std::size_t>(rows * kvH * d));
+    v_.resize(k_.size());
+    gate_.resize(static_cast<std::size_t>(rows * I));
+    up_.resize(gate_.size());
+    cos_.resize(static_cast<std::size_t>(rows * d));
+    sin_.resize(cos_.size());
+    first_position_.resize(static_cast<std::size_t>(B));
+    for (std::int64_t b = 0; b < B; ++b) {
+      KVCache& cache = *caches[b];
+      std::int64_t const p0 = cache.next_position();
+      first_position_[static_cast<std::size_t>(b)] = p0;
+      reserve_for(cache, n);
+      rope_table(p0, n, p0 + n, cos_.data() + b * n * d, sin_.data() + b * n * d);
+    }
+    for (std::int64_t t = 0; t < rows; ++t) std::copy_n(model_.embed.data() + tokens[t] * D, D, x_.data() + t * D);
+
+    for (std::int64_t l = 0; l < c.num_layers; ++l) {
+      LayerWeights const& w = model_.layers[static_cast<std::size_t>(l)];
+      ops::rms_norm(x_.data(), rows, D, w.input_norm.data(), c.rms_norm_eps, h_.data());
+      ops::linear(pool_, h_.data(), rows, D, w.q_w.data(), bias(w.q_b), H * d, q_.data());
+      ops::linear(pool_, h_.data(), rows, D, w.k_w.data(), bias(w.k_b), kvH * d, k_.data());
+      ops::linear(pool_, h_.data(), rows, D, w.v_w.data(), bias(w.v_b), kvH * d, v_.data());
+      if (c.qk_norm) {
+        ops::rms_norm(q_.data(), rows * H, d, w.q_norm.data(), c.rms_norm_eps, q_.data());
+        ops::rms_norm(k_.data(), rows * kvH, d, w.k_norm.data(), c.rms_norm_eps, k_.data());
+      }
+      if (rec != nullptr) {
+        auto& out = rec->queries[static_cast<std::size_t>(l)];  // [H, n, d] from [n, H, d]
+        out.resize(static_cast<std::size_t>(H * n * d));
+        for (std::int64_t t = 0; t < n; ++t)
+          for (std::int64_t j = 0; j < H; ++j) std::copy_n(q_.data() + (t * H + j) * d, d, out.data() + (j * n + t) * d);
+      }
+      ops::apply_rope(q_.data(), rows, H, d, cos_.data(), sin_.data());
+      ops::apply_rope(k_.data(), rows, kvH, d, cos_.data(), sin_.data());
+      for (std::int64_t b = 0; b < B; ++b) {
+        append(*caches[b], l, n, first_position_[static_cast<std::size_t>(b)], b * n);
+        causal_attention(pool_, *caches[b], l, q_.data() + b * n * H * d, n, H, first_new_, attn_.data() + b * n * H * d,
+                         scratch_);
+      }
+      ops::linear(pool_, attn_.data(), rows, H * d, w.o_w.data(), bias(w.o_b), D, h_.data());
+      for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += h_[i];
+
+      ops::rms_norm(x_.data(), rows, D, w.post_norm.data(), c.rms_norm_eps, h_.data());
+      ops::linear(pool_, h_.data(), rows, D, w.gate_w.data(), bias(w.gate_b), I, gate_.data());
+      ops::linear(pool_, h_.data(), rows, D, w.up_w.data(), bias(w.up_b), I, up_.data());
+      ops::silu_mul(gate_.data(), up_.data(), rows * I);
+      ops::linear(pool_, gate_.data(), rows, I, w.down_w.data(), bias(w.down_b), D, h_.data());
+      for (std::size_t i = 0; i < x_.size(); ++i) x_[i] += h_[i];
+    }
+    for (std::int64_t b = 0; b < B; ++b) caches[b]->advance(n);
+  }
+
+  /// Logits [B·count, vocab] of rows first … first + count − 1 of each of the B sequences of n tokens in x_.
+  std::vector<float> output_logits(std::int64_t first, std::int64_t count, std::int64_t B) {
+    ModelConfig const& c = model_.config;
+    std::int64_t const D = c.hidden_size, n = static_cast<std::int64_t>(x_.size()) / (B * D);
+    h_.resize(static_cast<std::size_t>(B * count * D));
+    for (std::int64_t b = 0; b < B; ++b)
+      ops::rms_norm(x_.data() + (b * n + first) * D, count, D, model_.final_norm.data(), c.rms_norm_eps,
+                    h_.data() + b * count * D);
+    std::vector<float> out(static_cast<std::size_t>(B * count * c.vocab_size));
+    ops::linear(pool_, h_.data(), B * count, D, model_.output_weights(), nullptr, c.vocab_size, out.data());
+    return out;
+  }
+
   /// cos/sin [count, d] of positions first … first + count − 1, for a pass whose largest position is
   /// seq_len − 1 (dynamic NTK depends on it).
   void rope_table(std::int64_t first, std::int64_t count, std::int64_t seq_len, std::vector<float>& cos,
                   std::vector<float>& sin) const {
-    std::int64_t const d = model_.config.head_dim;
-    cos.resize(static_cast<std::size_t>(count * d));
+    cos.resize(static_cast<std::size_t>(count * model_.config.head_dim));
     sin.resize(cos.size());
-    for (std::int64_t t = 0; t < count; ++t) rope_.cos_sin(first + t, seq_len, cos.data() + t * d, sin.data() + t * d);
+    rope_table(first, count, seq_len, cos.data(), sin.data());
+  }
+
+  /// \param cos [count, d] \param sin [count, d]
+  void rope_table(std::int64_t first, std::int64_t count, std::int64_t seq_len, float* cos, float* sin) const {
+    std::int64_t const d = model_.config.head_dim;
+    for (std::int64_t t = 0; t < count; ++t) rope_.cos_sin(first + t, seq_len, cos + t * d, sin + t * d);
   }
 
   /// Rotates rows [rows, d] with the tables' rows 0 … rows − 1.
@@ -318,8 +381,9 @@ class Engine {
     if (longest + n > cache.capacity()) cache.reserve(std::max(longest + n, 2 * cache.capacity()));
   }
 
-  /// Appends the chunk's keys and values (rows of k_, v_ [n, kv_heads, d]) to every kv head of the layer.
-  void append(KVCache& cache, std::int64_t layer, std::int64_t n, std::int64_t p0) {
+  /// Appends a sequence's chunk of keys and values (rows row0 … row0 + n − 1 of k_, v_ [rows, kv_heads, d])
+  /// to every kv head of the layer.
+  void append(KVCache& cache, std::int64_t layer, std::int64_t n, std::int64_t p0, std::int64_t row0) {
     std::int64_t const kvH = cache.kv_heads(), d = cache.head_dim();
     first_new_.resize(static_cast<std::size_t>(kvH));
     for (std::int64_t g = 0; g < kvH; ++g) {
@@ -329,16 +393,14 @@ class Engine {
       float* values = cache.values(layer, g) + static_cast<std::int64_t>(len) * d;
       std::int32_t* positions = cache.positions(layer, g) + len;
       for (std::int64_t t = 0; t < n; ++t) {
-        std::copy_n(k_.data() + (t * kvH + g) * d, d, keys + t * d);
-        std::copy_n(v_.data() + (t * kvH + g) * d, d, values + t * d);
+        std::copy_n(k_.data() + ((row0 + t) * kvH + g) * d, d, keys + t * d);
+        std::copy_n(v_.data() + ((row0 + t) * kvH + g) * d, d, values + t * d);
         positions[t] = static_cast<std::int32_t>(p0 + t);
       }
       len = static_cast<std::int32_t>(len + n);
     }
   }
 
-  /// The pass's attention probabilities [H, n, len] over the layer's (not yet compressed) cache, which
-  /// every kv head must hold at the same length; query t sees the first len − n + t + 1 slots.
   Model const& model_;
   ThreadPool pool_;
   kvcompress::RotaryEmbedding rope_;
@@ -346,6 +408,7 @@ class Engine {
   std::vector<std::vector<float>> scratch_;  // per thread
   std::vector<float> x_, h_, q_, k_, v_, attn_, gate_, up_, cos_, sin_;  // activations of the current pass
   std::vector<std::int32_t> first_new_;  // [kv_heads] slot of the chunk's first token in the current layer
+  std::vector<std::int64_t> first_position_;  // [B] each sequence's first position in the current pass
 };
 
 }  // namespace kvc_engine

@@ -9,7 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kvc_engine/thread_pool.hpp"
+#include "kvc_engine/forward/thread_pool.hpp"
 
 namespace kvc_engine::ops {
 

@@ -26,8 +26,8 @@
 #include <utility>
 #include <vector>
 
-#include "kvc_engine/chat_format.hpp"
-#include "kvc_engine/prose_corpus.hpp"
+#include "kvc_engine/tokenizer/chat_format.hpp"
+#include "kvc_engine/tasks/prose_corpus.hpp"
 #include "kvc_engine/tokenizer/tokenizer.hpp"
 #include "kvcompress/core/error.hpp"
 

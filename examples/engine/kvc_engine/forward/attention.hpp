@@ -11,9 +11,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "kvc_engine/kv_cache.hpp"
-#include "kvc_engine/ops.hpp"
-#include "kvc_engine/thread_pool.hpp"
+#include "kvc_engine/forward/kv_cache.hpp"
+#include "kvc_engine/forward/ops.hpp"
+#include "kvc_engine/forward/thread_pool.hpp"
 
 namespace kvc_engine {
 

@@ -19,10 +19,10 @@
 #include <string>
 #include <vector>
 
-#include "kvc_engine/config.hpp"
-#include "kvc_engine/gguf.hpp"
-#include "kvc_engine/gguf_dequant.hpp"
-#include "kvc_engine/model_weights.hpp"
+#include "kvc_engine/model_io/config.hpp"
+#include "kvc_engine/model_io/gguf.hpp"
+#include "kvc_engine/model_io/gguf_dequant.hpp"
+#include "kvc_engine/model_io/model_weights.hpp"
 #include "kvcompress/core/error.hpp"
 #include "kvcompress/rope/rope_config.hpp"
 

@@ -16,7 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "kvc_engine/safetensors.hpp"
+#include "kvc_engine/model_io/safetensors.hpp"
 #include "kvcompress/core/error.hpp"
 #include "kvcompress/rope/rope_config.hpp"
 
