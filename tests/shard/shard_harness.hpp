@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -176,6 +177,56 @@ inline std::vector<Scenario> coupled_scenarios() {
       {"TOVA", default_layer, one(TOVAPress{0.5})},
       {"AdaKV(TOVA)", default_layer, one(AdaKVPress{TOVAPress{0.5}, 0.2})},
       {"PyramidKV", default_layer, one(PyramidKVPress{0.5, 4, 3, 2.0}), 3, 8},
+  };
+}
+
+/// Random inputs that a press reads beside the observation, for the largest layer of these tests
+/// (batch 2, 8 kv heads, head_dim 16), kept alive by the scenarios that hold them.
+inline std::shared_ptr<std::vector<float>> side_input(std::size_t per_head, std::uint32_t seed, float scale = 1.0f) {
+  return std::make_shared<std::vector<float>>(kvc_test::random_vector(2 * 8 * per_head, seed, scale));
+}
+
+/// The presses made shard-invariant after the first ones: they combine the kv heads (ChunkKV's chunk
+/// sums, SimLayerKV's statistic, the Compactor family's z-scores, SnapKV's window score under AdaKV)
+/// or index per-head data by the layer's head (QFilter, Random).
+inline std::vector<Scenario> combining_scenarios() {
+  using namespace kvcompress;
+  auto const one = [](auto press) -> Run {
+    return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+  };
+  ExpectedAttentionPress ea{0.6};
+  ea.n_future_positions = 16;
+  ea.n_sink = 2;
+  auto const sketch = side_input(16 * 6, 41, 0.4f);  // [batch, heads, head_dim 16, sketch_dimension 6]
+  auto const filters = side_input(16, 43);           // [1 layer, heads, head_dim 16] (batch 2 is spare)
+  auto const with_sketch = [sketch](auto press) -> Run {
+    return [press, sketch](Observation<float> const& obs, KVCacheView<float> view) {
+      auto p = press;
+      p.sketch = sketch->data();
+      compress(cpu, p, obs, view);
+    };
+  };
+  LeverageScorePress leverage{0.5, 6};
+  CompactorPress compactor{0.5, 3, 2, 16, 6};
+  QFilterPress qfilter{0.5, filters->data(), 1, 0, 16};
+  return {
+      {"ChunkKV(Knorm)", default_layer, one(ChunkKVPress{KnormPress{0.5}, 6})},
+      {"ChunkKV(SnapKV)", default_layer, one(ChunkKVPress{SnapKVPress{0.6, 4, 3}, 5})},
+      {"ChunkKV(ExpectedAttention), no complete chunk", default_layer, one(ChunkKVPress{ea, 64})},
+      {"ChunkKV(TOVA)", default_layer, one(ChunkKVPress{TOVAPress{0.5}, 7})},
+      {"AdaKV(SnapKV), the window competing across heads", default_layer, one(AdaKVPress{SnapKVPress{0.95, 4, 3}, 0.0})},
+      {"SimLayerKV, a lazy layer", default_layer, one(SimLayerKVPress{0.2, 4, 8, 4})},
+      {"SimLayerKV, a busy layer", default_layer, one(SimLayerKVPress{0.9, 4, 8, 4})},
+      {"LeverageScore", default_layer, with_sketch(leverage)},
+      {"NonCausalAttn", default_layer, one(NonCausalAttnPress{0.5, 16})},
+      {"Compactor", default_layer, with_sketch(compactor)},
+      {"QFilter", default_layer,
+       [qfilter, filters](Observation<float> const& obs, KVCacheView<float> view) {
+         auto p = qfilter;
+         p.num_kv_heads = static_cast<int>(obs.shard.kv_heads > 0 ? obs.shard.kv_heads : view.extents.kv_heads);
+         compress(cpu, p, obs, view);
+       }},
+      {"Random, seeded", default_layer, one(RandomPress{0.5, 1234})},
   };
 }
 

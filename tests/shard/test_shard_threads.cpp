@@ -98,6 +98,103 @@ TEST_CASE("Presses that couple kv heads give on P thread ranks the whole layer's
       }
 }
 
+TEST_CASE("Presses that sum, average or z-score the kv heads give on P thread ranks the whole layer's kept entries",
+          "[shard]") {
+  for (auto const& scenario : kvc_shard::combining_scenarios())
+    for (int p : {2, 4, 8})
+      for (Split const& split : kvc_shard::splits_for(p, scenario.make_layer().heads)) {
+        DYNAMIC_SECTION(scenario.name << " on " << p << " ranks, split " << split.front() << ".." << split.back()) {
+          check_scenario(scenario, split, true);
+        }
+      }
+  for (auto scenario : kvc_shard::combining_scenarios()) {
+    scenario.make_layer = [] { return Layer(1, 6, 3, 36, 40, 16, 5); };
+    for (Split const& split : {Split{1, 2, 1, 2}, Split{3, 1, 1, 1}})
+      DYNAMIC_SECTION(scenario.name << ", six heads split " << split[0] << split[1] << split[2] << split[3]) {
+        check_scenario(scenario, split, true);
+      }
+  }
+}
+
+namespace {
+
+/// Each rank's scores of its rows by `scorer`, against the whole layer's rows of the same heads.
+template <class Scorer>
+void check_scores(Scorer const& scorer, Split const& split) {
+  Layer layer = kvc_shard::default_layer();
+  int const p = static_cast<int>(split.size());
+  std::vector<std::vector<float>> got(split.size());
+  auto const errors = on_ranks(p, [&](int r, ThreadCommunicator& comm) {
+    std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
+    Part part(layer, first, count);
+    Observation<float> obs = kvc_shard::observe(layer, first, count);
+    obs.shard = {&comm, first, layer.heads};
+    got[static_cast<std::size_t>(r)] = score(cpu, scorer, obs, part.cache.view());
+  });
+  require_no_errors(errors);
+  std::vector<float> const whole = score(cpu, scorer, kvc_shard::observe(layer, 0, layer.heads), layer.cache.view());
+  std::int64_t const cap = layer.cache.extents.capacity, n = layer.n;
+  for (int r = 0; r < p; ++r) {
+    std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
+    for (std::int64_t b = 0; b < layer.batch; ++b)
+      for (std::int64_t h = 0; h < count; ++h) {
+        INFO("rank " << r << " of " << p << ", batch " << b << ", kv head " << first + h);
+        auto const mine = got[static_cast<std::size_t>(r)].begin() + (b * count + h) * cap;
+        auto const theirs = whole.begin() + (b * layer.heads + first + h) * cap;
+        CHECK(std::vector<float>(mine, mine + n) == std::vector<float>(theirs, theirs + n));
+      }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("The z-scored and window-protected scores on thread ranks are the whole layer's, bit for bit", "[shard]") {
+  auto const sketch = kvc_shard::side_input(16 * 6, 41, 0.4f);
+  LeverageScorePress leverage{0.5, 6, sketch->data()};
+  CompactorPress compactor{0.5, 3, 2, 16, 6};
+  compactor.sketch = sketch->data();
+  for (int p : {2, 4, 8})
+    for (Split const& split : kvc_shard::splits_for(p, 8)) {
+      DYNAMIC_SECTION("LeverageScore on " << p << " ranks, split " << split.front() << ".." << split.back()) {
+        check_scores(leverage, split);
+      }
+      DYNAMIC_SECTION("NonCausalAttn on " << p << " ranks, split " << split.front() << ".." << split.back()) {
+        check_scores(NonCausalAttnPress{0.5, 16}, split);
+      }
+      DYNAMIC_SECTION("Compactor on " << p << " ranks, split " << split.front() << ".." << split.back()) {
+        check_scores(compactor, split);
+      }
+      DYNAMIC_SECTION("SnapKV on " << p << " ranks, split " << split.front() << ".." << split.back()) {
+        check_scores(SnapKVPress{0.5, 4, 3}, split);
+      }
+    }
+}
+
+TEST_CASE("SimLayerKV's laziness statistic on thread ranks is the whole layer's, bit for bit", "[shard]") {
+  SimLayerKVPress const press{0.5, 4, 8, 4};
+  auto const statistic = [&](Layer& layer, Observation<float> const& obs, std::int64_t first, std::int64_t count) {
+    Part part(layer, first, count);
+    std::vector<std::byte> scratch(press.compress_workspace_bytes(cpu, obs, part.cache.view()));
+    Workspace ws(scratch.data(), scratch.size());
+    return press.lazy_score(cpu, obs, part.cache.view(), ws);
+  };
+  Layer layer = kvc_shard::default_layer();
+  double const whole = statistic(layer, kvc_shard::observe(layer, 0, layer.heads), 0, layer.heads);
+  for (int p : {2, 4, 8})
+    for (Split const& split : kvc_shard::splits_for(p, 8))
+      DYNAMIC_SECTION(p << " ranks, split " << split.front() << ".." << split.back()) {
+        std::vector<double> got(split.size());
+        auto const errors = on_ranks(p, [&](int r, ThreadCommunicator& comm) {
+          std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
+          Observation<float> obs = kvc_shard::observe(layer, first, count);
+          obs.shard = {&comm, first, layer.heads};
+          got[static_cast<std::size_t>(r)] = statistic(layer, obs, first, count);
+        });
+        require_no_errors(errors);
+        for (double g : got) CHECK(g == whole);
+      }
+}
+
 TEST_CASE("Uneven splits of six kv heads over four thread ranks match the whole layer", "[shard]") {
   for (auto scenario : kvc_shard::coupled_scenarios()) {
     scenario.make_layer = [] { return Layer(1, 6, 3, 36, 40, 16, 5); };
