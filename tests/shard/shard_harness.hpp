@@ -230,6 +230,76 @@ inline std::vector<Scenario> combining_scenarios() {
   };
 }
 
+/// The layer's kv heads as a rank sees them (the observation's, else the cache's).
+inline std::int64_t layer_heads(Observation<float> const& obs, kvcompress::KVCacheView<float> const& view) {
+  return obs.shard.kv_heads > 0 ? obs.shard.kv_heads : view.extents.kv_heads;
+}
+
+/// The presses that came after the first shard-invariant ones and couple heads, or protect entries
+/// with the layer's maximum (which a press that combines heads reads): with a communicator.
+inline std::vector<Scenario> later_coupled_scenarios() {
+  using namespace kvcompress;
+  auto const one = [](auto press) -> Run {
+    return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+  };
+  auto curves = std::make_shared<std::vector<float>>(kvc_test::random_vector(99 * 8, 51));  // [99, 1 layer, heads]
+  for (float& x : *curves) x = std::abs(x) * 0.8f;
+  auto const head_scores = side_input(1, 53);  // [2 layers, heads] (batch 2 of side_input: 16 values)
+  auto const hidden = std::make_shared<std::vector<float>>(kvc_test::random_vector(2 * 40 * 24, 55));  // [batch, 1, n, 24]
+  auto const surrogate = std::make_shared<std::vector<float>>(kvc_test::random_vector(8 * 24 + 8 + 5 * 24 + 5 + 8 * 5 + 8, 57, 0.3f));
+  auto const kvzap = [hidden, surrogate](bool mlp) -> Run {
+    return [hidden, surrogate, mlp](Observation<float> const& given, KVCacheView<float> view) {
+      Observation<float> obs = given;
+      std::int64_t const n = view.lengths[0];
+      obs.hidden_states = make_tensor4(hidden->data(), {view.extents.batch, 1, n, 24});
+      float const* w = surrogate->data();
+      KVzapPress press{0.5, mlp ? KVzapModelType::kMlp : KVzapModelType::kLinear, {}};
+      press.weights.hidden_size = 24;
+      press.weights.kv_heads = layer_heads(given, view);
+      if (mlp) press.weights = {w, w + 5 * 24, w + 5 * 24 + 5, w + 5 * 24 + 5 + 8 * 5, 24, 5, layer_heads(given, view)};
+      else press.weights = {w, w + 8 * 24, nullptr, nullptr, 24, 0, layer_heads(given, view)};
+      compress(cpu, press, obs, view);
+    };
+  };
+  CapPress cap{0.5, 5.0, 16, 2};
+  FinchPress finch{0.5, 0, true, true, 4};
+  return {
+      {"LUKV(Knorm)", default_layer,
+       [curves](Observation<float> const& obs, KVCacheView<float> view) {
+         LUKVPress<KnormPress> press{KnormPress{}, 0.5, 2, 2, curves->data(), 1, layer_heads(obs, view)};
+         compress(cpu, press, obs, view);
+       }},
+      {"DuoAttention", default_layer,
+       [head_scores](Observation<float> const& obs, KVCacheView<float> view) {
+         DuoAttentionPress press{0.5, 4, 8, head_scores->data(), 2, layer_heads(obs, view)};
+         compress(cpu, press, obs, view);
+       },
+       1, 2},
+      {"KVzap, linear", default_layer, kvzap(false)},
+      {"KVzap, MLP", default_layer, kvzap(true)},
+      {"AdaKV(CAP), the sinks competing across heads", default_layer, one(AdaKVPress{CapPress{0.9, 5.0, 16, 3}, 0.0})},
+      {"AdaKV(Finch), the window competing across heads", default_layer, one(AdaKVPress{FinchPress{0.95, 0, true, false, 4}, 0.0})},
+      {"ChunkKV(CAP)", default_layer, one(ChunkKVPress{cap, 5})},
+      {"CAP", default_layer, one(cap)},
+      {"Finch", default_layer, one(finch)},
+      {"Merging(TOVA)", default_layer, one(MergingPress<TOVAPress>{TOVAPress{0.5}, 0.0, 1.0})},
+  };
+}
+
+/// Later presses that are per head: each rank alone, with no communicator.
+inline std::vector<Scenario> later_per_head_scenarios() {
+  using namespace kvcompress;
+  auto const one = [](auto press) -> Run {
+    return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+  };
+  return {
+      {"CUR", default_layer, one(CURPress{0.5, 2})},
+      {"CAP", default_layer, one(CapPress{0.5, 5.0, 16, 2})},
+      {"Finch, chunked, keys re-rotated", default_layer, one(FinchPress{0.5, 12, true, true, 4})},
+      {"Merging(Knorm)", default_layer, one(MergingPress<KnormPress>{KnormPress{0.5}, 0.0, 0.5})},
+  };
+}
+
 /// Per-head presses: each rank compresses its heads alone, with no communicator.
 inline std::vector<Scenario> per_head_scenarios() {
   using namespace kvcompress;

@@ -195,6 +195,75 @@ TEST_CASE("SimLayerKV's laziness statistic on thread ranks is the whole layer's,
       }
 }
 
+TEST_CASE("Later presses that couple heads or protect with the layer's maximum match the whole layer on thread ranks",
+          "[shard]") {
+  for (auto const& scenario : kvc_shard::later_coupled_scenarios())
+    for (int p : {2, 4, 8})
+      for (Split const& split : kvc_shard::splits_for(p, scenario.make_layer().heads)) {
+        DYNAMIC_SECTION(scenario.name << " on " << p << " ranks, split " << split.front() << ".." << split.back()) {
+          check_scenario(scenario, split, true);
+        }
+      }
+  for (auto scenario : kvc_shard::later_coupled_scenarios()) {
+    scenario.make_layer = [] { return Layer(1, 6, 3, 36, 40, 16, 5); };
+    for (Split const& split : {Split{1, 2, 1, 2}, Split{3, 1, 1, 1}})
+      DYNAMIC_SECTION(scenario.name << ", six heads split " << split[0] << split[1] << split[2] << split[3]) {
+        check_scenario(scenario, split, true);
+      }
+  }
+}
+
+TEST_CASE("Later per-head presses need no communication on a shard", "[shard]") {
+  for (auto const& scenario : kvc_shard::later_per_head_scenarios())
+    for (int p : {2, 4, 8})
+      for (Split const& split : kvc_shard::splits_for(p, 8)) DYNAMIC_SECTION(scenario.name << " on " << p << " ranks") {
+          check_scenario(scenario, split, false);
+        }
+}
+
+TEST_CASE("ThinK packs each rank's keys as the whole layer does, with no communication", "[shard]") {
+  ThinKPress const press{0.5, 4};
+  auto const pack = [&](Layer const& layer, kvc_test::OwnedCache<float>& cache, Observation<float> const& obs) {
+    auto const view = cache.view();
+    std::int64_t const kept = press.kept_channels(layer.d);
+    std::vector<float> data(static_cast<std::size_t>(view.extents.batch * view.extents.kv_heads * view.extents.capacity * kept));
+    std::vector<std::int32_t> channels(static_cast<std::size_t>(view.extents.batch * view.extents.kv_heads * kept));
+    std::vector<std::byte> scratch(press.workspace_bytes(cpu, view));
+    press.compress(cpu, obs, view, PackedKeys<float>{data.data(), channels.data(), kept}, Workspace(scratch.data(), scratch.size()));
+    std::vector<float> out(channels.begin(), channels.end());
+    out.insert(out.end(), data.begin(), data.end());
+    return out;
+  };
+  auto const rows_of = [](std::vector<float> const& packed, std::int64_t batch, std::int64_t heads, std::int64_t first,
+                          std::int64_t count, std::int64_t kept, std::int64_t cap) {
+    std::vector<float> out;  // the channels, then the packed keys, of heads [first, first + count)
+    for (std::int64_t b = 0; b < batch; ++b)
+      for (std::int64_t h = first; h < first + count; ++h) {
+        auto const c = packed.begin() + (b * heads + h) * kept;
+        out.insert(out.end(), c, c + kept);
+      }
+    std::int64_t const base = batch * heads * kept;
+    for (std::int64_t b = 0; b < batch; ++b)
+      for (std::int64_t h = first; h < first + count; ++h) {
+        auto const k = packed.begin() + base + (b * heads + h) * cap * kept;
+        out.insert(out.end(), k, k + cap * kept);
+      }
+    return out;
+  };
+  Layer layer = kvc_shard::default_layer();
+  std::int64_t const kept = press.kept_channels(layer.d), cap = layer.cache.extents.capacity;
+  auto const whole = pack(layer, layer.cache, kvc_shard::observe(layer, 0, layer.heads));
+  for (int p : {2, 4, 8})
+    for (Split const& split : kvc_shard::splits_for(p, 8))
+      for (int r = 0; r < p; ++r) {
+        std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
+        Part part(layer, first, count);
+        INFO(p << " ranks, rank " << r << ", kv heads [" << first << ", +" << count << ")");
+        CHECK(pack(layer, part.cache, kvc_shard::observe(layer, first, count)) ==
+              rows_of(whole, layer.batch, layer.heads, first, count, kept, cap));
+      }
+}
+
 TEST_CASE("Uneven splits of six kv heads over four thread ranks match the whole layer", "[shard]") {
   for (auto scenario : kvc_shard::coupled_scenarios()) {
     scenario.make_layer = [] { return Layer(1, 6, 3, 36, 40, 16, 5); };
@@ -300,10 +369,10 @@ TEST_CASE("Bad input on one rank of a shard is an error on every rank", "[shard]
       CHECK_THAT(message_of(e), Catch::Contains("disagree on the press's shared quantity"));
   }
   SECTION("a press with no tensor-parallel form") {
-    auto const errors = run([](Part&, Observation<float>&) {}, RandomPress{0.5});
+    auto const errors = run([](Part&, Observation<float>&) {}, EntropyGatedChunkKVPress{KnormPress{0.5}, 8, 2});
     for (auto const& e : errors)
-      CHECK_THAT(message_of(e), Catch::Contains("Random has no tensor-parallel form (its streams are keyed by the "
-                                                "layer's kv head)"));
+      CHECK_THAT(message_of(e), Catch::Contains("EntropyGatedChunkKV has no tensor-parallel form (its token scores sum "
+                                                "all kv heads)"));
   }
     SECTION("a batch of another size on rank 1") {
     auto const errors = run(
@@ -314,4 +383,15 @@ TEST_CASE("Bad input on one rank of a shard is an error on every rank", "[shard]
         AdaKVPress{ea});
     for (auto const& e : errors) CHECK_THAT(message_of(e), Catch::Contains("disagree on the batch: rank 0 has 2, rank 1 has 1"));
   }
+}
+
+TEST_CASE("KVzip's scoring refuses a split layer: its eviction ranks every head of every layer together", "[shard][errors]") {
+  Layer layer = kvc_shard::default_layer();
+  SingleRankCommunicator group;
+  Observation<float> obs = kvc_shard::observe(layer, 0, layer.heads);
+  obs.shard = {&group, 0, layer.heads};
+  std::vector<float> scores(static_cast<std::size_t>(layer.heads * layer.n));
+  KVzipPress const press{};
+  CHECK_THROWS_WITH(press.score_chunk(cpu, obs, layer.cache.view(), layer.n, 0, 8, scores.data()),
+                    Catch::Contains("KVzip has no tensor-parallel form (its eviction ranks every head of every layer together)"));
 }

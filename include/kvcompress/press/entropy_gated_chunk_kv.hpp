@@ -81,6 +81,7 @@ struct EntropyGatedChunkKVPress {
 
   template <class T, class L>
   void compress(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace ws) const {
+    detail::require_whole_layer(obs, "EntropyGatedChunkKV", "its token scores sum all kv heads");
     double const ratio = compression_ratio_of(press);
     check_compression_ratio(ratio);
     check_parameters();

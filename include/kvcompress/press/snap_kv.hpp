@@ -8,8 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <utility>
 
-#include "kvcompress/dist/layer_rows.hpp"
+#include "kvcompress/press/layer_max.hpp"
 #include "kvcompress/press/window_attention.hpp"
 
 namespace kvcompress {
@@ -26,7 +27,7 @@ std::int64_t window_group(Observation<T> const& obs, KVCacheView<T, L> const& ca
 /// `protect_window` with the maximum of the whole layer: on a tensor-parallel shard the group's (a
 /// handshake, then a one-float all-reduce), so that the window scores the whole layer's value, which a
 /// press that combines heads (AdaKV, ChunkKV) needs bit for bit. The scored slots are checked finite
-/// first, so that no rank fails after the handshake. \param scores [batch, kv_heads, capacity]
+/// first, so that no rank fails after the handshake (layer_max.hpp). \param scores [batch, kv_heads, capacity]
 template <class T, class L>
 void protect_layer_window(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
                           std::int64_t window, Workspace& ws) {
@@ -37,13 +38,9 @@ void protect_layer_window(CpuDevice const& dev, Observation<T> const& obs, KVCac
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
   float m = -INFINITY;
   for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t i = 0; i < cache.lengths[r] - window; ++i) {
-      float const v = scores[r * cap + i];
-      if (!std::isfinite(v)) report_non_finite(dev, obs, cache, r, i, v);
-      m = std::max(m, v);
-    }
-  join_shard(obs, cache, window, 0, ws);
-  m = layer_max(obs, m);
+    for (std::int64_t i = 0; i < cache.lengths[r] - window; ++i) m = std::max(m, scores[r * cap + i]);
+  m = layer_score_max(dev, obs, cache, scores, m,
+                      [&](std::int64_t r) { return std::pair<std::int64_t, std::int64_t>{0, cache.lengths[r] - window}; }, ws);
   float const protect = (std::isfinite(m) ? m : 0.0f) + 1.0f;
   for (std::int64_t r = 0; r < rows; ++r)
     std::fill(scores + r * cap + std::max<std::int64_t>(cache.lengths[r] - window, 0), scores + r * cap + cache.lengths[r], protect);
