@@ -350,6 +350,33 @@ TEST_CASE("Bad input on one rank of a shard is an error on every rank", "[shard]
     CHECK_THAT(message_of(errors[1]), Catch::Contains("keys[0, 0, 20, 3] = nan is not finite"));
     CHECK_THAT(message_of(errors[0]), Catch::Contains("rank 1 of 2 failed in this compression call"));
   }
+  SECTION("a NaN key on rank 1 under SimLayerKV, before its statistic is exchanged") {
+    auto const errors =
+        run([](Part& part, Observation<float>&) { part.cache.k[20 * 16 + 3] = std::nanf(""); }, SimLayerKVPress{0.2, 4, 8, 4});
+    CHECK_THAT(message_of(errors[1]), Catch::Contains("keys[0, 0, 20, 3] = nan is not finite"));
+    CHECK_THAT(message_of(errors[0]), Catch::Contains("rank 1 of 2 failed in this compression call"));
+  }
+  SECTION("a NaN key on rank 1 under NonCausalAttn, before its z-score is exchanged") {
+    auto const errors =
+        run([](Part& part, Observation<float>&) { part.cache.k[20 * 16 + 3] = std::nanf(""); }, NonCausalAttnPress{0.5, 16});
+    CHECK_THAT(message_of(errors[1]), Catch::Contains("keys[0, 0, 20, 3] = nan is not finite"));
+    CHECK_THAT(message_of(errors[0]), Catch::Contains("rank 1 of 2 failed in this compression call"));
+  }
+  SECTION("ChunkKV rows of another length on rank 1") {
+    auto const errors = run(
+        [](Part& part, Observation<float>&) {
+          for (auto& n : part.cache.lengths) n -= 1;
+        },
+        ChunkKVPress{KnormPress{0.5}, 6});
+    for (auto const& e : errors) CHECK_THAT(message_of(e), Catch::Contains("disagree on the press's shared quantity"));
+  }
+  SECTION("QFilter filters of the rank's kv heads, not the layer's") {
+    std::vector<float> const filters(8 * 16, 0.5f);
+    auto const errors = run([](Part&, Observation<float>&) {}, QFilterPress{0.5, filters.data(), 1, 4, 16});
+    for (auto const& e : errors)
+      CHECK_THAT(message_of(e), Catch::Contains("QFilterPress.num_kv_heads = 4 does not match the layer's kv_heads "
+                                                "(observation.shard.kv_heads) = 8"));
+  }
   SECTION("a bad first_kv_head on rank 1") {
     auto const errors = run([](Part&, Observation<float>& obs) { obs.shard.first_kv_head = 6; }, TOVAPress{0.5});
     CHECK_THAT(message_of(errors[1]), Catch::Contains("observation.shard.first_kv_head = 6"));

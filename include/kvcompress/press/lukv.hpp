@@ -57,7 +57,8 @@ struct LUKVPress {
   std::int64_t num_layers = 0;
   std::int64_t kv_heads = 0;
 
-  void check_parameters(std::int64_t cache_heads, int layer) const {
+  /// \param cache_heads the layer's kv heads (on a tensor-parallel shard, observation.shard.kv_heads)
+  void check_parameters(std::int64_t cache_heads, int layer, bool split = false) const {
     KVC_CHECK(sink >= 0, "LUKVPress sink must be non-negative, got " << sink);
     KVC_CHECK(window >= 0, "LUKVPress window must be non-negative, got " << window);
     KVC_CHECK(budget_curves != nullptr,
@@ -67,7 +68,8 @@ struct LUKVPress {
     KVC_CHECK(layer >= 0 && layer < num_layers, "LUKVPress budget curve has " << num_layers
                                                                               << " layers, observation.layer_idx = "
                                                                               << layer);
-    KVC_CHECK(kv_heads == cache_heads, "LUKVPress budget curve has " << kv_heads << " kv heads, the cache "
+    KVC_CHECK(kv_heads == cache_heads, "LUKVPress budget curve has " << kv_heads << " kv heads, the "
+                                                                      << (split ? "layer (observation.shard.kv_heads) " : "cache ")
                                                                       << cache_heads);
   }
 
@@ -85,7 +87,7 @@ struct LUKVPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
-    check_parameters(detail::layer_kv_heads(obs, cache), obs.layer_idx);
+    check_parameters(detail::layer_kv_heads(obs, cache), obs.layer_idx, obs.shard.split());
     press.score(dev, obs, cache, scores, ws);
     float const protect =
         detail::layer_score_max(dev, obs, cache, scores, detail::global_max(cache, scores),
@@ -113,7 +115,7 @@ struct LUKVPress {
   void kept_counts(CpuDevice const&, Observation<T> const& obs, KVCacheView<T, L> const& cache, float const*,
                    std::int32_t* counts, Workspace& ws) const {
     std::int64_t const batch = cache.extents.batch, heads = detail::layer_kv_heads(obs, cache);
-    check_parameters(heads, obs.layer_idx);
+    check_parameters(heads, obs.layer_idx, obs.shard.split());
     float const* prune = budget_curves + (curve_row() * num_layers + obs.layer_idx) * heads;  // [layer kv_heads]
     if (!obs.shard.split()) {
       for (std::int64_t b = 0; b < batch; ++b) sequence_counts(prune, cache.lengths + b * heads, heads, counts + b * heads);
