@@ -283,6 +283,8 @@ inline std::vector<Scenario> later_coupled_scenarios() {
       {"CAP", default_layer, one(cap)},
       {"Finch", default_layer, one(finch)},
       {"Merging(TOVA)", default_layer, one(MergingPress<TOVAPress>{TOVAPress{0.5}, 0.0, 1.0})},
+      {"EntropyGatedChunkKV(Knorm)", default_layer, one(EntropyGatedChunkKVPress{KnormPress{0.5}, 6, 2})},
+      {"EntropyGatedChunkKV(SnapKV)", default_layer, one(EntropyGatedChunkKVPress{SnapKVPress{0.7, 4, 3}, 5, 2})},
   };
 }
 

@@ -395,12 +395,6 @@ TEST_CASE("Bad input on one rank of a shard is an error on every rank", "[shard]
     for (auto const& e : errors)
       CHECK_THAT(message_of(e), Catch::Contains("disagree on the press's shared quantity"));
   }
-  SECTION("a press with no tensor-parallel form") {
-    auto const errors = run([](Part&, Observation<float>&) {}, EntropyGatedChunkKVPress{KnormPress{0.5}, 8, 2});
-    for (auto const& e : errors)
-      CHECK_THAT(message_of(e), Catch::Contains("EntropyGatedChunkKV has no tensor-parallel form (its token scores sum "
-                                                "all kv heads)"));
-  }
     SECTION("a batch of another size on rank 1") {
     auto const errors = run(
         [](Part& part, Observation<float>& obs) {
