@@ -55,6 +55,25 @@ TEST_CASE("MPI ranks compress their kv heads as the whole layer does", "[mpi]") 
     }
 }
 
+TEST_CASE("MPI ranks compress their kv heads as the whole layer does with the presses that sum or z-score heads",
+          "[mpi]") {
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator comm(MPI_COMM_WORLD, kWait);
+  auto scenarios = kvc_shard::combining_scenarios();
+  for (auto& s : kvc_shard::later_coupled_scenarios()) scenarios.push_back(std::move(s));
+  for (auto const& scenario : scenarios)
+    for (Split const& split : kvc_shard::splits_for(p, scenario.make_layer().heads)) {
+      INFO(scenario.name << " on " << p << " ranks, split " << split.front() << ".." << split.back() << ", rank " << rank);
+      Layer layer = scenario.make_layer();
+      Part part(layer, kvc_shard::first_head(split, rank), split[static_cast<std::size_t>(rank)]);
+      Observation<float> obs = kvc_shard::observe(layer, part.first, part.count, scenario.layer_idx, scenario.num_layers);
+      obs.shard = {&comm, part.first, layer.heads};
+      scenario.run(obs, part.cache.view());
+      scenario.run(kvc_shard::observe(layer, 0, layer.heads, scenario.layer_idx, scenario.num_layers), layer.cache.view());
+      CHECK(kvc_shard::kept(part.cache, 0, part.count) == kvc_shard::kept(layer.cache, part.first, part.count));
+    }
+}
+
 TEST_CASE("MPI ranks run DecodingPress(TOVA) as the whole layer does", "[mpi]") {
   using kvc_shard::Decoding;
   int const rank = world_rank(), p = world_size();
@@ -159,13 +178,17 @@ TEST_CASE("Communication per layer of the presses that couple heads", "[.measure
     auto const one = [](auto press) -> kvc_shard::Run {
       return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
     };
+    // SmolLM2-135M's layer: 3 kv heads of 64 dims, 9 query heads; 8 kv heads here so that 2 and 4 ranks divide it.
+    Layer const base(1, 8, 3, n, n, 64, 3);
+    std::vector<float> const sketch = kvc_test::random_vector(static_cast<std::size_t>(8 * 64 * 48), 9, 0.15f);
     std::vector<Row> const rows = {{"AdaKV(ExpectedAttention)", one(AdaKVPress{ea})},
                                    {"CriticalAdaKV(ExpectedAttention)", one(CriticalAdaKVPress{ea_plain})},
                                    {"TOVA", one(TOVAPress{0.5})},
                                    {"PyramidKV", one(PyramidKVPress{0.5, 4, 3, 2.0})},
-                                   {"Knorm (per head)", one(KnormPress{0.5})}};
-    // SmolLM2-135M's layer: 3 kv heads of 64 dims, 9 query heads; 8 kv heads here so that 2 and 4 ranks divide it.
-    Layer const base(1, 8, 3, n, n, 64, 3);
+                                   {"Knorm (per head)", one(KnormPress{0.5})},
+                                   {"ChunkKV(Knorm)", one(ChunkKVPress{KnormPress{0.5}, 20})},
+                                   {"SimLayerKV", one(SimLayerKVPress{0.5, 4, 64, 4})},
+                                   {"LeverageScore", one(LeverageScorePress{0.5, 48, sketch.data()})}};
     for (Row const& row : rows) {
       Layer layer = base;
       Split const split = kvc_shard::splits_for(p, layer.heads).front();

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -176,6 +177,128 @@ inline std::vector<Scenario> coupled_scenarios() {
       {"TOVA", default_layer, one(TOVAPress{0.5})},
       {"AdaKV(TOVA)", default_layer, one(AdaKVPress{TOVAPress{0.5}, 0.2})},
       {"PyramidKV", default_layer, one(PyramidKVPress{0.5, 4, 3, 2.0}), 3, 8},
+  };
+}
+
+/// Random inputs that a press reads beside the observation, for the largest layer of these tests
+/// (batch 2, 8 kv heads, head_dim 16), kept alive by the scenarios that hold them.
+inline std::shared_ptr<std::vector<float>> side_input(std::size_t per_head, std::uint32_t seed, float scale = 1.0f) {
+  return std::make_shared<std::vector<float>>(kvc_test::random_vector(2 * 8 * per_head, seed, scale));
+}
+
+/// The presses made shard-invariant after the first ones: they combine the kv heads (ChunkKV's chunk
+/// sums, SimLayerKV's statistic, the Compactor family's z-scores, SnapKV's window score under AdaKV)
+/// or index per-head data by the layer's head (QFilter, Random).
+inline std::vector<Scenario> combining_scenarios() {
+  using namespace kvcompress;
+  auto const one = [](auto press) -> Run {
+    return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+  };
+  ExpectedAttentionPress ea{0.6};
+  ea.n_future_positions = 16;
+  ea.n_sink = 2;
+  auto const sketch = side_input(16 * 6, 41, 0.4f);  // [batch, heads, head_dim 16, sketch_dimension 6]
+  auto const filters = side_input(16, 43);           // [1 layer, heads, head_dim 16] (batch 2 is spare)
+  auto const with_sketch = [sketch](auto press) -> Run {
+    return [press, sketch](Observation<float> const& obs, KVCacheView<float> view) {
+      auto p = press;
+      p.sketch = sketch->data();
+      compress(cpu, p, obs, view);
+    };
+  };
+  LeverageScorePress leverage{0.5, 6};
+  CompactorPress compactor{0.5, 3, 2, 16, 6};
+  QFilterPress qfilter{0.5, filters->data(), 1, 0, 16};
+  return {
+      {"ChunkKV(Knorm)", default_layer, one(ChunkKVPress{KnormPress{0.5}, 6})},
+      {"ChunkKV(SnapKV)", default_layer, one(ChunkKVPress{SnapKVPress{0.6, 4, 3}, 5})},
+      {"ChunkKV(ExpectedAttention), no complete chunk", default_layer, one(ChunkKVPress{ea, 64})},
+      {"ChunkKV(TOVA)", default_layer, one(ChunkKVPress{TOVAPress{0.5}, 7})},
+      {"AdaKV(SnapKV), the window competing across heads", default_layer, one(AdaKVPress{SnapKVPress{0.95, 4, 3}, 0.0})},
+      {"SimLayerKV, a lazy layer", default_layer, one(SimLayerKVPress{0.2, 4, 8, 4})},
+      {"SimLayerKV, a busy layer", default_layer, one(SimLayerKVPress{0.9, 4, 8, 4})},
+      {"LeverageScore", default_layer, with_sketch(leverage)},
+      {"NonCausalAttn", default_layer, one(NonCausalAttnPress{0.5, 16})},
+      {"Compactor", default_layer, with_sketch(compactor)},
+      {"QFilter", default_layer,
+       [qfilter, filters](Observation<float> const& obs, KVCacheView<float> view) {
+         auto p = qfilter;
+         p.num_kv_heads = static_cast<int>(obs.shard.kv_heads > 0 ? obs.shard.kv_heads : view.extents.kv_heads);
+         compress(cpu, p, obs, view);
+       }},
+      {"Random, seeded", default_layer, one(RandomPress{0.5, 1234})},
+  };
+}
+
+/// The layer's kv heads as a rank sees them (the observation's, else the cache's).
+inline std::int64_t layer_heads(Observation<float> const& obs, kvcompress::KVCacheView<float> const& view) {
+  return obs.shard.kv_heads > 0 ? obs.shard.kv_heads : view.extents.kv_heads;
+}
+
+/// The presses that came after the first shard-invariant ones and couple heads, or protect entries
+/// with the layer's maximum (which a press that combines heads reads): with a communicator.
+inline std::vector<Scenario> later_coupled_scenarios() {
+  using namespace kvcompress;
+  auto const one = [](auto press) -> Run {
+    return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+  };
+  auto curves = std::make_shared<std::vector<float>>(kvc_test::random_vector(99 * 8, 51));  // [99, 1 layer, heads]
+  for (float& x : *curves) x = std::abs(x) * 0.8f;
+  auto const head_scores = side_input(1, 53);  // [2 layers, heads] (batch 2 of side_input: 16 values)
+  auto const hidden = std::make_shared<std::vector<float>>(kvc_test::random_vector(2 * 40 * 24, 55));  // [batch, 1, n, 24]
+  auto const surrogate = std::make_shared<std::vector<float>>(kvc_test::random_vector(8 * 24 + 8 + 5 * 24 + 5 + 8 * 5 + 8, 57, 0.3f));
+  auto const kvzap = [hidden, surrogate](bool mlp) -> Run {
+    return [hidden, surrogate, mlp](Observation<float> const& given, KVCacheView<float> view) {
+      Observation<float> obs = given;
+      std::int64_t const n = view.lengths[0];
+      obs.hidden_states = make_tensor4(hidden->data(), {view.extents.batch, 1, n, 24});
+      float const* w = surrogate->data();
+      KVzapPress press{0.5, mlp ? KVzapModelType::kMlp : KVzapModelType::kLinear, {}};
+      press.weights.hidden_size = 24;
+      press.weights.kv_heads = layer_heads(given, view);
+      if (mlp) press.weights = {w, w + 5 * 24, w + 5 * 24 + 5, w + 5 * 24 + 5 + 8 * 5, 24, 5, layer_heads(given, view)};
+      else press.weights = {w, w + 8 * 24, nullptr, nullptr, 24, 0, layer_heads(given, view)};
+      compress(cpu, press, obs, view);
+    };
+  };
+  CapPress cap{0.5, 5.0, 16, 2};
+  FinchPress finch{0.5, 0, true, true, 4};
+  return {
+      {"LUKV(Knorm)", default_layer,
+       [curves](Observation<float> const& obs, KVCacheView<float> view) {
+         LUKVPress<KnormPress> press{KnormPress{}, 0.5, 2, 2, curves->data(), 1, layer_heads(obs, view)};
+         compress(cpu, press, obs, view);
+       }},
+      {"DuoAttention", default_layer,
+       [head_scores](Observation<float> const& obs, KVCacheView<float> view) {
+         DuoAttentionPress press{0.5, 4, 8, head_scores->data(), 2, layer_heads(obs, view)};
+         compress(cpu, press, obs, view);
+       },
+       1, 2},
+      {"KVzap, linear", default_layer, kvzap(false)},
+      {"KVzap, MLP", default_layer, kvzap(true)},
+      {"AdaKV(CAP), the sinks competing across heads", default_layer, one(AdaKVPress{CapPress{0.9, 5.0, 16, 3}, 0.0})},
+      {"AdaKV(Finch), the window competing across heads", default_layer, one(AdaKVPress{FinchPress{0.95, 0, true, false, 4}, 0.0})},
+      {"ChunkKV(CAP)", default_layer, one(ChunkKVPress{cap, 5})},
+      {"CAP", default_layer, one(cap)},
+      {"Finch", default_layer, one(finch)},
+      {"Merging(TOVA)", default_layer, one(MergingPress<TOVAPress>{TOVAPress{0.5}, 0.0, 1.0})},
+      {"EntropyGatedChunkKV(Knorm)", default_layer, one(EntropyGatedChunkKVPress{KnormPress{0.5}, 6, 2})},
+      {"EntropyGatedChunkKV(SnapKV)", default_layer, one(EntropyGatedChunkKVPress{SnapKVPress{0.7, 4, 3}, 5, 2})},
+  };
+}
+
+/// Later presses that are per head: each rank alone, with no communicator.
+inline std::vector<Scenario> later_per_head_scenarios() {
+  using namespace kvcompress;
+  auto const one = [](auto press) -> Run {
+    return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+  };
+  return {
+      {"CUR", default_layer, one(CURPress{0.5, 2})},
+      {"CAP", default_layer, one(CapPress{0.5, 5.0, 16, 2})},
+      {"Finch, chunked, keys re-rotated", default_layer, one(FinchPress{0.5, 12, true, true, 4})},
+      {"Merging(Knorm)", default_layer, one(MergingPress<KnormPress>{KnormPress{0.5}, 0.0, 0.5})},
   };
 }
 

@@ -12,10 +12,12 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "kvcompress/detail/cholesky.hpp"
 #include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/expected_attention.hpp"
+#include "kvcompress/press/layer_max.hpp"
 #include "kvcompress/press/scorer.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
@@ -36,7 +38,8 @@ struct CapPress {
     std::int64_t const threads = detail::thread_count(dev, rows);
     auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
     return detail::sum_bytes(f(2, d), f(e.batch, q_heads, d), f(threads, 2, cap, d + 1), f(rows),
-                             Workspace::bytes_for<double>(detail::size_product(threads, d, d + 1)));
+                             Workspace::bytes_for<double>(detail::size_product(threads, d, d + 1)),
+                             detail::handshake_bytes(obs.shard));
   }
 
   template <class T, class L>
@@ -127,7 +130,10 @@ struct CapPress {
       for (std::int64_t i = 0; i < m; ++i) mx = std::max(mx, out[i] = acc[i] / static_cast<float>(group));
       row_max[r] = mx;
     });
-    float const protect = *std::max_element(row_max, row_max + rows) + 1.0f;
+    float const protect =
+        detail::layer_score_max(dev, obs, cache, scores, *std::max_element(row_max, row_max + rows),
+                                [&](std::int64_t r) { return std::pair<std::int64_t, std::int64_t>{n_sink, cache.lengths[r]}; }, ws) +
+        1.0f;
     for (std::int64_t r = 0; r < rows; ++r) std::fill(scores + r * cap, scores + r * cap + n_sink, protect);
   }
 };

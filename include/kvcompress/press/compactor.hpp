@@ -4,7 +4,8 @@
 /// the prompt without its first `sink_size_start` and last `sink_size_end` tokens, which are always
 /// kept (padded with the global maximum of the blended scores, as kvpress does: not max + 1, so a
 /// protected entry can tie with the best scored one). `blending` unset means the compression ratio.
-/// The sketch is the caller's, as for `LeverageScorePress`. Prefill only, as in kvpress.
+/// The sketch is the caller's, as for `LeverageScorePress`. Prefill only, as in kvpress. On a
+/// tensor-parallel shard the z-scores and the maximum are the whole layer's (prefill_z_score.hpp).
 
 #include <algorithm>
 #include <cstddef>
@@ -27,8 +28,9 @@ struct CompactorPress {
   float const* sketch = nullptr;
 
   template <class T, class L>
-  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache) const {
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) const {
     return detail::sum_bytes(detail::leverage_bytes(dev, cache, std::max<std::int64_t>(sketch_dimension, 1)),
+                             detail::global_z_score_bytes(obs, cache, 2),
                              detail::non_causal_bytes(dev, cache, chunk_size),
                              Workspace::bytes_for<float>(detail::size_product(cache.extents.batch, cache.extents.kv_heads,
                                                                               cache.extents.capacity)));
@@ -37,7 +39,6 @@ struct CompactorPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
-    detail::require_whole_layer(obs, "Compactor", "its scores are z-scored over all kv heads");
     char const* const name = "CompactorPress";
     KVC_CHECK(sink_size_start >= 0 && sink_size_end >= 0, "CompactorPress sink_size_start and sink_size_end must be non-negative, got "
                                                               << sink_size_start << " and " << sink_size_end);
@@ -54,13 +55,14 @@ struct CompactorPress {
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
     float* attn = ws.take<float>(static_cast<std::size_t>(rows * cap));
     detail::leverage_scores(dev, obs, cache, sketch, sketch_dimension, lo, hi, scores, ws, name);
-    detail::global_z_score(cache, scores, lo, hi, name);
     detail::non_causal_scores(dev, obs, cache, chunk_size, lo, hi, attn, ws);
-    detail::global_z_score(cache, attn, lo, hi, name);
+    float* const both[] = {scores, attn};
+    detail::global_z_score(dev, obs, cache, both, 2, lo, hi, name, ws);
     auto const b = static_cast<float>(blend);
     float top = -INFINITY;
     for (std::int64_t r = 0; r < rows; ++r)
       for (std::int64_t i = lo; i < hi; ++i) top = std::max(top, scores[r * cap + i] = b * scores[r * cap + i] + attn[r * cap + i]);
+    top = detail::layer_max(obs, top);  // on a shard, the whole layer's
     for (std::int64_t r = 0; r < rows; ++r) {
       std::fill(scores + r * cap, scores + r * cap + lo, top);
       std::fill(scores + r * cap + hi, scores + r * cap + n, top);

@@ -10,7 +10,8 @@
 /// it with its sink and recent sizes; here the caller hands both over) or kvpress's on-the-fly
 /// estimate, `duo_attention_sample_scores` averaged over samples (kvpress: 50 BookSum chapters,
 /// sink 128, recent 256). kvpress masks the middle of a streaming head; here the head's row really
-/// shortens to sink_size + recent_size entries.
+/// shortens to sink_size + recent_size entries. The pattern covers every head of the model, so on a
+/// tensor-parallel shard each head looks up its global head and nothing is exchanged.
 
 #include <algorithm>
 #include <cmath>
@@ -90,24 +91,27 @@ struct DuoAttentionPress {
     check_parameters();
     KVC_CHECK(obs.layer_idx >= 0 && obs.layer_idx < num_layers,
               "DuoAttentionPress head_scores hold " << num_layers << " layers, observation.layer_idx = " << obs.layer_idx);
-    KVC_CHECK(kv_heads == cache.extents.kv_heads,
-              "DuoAttentionPress head_scores hold " << kv_heads << " kv heads, the cache " << cache.extents.kv_heads);
+    KVC_CHECK(kv_heads == detail::layer_kv_heads(obs, cache),
+              "DuoAttentionPress head_scores hold " << kv_heads << " kv heads, the "
+                                                    << (obs.shard.split() ? "layer (observation.shard.kv_heads) " : "cache ")
+                                                    << detail::layer_kv_heads(obs, cache));
     std::int64_t const total = num_layers * kv_heads, n_streaming = streaming_count();
     if (n_streaming == 0) return;
     auto* streaming = ws.take<std::uint8_t>(static_cast<std::size_t>(total));
     streaming_mask(streaming, ws.take<std::int64_t>(static_cast<std::size_t>(total)));
-    std::uint8_t const* layer = streaming + obs.layer_idx * kv_heads;  // [kv_heads]
-    std::int64_t const rows = cache.extents.batch * kv_heads, cap = cache.extents.capacity;
+    // [heads]: this process's heads of the layer's row (on a tensor-parallel shard, from its first head)
+    std::uint8_t const* layer = streaming + obs.layer_idx * kv_heads + obs.shard.first_kv_head;
+    std::int64_t const heads = cache.extents.kv_heads, rows = cache.extents.batch * heads, cap = cache.extents.capacity;
     std::int32_t* idx = ws.take<std::int32_t>(detail::size_product(detail::thread_count(dev, rows), cap));
     // Every streaming row keeps its first sink_size and last recent_size slots.
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
       std::int64_t const n = cache.lengths[r];
-      if (layer[r % kv_heads] == 0 || n <= sink_size + recent_size) return;
+      if (layer[r % heads] == 0 || n <= sink_size + recent_size) return;
       std::int32_t* row_idx = idx + t * cap;  // [cap]
       std::int32_t k = 0;
       for (std::int64_t i = 0; i < sink_size; ++i) row_idx[k++] = static_cast<std::int32_t>(i);
       for (std::int64_t i = n - recent_size; i < n; ++i) row_idx[k++] = static_cast<std::int32_t>(i);
-      cpu_impl::compact_row(cache, r / kv_heads, r % kv_heads, row_idx, k);
+      cpu_impl::compact_row(cache, r / heads, r % heads, row_idx, k);
     });
   }
 };

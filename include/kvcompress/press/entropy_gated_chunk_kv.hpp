@@ -12,7 +12,8 @@
 /// one-token chunk has entropy 0). Chunks are visited by decreasing score and kept whole, cut to
 /// their best tokens when spiky, or cut to what is left of the budget; leftover budget then goes to
 /// the best tokens not yet kept. The same tokens are kept in every kv head of the sequence, so every
-/// kv head of a sequence must hold the same number of entries.
+/// kv head of a sequence must hold the same number of entries. On a tensor-parallel shard the ranks
+/// exchange their heads' scores (O(heads · n), as TOVA) and every rank sums the layer's heads.
 
 #include <algorithm>
 #include <cmath>
@@ -20,6 +21,7 @@
 #include <cstdint>
 #include <numeric>
 
+#include "kvcompress/dist/layer_rows.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -76,7 +78,7 @@ struct EntropyGatedChunkKVPress {
                              Workspace::bytes_for<float>(detail::size_product(threads, 2, cap)),
                              Workspace::bytes_for<double>(detail::size_product(threads, 3, cap)),
                              Workspace::bytes_for<std::int32_t>(detail::size_product(threads, 5, cap)),
-                             press.workspace_bytes(dev, obs, cache));
+                             press.workspace_bytes(dev, obs, cache), layer_scores_bytes(obs, cache));
   }
 
   template <class T, class L>
@@ -95,6 +97,8 @@ struct EntropyGatedChunkKVPress {
     }
     float* scores = ws.take<float>(detail::size_product(cache.extents.batch, heads, cap));
     kvcompress::score(dev, press, obs, cache, scores, ws);
+    // The token scores sum every head of the layer: on a shard, from the group's scores.
+    LayerScores const all = layer_scores(obs, cache, scores, ratio, ws);
     int const threads = detail::thread_count(dev, cache.extents.batch);
     float* fbuf = ws.take<float>(detail::size_product(threads, 2, cap));
     double* dbuf = ws.take<double>(detail::size_product(threads, 3, cap));
@@ -115,7 +119,7 @@ struct EntropyGatedChunkKVPress {
       std::int32_t* part = leftover + cap;                     // [n] a top-k partition
       for (std::int64_t i = 0; i < n; ++i) {
         double sum = 0.0;
-        for (std::int64_t h = 0; h < heads; ++h) sum += scores[(b * heads + h) * cap + i];
+        for (std::int64_t h = 0; h < all.heads; ++h) sum += all.data[(b * all.heads + h) * all.stride + i];
         token[i] = static_cast<float>(sum);
       }
       std::int64_t const chunks = (n + chunk_length - 1) / chunk_length;
@@ -160,6 +164,52 @@ struct EntropyGatedChunkKVPress {
         if (keep[i] != 0) kept[total++] = static_cast<std::int32_t>(i);
       for (std::int64_t h = 0; h < heads; ++h) cpu_impl::compact_row(cache, b, h, kept, total);
     });
+  }
+
+ private:
+  /// Every head's scores of the layer: [batch, heads, stride].
+  struct LayerScores {
+    float const* data;
+    std::int64_t heads, stride;
+  };
+
+  template <class T, class L>
+  static std::size_t layer_scores_bytes(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+    if (!obs.shard.split()) return 0;
+    return detail::sum_bytes(detail::handshake_bytes(obs.shard),
+                             Workspace::bytes_for<float>(detail::size_product(
+                                 cache.extents.batch, detail::layer_kv_heads(obs, cache), cache.extents.capacity)));
+  }
+
+  /// The whole layer's scores: this rank's own on one process; on a tensor-parallel shard each rank's
+  /// rows go to their global heads of a zeroed [batch, layer kv heads, longest] table, which one float
+  /// all-reduce adds (each value to zeros: exact), as TOVA does. Every rank then sums the heads in the
+  /// layer's order, so the token scores are bit-identical to one process's.
+  template <class T, class L>
+  LayerScores layer_scores(Observation<T> const& obs, KVCacheView<T, L> const& cache, float const* scores, double ratio,
+                           Workspace& ws) const {
+    auto const& e = cache.extents;
+    if (!obs.shard.split()) return {scores, e.kv_heads, e.capacity};
+    std::uint64_t lengths_hash = 1469598103934665603ull;
+    std::int64_t longest = 0;
+    for (std::int64_t b = 0; b < e.batch; ++b) {
+      std::int64_t const n = cache.lengths[b * e.kv_heads];
+      lengths_hash = (lengths_hash ^ static_cast<std::uint64_t>(n + 1)) * 1099511628211ull;
+      longest = std::max(longest, n);
+    }
+    for (std::int64_t x : {chunk_length, low_entropy_chunk_length})
+      lengths_hash = (lengths_hash ^ static_cast<std::uint64_t>(x)) * 1099511628211ull;
+    detail::ShardLayout const layout =
+        detail::join_shard(obs, cache, static_cast<std::int64_t>(lengths_hash), detail::bits_of(ratio), ws);
+    std::int64_t const heads = layout.kv_heads, stride = std::max<std::int64_t>(longest, 1);
+    float* all = ws.take<float>(detail::size_product(e.batch, heads, stride));  // [batch, layer kv heads, stride]
+    std::fill(all, all + e.batch * heads * stride, 0.0f);
+    for (std::int64_t r = 0; r < e.batch * e.kv_heads; ++r) {
+      std::int64_t const b = r / e.kv_heads, h = r % e.kv_heads;
+      std::copy_n(scores + r * e.capacity, cache.lengths[r], all + (b * heads + layout.first_kv_head + h) * stride);
+    }
+    obs.shard.communicator->all_reduce(all, static_cast<std::size_t>(e.batch * heads * stride), ReduceOp::sum);
+    return {all, heads, stride};
   }
 };
 

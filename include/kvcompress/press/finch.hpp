@@ -18,11 +18,13 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "kvcompress/cpu/compact.hpp"
 #include "kvcompress/cpu/select_topk.hpp"
 #include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/press/layer_max.hpp"
 #include "kvcompress/press/window_attention.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
@@ -36,14 +38,14 @@ struct FinchPress {
   std::int64_t window_size = 0;  ///< the question's tokens, at the end of the prompt; must be given
 
   template <class T, class L>
-  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache) const {
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) const {
     auto const& e = cache.extents;
     std::int64_t const rows = e.batch * e.kv_heads, threads = detail::thread_count(dev, rows);
     std::int64_t const w = std::max<std::int64_t>(window_size, 1);
     std::int64_t const per_thread = detail::size_sum(detail::size_product(e.capacity, e.head_dim),
                                                      detail::size_product(w, e.head_dim), detail::size_product(w, e.capacity));
     return detail::sum_bytes(Workspace::bytes_for<float>(detail::size_product(threads, per_thread)),
-                             Workspace::bytes_for<float>(static_cast<std::size_t>(rows)));
+                             Workspace::bytes_for<float>(static_cast<std::size_t>(rows)), detail::handshake_bytes(obs.shard));
   }
 
   template <class T, class L>
@@ -96,7 +98,9 @@ struct FinchPress {
       }
       row_max[r] = m > 0 ? *std::max_element(out, out + m) : -INFINITY;
     });
-    float const top = *std::max_element(row_max, row_max + rows);
+    float const top = detail::layer_score_max(
+        dev, obs, cache, scores, *std::max_element(row_max, row_max + rows),
+        [&](std::int64_t r) { return std::pair<std::int64_t, std::int64_t>{0, cache.lengths[r] - w}; }, ws);
     float const protect = (std::isfinite(top) ? top : 0.0f) + 1.0f;
     for (std::int64_t r = 0; r < rows; ++r) std::fill(scores + r * cap + cache.lengths[r] - w, scores + r * cap + cache.lengths[r], protect);
   }

@@ -46,7 +46,7 @@ struct KVzapPress {
 
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores, Workspace& ws) const {
-    check(cache.extents);
+    check(detail::layer_kv_heads(obs, cache), obs.shard.split());
     auto const& e = cache.extents;
     KVC_CHECK(!obs.hidden_states.empty(), "observation.hidden_states ([batch, 1, q_len, hidden_size], the attention input) "
                                           "must be given: KVzapPress scores them");
@@ -58,30 +58,33 @@ struct KVzapPress {
       KVC_CHECK(cache.lengths[r] == s[2], "KVzapPress scores the chunk's own tokens: row " << r << " holds " << cache.lengths[r]
                                                                                         << " entries, the hidden states " << s[2]);
     using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    // On a tensor-parallel shard the surrogate is the whole layer's: head h of the cache is output
+    // first + h (the hidden states are every rank's, so nothing is exchanged).
     std::int64_t const D = weights.hidden_size, hid = weights.hidden_dim, heads = e.kv_heads, q = s[2];
+    std::int64_t const outputs = weights.kv_heads, first = obs.shard.first_kv_head;
     bool const mlp = model_type == KVzapModelType::kMlp;
-    std::int64_t const width = std::max(hid, heads) + D;
+    std::int64_t const width = std::max(hid, outputs) + D;
     float* buf = ws.take<float>(detail::size_product(detail::thread_count(dev, e.batch * q), width));
     float* const out_scores = scores;  // [batch, kv_heads, capacity], written per token below
-    Eigen::Map<RowMat const> const w1(weights.w1, mlp ? hid : heads, D);
-    Eigen::Map<Eigen::VectorXf const> const b1(weights.b1, mlp ? hid : heads);
+    Eigen::Map<RowMat const> const w1(weights.w1, mlp ? hid : outputs, D);
+    Eigen::Map<Eigen::VectorXf const> const b1(weights.b1, mlp ? hid : outputs);
     detail::parallel_for(dev, e.batch * q, [&](std::int64_t bi, int t) {
       std::int64_t const b = bi / q, i = bi % q;
       float* x = buf + t * width;  // [D]
-      float* y = x + D;            // [max(hidden_dim, kv_heads)]
+      float* y = x + D;            // [max(hidden_dim, layer kv_heads)]
       for (std::int64_t c = 0; c < D; ++c) x[c] = to_float(obs.hidden_states(b, 0, i, c));
       Eigen::Map<Eigen::VectorXf const> const xv(x, D);
       if (!mlp) {
-        Eigen::Map<Eigen::VectorXf>(y, heads).noalias() = w1 * xv + b1;
-        for (std::int64_t g = 0; g < heads; ++g) out_scores[(b * heads + g) * e.capacity + i] = y[g];
+        Eigen::Map<Eigen::VectorXf>(y, outputs).noalias() = w1 * xv + b1;
+        for (std::int64_t g = 0; g < heads; ++g) out_scores[(b * heads + g) * e.capacity + i] = y[first + g];
         return;
       }
       Eigen::Map<Eigen::VectorXf> hvec(y, hid);
       hvec.noalias() = w1 * xv + b1;
       for (std::int64_t k = 0; k < hid; ++k) y[k] = 0.5f * y[k] * (1.0f + std::erf(y[k] * 0.70710678118654752f));  // exact GELU
       for (std::int64_t g = 0; g < heads; ++g) {
-        Eigen::Map<Eigen::VectorXf const> const w2(weights.w2 + g * hid, hid);
-        out_scores[(b * heads + g) * e.capacity + i] = w2.dot(hvec) + weights.b2[g];
+        Eigen::Map<Eigen::VectorXf const> const w2(weights.w2 + (first + g) * hid, hid);
+        out_scores[(b * heads + g) * e.capacity + i] = w2.dot(hvec) + weights.b2[first + g];
       }
     });
   }
@@ -93,11 +96,13 @@ struct KVzapPress {
     return obs.hidden_states.empty() ? cache.extents.batch : cache.extents.batch * obs.hidden_states.shape[2];
   }
 
-  void check(CacheExtents const& e) const {
+  void check(std::int64_t layer_heads, bool split) const {
     bool const mlp = model_type == KVzapModelType::kMlp;
     KVC_CHECK(weights.w1 != nullptr && weights.b1 != nullptr, "KVzapPress weights w1 and b1 must be given");
     KVC_CHECK(weights.hidden_size > 0, "KVzapPress weights.hidden_size must be positive, got " << weights.hidden_size);
-    KVC_CHECK(weights.kv_heads == e.kv_heads, "KVzapPress weights score " << weights.kv_heads << " kv heads, the cache has " << e.kv_heads);
+    KVC_CHECK(weights.kv_heads == layer_heads, "KVzapPress weights score " << weights.kv_heads << " kv heads, the "
+                                                                          << (split ? "layer (observation.shard.kv_heads)" : "cache")
+                                                                          << " has " << layer_heads);
     if (mlp) {
       KVC_CHECK(weights.hidden_dim > 0 && weights.w2 != nullptr && weights.b2 != nullptr,
                 "KVzapPress model_type mlp needs weights.hidden_dim > 0 (got " << weights.hidden_dim << "), w2 and b2");

@@ -47,6 +47,7 @@ struct KVzipPress {
                    std::int64_t start, std::int64_t end, float* scores) const {
     check();
     detail::validate_inputs(obs, cache);
+    detail::require_whole_layer(obs, "KVzip", "its eviction ranks every head of every layer together");
     auto const& e = cache.extents;
     KVC_CHECK(scores != nullptr, "KVzipPress score_chunk: scores must not be null");
     KVC_CHECK(e.batch == 1, "KVzipPress scores one sequence (kvpress: batch 1), got batch = " << e.batch);

@@ -6,7 +6,8 @@
 /// ℓ_i = x_iᵀ (XᵀX + jI)⁻¹ x_i (Cholesky with jitter j = 1e-2, ×10 on failure, five tries), clamped at
 /// 0. The scores are then z-scored over every batch element, head and entry together.
 ///
-/// The sketch Φ [batch, kv_heads, head_dim, sketch_dimension] is the caller's: kvpress draws it
+/// The sketch Φ [batch, kv_heads, head_dim, sketch_dimension] (on a tensor-parallel shard the whole
+/// layer's, each head reading its global head's) is the caller's: kvpress draws it
 /// from torch's global generator at every call (N(0, 1/k)); a caller reproduces a kvpress run by
 /// handing over the matrix kvpress drew. The pre-RoPE keys are the cached keys rotated back,
 /// R_{−p}K_p / attention_scaling (kvpress recomputes them from W_k; equal up to float rounding).
@@ -35,14 +36,15 @@ template <class T, class L>
 void check_leverage_inputs(float const* sketch, std::int64_t k, Observation<T> const& obs, KVCacheView<T, L> const& cache,
                            char const* press) {
   KVC_CHECK(k > 0, press << " sketch_dimension must be positive, got " << k);
+  std::int64_t const heads = layer_kv_heads(obs, cache);  // on a shard the sketch is the whole layer's
   KVC_CHECK(sketch != nullptr, press << " sketch must be given: [batch, kv_heads, head_dim, sketch_dimension] = ["
-                                     << cache.extents.batch << ", " << cache.extents.kv_heads << ", " << cache.extents.head_dim
+                                     << cache.extents.batch << ", " << heads << ", " << cache.extents.head_dim
                                      << ", " << k << "] floats (kvpress draws N(0, 1/sketch_dimension) entries)");
   KVC_CHECK(obs.rope != nullptr, press << " needs observation.rope (the cached keys are rotated back to pre-RoPE keys)");
   KVC_CHECK(obs.rope->head_dim() == cache.extents.head_dim, "observation.rope head_dim = " << obs.rope->head_dim()
                                                                                           << " does not match the cache head_dim = "
                                                                                           << cache.extents.head_dim);
-  std::int64_t const total = cache.extents.batch * cache.extents.kv_heads * cache.extents.head_dim * k;
+  std::int64_t const total = cache.extents.batch * heads * cache.extents.head_dim * k;
   for (std::int64_t i = 0; i < total; ++i)
     KVC_CHECK(std::isfinite(sketch[i]), press << " sketch[" << i << "] = " << sketch[i] << " is not finite");
 }
@@ -58,13 +60,14 @@ std::size_t leverage_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache,
 }
 
 /// Raw leverage scores of slots [lo, hi) of every row into scores (same slots).
-/// \param sketch [batch, kv_heads, head_dim, k] \param scores [batch, kv_heads, capacity]
+/// \param sketch [batch, layer kv_heads, head_dim, k] (a shard reads its heads') \param scores [batch, kv_heads, capacity]
 template <class T, class L>
 void leverage_scores(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float const* sketch,
                      std::int64_t k, std::int64_t lo, std::int64_t hi, float* scores, Workspace& ws, char const* press) {
   using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   auto const& e = cache.extents;
   std::int64_t const heads = e.kv_heads, d = e.head_dim, cap = e.capacity, rows = e.batch * heads, m = hi - lo;
+  std::int64_t const layer_heads = layer_kv_heads(obs, cache);
   int const threads = thread_count(dev, rows);
   float* inv = ws.take<float>(static_cast<std::size_t>(d / 2));
   float* key_buf = ws.take<float>(static_cast<std::size_t>(threads * cap * d));
@@ -97,7 +100,7 @@ void leverage_scores(CpuDevice const& dev, Observation<T> const& obs, KVCacheVie
       for (std::int64_t i = 0; i < m; ++i) keys[i * d + c] -= mf;
     }
     blocked_product<false>(Eigen::Map<RowMat>(x, m, k), Eigen::Map<RowMat const>(keys, m, d),
-                           Eigen::Map<RowMat const>(sketch + r * d * k, d, k));
+                           Eigen::Map<RowMat const>(sketch + (b * layer_heads + obs.shard.first_kv_head + h) * d * k, d, k));
     // Cholesky of XᵀX + jI with kvpress's jitter schedule: 1e-2, then ×10, five tries.
     bool factored = false;
     double jitter = 1e-2;
@@ -130,19 +133,19 @@ struct LeverageScorePress {
   float const* sketch = nullptr;
 
   template <class T, class L>
-  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache) const {
-    return detail::leverage_bytes(dev, cache, std::max<std::int64_t>(sketch_dimension, 1));
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) const {
+    return detail::sum_bytes(detail::leverage_bytes(dev, cache, std::max<std::int64_t>(sketch_dimension, 1)),
+                             detail::global_z_score_bytes(obs, cache, 1));
   }
 
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
-    detail::require_whole_layer(obs, "LeverageScore", "its scores are z-scored over all kv heads");
     char const* const name = "LeverageScorePress";
     detail::check_leverage_inputs(sketch, sketch_dimension, obs, cache, name);
     std::int64_t const n = detail::require_prefill(obs, cache, name);
     detail::leverage_scores(dev, obs, cache, sketch, sketch_dimension, 0, n, scores, ws, name);
-    detail::global_z_score(cache, scores, 0, n, name);
+    detail::global_z_score(dev, obs, cache, &scores, 1, 0, n, name, ws);
   }
 };
 

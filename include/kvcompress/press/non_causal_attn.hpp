@@ -143,20 +143,19 @@ struct NonCausalAttnPress {
   std::int64_t chunk_size = 256;
 
   template <class T, class L>
-  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&, KVCacheView<T, L> const& cache) const {
-    return detail::non_causal_bytes(dev, cache, chunk_size);
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) const {
+    return detail::sum_bytes(detail::non_causal_bytes(dev, cache, chunk_size), detail::global_z_score_bytes(obs, cache, 1));
   }
 
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
-    detail::require_whole_layer(obs, "NonCausalAttn", "its scores are z-scored over all kv heads");
     char const* const name = "NonCausalAttnPress";
     detail::check_non_causal_queries(obs, cache.extents, chunk_size, name);
     std::int64_t const n = detail::require_prefill(obs, cache, name);
     KVC_CHECK(obs.queries.shape[2] == n, "observation.queries q_len = " << obs.queries.shape[2] << " must equal the chunk length " << n);
     detail::non_causal_scores(dev, obs, cache, chunk_size, 0, n, scores, ws);
-    detail::global_z_score(cache, scores, 0, n, name);
+    detail::global_z_score(dev, obs, cache, &scores, 1, 0, n, name, ws);
   }
 };
 

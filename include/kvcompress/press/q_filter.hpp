@@ -3,7 +3,8 @@
 /// \brief Q-Filter (arXiv 2503.02812): score = −⟨f_{ℓ,h}, k⟩ with a learned filter per (layer, kv
 /// head), on the cached (post-RoPE) keys. kvpress downloads the filters from the Hugging Face hub
 /// (`nthngdy/<model>_qfilt`, parameter `q_filters` [num_layers, num_kv_heads, head_dim]); here the
-/// caller supplies them, in float. The layer comes from `Observation::layer_idx`.
+/// caller supplies them, in float. The layer comes from `Observation::layer_idx`; on a tensor-parallel
+/// shard the filters are the whole layer's and each head reads its global head's (no communication).
 
 #include <cmath>
 #include <cstddef>
@@ -32,26 +33,28 @@ struct QFilterPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace&) const {
-    detail::require_whole_layer(obs, "QFilter", "its filters are indexed by the layer's kv head");
     KVC_CHECK(filters != nullptr, "QFilterPress.filters must be given ([num_layers, num_kv_heads, head_dim] "
                                   "float; kvpress loads them from nthngdy/<model>_qfilt)");
     KVC_CHECK(num_layers > 0, "QFilterPress.num_layers must be positive, got " << num_layers);
     KVC_CHECK(obs.layer_idx >= 0 && obs.layer_idx < num_layers,
               "observation.layer_idx = " << obs.layer_idx << " is outside [0, num_layers = " << num_layers << ")");
-    KVC_CHECK(num_kv_heads == cache.extents.kv_heads, "QFilterPress.num_kv_heads = "
-                                                          << num_kv_heads << " does not match the cache kv_heads = "
-                                                          << cache.extents.kv_heads);
+    std::int64_t const layer_heads = detail::layer_kv_heads(obs, cache);
+    KVC_CHECK(num_kv_heads == layer_heads, "QFilterPress.num_kv_heads = "
+                                               << num_kv_heads << " does not match the "
+                                               << (obs.shard.split() ? "layer's kv_heads (observation.shard.kv_heads) = "
+                                                                     : "cache kv_heads = ")
+                                               << layer_heads);
     KVC_CHECK(head_dim == cache.extents.head_dim, "QFilterPress.head_dim = "
                                                       << head_dim << " does not match the cache head_dim = "
                                                       << cache.extents.head_dim);
-    std::int64_t const heads = num_kv_heads, d = head_dim, cap = cache.extents.capacity;
-    float const* layer = filters + static_cast<std::int64_t>(obs.layer_idx) * heads * d;  // [heads, d]
-    for (std::int64_t i = 0; i < heads * d; ++i)
+    std::int64_t const heads = cache.extents.kv_heads, d = head_dim, cap = cache.extents.capacity;
+    float const* layer = filters + static_cast<std::int64_t>(obs.layer_idx) * layer_heads * d;  // [layer heads, d]
+    for (std::int64_t i = 0; i < layer_heads * d; ++i)
       KVC_CHECK(std::isfinite(layer[i]), "QFilterPress.filters[" << obs.layer_idx << ", " << i / d << ", " << i % d
                                                                  << "] = " << layer[i] << " is not finite");
     detail::parallel_for(dev, cache.extents.batch * heads, [&](std::int64_t r, int) {
       std::int64_t const b = r / heads, h = r % heads;
-      float const* f = layer + h * d;
+      float const* f = layer + (obs.shard.first_kv_head + h) * d;  // the filter of the head's place in the layer
       float* out = scores + r * cap;
       for (std::int32_t i = 0; i < cache.lengths[r]; ++i) {
         float dot = 0.0f;

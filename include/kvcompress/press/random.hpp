@@ -6,7 +6,9 @@
 /// batch, head); entry i takes the stream's i-th output. Scores therefore depend neither on the
 /// thread count nor on the scheduling nor on the cache capacity: a seeded press gives the same
 /// scores in every run and on every device configuration. Without a seed, the key comes from
-/// `std::random_device` (one draw per `score` call).
+/// `std::random_device` (one draw per `score` call). On a tensor-parallel shard a row's stream is
+/// keyed by its global kv head, so a seeded press gives each head the scores that the whole layer
+/// gives it (no communication); unseeded, each rank draws its own key.
 ///
 /// Bit-equality with torch's generator (`torch.rand` with `manual_seed`) is not a goal: only the
 /// distribution matches. Two other differences from kvpress: its seeded press restarts the same
@@ -60,7 +62,6 @@ struct RandomPress {
   template <class T, class L>
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace&) const {
-    detail::require_whole_layer(obs, "Random", "its streams are keyed by the layer's kv head");
     std::uint64_t base = 0;
     if (seed) {
       base = *seed;
@@ -73,7 +74,8 @@ struct RandomPress {
         detail::splitmix64_mix(base), static_cast<std::uint64_t>(static_cast<std::int64_t>(obs.layer_idx)));
     std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity;
     detail::parallel_for(dev, cache.extents.batch * heads, [&](std::int64_t r, int) {
-      std::uint64_t const b = static_cast<std::uint64_t>(r / heads), h = static_cast<std::uint64_t>(r % heads);
+      std::uint64_t const b = static_cast<std::uint64_t>(r / heads);
+      auto const h = static_cast<std::uint64_t>(obs.shard.first_kv_head + r % heads);  // the head's place in the layer
       std::uint64_t const row_key = detail::splitmix64_at(detail::splitmix64_at(layer_key, b), h);
       float* out = scores + r * cap;
       for (std::int32_t i = 0; i < cache.lengths[r]; ++i)

@@ -8,6 +8,9 @@
 /// slots [0, n_initial) and the last n_recent − n_last slots; any other layer is left untouched, as are
 /// rows of at most n_initial + n_recent + n_last entries and every layer when lazy_threshold is 1.
 ///
+/// On a tensor-parallel shard the ranks exchange each row's share of the statistic (one double per
+/// kv head), so every rank takes the whole layer's decision.
+///
 /// kvpress with n_recent == n_last keeps the first n_initial entries *and* every entry (its slice
 /// `-0:`), so the cache grows (QUIRK); kvcompress leaves the layer untouched then.
 
@@ -17,6 +20,7 @@
 #include <cstdint>
 
 #include "kvcompress/cpu/compact.hpp"
+#include "kvcompress/dist/layer_rows.hpp"
 #include "kvcompress/press/window_attention.hpp"
 
 namespace kvcompress {
@@ -34,8 +38,11 @@ struct SimLayerKVPress {
     std::int64_t const rows = e.batch * e.kv_heads, threads = detail::thread_count(dev, rows);
     std::int64_t const group = detail::window_group(obs, cache);
     auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
-    return f(threads, group, e.capacity) + f(rows, e.capacity) + Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(e.capacity)) +
-           detail::window_attention_bytes(dev, obs, cache, std::max<std::int64_t>(n_last, 1));
+    return detail::sum_bytes(f(threads, group, e.capacity), f(rows, e.capacity),
+                             Workspace::bytes_for<std::int32_t>(static_cast<std::size_t>(e.capacity)),
+                             detail::LayerRows::bytes(e.batch, detail::layer_kv_heads(obs, cache), 1),
+                             detail::handshake_bytes(obs.shard),
+                             detail::window_attention_bytes(dev, obs, cache, std::max<std::int64_t>(n_last, 1)));
   }
 
   /// \brief kvpress's laziness statistic of this layer: the mean window attention that falls on the
@@ -62,18 +69,30 @@ struct SimLayerKVPress {
                                     if (j == 0) std::fill(out, out + m, 0.0f);
                                     for (std::int64_t i = 0; i < m; ++i) out[i] += p[i];
                                   });
-    double sum = 0.0;
+    // Each row's share in double, then the rows in the layer's order: on a tensor-parallel shard the
+    // ranks exchange their rows' shares (dist/layer_rows.hpp), so every rank adds what one process adds.
+    detail::LayerRows shares(ws.take<std::int64_t>(detail::size_product(e.batch, detail::layer_kv_heads(obs, cache))),
+                             e.batch, detail::layer_kv_heads(obs, cache), 1);
+    bool finite = true;
     for (std::int64_t r = 0; r < rows; ++r) {
       float const* s = row_sum + r * cap;
-      for (std::int64_t i = 0; i < n_initial; ++i) sum += s[i];
-      for (std::int64_t i = m - n_recent; i < m; ++i) sum += s[i];
+      double share = 0.0;
+      for (std::int64_t i = 0; i < n_initial; ++i) share += s[i];
+      for (std::int64_t i = m - n_recent; i < m; ++i) share += s[i];
+      finite = finite && std::isfinite(share);
+      shares.set(r / e.kv_heads, obs.shard.first_kv_head + r % e.kv_heads, 0, share);
     }
-    return sum / static_cast<double>(rows * group);
+    if (!finite) require_finite_inputs(dev, obs, cache);
+    detail::join_shard(obs, cache, n, group, ws);
+    shares.share(obs);
+    double sum = 0.0;
+    for (std::int64_t b = 0; b < e.batch; ++b)
+      for (std::int64_t h = 0; h < shares.heads(); ++h) sum += shares.at(b, h, 0);
+    return sum / static_cast<double>(e.batch * shares.heads() * group);
   }
 
   template <class T, class L>
   void compress(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, Workspace ws) const {
-    detail::require_whole_layer(obs, "SimLayerKV", "the lazy-layer test averages all query heads");
     check();
     detail::validate_view(cache);
     std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads;
@@ -81,12 +100,7 @@ struct SimLayerKVPress {
     std::int64_t const n = cache.lengths[0];
     if (n <= n_initial + n_recent + n_last || n_recent == n_last) return;
     double const score = lazy_score(dev, obs, cache, ws);
-    if (!std::isfinite(score)) {  // name the non-finite input behind it
-      detail::require_finite_cache(dev, cache);
-      detail::require_finite(obs.window_queries, "observation.window_queries");
-      detail::require_finite(obs.attention, "observation.attention");
-      KVC_THROW("SimLayerKVPress: a non-finite laziness statistic " << score << " from finite inputs");
-    }
+    if (!std::isfinite(score)) require_finite_inputs(dev, obs, cache);
     if (!(score > lazy_threshold)) return;
     std::int64_t const kept = n_initial + n_recent - n_last;
     std::int32_t* idx = ws.take<std::int32_t>(static_cast<std::size_t>(cache.extents.capacity));
@@ -97,6 +111,15 @@ struct SimLayerKVPress {
   }
 
  private:
+  /// Names the non-finite input behind a non-finite statistic.
+  template <class T, class L>
+  [[noreturn]] static void require_finite_inputs(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache) {
+    detail::require_finite_cache(dev, cache);
+    detail::require_finite(obs.window_queries, "observation.window_queries");
+    detail::require_finite(obs.attention, "observation.attention");
+    KVC_THROW("SimLayerKVPress: a non-finite laziness statistic from finite inputs");
+  }
+
   void check() const {
     KVC_CHECK(lazy_threshold >= 0.0 && lazy_threshold <= 1.0, "SimLayerKVPress lazy_threshold must be in [0, 1], got " << lazy_threshold);
     KVC_CHECK(n_last > 0, "SimLayerKVPress n_last must be positive, got " << n_last);

@@ -2,10 +2,15 @@
 /// \file
 /// \brief SnapKV (arXiv 2404.14469): the attention that the last `window_size` tokens pay to each
 /// earlier key, averaged over the window, smoothed by an average pooling along the sequence and
-/// averaged over the query heads of the group, predicts which keys matter. The window is always kept.
+/// averaged over the query heads of the group, predicts which keys matter. The window is always kept
+/// (scored the layer's maximum + 1; on a tensor-parallel shard the group's maximum, one float).
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <utility>
 
+#include "kvcompress/press/layer_max.hpp"
 #include "kvcompress/press/window_attention.hpp"
 
 namespace kvcompress {
@@ -17,6 +22,28 @@ template <class T, class L>
 std::int64_t window_group(Observation<T> const& obs, KVCacheView<T, L> const& cache) {
   Tensor4<T> const& t = obs.window_queries.empty() ? obs.attention : obs.window_queries;
   return t.empty() ? 1 : std::max<std::int64_t>(1, t.shape[1] / cache.extents.kv_heads);
+}
+
+/// `protect_window` with the maximum of the whole layer: on a tensor-parallel shard the group's (a
+/// handshake, then a one-float all-reduce), so that the window scores the whole layer's value, which a
+/// press that combines heads (AdaKV, ChunkKV) needs bit for bit. The scored slots are checked finite
+/// first, so that no rank fails after the handshake (layer_max.hpp). \param scores [batch, kv_heads, capacity]
+template <class T, class L>
+void protect_layer_window(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
+                          std::int64_t window, Workspace& ws) {
+  if (!obs.shard.split()) {
+    protect_window(cache, scores, window);
+    return;
+  }
+  std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, cap = cache.extents.capacity;
+  float m = -INFINITY;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 0; i < cache.lengths[r] - window; ++i) m = std::max(m, scores[r * cap + i]);
+  m = layer_score_max(dev, obs, cache, scores, m,
+                      [&](std::int64_t r) { return std::pair<std::int64_t, std::int64_t>{0, cache.lengths[r] - window}; }, ws);
+  float const protect = (std::isfinite(m) ? m : 0.0f) + 1.0f;
+  for (std::int64_t r = 0; r < rows; ++r)
+    std::fill(scores + r * cap + std::max<std::int64_t>(cache.lengths[r] - window, 0), scores + r * cap + cache.lengths[r], protect);
 }
 
 /// SnapKV's scores, shared with PyramidKV. \param scores [batch, kv_heads, capacity]
@@ -36,7 +63,7 @@ void snap_kv_scores(CpuDevice const& dev, Observation<T> const& obs, KVCacheView
     if (j == 0) std::fill(out, out + m, 0.0f);
     add_avg_pool(p, m, kernel, 1.0f / static_cast<float>(group), out);
   });
-  protect_window(cache, scores, window);
+  protect_layer_window(dev, obs, cache, scores, window, ws);
 }
 
 template <class T, class L>
@@ -44,7 +71,7 @@ std::size_t snap_kv_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCac
                           std::int64_t window) {
   std::int64_t const threads = thread_count(dev, cache.extents.batch * cache.extents.kv_heads);
   return sum_bytes(Workspace::bytes_for<float>(size_product(threads, window_group(obs, cache), cache.extents.capacity)),
-                    window_attention_bytes(dev, obs, cache, window));
+                   window_attention_bytes(dev, obs, cache, window), handshake_bytes(obs.shard));
 }
 
 }  // namespace detail
