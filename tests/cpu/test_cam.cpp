@@ -445,7 +445,7 @@ TEST_CASE("CAM rejects bad input, naming the argument and the value", "[cam][err
     (void)press.step(cpu, dec.pass(5, fill), dec.view());
     auto const obs = dec.pass(1, fill);
     dec.key(1, 2, 0) = std::nanf("");
-    CHECK_THROWS_WITH(press.step(cpu, obs, dec.view()), Contains("at (batch 0, kv head 1, slot"));
+    CHECK_THROWS_WITH(press.step(cpu, obs, dec.view()), Contains("is nan at (batch 0, kv head 1, slot 0): a key of that row is not finite"));
     CHECK(press.summed(0, 1) == 0);  // nothing was added (the prefill adds nothing either)
   }
   SECTION("a non-finite value of a merge candidate") {
