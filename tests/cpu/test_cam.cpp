@@ -456,6 +456,12 @@ TEST_CASE("CAM rejects bad input, naming the argument and the value", "[cam][err
     CHECK_THROWS_WITH(press.step(cpu, obs, dec.view()), Contains("value (batch 0, kv head 0, slot 5, channel 1) = nan"));
     CHECK(dec.cache.lengths[0] == 7);  // nothing moved
   }
+  SECTION("a layer split over tensor-parallel ranks") {
+    SingleRankCommunicator comm;
+    auto obs = dec.pass(5, fill);
+    obs.shard = TensorParallelShard{&comm, 0, 2};
+    CHECK_THROWS_WITH(press.step(cpu, obs, dec.view()), Contains("CAM has no tensor-parallel form (one kept set is shared by all kv heads of a sequence)"));
+  }
   SECTION("layer_idx out of range") {
     auto obs = dec.pass(5, fill);
     obs.layer_idx = 1;
