@@ -24,6 +24,7 @@ Usage: python tools/golden/generate_cam.py --out tests/golden/cam   (generate.sh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -56,6 +57,34 @@ SCENARIOS = [
 BASES = {"knorm": KnormPress, "keydiff": KeyDiffPress, "tova": TOVAPress}
 
 
+def draw_uniforms(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
+    """float32 u of p's shape, none within U_MARGIN of a p in (0, 1) (those are drawn again)."""
+    u = rng.random(p.shape).astype(np.float32)
+    while True:
+        close = (p > 0) & (p < 1) & (np.abs(u.astype(np.float64) - p) < U_MARGIN)
+        if not close.any():
+            return u
+        u[close] = rng.random(int(close.sum())).astype(np.float32)
+
+
+@contextlib.contextmanager
+def recorded_bernoulli(seed: int, uniforms: list):
+    """torch.bernoulli(p) becomes u < p, with u from draw_uniforms; every u used is appended to `uniforms`."""
+    rng = np.random.default_rng(seed)
+    original = torch.bernoulli
+
+    def bernoulli(p: torch.Tensor) -> torch.Tensor:
+        u = draw_uniforms(rng, p.detach().to(torch.float32).numpy())
+        uniforms.extend(float(x) for x in u.reshape(-1))
+        return (torch.from_numpy(u) < p.detach().to(torch.float32)).to(p.dtype)
+
+    torch.bernoulli = bernoulli
+    try:
+        yield
+    finally:
+        torch.bernoulli = original
+
+
 class Recorder:
     """What one scenario's run saw, per layer and pass, and the merge draws in call order."""
 
@@ -72,12 +101,7 @@ class Recorder:
 
     def bernoulli(self, p: torch.Tensor) -> torch.Tensor:
         pn = p.detach().to(torch.float32).numpy()
-        u = self.rng.random(pn.shape).astype(np.float32)
-        while True:
-            close = (pn > 0) & (pn < 1) & (np.abs(u.astype(np.float64) - pn) < U_MARGIN)
-            if not close.any():
-                break
-            u[close] = self.rng.random(int(close.sum())).astype(np.float32)
+        u = draw_uniforms(self.rng, pn)
         self.uniforms.append(u.reshape(-1))
         self.draws.append({"layer": self.current_layer, "pass": self.pass_index, "shape": list(pn.shape)})
         merged = u < pn
