@@ -185,7 +185,7 @@ TEST_CASE("CAM merges the best evicted entry into the kept entries after it, wor
   }
 }
 
-TEST_CASE("CAM merges iff u < p, p = A[x] / mean of A over the window, clamped to [0, 1]", "[cam]") {
+TEST_CASE("CAM merges iff u < p, p = A of the candidate over the mean A of its window, clamped to 0 to 1", "[cam]") {
   // Zero keys: the step's attention is uniform, so after one step from a 5-entry prefill every entry
   // holds A = 1/6 and p = 1 exactly. Scores 5 1 4 3 2 6: kept {0, 2, 5}, candidate 3, window [5].
   CAMOptions opt;
@@ -259,7 +259,7 @@ TEST_CASE("CAM's running sum is the step's softmax attention averaged over each 
   }
 }
 
-TEST_CASE("CAM over 300 steps: rows within [target, target + interval - 1], heads in step, kept keys intact", "[cam]") {
+TEST_CASE("CAM over 300 steps: rows between target and target + interval - 1, heads in step, kept keys intact", "[cam]") {
   Decoder dec(2, 2, 4, 64);
   std::mt19937 gen(9);
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -340,7 +340,7 @@ TEST_CASE("CAM with the same seed gives the same cache, and fewer steps than the
   CHECK(a == b);
 }
 
-TEST_CASE("CAM's default draws are uniform on [0, 1): u < p holds with frequency p", "[cam]") {
+TEST_CASE("CAM's default draws are uniform on 0 to 1: u < p holds with frequency p", "[cam]") {
   // 200,000 draws; each frequency is checked to 5 standard deviations (sqrt(p(1 − p) / N) ≤ 0.0012).
   MersenneUniform u(12345);
   constexpr int kN = 200000;
