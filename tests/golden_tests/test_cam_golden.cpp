@@ -10,7 +10,9 @@
 // (1e-4 relative); and that every draw was consumed where kvpress made it.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -86,7 +88,8 @@ void replay(std::string const& name, json const& meta, Base const& base) {
   }
   REQUIRE(drawn == uniforms.data.size());
 
-  std::size_t pass = 0, draw_call = 0;
+  std::size_t pass = 0, draw_call = 0, compressions = 0;
+  double scenario_value = 0.0, scenario_sum = 0.0;
   for (auto const& pj : meta.at("passes")) {
     std::int64_t const pos = pj.at("position"), len = pj.at("length");
     for (int li = 0; li < num_layers; ++li) {
@@ -143,9 +146,14 @@ void replay(std::string const& name, json const& meta, Base const& base) {
       }
       CHECK(worst_value <= 1e-5);
       CHECK(worst_sum <= 1e-4);
+      scenario_value = std::max(scenario_value, worst_value);
+      scenario_sum = std::max(scenario_sum, worst_sum);
+      ++compressions;
     }
     ++pass;
   }
+  std::printf("cam golden: %-26s %zu compressions, %zu draws; values max relative error %.2e, sums %.2e\n", name.c_str(),
+              compressions, uniforms.data.size(), scenario_value, scenario_sum);
   CHECK(press.uniform().used == uniforms.data.size());
   for (auto const& l : layers) CHECK(l.next_compression == l.meta.at("compressions").size());
 }
