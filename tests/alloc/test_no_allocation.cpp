@@ -342,6 +342,40 @@ TEST_CASE("compress and score with a caller-supplied workspace allocate nothing 
   }
 }
 
+TEST_CASE("CAM decoding steps with a caller-supplied workspace allocate nothing on one thread", "[alloc]") {
+  // 24 steps from 472 entries, interval 8 and target 456: three compressions (scoring with Expected
+  // Attention over the buffered queries, merging, compaction) among steps that only add attention.
+  Shape const s;
+  Inputs const in(s);
+  CpuDevice const one{1};
+  auto cache = make_cache(s);
+  std::int64_t const d = s.head_dim, start = s.capacity - 40;
+  CAMOptions opt;
+  opt.compression_interval = 8;
+  opt.target_size = start - 16;
+  opt.merge_budget = 8;
+  opt.query_buffer_size = 16;
+  CAMPress<ExpectedAttentionPress> press(ExpectedAttentionPress{}, opt,
+                                         CAMShape{2, s.batch, s.q_heads, s.kv_heads, s.head_dim, s.capacity});
+  Observation<float> obs = in.observation();
+  obs.window_queries = Tensor4<float>{};
+  obs.attention = Tensor4<float>{};
+  obs.queries = make_tensor4(in.queries.data(), {s.batch, s.q_heads, 1, d}, {s.q_heads * s.capacity * d, s.capacity * d, d, 1});
+  cache.lengths.assign(cache.lengths.size(), static_cast<std::int32_t>(start));
+  auto const view = cache.view();
+  std::vector<std::byte> scratch(press.workspace_bytes(one, obs, view));
+  (void)press.step(one, obs, view, Workspace(scratch.data(), scratch.size()));  // the prefill: a new sequence
+  int compressions = 0;
+  for (std::int64_t i = 0; i < 24; ++i) {
+    for (auto& n : cache.lengths) ++n;
+    obs.position = cache.lengths[0] - 1 + 100 * (i + 1);  // positions with gaps, as after earlier compressions
+    auto const c = counting::count([&] { compressions += press.step(one, obs, view, Workspace(scratch.data(), scratch.size())) ? 1 : 0; });
+    CHECK(c.news == 0);
+    CHECK(c.mallocs == 0);
+  }
+  CHECK(compressions == 3);
+}
+
 TEST_CASE("no allocation either for head_dim 64 and 256, long rows and GQA 8:1", "[alloc]") {
   // Eigen keeps GEMM blocking buffers up to 128 KiB on the stack; these shapes bound what the
   // presses' products ask of it. (ObservedAttention, whose n × n attention is quadratic, and which

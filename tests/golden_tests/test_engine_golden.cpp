@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "golden_fixture.hpp"
 #include "kvc_engine/forward/engine.hpp"
@@ -40,7 +41,18 @@ double max_row_relative_error(std::vector<float> const& a, std::vector<float> co
 
 std::vector<std::string> model_names() { return kvc_test::load_json(kDir + "/index.json").at("models").get<std::vector<std::string>>(); }
 
-kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& model, kvcompress::CpuDevice dev) {
+/// Hands out kvpress's recorded merge draws in order (CAMPress's torch.bernoulli, replaced by u < p).
+struct RecordedUniform {
+  std::shared_ptr<std::vector<float> const> values;
+  std::size_t used = 0;
+  double operator()() {
+    KVC_CHECK(used < values->size(), "CAM asked for more draws than kvpress made (" << values->size() << ")");
+    return static_cast<double>((*values)[used++]);
+  }
+};
+
+kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& model, kvcompress::CpuDevice dev,
+                                      std::string const& dir) {
   std::string const name = run.at("name");
   json const& p = run.at("params");
   if (name == "none") return kvc_engine::Compressor{name, {}, {}, {}, {}};
@@ -57,6 +69,15 @@ kvc_engine::Compressor compressor_for(json const& run, kvc_engine::Model const& 
     kvcompress::QueryBufferShape const shape{static_cast<int>(model.config.num_layers), 1, model.config.num_heads,
                                              model.config.head_dim};
     return kvc_engine::decoding_press(kvcompress::DecodingPress<kvcompress::KeyDiffPress>({}, options, shape), name, dev);
+  }
+  if (name == "cam_keydiff") {  // as above, merging with kvpress's own draws; room for any cache of the test
+    kvcompress::CAMOptions const options{p.at("compression_interval"), p.at("target_size"), 0, p.at("merge_budget")};
+    kvcompress::CAMShape const shape{static_cast<int>(model.config.num_layers), 1, model.config.num_heads,
+                                     model.config.num_kv_heads, model.config.head_dim, 4096};
+    auto const draws = std::make_shared<std::vector<float> const>(kvc_test::load_tensor<float>(dir, run.at("uniforms")).data);
+    return kvc_engine::decoding_press(
+        kvcompress::CAMPress<kvcompress::KeyDiffPress, float, RecordedUniform>({}, options, shape, RecordedUniform{draws}),
+        name, dev);
   }
   KVC_THROW("no compressor for golden run " << name);
 }
@@ -96,7 +117,7 @@ TEST_CASE("engine greedy continuation equals kvpress's, token for token, with an
     kvc_engine::Engine engine(model);
     for (auto const& run : meta.at("runs")) {
       std::string const case_name = run.at("name");
-      kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device());
+      kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device(), dir);
       kvc_engine::GenerateOptions options;
       options.max_new_tokens = meta.at("new_tokens");
       options.compressor = &compressor;
@@ -122,7 +143,7 @@ TEST_CASE("engine greedy continuation equals kvpress's, token for token, with an
       ++runs;
     }
   }
-  CHECK(runs == 15);
+  CHECK(runs == 18);
 }
 
 TEST_CASE("engine: a prompt run in chunks, then token by token, gives the logits of one pass", "[golden][engine]") {
@@ -187,8 +208,8 @@ TEST_CASE("engine: one prefill, copied and compressed per press, gives kvpress's
   std::vector<float> const first_logits = engine.forward(prefilled, prompt, kvc_engine::Logits::kLast, nullptr, &record);
   int checked = 0;
   for (auto const& run : meta.at("runs")) {
-    if (run.at("press").is_null() || run.at("name") == "decoding_keydiff") continue;
-    kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device());
+    if (run.at("press").is_null() || run.at("params").contains("compression_interval")) continue;  // decoding presses
+    kvc_engine::Compressor const compressor = compressor_for(run, model, engine.device(), dir);
     kvc_engine::KVCache cache = prefilled;
     engine.compress(cache, record, compressor.after_prefill, compressor.needs);
     std::vector<std::int32_t> tokens{kvc_engine::argmax(first_logits.data(), model.config.vocab_size)};

@@ -58,10 +58,11 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from kvpress import DecodingPress, ExpectedAttentionPress, KeyDiffPress, SnapKVPress, StreamingLLMPress
+from kvpress import CAMPress, DecodingPress, ExpectedAttentionPress, KeyDiffPress, SnapKVPress, StreamingLLMPress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from generate import TensorDir, kvpress_version, versions, write_json  # noqa: E402
+from generate_cam import recorded_bernoulli  # noqa: E402
 
 GENERATOR = "tools/golden/generate_engine.py"
 FORMAT = 1
@@ -69,6 +70,8 @@ PROMPT_LEN = 203  # odd, and long enough that SnapKV's 64-token window is not th
 NEW_TOKENS = 32
 DECODING_INTERVAL = 8
 DECODING_TARGET = 96
+CAM_MERGE_BUDGET = 8
+CAM_SEED = 7  # the merge draws (torch.bernoulli replaced by u < p, u recorded)
 
 COMMON = dict(
     vocab_size=256,
@@ -158,6 +161,17 @@ def cases():
                 hidden_states_buffer_size=0,
             ),
             {"compression_interval": DECODING_INTERVAL, "target_size": DECODING_TARGET},
+        ),
+        (
+            "cam_keydiff",
+            lambda: CAMPress(
+                base_press=KeyDiffPress(),
+                compression_interval=DECODING_INTERVAL,
+                target_size=DECODING_TARGET,
+                hidden_states_buffer_size=0,
+                merge_budget=CAM_MERGE_BUDGET,
+            ),
+            {"compression_interval": DECODING_INTERVAL, "target_size": DECODING_TARGET, "merge_budget": CAM_MERGE_BUDGET},
         ),
     ]
 
@@ -280,9 +294,14 @@ def generate_model(root: Path, spec, log) -> str:
     tokens_by_case = {}
     for case, make_press, params in cases():
         press = make_press()
-        tokens, step_logits, lengths = greedy(model, ids, press)
-        replay = replay_pipeline(model, ids, make_press())
+        uniforms, replay_uniforms = [], []
+        with recorded_bernoulli(CAM_SEED, uniforms):  # only CAMPress draws
+            tokens, step_logits, lengths = greedy(model, ids, press)
+        with recorded_bernoulli(CAM_SEED, replay_uniforms):
+            replay = replay_pipeline(model, ids, make_press())
         assert torch.equal(tokens, replay), f"{name}/{case}: generate() differs from the pipeline's loop"
+        assert uniforms == replay_uniforms, f"{name}/{case}: generate() drew otherwise than the pipeline's loop"
+        assert bool(uniforms) == isinstance(press, CAMPress)
         tokens_by_case[case] = tokens
         runs.append(
             {
@@ -295,6 +314,8 @@ def generate_model(root: Path, spec, log) -> str:
                 "min_top2_margin": top2_margin(step_logits),
             }
         )
+        if uniforms:  # CAM's merge draws, in kvpress's order
+            runs[-1]["uniforms"] = tdir.write(f"uniforms_{case}", torch.tensor(uniforms, dtype=torch.float32))
         log(f"  {name}/{case}: cache {lengths}, min top-2 margin {runs[-1]['min_top2_margin']:.3g}")
     for case, tokens in tokens_by_case.items():
         if case != "none":

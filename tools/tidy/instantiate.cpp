@@ -73,6 +73,18 @@ KVC_TIDY_MODEL_PRESSES(float)
 KVC_TIDY_MODEL_PRESSES(half)
 KVC_TIDY_MODEL_PRESSES(bfloat16)
 
+// The decoding presses (CAM's merge and running sums, the query rings DecodingPress shares with it).
+#define KVC_TIDY_DECODING(T)                                                                                   \
+  template class CAMPress<KnormPress, T>;                                                                      \
+  template bool CAMPress<KnormPress, T>::step<StridedLayout>(CpuDevice const&, Observation<T> const&,          \
+                                                             KVCacheView<T, StridedLayout> const&, Workspace); \
+  template class BasicDecodingPress<TOVAPress, T>;                                                             \
+  template bool BasicDecodingPress<TOVAPress, T>::step<StridedLayout>(CpuDevice const&, Observation<T> const&, \
+                                                                 KVCacheView<T, StridedLayout> const&, Workspace);
+KVC_TIDY_DECODING(float)
+KVC_TIDY_DECODING(half)
+KVC_TIDY_DECODING(bfloat16)
+
 template KVCacheView<float, StridedLayout> make_cache_view<float>(float*, float*, CacheExtents const&,
                                                                   StridedLayout const&, std::int32_t*, std::int32_t*);
 template Tensor4<float> make_tensor4<float>(float const*, std::array<std::int64_t, 4>);
