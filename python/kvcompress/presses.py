@@ -7,8 +7,8 @@ keep one press object per compression site to allocate nothing after the first c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, List, Optional
 
 from . import _core
 
@@ -27,6 +27,12 @@ __all__ = [
     "ObservedAttentionPress",
     "NonCausalAttnPress",
     "SimLayerKVPress",
+    "LeverageScorePress",
+    "CompactorPress",
+    "CURPress",
+    "QFilterPress",
+    "CapPress",
+    "FinchPress",
     "AdaKVPress",
     "CriticalKVPress",
     "CriticalAdaKVPress",
@@ -34,32 +40,48 @@ __all__ = [
     "ChunkKVPress",
     "BlockPress",
     "PerLayerCompressionPress",
+    "EntropyGatedChunkKVPress",
+    "MergingPress",
+    "LUKVPress",
+    "DuoAttentionPress",
+    "ComposedPress",
+    "duo_attention_sample_scores",
 ]
 
 
 class Press:
-    """Base of every press: caches the native press until a field (or the inner press) changes."""
+    """Base of every press: caches the native press until a field (or the inner press) changes.
+
+    A subclass names its ``_core`` factory in ``_factory``, which takes the dataclass's fields in
+    their declared order (a subclass with other arguments overrides ``_args``)."""
+
+    _factory: ClassVar[str] = ""
 
     def __setattr__(self, name: str, value) -> None:
         object.__setattr__(self, name, value)
         if not name.startswith("_"):
             object.__setattr__(self, "_native", None)
 
-    def _build(self) -> _core.NativePress:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
+    def _args(self) -> List[Any]:
+        return [getattr(self, f.name) for f in fields(self)]  # type: ignore[arg-type]
 
-    def _inner(self) -> Optional["Press"]:
-        return None
+    def _build(self) -> _core.NativePress:
+        return getattr(_core, self._factory)(*self._args())
+
+    def _inners(self) -> List["Press"]:
+        """The presses this one wraps (their native presses are part of its own)."""
+        return []
 
     @property
     def native(self) -> _core.NativePress:
         """The C++ press (and its workspace)."""
         n = self.__dict__.get("_native")
-        inner = self._inner()
-        if n is None or (inner is not None and inner.native is not self.__dict__.get("_inner_native")):
+        inner = [p.native if isinstance(p, Press) else p for p in self._inners()]
+        cached = self.__dict__.get("_inner_natives", [])
+        if n is None or len(inner) != len(cached) or any(a is not b for a, b in zip(inner, cached)):
             n = self._build()
             object.__setattr__(self, "_native", n)
-            object.__setattr__(self, "_inner_native", inner.native if inner is not None else None)
+            object.__setattr__(self, "_inner_natives", inner)
         return n
 
 
@@ -69,6 +91,22 @@ def _inner_native(press: Press, wrapper: str) -> _core.NativePress:
     return press.native
 
 
+class Wrapper(Press):
+    """A press around an inner press (its first field, ``press``), passed to the factory natively."""
+
+    def _inners(self):
+        return [self.press]  # type: ignore[attr-defined]
+
+    def _args(self) -> List[Any]:
+        args = super()._args()
+        return [_inner_native(args[0], type(self).__name__), *args[1:]]
+
+
+def _array_field() -> Any:
+    """A tensor field the press reads in place (not compared: arrays have no truth value)."""
+    return field(default=None, compare=False)
+
+
 @dataclass
 class ExpectedAttentionPress(Press):
     """Expected Attention (arXiv 2510.00636): scores each key by the attention that future queries,
@@ -76,16 +114,13 @@ class ExpectedAttentionPress(Press):
     ``n_future_positions``, are expected to give it, times the value norm. Needs
     ``Observation(queries=..., rope=...)``."""
 
+    _factory = "expected_attention"
     compression_ratio: float = 0.0
     n_future_positions: int = 512
     n_sink: int = 4
     use_covariance: bool = True
     use_vnorm: bool = True
     epsilon: float = 0.0
-
-    def _build(self):
-        return _core.expected_attention(self.compression_ratio, self.n_future_positions, self.n_sink,
-                                        self.use_covariance, self.use_vnorm, self.epsilon)
 
 
 @dataclass
@@ -93,6 +128,7 @@ class ExpectedAttentionStatsPress(Press):
     """Expected Attention from precomputed per-layer query statistics
     (``Observation(stats_mean=..., stats_covariance=..., rope=...)``)."""
 
+    _factory = "expected_attention_stats"
     compression_ratio: float = 0.0
     n_future_positions: int = 512
     n_sink: int = 4
@@ -100,53 +136,41 @@ class ExpectedAttentionStatsPress(Press):
     use_vnorm: bool = True
     epsilon: float = 0.0
 
-    def _build(self):
-        return _core.expected_attention_stats(self.compression_ratio, self.n_future_positions, self.n_sink,
-                                              self.use_covariance, self.use_vnorm, self.epsilon)
-
 
 @dataclass
 class KnormPress(Press):
     """Keeps the keys of smallest L2 norm."""
 
+    _factory = "knorm"
     compression_ratio: float = 0.0
-
-    def _build(self):
-        return _core.knorm(self.compression_ratio)
 
 
 @dataclass
 class KeyDiffPress(Press):
     """Keeps the keys least similar (cosine) to the mean key."""
 
+    _factory = "key_diff"
     compression_ratio: float = 0.0
-
-    def _build(self):
-        return _core.key_diff(self.compression_ratio)
 
 
 @dataclass
 class StreamingLLMPress(Press):
     """Keeps the first ``n_sink`` entries and the most recent ones."""
 
+    _factory = "streaming_llm"
     compression_ratio: float = 0.0
     n_sink: int = 4
-
-    def _build(self):
-        return _core.streaming_llm(self.compression_ratio, self.n_sink)
 
 
 @dataclass
 class LagKVPress(Press):
     """LagKV: scores each partition of ``lag_size`` entries against the statistics of the next one."""
 
+    _factory = "lag_kv"
     compression_ratio: float = 0.0
     n_sink: int = 4
     lag_size: int = 128
     cross_scoring: bool = False
-
-    def _build(self):
-        return _core.lag_kv(self.compression_ratio, self.n_sink, self.lag_size, self.cross_scoring)
 
 
 @dataclass
@@ -154,11 +178,9 @@ class RandomPress(Press):
     """Uniform random scores, reproducible with ``seed`` (not torch's generator: same distribution,
     different draws)."""
 
+    _factory = "random"
     compression_ratio: float = 0.0
     seed: Optional[int] = None
-
-    def _build(self):
-        return _core.random(self.compression_ratio, self.seed)
 
 
 @dataclass
@@ -166,12 +188,10 @@ class SnapKVPress(Press):
     """SnapKV: the attention of the last ``window_size`` queries (``Observation(window_queries=...)``,
     post-RoPE, or ``attention=...``), pooled over ``kernel_size``."""
 
+    _factory = "snap_kv"
     compression_ratio: float = 0.0
     window_size: int = 64
     kernel_size: int = 5
-
-    def _build(self):
-        return _core.snap_kv(self.compression_ratio, self.window_size, self.kernel_size)
 
 
 @dataclass
@@ -179,13 +199,14 @@ class PyramidKVPress(Press):
     """SnapKV's scores with a per-layer budget decreasing linearly with depth (``beta``); needs
     ``Observation(layer_idx=..., num_layers=...)``."""
 
+    _factory = "pyramid_kv"
     compression_ratio: float = 0.0
     window_size: int = 64
     kernel_size: int = 5
     beta: int = 20
 
-    def _build(self):
-        return _core.pyramid_kv(self.compression_ratio, self.window_size, self.kernel_size, float(self.beta))
+    def _args(self):
+        return [self.compression_ratio, self.window_size, self.kernel_size, float(self.beta)]
 
 
 @dataclass
@@ -193,31 +214,118 @@ class TOVAPress(Press):
     """TOVA: the attention of the last query, averaged over the query heads (``window_queries`` of
     length 1, post-RoPE, or ``attention``)."""
 
+    _factory = "tova"
     compression_ratio: float = 0.0
-
-    def _build(self):
-        return _core.tova(self.compression_ratio)
 
 
 @dataclass
 class ObservedAttentionPress(Press):
     """The attention the chunk's queries gave each key (``Observation(attention=...)``)."""
 
+    _factory = "observed_attention"
     compression_ratio: float = 0.0
-
-    def _build(self):
-        return _core.observed_attention(self.compression_ratio)
 
 
 @dataclass
 class NonCausalAttnPress(Press):
     """Non-causal chunked attention of the chunk's queries (``window_queries`` over the whole chunk)."""
 
+    _factory = "non_causal_attn"
     compression_ratio: float = 0.0
     chunk_size: int = 256
 
-    def _build(self):
-        return _core.non_causal_attn(self.compression_ratio, self.chunk_size)
+
+@dataclass
+class LeverageScorePress(Press):
+    """LeverageScore (arXiv 2507.08143): each key's approximate leverage among the row's pre-RoPE keys
+    (the cached keys rotated back; ``Observation(rope=...)``), through a right sketch, z-scored over
+    the layer. ``sketch`` is float32 ``[batch, kv_heads, head_dim, sketch_dimension]``: kvpress draws
+    it from torch's generator at each call (N(0, 1/sketch_dimension)); here the caller gives it and
+    the press reads it in place (refill the same array to change it without rebuilding the press).
+    Prefill only."""
+
+    _factory = "leverage_score"
+    compression_ratio: float = 0.0
+    sketch_dimension: int = 48
+    sketch: Any = _array_field()
+
+
+@dataclass
+class CompactorPress(Press):
+    """Compactor (arXiv 2507.08143): ``blending`` × LeverageScore + NonCausalAttn, both z-scored, on
+    the prompt without its first ``sink_size_start`` and last ``sink_size_end`` tokens (always kept);
+    ``blending`` None means the compression ratio. Needs ``Observation(queries=..., rope=...)`` and the
+    ``sketch`` of :class:`LeverageScorePress`. Prefill only."""
+
+    _factory = "compactor"
+    compression_ratio: float = 0.0
+    sink_size_start: int = 8
+    sink_size_end: int = 4
+    chunk_size: int = 256
+    sketch_dimension: int = 48
+    blending: Optional[float] = None
+    sketch: Any = _array_field()
+
+
+@dataclass
+class CURPress(Press):
+    """CUR (CurDKV, arXiv 2509.15038): approximate leverage of keys and values by their squared norms
+    (``leverage_type``: ``key``, ``value``, ``kv_avg`` or ``kv_product``), normalised within windows
+    of ``local_window_size`` with ``use_local_approximation``; the first ``num_sinks`` are kept. With
+    ``use_random_leverage`` the norms are of k·G and v·G for the caller's ``projection`` G, float32
+    ``[head_dim, 20]`` (kvpress draws N(0, 1)/√20 at each call)."""
+
+    _factory = "cur"
+    compression_ratio: float = 0.0
+    num_sinks: int = 4
+    leverage_type: str = "kv_product"
+    use_random_leverage: bool = False
+    use_local_approximation: bool = True
+    local_window_size: int = 16
+    projection: Any = _array_field()
+
+
+@dataclass
+class QFilterPress(Press):
+    """Q-Filter (arXiv 2503.02812): score = −⟨f, k⟩ with a learned filter f per (layer, kv head) on the
+    cached keys. ``q_filters`` is float32 ``[num_layers, num_kv_heads, head_dim]`` (kvpress loads
+    ``nthngdy/<model>_qfilt``'s ``q_filters`` from the Hugging Face hub; here the caller does); the
+    layer is ``Observation(layer_idx=...)``."""
+
+    _factory = "q_filter"
+    compression_ratio: float = 0.0
+    q_filters: Any = _array_field()
+
+
+@dataclass
+class CapPress(Press):
+    """CAP (arXiv 2604.25975): a value's leverage under a capacity matrix weighted by each key's
+    cosine to the query anchor (the chunk's mean pre-RoPE query, rotated as Expected Attention
+    does); the first ``n_sink`` are kept. Needs ``Observation(queries=..., rope=...)``."""
+
+    _factory = "cap"
+    compression_ratio: float = 0.0
+    tau: float = 5.0
+    n_future_positions: int = 512
+    n_sink: int = 4
+    epsilon: float = 1e-6
+
+
+@dataclass
+class FinchPress(Press):
+    """FINCH (TACL 2024): the prompt is context + question, and the question's last ``window_size``
+    tokens (``Observation(window_queries=...)``, post-RoPE, or ``attention``) score the context; the
+    window is kept. Keeps the top ``int(n(1 − r))`` per row, or per chunk of ``chunk_length``;
+    ``rerotate_keys`` re-rotates the kept keys to their new slots (``Observation(rope=...)``).
+    kvpress finds ``window_size`` from a delimiter token its tokenizer hook removes; here the caller
+    gives it (required)."""
+
+    _factory = "finch"
+    compression_ratio: float = 0.0
+    chunk_length: Optional[int] = None
+    normalize_scores: bool = True
+    rerotate_keys: bool = True
+    window_size: Optional[int] = None
 
 
 @dataclass
@@ -225,117 +333,170 @@ class SimLayerKVPress(Press):
     """SimLayerKV: layers whose last queries attend mostly to the initial and recent entries keep
     only those."""
 
+    _factory = "sim_layer_kv"
     lazy_threshold: float = 1.0
     n_last: int = 1
     n_recent: int = 1024
     n_initial: int = 4
 
-    def _build(self):
-        return _core.sim_layer_kv(self.lazy_threshold, self.n_last, self.n_recent, self.n_initial)
-
 
 @dataclass
-class AdaKVPress(Press):
+class AdaKVPress(Wrapper):
     """AdaKV: the inner scorer's entries selected across the heads of a sequence, each head keeping
     at least ``alpha_safeguard`` of its share. Heads really get different lengths."""
 
+    _factory = "adakv"
     press: Press = None  # type: ignore[assignment]
     alpha_safeguard: float = 0.20
 
-    def _inner(self):
-        return self.press
-
-    def _build(self):
-        return _core.adakv(_inner_native(self.press, "AdaKVPress"), self.alpha_safeguard)
-
 
 @dataclass
-class CriticalKVPress(Press):
+class CriticalKVPress(Wrapper):
     """CriticalKV: a first stage by the inner scores, then the rest by score × ‖W_o v‖₁
     (``Observation(output_projection=...)``)."""
 
+    _factory = "critical_kv"
     press: Press = None  # type: ignore[assignment]
     epsilon: float = 1e-4
     first_stage_ratio: float = 0.5
 
-    def _inner(self):
-        return self.press
-
-    def _build(self):
-        return _core.critical_kv(_inner_native(self.press, "CriticalKVPress"), self.epsilon, self.first_stage_ratio)
-
 
 @dataclass
-class CriticalAdaKVPress(Press):
+class CriticalAdaKVPress(Wrapper):
     """CriticalKV with AdaKV's budgets across heads."""
 
+    _factory = "critical_adakv"
     press: Press = None  # type: ignore[assignment]
     alpha_safeguard: float = 0.20
     epsilon: float = 1e-4
     first_stage_ratio: float = 0.5
 
-    def _inner(self):
-        return self.press
-
-    def _build(self):
-        return _core.critical_adakv(_inner_native(self.press, "CriticalAdaKVPress"), self.alpha_safeguard,
-                                    self.epsilon, self.first_stage_ratio)
-
 
 @dataclass
-class KeyRerotationPress(Press):
+class KeyRerotationPress(Wrapper):
     """Compresses with the inner press, then re-rotates each kept key to its new slot's position
     (``Observation(rope=...)``), so the cache looks as if only the kept tokens had been seen."""
 
+    _factory = "key_rerotation"
     press: Press = None  # type: ignore[assignment]
-
-    def _inner(self):
-        return self.press
-
-    def _build(self):
-        return _core.key_rerotation(_inner_native(self.press, "KeyRerotationPress"))
 
 
 @dataclass
-class ChunkKVPress(Press):
+class ChunkKVPress(Wrapper):
     """ChunkKV: keeps whole chunks of ``chunk_length`` tokens by their summed inner scores, the same
     chunks in every head."""
 
+    _factory = "chunk_kv"
     press: Press = None  # type: ignore[assignment]
     chunk_length: int = 20
 
-    def _inner(self):
-        return self.press
-
-    def _build(self):
-        return _core.chunk_kv(_inner_native(self.press, "ChunkKVPress"), self.chunk_length)
-
 
 @dataclass
-class BlockPress(Press):
+class BlockPress(Wrapper):
     """Compresses block by block (``block_size`` entries), each block scored with the survivors of
     the previous ones."""
 
+    _factory = "block"
     press: Press = None  # type: ignore[assignment]
     block_size: int = 128
 
-    def _inner(self):
-        return self.press
-
-    def _build(self):
-        return _core.block(_inner_native(self.press, "BlockPress"), self.block_size)
-
 
 @dataclass
-class PerLayerCompressionPress(Press):
+class PerLayerCompressionPress(Wrapper):
     """The inner press with ``compression_ratios[layer_idx]`` as its ratio."""
 
+    _factory = "per_layer_compression"
     press: Press = None  # type: ignore[assignment]
     compression_ratios: List[float] = field(default_factory=list)
 
-    def _inner(self):
-        return self.press
+    def _args(self):
+        inner, ratios = super()._args()
+        return [inner, [float(r) for r in ratios]]
 
-    def _build(self):
-        return _core.per_layer_compression(_inner_native(self.press, "PerLayerCompressionPress"),
-                                           [float(r) for r in self.compression_ratios])
+
+@dataclass
+class EntropyGatedChunkKVPress(Wrapper):
+    """ChunkKV whose chunks are gated by the entropy of their token scores: an important chunk whose
+    score comes from a few spiky tokens keeps only its ``low_entropy_chunk_length`` best tokens, and
+    the budget it frees goes to further chunks. The same tokens are kept in every kv head."""
+
+    _factory = "entropy_gated_chunk_kv"
+    press: Press = None  # type: ignore[assignment]
+    chunk_length: int = 10
+    low_entropy_chunk_length: int = 4
+
+
+@dataclass
+class MergingPress(Wrapper):
+    """Merge-on-evict: the inner press chooses the kept entries, and each evicted entry's value is
+    folded into the kept entry whose key is most cosine-similar (at least ``similarity_threshold``;
+    the ``merge_fraction`` most similar evicted entries merge). Writes the kept values in place."""
+
+    _factory = "merging"
+    press: Press = None  # type: ignore[assignment]
+    similarity_threshold: float = 0.0
+    merge_fraction: float = 1.0
+
+
+def _lukv_default_press() -> Press:
+    return ExpectedAttentionPress(epsilon=2e-2)
+
+
+@dataclass
+class LUKVPress(Wrapper):
+    """LU-KV (arXiv 2602.08585): head-wise budgets from a budget curve computed offline for a model
+    and its scorer. ``budget_curves`` is float32 ``[99, num_layers, kv_heads]``: for target t % (row
+    t − 1), each head's fraction of entries to remove (kvpress downloads the one curve it knows;
+    here the caller gives it). The first ``sink`` and last ``window`` entries are kept. Heads really
+    get different lengths."""
+
+    _factory = "lukv"
+    press: Press = field(default_factory=_lukv_default_press)
+    compression_ratio: float = 0.0
+    sink: int = 4
+    window: int = 1
+    budget_curves: Any = _array_field()
+
+
+@dataclass
+class DuoAttentionPress(Press):
+    """DuoAttention (arXiv 2410.10819): the ``head_compression_ratio`` share of (layer, kv head) pairs
+    with the lowest ``head_scores`` (float32 ``[num_layers, kv_heads]``) become streaming heads, which
+    keep only ``sink_size`` leading and ``recent_size`` trailing entries. kvpress downloads the trained
+    pattern with its sink and recent sizes, or estimates the scores on the fly
+    (``on_the_fly_scoring``, sink 128 and recent 256) from 50 BookSum samples; here the caller gives
+    the scores: the pattern's, or :func:`duo_attention_sample_scores` averaged over its own samples.
+    Needs ``Observation(layer_idx=...)``."""
+
+    _factory = "duo_attention"
+    head_compression_ratio: float = 0.0
+    sink_size: int = 128
+    recent_size: int = 256
+    head_scores: Any = _array_field()
+
+
+@dataclass
+class ComposedPress(Press):
+    """The ``presses`` applied one after the other, each to what the previous one kept; each receives
+    the caller's observation unchanged, as in kvpress (a press that reads attention over the whole
+    prompt cannot follow one that shortened the rows)."""
+
+    _factory = "composed"
+    presses: List[Press] = field(default_factory=list)
+
+    def _inners(self):
+        return list(self.presses)
+
+    def _args(self):
+        return [[_inner_native(p, "ComposedPress") for p in self.presses]]
+
+
+def duo_attention_sample_scores(mean_query: Any, mean_key: Any, rope: _core.RotaryEmbedding, q_len: int) -> Any:
+    """DuoAttention's on-the-fly head scores of one sample: float32 ``[kv_heads]`` from the sample's
+    pre-RoPE queries ``[q_heads, head_dim]`` and keys ``[kv_heads, head_dim]`` averaged over its
+    ``q_len`` tokens (kvpress averages these over 50 BookSum samples)."""
+    import numpy as np
+
+    out = np.empty(int(mean_key.shape[0]), dtype=np.float32)
+    _core.duo_attention_sample_scores(mean_query, mean_key, rope, q_len, out)
+    return out

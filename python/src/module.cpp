@@ -114,6 +114,8 @@ NB_MODULE(_core, m) {
   bind_cache(m);
   bind_scorers(m);
   bind_attention_scorers(m);
+  bind_caller_data_scorers(m);
   bind_wrappers(m);
   bind_chunk_wrappers(m);
+  bind_budget_wrappers(m);
 }

@@ -1,0 +1,147 @@
+"""The wrappers added later through Python against kvpress 0.5.5 (tests/golden/more_presses/*/
+more_wrappers.json, written by tools/golden/generate_more_wrappers.py from kvpress's own compress):
+EntropyGatedChunkKV, LUKV (with a budget curve), DuoAttention (patterns, and the on-the-fly head
+scores), Merging (the merged values). ComposedPress is in test_golden.py with the other wrappers."""
+
+import json
+
+import numpy as np
+import pytest
+
+import kvcompress as kvc
+from golden import MORE, Scenario, check_scores, fresh_cache, load
+from golden import more_observation as observation
+
+
+def wrappers(sc, kind):
+    meta = json.loads((sc.dir / "more_wrappers.json").read_text())
+    return [w for w in meta["wrappers"] if w["press"] == kind]
+
+
+def inner_press(entry):
+    return getattr(kvc, entry["press"])(**entry["params"])
+
+
+def cases(kind):
+    for name in MORE:
+        for w in wrappers(Scenario(name), kind):
+            yield pytest.param(name, w["name"], id=f"{name}-{w['name']}")
+
+
+def entry_of(scenario, kind, case):
+    sc = Scenario(scenario)
+    return sc, next(w for w in wrappers(sc, kind) if w["name"] == case)
+
+
+def check_kept_mask(sc, cache, positions, lengths, mask):
+    """Each row holds exactly the entries kvpress left unmasked, in position order, with their keys."""
+    keys = sc.tensor("keys")
+    for (b, h), n in np.ndenumerate(lengths):
+        want = np.flatnonzero(mask[b, h])
+        np.testing.assert_array_equal(positions[b, h, :n], want, err_msg=f"batch {b}, head {h}")
+        np.testing.assert_array_equal(cache._tensors[0][b, h, :n], keys[b, h, want])
+
+
+@pytest.mark.parametrize("scenario,case", list(cases("EntropyGatedChunkKVPress")))
+def test_entropy_gated_chunk_kv_matches_kvpress(scenario, case):
+    sc, w = entry_of(scenario, "EntropyGatedChunkKVPress", case)
+    inner = w["presses"][0]
+    want_scores, want_kept, n_kept = load(w["inner_scores"], sc.dir), load(w["kept"], sc.dir), w["n_kept"]
+    full_obs = observation(sc, inner)
+    for b in range(sc.meta["batch"]):  # each sequence alone, as kvpress was run
+        obs = observation(sc, inner)
+        if full_obs.window_queries is not None:
+            obs.window_queries = np.ascontiguousarray(full_obs.window_queries[b:b + 1])
+        keys, values = sc.tensor("keys")[b:b + 1].copy(), sc.tensor("values")[b:b + 1].copy()
+        n = keys.shape[2]
+        positions = np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int32), (1, keys.shape[1], n)))
+        cache = kvc.KVCache(keys, values, positions=positions)
+        check_scores(kvc.score(inner_press(inner), obs, cache), want_scores[b:b + 1], 1e-4)
+        press = kvc.EntropyGatedChunkKVPress(inner_press(inner), **w["params"])
+        lengths = kvc.compress(press, obs, cache)
+        assert (lengths == n_kept).all()
+        assert (positions[0, :, :n_kept] == positions[0, 0, :n_kept]).all()  # the same tokens in every head
+        ours, theirs = positions[0, 0, :n_kept], want_kept[b]
+        if not np.array_equal(ours, theirs):
+            # Tokens of equal score (SnapKV's window) are cut by torch.topk's tie-breaking.
+            token = want_scores[b].sum(axis=0)
+            np.testing.assert_allclose(np.sort(token[ours]), np.sort(token[theirs]), rtol=1e-5)
+        np.testing.assert_array_equal(values[0, :, :n_kept], sc.tensor("values")[b][:, ours])
+
+
+@pytest.mark.parametrize("scenario,case", list(cases("LUKVPress")))
+def test_lukv_matches_kvpress(scenario, case):
+    sc, w = entry_of(scenario, "LUKVPress", case)
+    meta = json.loads((sc.dir / "more_wrappers.json").read_text())
+    curve = np.ascontiguousarray(load(meta["tensors"]["budget_curve"], sc.dir))
+    inner = w["presses"][0]
+    obs = observation(sc, inner)
+    cache, positions = fresh_cache(sc)
+    check_scores(kvc.score(inner_press(inner), obs, cache), load(w["inner_scores"], sc.dir), 1e-4)
+    press = kvc.LUKVPress(inner_press(inner), **w["params"], budget_curves=curve)
+    lengths = kvc.compress(press, obs, cache)
+    check_kept_mask(sc, cache, positions, lengths, load(w["kept_mask"], sc.dir))
+
+
+@pytest.mark.parametrize("scenario,case", list(cases("DuoAttentionPress")))
+def test_duo_attention_matches_kvpress(scenario, case):
+    sc, w = entry_of(scenario, "DuoAttentionPress", case)
+    p = w["params"]
+    head_scores = np.ascontiguousarray(load(w["head_scores"], sc.dir))
+    if p["on_the_fly_scoring"]:
+        # kvpress's estimate from the per-sample mean queries and keys it computed.
+        mq, mk = load(w["mean_queries"], sc.dir), load(w["mean_keys"], sc.dir)  # [samples, layers, heads, d]
+        rope = kvc.rotary_embedding_from_config(sc.rope_config())
+        ours = np.mean([[kvc.duo_attention_sample_scores(np.ascontiguousarray(mq[s, layer]),
+                                                         np.ascontiguousarray(mk[s, layer]), rope, w["q_len"])
+                         for layer in range(mq.shape[1])] for s in range(mq.shape[0])], axis=0)
+        np.testing.assert_allclose(ours, head_scores, rtol=1e-4)
+    press = kvc.DuoAttentionPress(p["head_compression_ratio"], sink_size=p["sink_size"],
+                                  recent_size=p["recent_size"], head_scores=head_scores)
+    obs = kvc.Observation(layer_idx=sc.meta["layer_idx"], num_layers=sc.meta["num_layers"])
+    cache, positions = fresh_cache(sc)
+    lengths = kvc.compress(press, obs, cache)
+    check_kept_mask(sc, cache, positions, lengths, load(w["kept_mask"], sc.dir))
+
+
+@pytest.mark.parametrize("scenario,case", list(cases("MergingPress")))
+def test_merging_matches_kvpress(scenario, case):
+    sc, w = entry_of(scenario, "MergingPress", case)
+    inner = w["presses"][0]
+    obs = observation(sc, inner)
+    cache, positions = fresh_cache(sc)
+    check_scores(kvc.score(inner_press(inner), obs, cache), load(w["inner_scores"], sc.dir), 1e-4)
+    lengths = kvc.compress(kvc.MergingPress(inner_press(inner), **w["params"]), obs, cache)
+    n_kept, kept = w["n_kept"], load(w["kept"], sc.dir)
+    assert (lengths == n_kept).all()
+    np.testing.assert_array_equal(positions[:, :, :n_kept], kept)
+    keys = sc.tensor("keys")
+    for (b, h), _ in np.ndenumerate(lengths):
+        np.testing.assert_array_equal(cache._tensors[0][b, h, :n_kept], keys[b, h, kept[b, h]])
+    want_values = load(w["values_out"], sc.dir)
+    got = cache._tensors[1][:, :, :n_kept]
+    assert (np.abs(got - want_values) <= 1e-5 * np.maximum(1.0, np.abs(want_values))).all()
+    unmerged = sc.tensor("values")[np.arange(kept.shape[0])[:, None, None], np.arange(kept.shape[1])[None, :, None], kept]
+    assert np.array_equal(got, unmerged) == (w["merged_entries"] == 0)
+
+
+def test_budget_arrays_are_checked():
+    sc = Scenario(MORE[0])
+    obs = kvc.Observation(layer_idx=sc.meta["layer_idx"], num_layers=sc.meta["num_layers"])
+    cache, _ = fresh_cache(sc)
+    with pytest.raises(kvc.Error, match="LUKVPress needs budget_curves"):
+        kvc.compress(kvc.LUKVPress(kvc.KnormPress(), 0.5), obs, cache)
+    with pytest.raises(kvc.Error, match="budget_curves must be \\[99, num_layers, kv_heads\\]"):
+        kvc.LUKVPress(kvc.KnormPress(), 0.5, budget_curves=np.zeros((98, 2, 2), np.float32)).native
+    with pytest.raises(kvc.Error, match="LUKVPress budget curve has 5 kv heads"):
+        kvc.compress(kvc.LUKVPress(kvc.KnormPress(), 0.5, budget_curves=np.zeros((99, 2, 5), np.float32)), obs, cache)
+    with pytest.raises(kvc.Error, match="DuoAttentionPress needs head_scores \\[num_layers, kv_heads\\]"):
+        kvc.compress(kvc.DuoAttentionPress(0.5), obs, cache)
+    with pytest.raises(kvc.Error, match="DuoAttentionPress head_scores hold 1 layers, observation.layer_idx = 1"):
+        kvc.compress(kvc.DuoAttentionPress(0.5, head_scores=np.zeros((1, 2), np.float32)), obs, cache)
+    with pytest.raises(kvc.Error, match="ComposedPress needs at least one press"):
+        kvc.ComposedPress([]).native
+    with pytest.raises(kvc.Error, match="ComposedPress: press must be a kvcompress press, got int"):
+        kvc.ComposedPress([kvc.KnormPress(0.5), 3]).native
+    with pytest.raises(kvc.Error, match="MergingPress wraps a scorer press"):
+        kvc.MergingPress(kvc.DuoAttentionPress(0.5)).native
