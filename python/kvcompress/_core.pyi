@@ -242,3 +242,24 @@ def duo_attention_sample_scores(mean_query: NDArray, mean_key: NDArray, rope: Ro
     """
     DuoAttention's on-the-fly head scores of one sample into out (float32 [kv_heads]): mean_query [q_heads, head_dim] and mean_key [kv_heads, head_dim] are the sample's pre-RoPE queries and keys averaged over its q_len tokens; kvpress averages them over 50 BookSum samples.
     """
+
+class ThinK:
+    """ThinK's channel pruning and the workspace it reuses."""
+
+    def __init__(self, key_channel_compression_ratio: float, window_size: int) -> None: ...
+
+    def kept_channels(self, head_dim: int) -> int:
+        """
+        Channels each key keeps: head_dim - int(head_dim * key_channel_compression_ratio).
+        """
+
+    def channel_scores(self, observation: Observation, cache: Cache, out: NDArray, num_threads: int = 0) -> None:
+        """Channel scores into out, float32 [batch, kv_heads, head_dim]."""
+
+    def compress_keys(self, observation: Observation, cache: Cache, packed_keys: NDArray, channels: NDArray, num_threads: int = 0) -> None:
+        """
+        Writes each row's kept channels (ascending) into channels, int32 [batch, kv_heads, kept], and the packed keys of its live entries into packed_keys [batch, kv_heads, capacity, kept] of the cache's dtype.
+        """
+
+    @property
+    def workspace_allocations(self) -> int: ...

@@ -46,6 +46,7 @@ __all__ = [
     "DuoAttentionPress",
     "ComposedPress",
     "duo_attention_sample_scores",
+    "ThinKPress",
 ]
 
 
@@ -500,3 +501,73 @@ def duo_attention_sample_scores(mean_query: Any, mean_key: Any, rope: _core.Rota
     out = np.empty(int(mean_key.shape[0]), dtype=np.float32)
     _core.duo_attention_sample_scores(mean_query, mean_key, rope, q_len, out)
     return out
+
+
+@dataclass
+class ThinKPress:
+    """ThinK (arXiv 2407.21018): prunes key *channels*, not entries. Channel c of a kv head scores
+    the mean squared post-RoPE query of the chunk's last ``window_size`` tokens
+    (``Observation(window_queries=...)``) times the mean squared cached key; each row drops its
+    ``int(head_dim · key_channel_compression_ratio)`` lowest. kvpress zeroes the dropped channels in
+    place, which saves no memory; here :meth:`compress_keys` writes the kept channels of every key
+    packed (``[batch, kv_heads, capacity, kept]``) with each row's channel indices, so an engine can
+    store keys at ``kept`` channels (attention over them is q·k on the kept channels, what kvpress's
+    zeroed keys give). The cache itself is not modified, so ThinK is not a press for
+    :func:`kvcompress.compress`."""
+
+    key_channel_compression_ratio: float = 0.0
+    window_size: int = 32
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if not name.startswith("_"):
+            object.__setattr__(self, "_native", None)
+
+    @property
+    def native(self) -> _core.ThinK:
+        """The C++ press (and its workspace)."""
+        n = self.__dict__.get("_native")
+        if n is None:
+            n = _core.ThinK(self.key_channel_compression_ratio, self.window_size)
+            object.__setattr__(self, "_native", n)
+        return n
+
+    @property
+    def compression_ratio(self) -> float:
+        """kvpress's read-only ratio: half the channel ratio (keys only, values untouched)."""
+        return self.key_channel_compression_ratio / 2
+
+    def kept_channels(self, head_dim: int) -> int:
+        """Channels each key keeps: ``head_dim - int(head_dim * key_channel_compression_ratio)``."""
+        return self.native.kept_channels(head_dim)
+
+    def channel_scores(self, observation: _core.Observation, cache: Any, *, num_threads: int = 0) -> Any:
+        """The channel scores, float32 ``[batch, kv_heads, head_dim]`` (higher means keep)."""
+        import numpy as np
+
+        b, h, _, d = cache.shape
+        out = np.empty((b, h, d), dtype=np.float32)
+        self.native.channel_scores(observation, cache._core, out, num_threads)
+        return out
+
+    def compress_keys(self, observation: _core.Observation, cache: Any, *, out: Any = None,
+                      num_threads: int = 0) -> Any:
+        """``(packed_keys, channels)``: each row's kept channels, int32 ``[batch, kv_heads, kept]``
+        ascending, and the packed keys of its live entries, ``[batch, kv_heads, capacity, kept]`` of
+        the cache's dtype (a NumPy array, or a torch tensor when the keys are torch's). ``out`` may
+        give both, C-contiguous; they must not share memory with the cache."""
+        import numpy as np
+
+        b, h, n, d = cache.shape
+        kept = self.kept_channels(d)
+        if out is None:
+            keys = cache._tensors[0]
+            if type(keys).__module__.startswith("torch"):
+                import torch
+
+                out = (torch.empty((b, h, n, kept), dtype=keys.dtype), np.empty((b, h, kept), dtype=np.int32))
+            else:
+                out = (np.empty((b, h, n, kept), dtype=keys.dtype), np.empty((b, h, kept), dtype=np.int32))
+        packed, channels = out
+        self.native.compress_keys(observation, cache._core, packed, channels, num_threads)
+        return packed, channels

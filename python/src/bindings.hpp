@@ -13,5 +13,6 @@ void bind_caller_data_scorers(nanobind::module_& m);
 void bind_wrappers(nanobind::module_& m);
 void bind_chunk_wrappers(nanobind::module_& m);
 void bind_budget_wrappers(nanobind::module_& m);
+void bind_think(nanobind::module_& m);
 
 }  // namespace kvcompress::python

@@ -118,4 +118,5 @@ NB_MODULE(_core, m) {
   bind_wrappers(m);
   bind_chunk_wrappers(m);
   bind_budget_wrappers(m);
+  bind_think(m);
 }

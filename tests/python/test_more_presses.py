@@ -1,12 +1,14 @@
-"""The presses added later (tests/golden/more_presses: LeverageScore, Compactor, CUR, CAP, FINCH) and
-QFilter through Python, against kvpress 0.5.5's scores and kept sets on the same tensors. The sketch
+"""The presses added later (tests/golden/more_presses: LeverageScore, Compactor, CUR, CAP, FINCH, and
+ThinK on the model scenarios) and QFilter through Python, against kvpress 0.5.5's scores and kept sets on the same tensors. The sketch
 (LeverageScore, Compactor) and projection (CUR) are the ones kvpress drew for that call."""
+
+import json
 
 import numpy as np
 import pytest
 
 import kvcompress as kvc
-from golden import MORE, Scenario, array_of, check_kept, check_scores, fresh_cache, load, scenarios
+from golden import GOLDEN, MORE, Scenario, array_of, check_kept, check_scores, fresh_cache, load, scenarios
 from golden import more_observation as observation
 
 # LeverageScore z-scores leverages whose spread is small against their mean (the Gram matrix's
@@ -138,3 +140,63 @@ def test_sketch_is_held_alive_by_the_native_press():
     cache, _ = fresh_cache(sc)
     check_scores(kvc.score(press, obs, cache), load(entry["scores"], sc.dir), 1e-3)
     assert press.native is native
+
+
+def model_scenarios():
+    index = json.loads((GOLDEN / "more_presses" / "model" / "index.json").read_text())
+    return [f"more_presses/model/{n}" for n in index["scenarios"]]
+
+
+def think_cases():
+    for name in model_scenarios():
+        for entry in Scenario(name).meta["think"]:
+            yield pytest.param(name, entry["name"], id=f"{name}-{entry['name']}")
+
+
+@pytest.mark.parametrize("scenario,case", list(think_cases()))
+def test_think_matches_kvpress(scenario, case):
+    """Channel scores, the channels kvpress zeroes, and the packed keys, on every layer."""
+    sc = Scenario(scenario)
+    entry = next(e for e in sc.meta["think"] if e["name"] == case)
+    press = kvc.ThinKPress(**entry["params"])
+    assert press.compression_ratio == entry["params"]["key_channel_compression_ratio"] / 2
+    for layer, pl in enumerate(entry["layers"]):
+        keys = sc.tensor(f"keys_l{layer}").copy()
+        cache = kvc.KVCache(keys, sc.tensor(f"values_l{layer}").copy())
+        obs = kvc.Observation(window_queries=load(pl["window_queries"], sc.dir))
+        np.testing.assert_allclose(press.channel_scores(obs, cache), load(pl["scores"], sc.dir), rtol=1e-5)
+        packed, channels = press.compress_keys(obs, cache)
+        pruned = load(pl["pruned"], sc.dir)
+        b, h, n, d = keys.shape
+        assert packed.shape == (b, h, n, press.kept_channels(d))
+        for bb in range(b):
+            for hh in range(h):
+                np.testing.assert_array_equal(channels[bb, hh], np.flatnonzero(pruned[bb, hh] == 0))
+                np.testing.assert_array_equal(packed[bb, hh], keys[bb, hh][:, channels[bb, hh]])
+        # kvpress's keys are the cache's with the pruned channels zeroed; the cache is untouched here.
+        zeroed = load(pl["keys_out"], sc.dir)
+        np.testing.assert_array_equal(keys, sc.tensor(f"keys_l{layer}"))
+        np.testing.assert_array_equal(zeroed, np.where(pruned[..., None, :] == 1, 0.0, keys))
+    assert press.native.workspace_allocations == 1
+
+
+def test_think_refuses_outputs_that_share_the_cache():
+    sc = Scenario(model_scenarios()[0])
+    entry = sc.meta["think"][0]
+    press = kvc.ThinKPress(**entry["params"])
+    keys = sc.tensor("keys_l0").copy()
+    cache = kvc.KVCache(keys, sc.tensor("values_l0").copy())
+    obs = kvc.Observation(window_queries=load(entry["layers"][0]["window_queries"], sc.dir))
+    b, h, n, d = keys.shape
+    kept = press.kept_channels(d)
+    channels = np.empty((b, h, kept), dtype=np.int32)
+    with pytest.raises(kvc.Error, match="packed_keys and keys must not share memory"):
+        press.compress_keys(obs, cache, out=(keys[..., :kept], channels))
+    with pytest.raises(kvc.Error, match="packed_keys must be contiguous"):
+        press.compress_keys(obs, cache, out=(np.empty((b, h, n, d), np.float32)[..., :kept], channels))
+    with pytest.raises(kvc.Error, match="channels must hold"):
+        press.compress_keys(obs, cache, out=(np.empty((b, h, n, kept), np.float32), channels[:, :, 1:].copy()))
+    with pytest.raises(kvc.Error, match="ThinKPress key_channel_compression_ratio must be in \\[0, 1\\), got 1"):
+        kvc.ThinKPress(1.0).kept_channels(d)
+    with pytest.raises(kvc.Error, match="observation.window_queries holds 32 tokens, more than window_size = 8"):
+        kvc.ThinKPress(0.5, window_size=8).channel_scores(obs, cache)
