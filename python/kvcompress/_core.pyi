@@ -33,7 +33,7 @@ class Observation:
     What the engine hands a press at a compression point. Tensors must have the cache's dtype and live on its device; shapes are checked by the press that reads them.
     """
 
-    def __init__(self, *, queries: NDArray | None = None, window_queries: NDArray | None = None, attention: NDArray | None = None, output_projection: NDArray | None = None, stats_mean: NDArray | None = None, stats_covariance: NDArray | None = None, query_offsets: NDArray | None = None, sequence_positions: NDArray | None = None, rope: RotaryEmbedding | None = None, layer_idx: int = 0, num_layers: int = 1, position: int = 0, chunk_length: int = 0) -> None:
+    def __init__(self, *, queries: NDArray | None = None, window_queries: NDArray | None = None, attention: NDArray | None = None, output_projection: NDArray | None = None, stats_mean: NDArray | None = None, stats_covariance: NDArray | None = None, query_offsets: NDArray | None = None, sequence_positions: NDArray | None = None, hidden_states: NDArray | None = None, rope: RotaryEmbedding | None = None, layer_idx: int = 0, num_layers: int = 1, position: int = 0, chunk_length: int = 0) -> None:
         """
         Every field is optional; a press that needs one it did not get raises kvcompress.Error naming it.
         """
@@ -95,6 +95,15 @@ class Observation:
 
     @sequence_positions.setter
     def sequence_positions(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def hidden_states(self) -> NDArray | None:
+        """
+        The attention input (after input_layernorm) [batch, 1, q_len, hidden_size] (KVzap).
+        """
+
+    @hidden_states.setter
+    def hidden_states(self, arg: NDArray | None, /) -> None: ...
 
     @property
     def rope(self) -> RotaryEmbedding:
@@ -212,6 +221,8 @@ def compactor(arg0: float, arg1: int, arg2: int, arg3: int, arg4: int, arg5: flo
 
 def cur(arg0: float, arg1: int, arg2: str, arg3: bool, arg4: bool, arg5: int, arg6: NDArray | None, /) -> NativePress: ...
 
+def kvzap(arg0: float, arg1: str, arg2: NDArray | None, arg3: NDArray | None, arg4: NDArray | None, arg5: NDArray | None, /) -> NativePress: ...
+
 def q_filter(arg0: float, arg1: NDArray | None, /) -> NativePress: ...
 
 def adakv(arg0: NativePress, arg1: float, /) -> NativePress: ...
@@ -225,6 +236,8 @@ def key_rerotation(arg: NativePress, /) -> NativePress: ...
 def merging(arg0: NativePress, arg1: float, arg2: float, /) -> NativePress: ...
 
 def composed(arg: Sequence[NativePress], /) -> NativePress: ...
+
+def chunk(arg0: NativePress, arg1: int, /) -> NativePress: ...
 
 def chunk_kv(arg0: NativePress, arg1: int, /) -> NativePress: ...
 

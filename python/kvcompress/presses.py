@@ -31,12 +31,14 @@ __all__ = [
     "CompactorPress",
     "CURPress",
     "QFilterPress",
+    "KVzapPress",
     "CapPress",
     "FinchPress",
     "AdaKVPress",
     "CriticalKVPress",
     "CriticalAdaKVPress",
     "KeyRerotationPress",
+    "ChunkPress",
     "ChunkKVPress",
     "BlockPress",
     "PerLayerCompressionPress",
@@ -299,6 +301,25 @@ class QFilterPress(Press):
 
 
 @dataclass
+class KVzapPress(Press):
+    """KVzap (arXiv 2601.07891): a small learned surrogate of KVzip+ scores each entry from the
+    attention input (``Observation(hidden_states=...)``, ``[batch, 1, q_len, hidden_size]`` after
+    input_layernorm; a prefill: every row holds the chunk's tokens). The surrogate is one layer's,
+    in ``nn.Linear``'s layout, float32: ``model_type="linear"``: ``w1`` ``[kv_heads, hidden_size]``,
+    ``b1`` ``[kv_heads]``; ``"mlp"``: ``w1`` ``[hidden_dim, hidden_size]``, ``b1``, then GELU,
+    ``w2`` ``[kv_heads, hidden_dim]``, ``b2`` (kvpress downloads ``nvidia/KVzap-<type>-<model>``,
+    whose ``layers.<l>.*`` tensors these are). One press per layer, or set the weights per layer."""
+
+    _factory = "kvzap"
+    compression_ratio: float = 0.0
+    model_type: str = "mlp"
+    w1: Any = _array_field()
+    b1: Any = _array_field()
+    w2: Any = _array_field()
+    b2: Any = _array_field()
+
+
+@dataclass
 class CapPress(Press):
     """CAP (arXiv 2604.25975): a value's leverage under a capacity matrix weighted by each key's
     cosine to the query anchor (the chunk's mean pre-RoPE query, rotated as Expected Attention
@@ -380,6 +401,19 @@ class KeyRerotationPress(Wrapper):
 
     _factory = "key_rerotation"
     press: Press = None  # type: ignore[assignment]
+
+
+@dataclass
+class ChunkPress(Wrapper):
+    """FINCH's chunked compression: the cache is cut into chunks of ``chunk_length`` slots and each
+    is compressed on its own, the inner press scoring only that chunk (with the chunk's rows of a
+    prefill's ``queries``; window queries and attention describe the whole sequence and are not
+    handed on), so the whole context is compressed uniformly: each chunk keeps
+    ``max(1, int(len · (1 − r)))``."""
+
+    _factory = "chunk"
+    press: Press = None  # type: ignore[assignment]
+    chunk_length: int = 1024
 
 
 @dataclass

@@ -3,7 +3,8 @@
 /// \brief `AnyPress`: one type for every press the binding exposes, so that a Python wrapper
 /// (AdaKV, ChunkKV, ...) can hold any inner press. The library's presses are templates over their
 /// inner press; the binding instantiates each wrapper once, over `ErasedScorer`, which forwards the
-/// scorer protocol to whatever press it holds. Every operation is the library's own call on the
+/// scorer protocol to whatever press it holds (on the cache's layouts and on the row-offset
+/// windows of them that ChunkPress scores). Every operation is the library's own call on the
 /// concrete press type; this file only routes to it.
 
 #include <cstddef>
@@ -15,6 +16,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "kvcompress/detail/tail_view.hpp"
 #include "kvcompress/kvcompress.hpp"
 
 namespace kvcompress::python {
@@ -35,6 +37,11 @@ struct PressOps {
   std::function<void(CpuDevice const&, Obs const&, View const&, float const*, std::int32_t*, Workspace&, double)>
       kept_counts;
   std::function<std::int64_t(std::int64_t, Obs const&, double)> kept_count;
+  // Scorer presses only: the score of a window of every row, seen as a cache of its own through a
+  // row-offset layout (ChunkPress scores each chunk so).
+  using Window = KVCacheView<T, kvcompress::detail::RowOffsetLayout<L>>;
+  std::function<std::size_t(CpuDevice const&, Obs const&, Window const&, double)> window_score_bytes;
+  std::function<void(CpuDevice const&, Obs const&, Window const&, float*, Workspace&, double)> window_score;
 };
 
 using AllOps = std::tuple<PressOps<float, StridedLayout>, PressOps<half, StridedLayout>,
@@ -60,33 +67,43 @@ PressOps<T, L> make_ops(std::shared_ptr<P const> const& p, std::function<void(Ca
   using Obs = Observation<T>;
   using View = KVCacheView<T, L>;
   // Runs the borrowed arrays' check before anything reads them (a no-op for most presses).
-  auto const pre = [check](View const& cache) {
-    if (check) check(cache.extents);
+  auto const pre = [check](CacheExtents const& e) {
+    if (check) check(e);
   };
   ops.compress_bytes = [p, pre](CpuDevice const& dev, Obs const& obs, View const& cache) {
-    pre(cache);
+    pre(cache.extents);
     return compress_workspace_bytes(dev, *p, obs, cache);
   };
   ops.compress = [p, pre](CpuDevice const& dev, Obs const& obs, View const& cache, Workspace ws) {
-    pre(cache);
+    pre(cache.extents);
     kvcompress::compress(dev, *p, obs, cache, ws);
   };
   if constexpr (has_score<P, T, L>::value) {
     ops.score_bytes = [p, pre](CpuDevice const& dev, Obs const& obs, View const& cache, double ratio) {
-      pre(cache);
+      pre(cache.extents);
       return with_compression_ratio(*p, ratio).workspace_bytes(dev, obs, cache);
     };
     ops.score = [p, pre](CpuDevice const& dev, Obs const& obs, View const& cache, float* scores, Workspace& ws,
                          double ratio) {
-      pre(cache);
+      pre(cache.extents);
       kvcompress::score(dev, with_compression_ratio(*p, ratio), obs, cache, scores, ws);
     };
   }
   if constexpr (is_scorer_v<P, T, L>) {
     ops.kept_counts = [p, pre](CpuDevice const& dev, Obs const& obs, View const& cache, float const* scores,
                                std::int32_t* counts, Workspace& ws, double ratio) {
-      pre(cache);
+      pre(cache.extents);
       kvcompress::detail::row_kept_counts(dev, with_compression_ratio(*p, ratio), obs, cache, scores, counts, ws);
+    };
+    using Window = typename PressOps<T, L>::Window;
+    ops.window_score_bytes = [p, pre](CpuDevice const& dev, Obs const& obs, Window const& cache, double ratio) {
+      pre(cache.extents);
+      return with_compression_ratio(*p, ratio).workspace_bytes(dev, obs, cache);
+    };
+    ops.window_score = [p, pre](CpuDevice const& dev, Obs const& obs, Window const& cache, float* scores,
+                                Workspace& ws, double ratio) {
+      pre(cache.extents);
+      kvcompress::score(dev, with_compression_ratio(*p, ratio), obs, cache, scores, ws);
     };
     ops.kept_count = [p](std::int64_t n, Obs const& obs, double ratio) {
       return kvcompress::detail::press_kept_count(with_compression_ratio(*p, ratio), n, obs);
@@ -164,6 +181,17 @@ struct ErasedScorer {
   void score(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, float* scores,
              Workspace& ws) const {
     any->ops<T, L>().score(dev, obs, cache, scores, ws, compression_ratio);
+  }
+  /// A window of every row (ChunkPress's chunks), through the row-offset layout over L.
+  template <class T, class L>
+  [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const& obs,
+                                            KVCacheView<T, kvcompress::detail::RowOffsetLayout<L>> const& cache) const {
+    return any->ops<T, L>().window_score_bytes(dev, obs, cache, compression_ratio);
+  }
+  template <class T, class L>
+  void score(CpuDevice const& dev, Observation<T> const& obs,
+             KVCacheView<T, kvcompress::detail::RowOffsetLayout<L>> const& cache, float* scores, Workspace& ws) const {
+    any->ops<T, L>().window_score(dev, obs, cache, scores, ws, compression_ratio);
   }
   /// The inner press's row budget (PyramidKV's layer budget included).
   template <class T>

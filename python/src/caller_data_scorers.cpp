@@ -1,12 +1,13 @@
 /// \file
 /// \brief Scorer presses that read an array the caller supplies: LeverageScore's and Compactor's
 /// sketch, CUR's projection (kvpress draws them from torch's generator at each call), QFilter's
-/// learned filters (kvpress downloads them). The press reads the array through a pointer; the
+/// learned filters and KVzap's surrogate weights (kvpress downloads them). The press reads the array through a pointer; the
 /// binding holds it and checks its shape against each call's cache.
 
 #include <limits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -30,6 +31,15 @@ Borrowed borrow_sketch(Sketch const& s, std::int64_t sketch_dimension) {
                     s.check({e.batch, e.kv_heads, e.head_dim, sketch_dimension});
                   }};
 }
+
+KVzapModelType kvzap_type(std::string const& name) {
+  if (name == "linear") return KVzapModelType::kLinear;
+  if (name == "mlp") return KVzapModelType::kMlp;
+  KVC_THROW("KVzapPress model_type must be linear or mlp, got '" << name << "'");
+}
+
+std::int64_t extent(FloatArray<2> const& a, std::size_t i) { return static_cast<std::int64_t>(a.array->shape(i)); }
+std::int64_t extent(FloatArray<1> const& a) { return static_cast<std::int64_t>(a.array->shape(0)); }
 
 CurLeverage cur_leverage(std::string const& name) {
   if (name == "key") return CurLeverage::kKey;
@@ -77,6 +87,36 @@ void bind_caller_data_scorers(nb::module_& m) {
     return native(p, "CURPress", Borrowed{g.owner(), [g](CacheExtents const& e) {
                                             g.check({e.head_dim, CURPress::kProjectionDim});
                                           }});
+  });
+  // One layer's surrogate in nn.Linear's layout: linear w1 [kv_heads, hidden], b1 [kv_heads]; mlp
+  // w1 [hidden_dim, hidden], b1 [hidden_dim], w2 [kv_heads, hidden_dim], b2 [kv_heads]. The press
+  // checks the pointers it needs and the kv heads against the cache; the shapes' agreement with each
+  // other is checked here.
+  m.def("kvzap", [](double r, std::string const& model_type, std::optional<Array> w1, std::optional<Array> b1,
+                    std::optional<Array> w2, std::optional<Array> b2) {
+    FloatArray<2> const a1{std::move(w1), "w1", {"rows", "hidden_size"}}, a2{std::move(w2), "w2", {"kv_heads", "hidden_dim"}};
+    FloatArray<1> const c1{std::move(b1), "b1", {"rows"}}, c2{std::move(b2), "b2", {"kv_heads"}};
+    KVzapPress p;
+    p.compression_ratio = r;
+    p.model_type = kvzap_type(model_type);
+    p.weights.w1 = a1.data();
+    p.weights.b1 = c1.data();
+    p.weights.w2 = a2.data();
+    p.weights.b2 = c2.data();
+    if (a1.array) {
+      p.weights.hidden_size = extent(a1, 1);
+      bool const mlp = p.model_type == KVzapModelType::kMlp;
+      p.weights.hidden_dim = mlp ? extent(a1, 0) : 0;
+      p.weights.kv_heads = mlp ? (a2.array ? extent(a2, 0) : 0) : extent(a1, 0);
+      KVC_CHECK(!c1.array || extent(c1) == extent(a1, 0), "b1 has " << extent(c1) << " entries, w1 " << extent(a1, 0) << " rows");
+      KVC_CHECK(!mlp || !a2.array || extent(a2, 1) == extent(a1, 0),
+                "w2 has " << extent(a2, 1) << " columns, w1 " << extent(a1, 0) << " rows (the mlp's hidden_dim)");
+      KVC_CHECK(!c2.array || !a2.array || extent(c2) == extent(a2, 0),
+                "b2 has " << extent(c2) << " entries, w2 " << extent(a2, 0) << " rows");
+    }
+    auto owners = std::make_shared<std::vector<std::shared_ptr<void const>> const>(
+        std::vector<std::shared_ptr<void const>>{a1.owner(), c1.owner(), a2.owner(), c2.owner()});
+    return native(p, "KVzapPress", Borrowed{owners, {}});
   });
   m.def("q_filter", [](double r, std::optional<Array> q_filters) {
     // The filters' shape is the press's own: it checks it against the cache and the layer index.

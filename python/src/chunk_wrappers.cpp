@@ -1,6 +1,5 @@
 /// \file
-/// \brief Wrappers that split the cache: ChunkKV, EntropyGatedChunkKV, Block, PerLayerCompression. (ChunkPress scores each
-/// chunk through a row-offset layout, a seventh and eighth layout type the binding does not erase.)
+/// \brief Wrappers that split the cache: Chunk, ChunkKV, EntropyGatedChunkKV, Block, PerLayerCompression.
 
 #include <nanobind/stl/vector.h>
 
@@ -10,6 +9,9 @@
 namespace kvcompress::python {
 
 void bind_chunk_wrappers(nb::module_& m) {
+  m.def("chunk", [](NativePress const& press, std::int64_t chunk_length) {
+    return native(ChunkPress<ErasedScorer>{inner(press, "ChunkPress"), chunk_length}, "ChunkPress");
+  });
   m.def("chunk_kv", [](NativePress const& press, std::int64_t chunk_length) {
     return native(ChunkKVPress<ErasedScorer>{inner(press, "ChunkKVPress"), chunk_length}, "ChunkKVPress");
   });

@@ -98,8 +98,6 @@ def wrapper_cases():
     for name in scenarios():
         sc = Scenario(name)
         for w in (sc.wrappers or {}).get("wrappers", []):
-            if w["press"] == "ChunkPress":
-                continue  # not bound (docs/python.md)
             yield pytest.param(name, w["name"], id=f"{name}-{w['name']}")
 
 
@@ -111,7 +109,7 @@ def make_wrapper(w):
     cls = {"AdaKVPress": kvc.AdaKVPress, "CriticalKVPress": kvc.CriticalKVPress,
            "CriticalAdaKVPress": kvc.CriticalAdaKVPress, "ChunkKVPress": kvc.ChunkKVPress,
            "BlockPress": kvc.BlockPress, "PerLayerCompressionPress": kvc.PerLayerCompressionPress,
-           "KeyRerotationPress": kvc.KeyRerotationPress}[w["press"]]
+           "KeyRerotationPress": kvc.KeyRerotationPress, "ChunkPress": kvc.ChunkPress}[w["press"]]
     return cls(press=inner, **params)
 
 

@@ -200,3 +200,56 @@ def test_think_refuses_outputs_that_share_the_cache():
         kvc.ThinKPress(1.0).kept_channels(d)
     with pytest.raises(kvc.Error, match="observation.window_queries holds 32 tokens, more than window_size = 8"):
         kvc.ThinKPress(0.5, window_size=8).channel_scores(obs, cache)
+
+
+def kvzap_cases():
+    for name in model_scenarios():
+        for entry in Scenario(name).meta["kvzap"]:
+            yield pytest.param(name, entry["name"], id=f"{name}-{entry['name']}")
+
+
+@pytest.mark.parametrize("scenario,case", list(kvzap_cases()))
+def test_kvzap_matches_kvpress(scenario, case):
+    """Scores and kept sets of every layer, from the surrogate's safetensors (kvpress's own KVzapModel)."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    sc = Scenario(scenario)
+    entry = next(e for e in sc.meta["kvzap"] if e["name"] == case)
+    weights = safetensors.load_file(sc.dir / entry["weights"])
+    mlp = entry["params"]["model_type"] == "mlp"
+    for layer, pl in enumerate(entry["layers"]):
+        w = {k[len(f"layers.{layer}."):]: v for k, v in weights.items() if k.startswith(f"layers.{layer}.")}
+        layer_weights = dict(w1=w["0.weight"], b1=w["0.bias"], w2=w["2.weight"], b2=w["2.bias"]) if mlp else \
+            dict(w1=w["weight"], b1=w["bias"])
+        press = kvc.KVzapPress(**entry["params"], **layer_weights)
+        hidden = sc.tensor(f"hidden_l{layer}")  # [1, n, hidden]
+        obs = kvc.Observation(hidden_states=np.ascontiguousarray(hidden[:, None]))
+        keys = sc.tensor(f"keys_l{layer}").copy()
+        b, h, n, _ = keys.shape
+        positions = np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int32), (b, h, n)))
+        cache = kvc.KVCache(keys, sc.tensor(f"values_l{layer}").copy(), positions=positions)
+        want_scores = load(pl["scores"], sc.dir)
+        check_scores(kvc.score(press, obs, cache), want_scores, 1e-4)
+        lengths = kvc.compress(press, obs, cache)
+        check_kept(positions, lengths, pl["n_kept"], load(pl["kept"], sc.dir), want_scores, 1e-4)
+
+
+def test_kvzap_weights_are_checked():
+    sc = Scenario(model_scenarios()[0])
+    cache = kvc.KVCache(sc.tensor("keys_l0").copy(), sc.tensor("values_l0").copy())
+    hidden = np.ascontiguousarray(sc.tensor("hidden_l0")[:, None])
+    d = hidden.shape[-1]
+    obs = kvc.Observation(hidden_states=hidden)
+    w1, b1 = np.zeros((8, d), np.float32), np.zeros(8, np.float32)
+    with pytest.raises(kvc.Error, match="KVzapPress model_type must be linear or mlp, got 'gelu'"):
+        kvc.KVzapPress(0.5, "gelu").native
+    with pytest.raises(kvc.Error, match="KVzapPress weights w1 and b1 must be given"):
+        kvc.score(kvc.KVzapPress(0.5), obs, cache)
+    with pytest.raises(kvc.Error, match="b1 has 7 entries, w1 8 rows"):
+        kvc.KVzapPress(0.5, w1=w1, b1=b1[:7].copy()).native
+    with pytest.raises(kvc.Error, match="w2 has 3 columns, w1 8 rows"):
+        kvc.KVzapPress(0.5, w1=w1, b1=b1, w2=np.zeros((2, 3), np.float32), b2=np.zeros(2, np.float32)).native
+    with pytest.raises(kvc.Error, match="KVzapPress weights score 8 kv heads, the cache has 2"):
+        kvc.score(kvc.KVzapPress(0.5, "linear", w1=w1, b1=b1), obs, cache)
+    with pytest.raises(kvc.Error, match="observation.hidden_states must be"):
+        kvc.score(kvc.KVzapPress(0.5, "linear", w1=w1[:2].copy(), b1=b1[:2].copy()),
+                  kvc.Observation(hidden_states=np.ascontiguousarray(hidden[..., :-1])), cache)

@@ -1,7 +1,8 @@
 """The wrappers added later through Python against kvpress 0.5.5 (tests/golden/more_presses/*/
 more_wrappers.json, written by tools/golden/generate_more_wrappers.py from kvpress's own compress):
 EntropyGatedChunkKV, LUKV (with a budget curve), DuoAttention (patterns, and the on-the-fly head
-scores), Merging (the merged values). ComposedPress is in test_golden.py with the other wrappers."""
+scores), Merging (the merged values); ChunkPress on a paged cache. ComposedPress and ChunkPress against
+kvpress are in test_golden.py with the other wrappers."""
 
 import json
 
@@ -145,3 +146,34 @@ def test_budget_arrays_are_checked():
         kvc.ComposedPress([kvc.KnormPress(0.5), 3]).native
     with pytest.raises(kvc.Error, match="MergingPress wraps a scorer press"):
         kvc.MergingPress(kvc.DuoAttentionPress(0.5)).native
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_chunk_press_on_a_paged_cache_keeps_what_it_keeps_densely(dtype):
+    """ChunkPress scores each chunk through a row-offset window of the cache's layout: on a paged
+    cache (shuffled pages) it keeps the entries it keeps on the dense copy."""
+    sc = Scenario("llama_d64_n131_b2")
+    keys, values = sc.tensor("keys").astype(dtype), sc.tensor("values").astype(dtype)
+    b, h, n, d = keys.shape
+    page = 16
+    pages = -(-n // page)
+    order = np.random.default_rng(0).permutation(b * pages).astype(np.int32)
+    table = np.ascontiguousarray(order.reshape(b, pages))
+    k_pool = np.zeros((b * pages, page, h, d), dtype)
+    v_pool = np.zeros_like(k_pool)
+    for bb in range(b):
+        for p in range(pages):
+            span = slice(p * page, min(n, (p + 1) * page))
+            k_pool[table[bb, p], :span.stop - span.start] = keys[bb, :, span].transpose(1, 0, 2)
+            v_pool[table[bb, p], :span.stop - span.start] = values[bb, :, span].transpose(1, 0, 2)
+    press = kvc.ChunkPress(kvc.KnormPress(0.6), chunk_length=40)
+    dense = kvc.KVCache(keys.copy(), values.copy())
+    paged = kvc.KVCache.paged(k_pool, v_pool, table, np.full(b, n, np.int32), kv_heads=h)
+    lengths = kvc.compress(press, None, dense).copy()
+    assert (lengths < n).all()
+    np.testing.assert_array_equal(kvc.compress(press, None, paged), lengths)
+    for bb in range(b):
+        for hh in range(h):
+            m = lengths[bb, hh]
+            got = np.stack([k_pool[table[bb, i // page], i % page, hh] for i in range(m)])
+            np.testing.assert_array_equal(got, dense._tensors[0][bb, hh, :m])
