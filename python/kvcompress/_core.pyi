@@ -276,3 +276,64 @@ class ThinK:
 
     @property
     def workspace_allocations(self) -> int: ...
+
+class KVComposeConfig:
+    """KVCompose's parameters (kvpress's names)."""
+
+    def __init__(self, structured: bool, compression_ratio: float, agg_task: str, agg_group: str, agg_head: str, add_v_norm: bool, add_mean_across_heads: bool, keep_token_lower_bound: int) -> None: ...
+
+class KVComposeStatistics:
+    """
+    Per (layer, query head, context entry) agg_task of the replay passes' attention.
+    """
+
+    def __init__(self, config: KVComposeConfig, num_layers: int, q_heads: int, context_length: int) -> None: ...
+
+    def add(self, layer: int, attention: NDArray, num_threads: int = 0) -> None:
+        """
+        Folds one replay pass of layer in: attention [batch, q_heads, replay_len, n] probabilities over the context's keys and the replay's own (n > context_length).
+        """
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def q_heads(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+class KVComposePlan:
+    """KVCompose's scores and each (layer, kv head)'s count."""
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def scores(self) -> list[float]:
+        """[layers * kv_heads * context_length]"""
+
+    @property
+    def kept(self) -> list[int]:
+        """[layers * kv_heads] entries kept per row"""
+
+def kvcompose_plan(config: KVComposeConfig, statistics: KVComposeStatistics, kv_heads: int, value_norms: NDArray | None = None) -> KVComposePlan:
+    """
+    The plan from the statistics; value_norms float32 [layers, kv_heads, context_length] with add_v_norm.
+    """
+
+def kvcompose_compress(plan: KVComposePlan, layer: int, cache: Cache, num_threads: int = 0) -> None:
+    """
+    Compacts layer's cache to the plan in place (each row holds the context's entries).
+    """
+
+def kvcompose_value_norms(cache: Cache, context_length: int, out: NDArray) -> None:
+    """
+    |v| of batch element 0's first context_length entries of one layer into out [kv_heads, context_length].
+    """

@@ -49,6 +49,7 @@ __all__ = [
     "ComposedPress",
     "duo_attention_sample_scores",
     "ThinKPress",
+    "KVComposePress",
 ]
 
 
@@ -605,3 +606,57 @@ class ThinKPress:
         packed, channels = out
         self.native.compress_keys(observation, cache._core, packed, channels, num_threads)
         return packed, channels
+
+
+@dataclass
+class KVComposePress:
+    """KVCompose (arXiv 2509.05165): budgets across layers and heads from the attention of a replay
+    pass over the context (the context, or the prompts the engine expects, fed again after the
+    prefill). Three steps, each the library's: :meth:`statistics` folds each layer's replay
+    attention in (``agg_task`` over the batch and the replay rows); :meth:`plan` gives every
+    (layer, kv head) its scores and count (the same count in every head of a layer when
+    ``structured``; ``add_v_norm`` needs :meth:`value_norms` of every layer); :meth:`compress`
+    compacts one layer's cache to the plan. kvpress masks the losers when unstructured; here each
+    head's row really shortens. Not a press for :func:`kvcompress.compress`: it needs every layer."""
+
+    structured: bool = True
+    compression_ratio: float = 0.0
+    agg_task: str = "max"
+    agg_group: str = "mean"
+    agg_head: str = "mean"
+    add_v_norm: bool = False
+    add_mean_across_heads: bool = True
+    keep_token_lower_bound: int = 0
+
+    def config(self) -> _core.KVComposeConfig:
+        """The C++ parameters (validated)."""
+        return _core.KVComposeConfig(self.structured, self.compression_ratio, self.agg_task, self.agg_group,
+                                     self.agg_head, self.add_v_norm, self.add_mean_across_heads,
+                                     self.keep_token_lower_bound)
+
+    def statistics(self, num_layers: int, q_heads: int, context_length: int) -> _core.KVComposeStatistics:
+        """Empty statistics; ``add(layer, attention)`` folds in a replay pass of a layer (attention
+        ``[batch, q_heads, replay_len, n]`` over the context's keys and the replay's own)."""
+        return _core.KVComposeStatistics(self.config(), num_layers, q_heads, context_length)
+
+    def plan(self, statistics: _core.KVComposeStatistics, kv_heads: int, value_norms: Any = None) -> _core.KVComposePlan:
+        """Scores and counts of every (layer, kv head); ``value_norms`` float32 ``[layers, kv_heads,
+        context_length]`` with ``add_v_norm``."""
+        return _core.kvcompose_plan(self.config(), statistics, kv_heads, value_norms)
+
+    @staticmethod
+    def compress(plan: _core.KVComposePlan, layer: int, cache: Any, *, num_threads: int = 0) -> Any:
+        """Compacts ``layer``'s cache to the plan in place (every row holds the context's entries);
+        returns the new lengths."""
+        _core.kvcompose_compress(plan, layer, cache._core, num_threads)
+        return cache.lengths
+
+    @staticmethod
+    def value_norms(cache: Any, context_length: int) -> Any:
+        """``|v|`` of batch element 0's first ``context_length`` entries of one layer, float32
+        ``[kv_heads, context_length]``."""
+        import numpy as np
+
+        out = np.empty((cache.shape[1], context_length), dtype=np.float32)
+        _core.kvcompose_value_norms(cache._core, context_length, out)
+        return out

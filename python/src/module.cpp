@@ -123,4 +123,5 @@ NB_MODULE(_core, m) {
   bind_chunk_wrappers(m);
   bind_budget_wrappers(m);
   bind_think(m);
+  bind_kv_compose(m);
 }

@@ -253,3 +253,60 @@ def test_kvzap_weights_are_checked():
     with pytest.raises(kvc.Error, match="observation.hidden_states must be"):
         kvc.score(kvc.KVzapPress(0.5, "linear", w1=w1[:2].copy(), b1=b1[:2].copy()),
                   kvc.Observation(hidden_states=np.ascontiguousarray(hidden[..., :-1])), cache)
+
+
+def kvcompose_cases():
+    for name in model_scenarios():
+        for entry in Scenario(name).meta["kvcompose"]:
+            yield pytest.param(name, entry["name"], id=f"{name}-{entry['name']}")
+
+
+@pytest.mark.parametrize("scenario,case", list(kvcompose_cases()))
+def test_kvcompose_matches_kvpress(scenario, case):
+    """Scores and counts of every (layer, kv head) from kvpress's replay attention, and each head's kept set."""
+    sc = Scenario(scenario)
+    entry = next(e for e in sc.meta["kvcompose"] if e["name"] == case)
+    press = kvc.KVComposePress(**entry["params"])
+    layers, q_heads, kv_heads, n = (sc.meta[k] for k in ("num_layers", "q_heads", "kv_heads", "seq_len"))
+    stats = press.statistics(layers, q_heads, n)
+    for layer in range(layers):
+        stats.add(layer, sc.tensor(f"replay_attention_l{layer}"))
+    positions = [np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int32), (1, kv_heads, n)))
+                 for _ in range(layers)]
+    caches = [kvc.KVCache(sc.tensor(f"keys_l{layer}").copy(), sc.tensor(f"values_l{layer}").copy(),
+                          positions=positions[layer]) for layer in range(layers)]
+    norms = np.stack([press.value_norms(c, n) for c in caches]) if press.add_v_norm else None
+    plan = press.plan(stats, kv_heads, norms)
+    want = load(entry["scores"], sc.dir)
+    np.testing.assert_allclose(np.array(plan.scores).reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.array(plan.kept).reshape(layers, kv_heads), entry["kept_counts"])
+    mask = load(entry["kept_mask"], sc.dir)
+    for layer, cache in enumerate(caches):
+        lengths = press.compress(plan, layer, cache)
+        for h in range(kv_heads):
+            np.testing.assert_array_equal(positions[layer][0, h, :lengths[0, h]], np.flatnonzero(mask[layer, h]))
+
+
+def test_kvcompose_inputs_are_checked():
+    sc = Scenario(model_scenarios()[0])
+    layers, q_heads, kv_heads, n = (sc.meta[k] for k in ("num_layers", "q_heads", "kv_heads", "seq_len"))
+    with pytest.raises(kvc.Error, match="KVComposePress agg_task must be max or mean, got 'sum'"):
+        kvc.KVComposePress(agg_task="sum").statistics(layers, q_heads, n)
+    press = kvc.KVComposePress(compression_ratio=0.5)
+    stats = press.statistics(layers, q_heads, n)
+    attention = sc.tensor("replay_attention_l0")
+    with pytest.raises(kvc.Error, match=f"KVComposeStatistics layer must be in \\[0, {layers}\\), got {layers}"):
+        stats.add(layers, attention)
+    with pytest.raises(kvc.Error, match="KVComposeStatistics attention must cover the context_length"):
+        stats.add(0, np.ascontiguousarray(attention[..., :n]))
+    stats.add(0, attention)
+    with pytest.raises(kvc.Error, match="kvcompose_plan: layer 1 has no replay pass in the statistics"):
+        press.plan(stats, kv_heads)
+    stats.add(1, sc.tensor("replay_attention_l1"))
+    with pytest.raises(kvc.Error, match="KVComposePress add_v_norm needs value_norms"):
+        kvc.KVComposePress(compression_ratio=0.5, add_v_norm=True).plan(stats, kv_heads)
+    plan = press.plan(stats, kv_heads)
+    short = kvc.KVCache(sc.tensor("keys_l0").copy(), sc.tensor("values_l0").copy(), lengths=np.full(1, n - 1, np.int32))
+    with pytest.raises(kvc.Error, match=f"kvcompose_compress: row 0 holds {n - 1} entries, the plan scores the "
+                                        f"context_length = {n}"):
+        press.compress(plan, 0, short)
