@@ -310,3 +310,14 @@ def test_kvcompose_inputs_are_checked():
     with pytest.raises(kvc.Error, match=f"kvcompose_compress: row 0 holds {n - 1} entries, the plan scores the "
                                         f"context_length = {n}"):
         press.compress(plan, 0, short)
+
+
+def test_presses_that_are_not_for_compress_say_what_to_call():
+    sc = Scenario(model_scenarios()[0])
+    cache = kvc.KVCache(sc.tensor("keys_l0").copy(), sc.tensor("values_l0").copy())
+    with pytest.raises(kvc.Error, match="got ThinKPress: it prunes channels, use press.compress_keys"):
+        kvc.compress(kvc.ThinKPress(0.5), None, cache)
+    with pytest.raises(kvc.Error, match="got KVComposePress: it needs every layer"):
+        kvc.score(kvc.KVComposePress(compression_ratio=0.5), None, cache)
+    with pytest.raises(kvc.Error, match="compress and score take a kvcompress press, got str"):
+        kvc.workspace_bytes("knorm", None, cache)
