@@ -337,3 +337,32 @@ def kvcompose_value_norms(cache: Cache, context_length: int, out: NDArray) -> No
     """
     |v| of batch element 0's first context_length entries of one layer into out [kv_heads, context_length].
     """
+
+class FastKVzipGate:
+    """One layer's FastKVzip gate over the caller's float32 arrays."""
+
+    def __init__(self, q_proj_weight: NDArray, q_proj_bias: NDArray, k_proj_weight: NDArray, q_norm_weight: NDArray, k_norm_weight: NDArray, k_base: NDArray, b: NDArray, norm_eps: float = 1e-06) -> None:
+        """
+        kvpress's gate tensors (<layer>.q_proj.weight, .q_proj.bias, .k_proj.weight, .q_norm.weight, .k_norm.weight, .k_base [kv_heads, 1, sink, dim], .b [kv_heads, 1, group]).
+        """
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def hidden_size(self) -> int: ...
+
+def fast_kvzip_score_layer(compression_ratio: float, layerwise: bool, n_sink: int, window_size: int, window_ratio: float, gate: FastKVzipGate, hidden: NDArray, out: NDArray, num_threads: int = 0) -> None:
+    """
+    One layer's gate scores into out, float32 [kv_heads, n], from hidden [1, 1, n, hidden_size].
+    """
+
+def cross_layer_pruned_counts(scores: NDArray, compression_ratio: float, layerwise: bool) -> list[int]:
+    """
+    Entries each layer evicts, from every layer's scores [layers, kv_heads, n] (batch 1).
+    """
+
+def evict_lowest_across_heads(cache: Cache, scores: NDArray, n_pruned: int, num_threads: int = 0) -> None:
+    """
+    Evicts the layer's n_pruned lowest-scoring entries over all its kv heads (batch 1), in place; scores [kv_heads, capacity].
+    """

@@ -50,6 +50,7 @@ __all__ = [
     "duo_attention_sample_scores",
     "ThinKPress",
     "KVComposePress",
+    "FastKVzipPress",
 ]
 
 
@@ -660,3 +661,60 @@ class KVComposePress:
         out = np.empty((cache.shape[1], context_length), dtype=np.float32)
         _core.kvcompose_value_norms(cache._core, context_length, out)
         return out
+
+
+@dataclass
+class FastKVzipPress:
+    """FastKVzip (arXiv 2601.17668): KVzip's scores predicted by a small learned gate per layer from
+    the attention input, then KVzip's eviction across layers (batch 1): the globally lowest
+    ``int(numel · compression_ratio)`` scores over all layers (or that share of each layer, with
+    ``layerwise``) give each layer its count, and each layer evicts its lowest that many across its kv
+    heads, so heads keep different lengths (kvpress masks them). The first ``n_sink`` and the last
+    window (``int(n · window_ratio)``, ``window_size`` from 32000 entries on) score 1. The gates are
+    the caller's :class:`kvcompress.FastKVzipGate` (kvpress's ``<layer>.*`` gate tensors, which it
+    downloads). Needs every layer, so it is not a press for :func:`kvcompress.compress`:
+    :meth:`compress` runs the three steps, :meth:`score_layer`, :meth:`pruned_counts` and
+    :meth:`evict` each one."""
+
+    compression_ratio: float = 0.0
+    layerwise: bool = False
+    n_sink: int = 4
+    window_size: int = 4096
+    window_ratio: float = 0.02
+
+    def score_layer(self, gate: _core.FastKVzipGate, hidden: Any, *, num_threads: int = 0) -> Any:
+        """One layer's gate scores, float32 ``[kv_heads, n]``, from its attention input ``[1, n,
+        hidden_size]`` (after input_layernorm; ``[1, 1, n, hidden_size]`` too)."""
+        import numpy as np
+
+        if len(hidden.shape) == 3:
+            hidden = hidden[:, None]
+        out = np.empty((gate.kv_heads, int(hidden.shape[2])), dtype=np.float32)
+        _core.fast_kvzip_score_layer(self.compression_ratio, self.layerwise, self.n_sink, self.window_size,
+                                     self.window_ratio, gate, hidden, out, num_threads)
+        return out
+
+    def pruned_counts(self, scores: Any) -> List[int]:
+        """Entries each layer evicts, from every layer's scores ``[layers, kv_heads, n]``."""
+        return _core.cross_layer_pruned_counts(scores, self.compression_ratio, self.layerwise)
+
+    @staticmethod
+    def evict(cache: Any, scores: Any, n_pruned: int, *, num_threads: int = 0) -> Any:
+        """Evicts the layer's ``n_pruned`` lowest-scoring entries across its kv heads, in place
+        (``scores`` float32 ``[kv_heads, capacity]``); returns the new lengths."""
+        _core.evict_lowest_across_heads(cache._core, scores, n_pruned, num_threads)
+        return cache.lengths
+
+    def compress(self, gates: List[_core.FastKVzipGate], hidden_states: List[Any], caches: List[Any], *,
+                 num_threads: int = 0) -> List[Any]:
+        """Scores every layer, then evicts across layers: one gate, attention input and cache per
+        layer. Returns each layer's new lengths."""
+        import numpy as np
+
+        if not len(gates) == len(hidden_states) == len(caches):
+            raise _core.Error(f"FastKVzipPress.compress needs one gate, hidden state and cache per layer, got "
+                              f"{len(gates)}, {len(hidden_states)} and {len(caches)}")
+        scores = np.stack([self.score_layer(g, x, num_threads=num_threads) for g, x in zip(gates, hidden_states)])
+        counts = self.pruned_counts(scores)
+        return [self.evict(c, np.ascontiguousarray(s), k, num_threads=num_threads)
+                for c, s, k in zip(caches, scores, counts)]

@@ -124,4 +124,5 @@ NB_MODULE(_core, m) {
   bind_budget_wrappers(m);
   bind_think(m);
   bind_kv_compose(m);
+  bind_cross_layer(m);
 }

@@ -321,3 +321,68 @@ def test_presses_that_are_not_for_compress_say_what_to_call():
         kvc.score(kvc.KVComposePress(compression_ratio=0.5), None, cache)
     with pytest.raises(kvc.Error, match="compress and score take a kvcompress press, got str"):
         kvc.workspace_bytes("knorm", None, cache)
+
+
+def fast_kvzip_cases():
+    for name in model_scenarios():
+        for entry in Scenario(name).meta["fastkvzip"]:
+            yield pytest.param(name, entry["name"], id=f"{name}-{entry['name']}")
+
+
+def fast_kvzip_gate(weights, layer):
+    w = {k[len(f"{layer}."):]: v for k, v in weights.items() if k.startswith(f"{layer}.")}
+    return kvc.FastKVzipGate(w["q_proj.weight"], w["q_proj.bias"], w["k_proj.weight"], w["q_norm.weight"],
+                             w["k_norm.weight"], w["k_base"], w["b"])
+
+
+@pytest.mark.parametrize("scenario,case", list(fast_kvzip_cases()))
+def test_fast_kvzip_matches_kvpress(scenario, case):
+    """Every layer's gate scores (kvpress's own FastKVzipGate, saved as safetensors), the count each
+    layer evicts, and the entries evicted across heads, against those kvpress masked."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    sc = Scenario(scenario)
+    entry = next(e for e in sc.meta["fastkvzip"] if e["name"] == case)
+    press = kvc.FastKVzipPress(**entry["params"])
+    weights = safetensors.load_file(sc.dir / entry["weights"])
+    layers, kv_heads, n = (sc.meta[k] for k in ("num_layers", "kv_heads", "seq_len"))
+    gates = [fast_kvzip_gate(weights, layer) for layer in range(layers)]
+    hidden = [load(pl["hidden"], sc.dir) for pl in entry["layers"]]
+    scores = np.stack([press.score_layer(g, x) for g, x in zip(gates, hidden)])
+    want = load(entry["scores"], sc.dir)
+    np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
+    assert press.pruned_counts(scores) == entry["masked_per_layer"]
+    positions = [np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int32), (1, kv_heads, n)))
+                 for _ in range(layers)]
+    caches = [kvc.KVCache(sc.tensor(f"keys_l{layer}").copy(), sc.tensor(f"values_l{layer}").copy(),
+                          positions=positions[layer]) for layer in range(layers)]
+    lengths = press.compress(gates, hidden, caches)
+    masked = load(entry["masked"], sc.dir)
+    for layer in range(layers):
+        for h in range(kv_heads):
+            np.testing.assert_array_equal(positions[layer][0, h, :lengths[layer][0, h]],
+                                          np.flatnonzero(masked[layer, h] == 0))
+
+
+def test_fast_kvzip_inputs_are_checked():
+    safetensors = pytest.importorskip("safetensors.numpy")
+    sc = Scenario(model_scenarios()[0])
+    entry = sc.meta["fastkvzip"][0]
+    w = {k[2:]: v for k, v in safetensors.load_file(sc.dir / entry["weights"]).items() if k.startswith("0.")}
+    with pytest.raises(kvc.Error, match="q_proj_bias has shape\\[0\\] = 1, expected"):
+        kvc.FastKVzipGate(w["q_proj.weight"], w["q_proj.bias"][:1].copy(), w["k_proj.weight"], w["q_norm.weight"],
+                          w["k_norm.weight"], w["k_base"], w["b"])
+    with pytest.raises(kvc.Error, match="k_base must have 4 dimensions"):
+        kvc.FastKVzipGate(w["q_proj.weight"], w["q_proj.bias"], w["k_proj.weight"], w["q_norm.weight"],
+                          w["k_norm.weight"], np.ascontiguousarray(w["k_base"][:, 0]), w["b"])
+    gate = fast_kvzip_gate(safetensors.load_file(sc.dir / entry["weights"]), 0)
+    press = kvc.FastKVzipPress(0.5)
+    hidden = load(entry["layers"][0]["hidden"], sc.dir)
+    with pytest.raises(kvc.Error, match="FastKVzipPress hidden states must be \\[1, 1, n, hidden_size"):
+        press.score_layer(gate, np.ascontiguousarray(hidden[..., :-1]))
+    cache = kvc.KVCache(sc.tensor("keys_l0").copy(), sc.tensor("values_l0").copy())
+    scores = press.score_layer(gate, hidden)
+    n = sc.meta["seq_len"]
+    with pytest.raises(kvc.Error, match=f"evict_lowest_across_heads: n_pruned = {2 * n + 1} must be in \\[0, {2 * n}\\]"):
+        press.evict(cache, scores, 2 * n + 1)
+    with pytest.raises(kvc.Error, match="FastKVzipPress.compress needs one gate, hidden state and cache per layer"):
+        press.compress([gate], [], [cache])
