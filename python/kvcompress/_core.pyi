@@ -357,6 +357,16 @@ def fast_kvzip_score_layer(compression_ratio: float, layerwise: bool, n_sink: in
     One layer's gate scores into out, float32 [kv_heads, n], from hidden [1, 1, n, hidden_size].
     """
 
+def kvzip_score_chunk(compression_ratio: float, layerwise: bool, n_sink: int, kvzip_plus_normalization: bool, chunk_size: int, observation: Observation, cache: Cache, context_length: int, start: int, end: int, out: NDArray, num_threads: int = 0) -> None:
+    """
+    Scores chunk [start, end) of one layer into out [kv_heads, context_length] from its reconstruction pass: observation.queries (pre-RoPE, [1, q_heads, q, head_dim]), rope, position (the context length); the batch-1 cache holds the context's entries, then the pass's q own.
+    """
+
+def kvzip_protect_sinks(n_sink: int, scores: NDArray) -> None:
+    """
+    kvpress's sink protection, in place: the first n_sink entries of every layer and head get the maximum + 1.
+    """
+
 def cross_layer_pruned_counts(scores: NDArray, compression_ratio: float, layerwise: bool) -> list[int]:
     """
     Entries each layer evicts, from every layer's scores [layers, kv_heads, n] (batch 1).

@@ -51,6 +51,7 @@ __all__ = [
     "ThinKPress",
     "KVComposePress",
     "FastKVzipPress",
+    "KVzipPress",
 ]
 
 
@@ -718,3 +719,44 @@ class FastKVzipPress:
         counts = self.pruned_counts(scores)
         return [self.evict(c, np.ascontiguousarray(s), k, num_threads=num_threads)
                 for c, s, k in zip(caches, scores, counts)]
+
+
+@dataclass
+class KVzipPress:
+    """KVzip (arXiv 2505.23416): an entry matters as much as the model attends to it when asked to
+    repeat the context. After the prefill the engine feeds, per chunk ``[start, end)`` of the context
+    (``chunk_size`` tokens), a reconstruction input through the model over the full cache; in each
+    layer :meth:`score_chunk` scores the chunk from that pass (``Observation(queries=..., rope=...,
+    position=context_length)``, pre-RoPE queries of the input; KVzip+ with
+    ``kvzip_plus_normalization`` also ``hidden_states`` and ``output_projection``; the batch-1 cache
+    holds the context, then the input's own entries). Then :meth:`protect_sinks`,
+    :meth:`pruned_counts` and :meth:`evict` of every layer, the eviction FastKVzip shares (kvpress
+    masks the evicted entries; here each head's row shortens). The reconstruction passes are the
+    engine's (kvpress runs them through the model with its prompt)."""
+
+    compression_ratio: float = 0.0
+    layerwise: bool = False
+    n_sink: int = 4
+    kvzip_plus_normalization: bool = False
+    chunk_size: int = 2048
+
+    def score_chunk(self, observation: _core.Observation, cache: Any, context_length: int, start: int, end: int,
+                    out: Any, *, num_threads: int = 0) -> Any:
+        """Writes entries ``[start, end)`` of the layer's scores ``out`` (float32 ``[kv_heads,
+        context_length]``) from the chunk's reconstruction pass; returns ``out``."""
+        _core.kvzip_score_chunk(self.compression_ratio, self.layerwise, self.n_sink, self.kvzip_plus_normalization,
+                                self.chunk_size, observation, cache._core, context_length, start, end, out,
+                                num_threads)
+        return out
+
+    def protect_sinks(self, scores: Any) -> Any:
+        """kvpress's sink protection of every layer's scores ``[layers, kv_heads, context_length]``, in
+        place: the first ``n_sink`` entries get the maximum over all scores + 1."""
+        _core.kvzip_protect_sinks(self.n_sink, scores)
+        return scores
+
+    def pruned_counts(self, scores: Any) -> List[int]:
+        """Entries each layer evicts, from every layer's (protected) scores."""
+        return _core.cross_layer_pruned_counts(scores, self.compression_ratio, self.layerwise)
+
+    evict = staticmethod(FastKVzipPress.evict)

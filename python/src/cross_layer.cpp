@@ -1,12 +1,14 @@
 /// \file
-/// \brief FastKVzip and the eviction across layers it shares with KVzip: every layer is scored
-/// before any is compressed, so it is bound as the library's three calls: each layer's gate scores,
-/// the count each layer evicts, and each layer's eviction across its kv heads. The gate's weights
-/// are the caller's (kvpress downloads them); the binding holds them and checks their shapes.
+/// \brief FastKVzip, KVzip and the eviction across layers they share: every layer is scored before
+/// any is compressed, so they are bound as the library's calls: each layer's scores (FastKVzip's
+/// gate; KVzip's reconstruction pass, chunk by chunk, and its sink protection), the count each layer
+/// evicts, and each layer's eviction across its kv heads. FastKVzip's gate weights are the caller's
+/// (kvpress downloads them); the binding holds them and checks their shapes.
 
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -105,6 +107,41 @@ void bind_cross_layer(nb::module_& m) {
       nb::arg("compression_ratio"), nb::arg("layerwise"), nb::arg("n_sink"), nb::arg("window_size"),
       nb::arg("window_ratio"), nb::arg("gate"), nb::arg("hidden"), nb::arg("out"), nb::arg("num_threads") = 0,
       "One layer's gate scores into out, float32 [kv_heads, n], from hidden [1, 1, n, hidden_size].");
+  m.def(
+      "kvzip_score_chunk",
+      [](double r, bool layerwise, std::int64_t n_sink, bool kvzip_plus_normalization, std::int64_t chunk_size,
+         PyObservation const& obs, Cache const& cache, std::int64_t context_length, std::int64_t start, std::int64_t end,
+         Array out, int num_threads) {
+        KVzipPress const press{r, layerwise, n_sink, kvzip_plus_normalization, chunk_size};
+        CacheExtents const& e = cache.extents();
+        KVC_CHECK(context_length > 0, "context_length must be positive, got " << context_length);
+        float* scores = contiguous_data<float>(out, e.kv_heads * context_length, "out");
+        std::visit(
+            [&](auto const& view) {
+              using T = typename std::decay_t<decltype(view)>::value_type;
+              Observation<T> const o = obs.build<T>(view.extents);
+              nb::gil_scoped_release release;
+              press.score_chunk(CpuDevice{num_threads}, o, view, context_length, start, end, scores);
+            },
+            cache.view);
+      },
+      nb::arg("compression_ratio"), nb::arg("layerwise"), nb::arg("n_sink"), nb::arg("kvzip_plus_normalization"),
+      nb::arg("chunk_size"), nb::arg("observation"), nb::arg("cache"), nb::arg("context_length"), nb::arg("start"),
+      nb::arg("end"), nb::arg("out"), nb::arg("num_threads") = 0,
+      "Scores chunk [start, end) of one layer into out [kv_heads, context_length] from its reconstruction pass: "
+      "observation.queries (pre-RoPE, [1, q_heads, q, head_dim]), rope, position (the context length); the "
+      "batch-1 cache holds the context's entries, then the pass's q own.");
+  m.def(
+      "kvzip_protect_sinks",
+      [](std::int64_t n_sink, Array scores) {
+        KVzipPress press;
+        press.n_sink = n_sink;
+        require_rank(scores, 3, "scores", "[layers, kv_heads, context_length]");
+        std::int64_t const rows = dim(scores, 0) * dim(scores, 1), ctx = dim(scores, 2);
+        press.protect_sinks(contiguous_data<float>(scores, rows * ctx, "scores"), rows, ctx);
+      },
+      nb::arg("n_sink"), nb::arg("scores"),
+      "kvpress's sink protection, in place: the first n_sink entries of every layer and head get the maximum + 1.");
   m.def(
       "cross_layer_pruned_counts",
       [](Array const& scores, double ratio, bool layerwise) {

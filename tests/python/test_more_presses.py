@@ -386,3 +386,65 @@ def test_fast_kvzip_inputs_are_checked():
         press.evict(cache, scores, 2 * n + 1)
     with pytest.raises(kvc.Error, match="FastKVzipPress.compress needs one gate, hidden state and cache per layer"):
         press.compress([gate], [], [cache])
+
+
+def kvzip_cases():
+    for name in model_scenarios():
+        for entry in Scenario(name).meta["kvzip"]:
+            yield pytest.param(name, entry["name"], id=f"{name}-{entry['name']}")
+
+
+@pytest.mark.parametrize("scenario,case", list(kvzip_cases()))
+def test_kvzip_matches_kvpress(scenario, case):
+    """Reconstruction scores of every chunk and layer from kvpress's passes (queries and the cache
+    holding the context and the input), then the entries evicted across layers against kvpress's mask."""
+    sc = Scenario(scenario)
+    entry = next(e for e in sc.meta["kvzip"] if e["name"] == case)
+    press = kvc.KVzipPress(**entry["params"])
+    layers, kv_heads, n = (sc.meta[k] for k in ("num_layers", "kv_heads", "seq_len"))
+    rope = kvc.rotary_embedding_from_config(sc.rope_config())
+    scores = np.zeros((layers, kv_heads, n), dtype=np.float32)
+    for chunk in entry["chunks"]:
+        for layer, cl in enumerate(chunk["layers"]):
+            keys = load(cl["keys"], sc.dir).copy()  # [1, kv_heads, n + q, d]
+            values = load(cl["values"], sc.dir).copy() if press.kvzip_plus_normalization else np.zeros_like(keys)
+            kw = dict(queries=load(cl["queries"], sc.dir), rope=rope, position=cl["position"])
+            if press.kvzip_plus_normalization:
+                kw.update(hidden_states=np.ascontiguousarray(load(cl["hidden"], sc.dir)[:, None]),
+                          output_projection=load(cl["o_proj"], sc.dir))
+            press.score_chunk(kvc.Observation(**kw), kvc.KVCache(keys, values), n, chunk["start"], chunk["end"],
+                              scores[layer])
+    want = load(entry["scores"], sc.dir)
+    scale = np.abs(want).max()
+    assert (np.abs(scores - want) <= 1e-4 * np.maximum(np.abs(want), 1e-3 * scale)).all()
+    press.protect_sinks(scores)
+    counts = press.pruned_counts(scores)
+    assert counts == entry["masked_per_layer"]
+    masked = load(entry["masked"], sc.dir)
+    for layer in range(layers):
+        positions = np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int32), (1, kv_heads, n)))
+        cache = kvc.KVCache(sc.tensor(f"keys_l{layer}").copy(), sc.tensor(f"values_l{layer}").copy(), positions=positions)
+        lengths = press.evict(cache, np.ascontiguousarray(scores[layer]), counts[layer])
+        for h in range(kv_heads):
+            np.testing.assert_array_equal(positions[0, h, :lengths[0, h]], np.flatnonzero(masked[layer, h] == 0))
+
+
+def test_kvzip_inputs_are_checked():
+    sc = Scenario(model_scenarios()[0])
+    entry = sc.meta["kvzip"][0]
+    cl = entry["chunks"][0]["layers"][0]
+    press = kvc.KVzipPress(**entry["params"])
+    n, kv_heads = sc.meta["seq_len"], sc.meta["kv_heads"]
+    keys = load(cl["keys"], sc.dir).copy()
+    cache = kvc.KVCache(keys, np.zeros_like(keys))
+    obs = kvc.Observation(queries=load(cl["queries"], sc.dir), rope=kvc.rotary_embedding_from_config(sc.rope_config()),
+                          position=cl["position"])
+    out = np.zeros((kv_heads, n), np.float32)
+    with pytest.raises(kvc.Error, match=f"KVzipPress chunk \\[0, {n + 1}\\) must be a non-empty part of the context"):
+        press.score_chunk(obs, cache, n, 0, n + 1, out)
+    with pytest.raises(kvc.Error, match="observation.queries \\(pre-RoPE queries of the reconstruction input\\) must be given"):
+        press.score_chunk(kvc.Observation(), cache, n, 0, 8, out)
+    with pytest.raises(kvc.Error, match=f"KVzipPress: row 0 holds {keys.shape[2]} entries, the context_length"):
+        press.score_chunk(obs, cache, n - 1, 0, 8, np.zeros((kv_heads, n - 1), np.float32))
+    with pytest.raises(kvc.Error, match="KVzipPress n_sink must be non-negative, got -1"):
+        kvc.KVzipPress(n_sink=-1).protect_sinks(np.zeros((1, kv_heads, n), np.float32))
