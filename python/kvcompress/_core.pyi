@@ -376,3 +376,24 @@ def evict_lowest_across_heads(cache: Cache, scores: NDArray, n_pruned: int, num_
     """
     Evicts the layer's n_pruned lowest-scoring entries over all its kv heads (batch 1), in place; scores [kv_heads, capacity].
     """
+
+class DMS:
+    """
+    DMS's state: the pending scores of every layer's rows, and the workspace.
+    """
+
+    def __init__(self, press: NativePress, threshold: float, sliding_window_size: int, decoding: bool, num_layers: int, batch: int, kv_heads: int) -> None: ...
+
+    def step(self, observation: Observation, cache: Cache, num_threads: int = 0) -> bool:
+        """
+        One forward pass of one layer, after its keys and values were appended; returns whether entries were removed.
+        """
+
+    def removed(self, layer: int) -> int: ...
+
+    def pending(self, layer: int) -> int: ...
+
+    @property
+    def compression_ratio(self) -> float: ...
+
+    def reset(self) -> None: ...

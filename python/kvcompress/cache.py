@@ -162,7 +162,8 @@ def _native(press: Any) -> _core.NativePress:
     """The native press of a kvcompress press; anything else (ThinK, KVCompose, a kvpress press) is an Error."""
     if not isinstance(press, Press):
         hint = {"ThinKPress": ": it prunes channels, use press.compress_keys(observation, cache)",
-                "KVComposePress": ": it needs every layer, use press.statistics, press.plan and press.compress"}
+                "KVComposePress": ": it needs every layer, use press.statistics, press.plan and press.compress",
+                "DMSPress": ": it is stateful, call press.step(observation, cache) after each forward pass"}
         raise Error(f"compress and score take a kvcompress press, got {type(press).__name__}"
                     f"{hint.get(type(press).__name__, '')}")
     return press.native

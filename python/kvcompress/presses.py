@@ -52,6 +52,7 @@ __all__ = [
     "KVComposePress",
     "FastKVzipPress",
     "KVzipPress",
+    "DMSPress",
 ]
 
 
@@ -760,3 +761,57 @@ class KVzipPress:
         return _core.cross_layer_pruned_counts(scores, self.compression_ratio, self.layerwise)
 
     evict = staticmethod(FastKVzipPress.evict)
+
+
+@dataclass
+class DMSPress:
+    """DMS (arXiv 2506.05345) as kvpress's DMSPress runs it: each entry is scored once by the inner
+    scorer ``press`` when its pass arrives, waits in a sliding window of the
+    ``sliding_window_size`` most recent entries, and on leaving it is removed if its score is below
+    ``threshold`` (required), kept for good otherwise; with ``decoding`` during decoding passes too.
+    Removal is real (rows shorten; kvpress masks). A stateful press: call :meth:`step` once per
+    forward pass and layer, after the pass's keys and values were appended to the cache
+    (``Observation(layer_idx=..., num_layers=..., position=..., chunk_length=...)`` and what the inner
+    press reads); a prefill (``position`` 0) starts a new sequence. The state is sized at the first
+    step (the observation's ``num_layers``, the cache's batch and kv heads) and rebuilt when a field
+    changes."""
+
+    press: Press = None  # type: ignore[assignment]
+    threshold: Optional[float] = None
+    sliding_window_size: int = 128
+    decoding: bool = False
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if not name.startswith("_"):
+            object.__setattr__(self, "_state", None)
+
+    def step(self, observation: _core.Observation, cache: Any, *, num_threads: int = 0) -> bool:
+        """One forward pass of one layer; returns whether entries were removed."""
+        state = self.__dict__.get("_state")
+        inner = _inner_native(self.press, "DMSPress")
+        if state is None or self.__dict__.get("_state_inner") is not inner:
+            threshold = float("nan") if self.threshold is None else float(self.threshold)
+            b, h, _, _ = cache.shape
+            state = _core.DMS(inner, threshold, self.sliding_window_size, self.decoding, observation.num_layers, b, h)
+            object.__setattr__(self, "_state", state)
+            object.__setattr__(self, "_state_inner", inner)
+        return state.step(observation, cache._core, num_threads)
+
+    @property
+    def native(self) -> _core.DMS:
+        """The C++ press and its state (after the first step)."""
+        state = self.__dict__.get("_state")
+        if state is None:
+            raise _core.Error("DMSPress has no state before its first step")
+        return state
+
+    @property
+    def compression_ratio(self) -> float:
+        """kvpress's: per layer, removed / (batch · kv_heads · tokens seen), averaged over the layers."""
+        return self.native.compression_ratio
+
+    def reset(self) -> None:
+        """Forgets every layer's state (a prefill also starts a new sequence)."""
+        if self.__dict__.get("_state") is not None:
+            self.native.reset()

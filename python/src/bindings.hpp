@@ -16,5 +16,6 @@ void bind_budget_wrappers(nanobind::module_& m);
 void bind_think(nanobind::module_& m);
 void bind_kv_compose(nanobind::module_& m);
 void bind_cross_layer(nanobind::module_& m);
+void bind_dms(nanobind::module_& m);
 
 }  // namespace kvcompress::python

@@ -125,4 +125,5 @@ NB_MODULE(_core, m) {
   bind_think(m);
   bind_kv_compose(m);
   bind_cross_layer(m);
+  bind_dms(m);
 }

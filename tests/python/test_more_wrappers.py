@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kvcompress as kvc
-from golden import MORE, Scenario, check_scores, fresh_cache, load
+from golden import GOLDEN, MORE, Scenario, check_scores, fresh_cache, load
 from golden import more_observation as observation
 
 
@@ -177,3 +177,74 @@ def test_chunk_press_on_a_paged_cache_keeps_what_it_keeps_densely(dtype):
             m = lengths[bb, hh]
             got = np.stack([k_pool[table[bb, i // page], i % page, hh] for i in range(m)])
             np.testing.assert_array_equal(got, dense._tensors[0][bb, hh, :m])
+
+
+def dms_scenarios():
+    index = json.loads((GOLDEN / "dms" / "index.json").read_text())
+    return [f"dms/{n}" for n in index["scenarios"]]
+
+
+@pytest.mark.parametrize("scenario", dms_scenarios())
+def test_dms_removes_what_kvpress_masks(scenario):
+    """kvpress's own DMSPress hook through a prefill and decoding passes (tools/golden/generate_dms.py),
+    replayed: the recorded keys and values appended pass by pass, one DMSPress stepped for every
+    layer; the entries removed are those kvpress masked, after every pass (count) and at the end (set),
+    kept entries hold their original rows, and the compression ratio is kvpress's."""
+    sc = Scenario(scenario)
+    meta = sc.meta
+    b, h, d, total, layers = (meta[k] for k in ("batch", "kv_heads", "head_dim", "total_tokens", "num_layers"))
+    inner = meta["press"]
+    rope = kvc.rotary_embedding_from_config(sc.rope_config())
+    press = kvc.DMSPress(getattr(kvc, inner["name"])(**inner["params"]), threshold=meta["threshold"],
+                         sliding_window_size=meta["sliding_window_size"], decoding=meta["decoding"])
+    state = []
+    for lj in sorted(meta["layers"], key=lambda x: x["layer_idx"]):
+        keys, values = np.zeros((b, h, total, d), np.float32), np.zeros((b, h, total, d), np.float32)
+        lengths = np.zeros((b, h), np.int32)
+        positions = np.full((b, h, total), -1, np.int32)
+        state.append(dict(lj=lj, k=load(lj["keys"], sc.dir), v=load(lj["values"], sc.dir),
+                          q=load(lj["queries"], sc.dir) if "queries" in lj else None,
+                          keys=keys, values=values, lengths=lengths, positions=positions,
+                          cache=kvc.KVCache(keys, values, lengths=lengths, positions=positions)))
+    for pi, p in enumerate(meta["passes"]):
+        pos, length = p["position"], p["length"]
+        for li, st in enumerate(state):
+            processed = st["k"].shape[2]  # kvpress recorded only the passes DMS processed
+            if pos < processed:
+                for bb in range(b):
+                    for hh in range(h):
+                        slot = st["lengths"][bb, hh]
+                        st["keys"][bb, hh, slot:slot + length] = st["k"][bb, hh, pos:pos + length]
+                        st["values"][bb, hh, slot:slot + length] = st["v"][bb, hh, pos:pos + length]
+                        st["positions"][bb, hh, slot:slot + length] = np.arange(pos, pos + length)
+                        st["lengths"][bb, hh] += length
+            kw = dict(layer_idx=li, num_layers=layers, position=pos, chunk_length=length, rope=rope)
+            if st["q"] is not None and pos < processed:
+                kw["queries"] = st["q"][:, :, pos:pos + length]
+            press.step(kvc.Observation(**kw), st["cache"])
+            assert press.native.removed(li) == st["lj"]["masked_counts"][pi], f"layer {li}, pass {pi}"
+    for li, st in enumerate(state):
+        processed = st["k"].shape[2]
+        masked = load(st["lj"]["masked"], sc.dir)
+        for bb in range(b):
+            for hh in range(h):
+                n = st["lengths"][bb, hh]
+                present = st["positions"][bb, hh, :n]
+                old = present[present < processed]
+                np.testing.assert_array_equal(st["keys"][bb, hh, :n][present < processed], st["k"][bb, hh, old])
+                removed = np.setdiff1d(np.arange(processed), present)
+                np.testing.assert_array_equal(removed, np.flatnonzero(masked[bb, hh, :processed]))
+    assert press.compression_ratio == pytest.approx(meta["compression_ratio"], rel=1e-12)
+
+
+def test_dms_inputs_are_checked():
+    sc = Scenario(MORE[0])
+    cache, _ = fresh_cache(sc)
+    with pytest.raises(kvc.Error, match="threshold must be set to a finite value, got nan"):
+        kvc.DMSPress(kvc.KnormPress()).step(kvc.Observation(chunk_length=sc.meta["seq_len"]), cache)
+    with pytest.raises(kvc.Error, match="DMSPress has no state before its first step"):
+        kvc.DMSPress(kvc.KnormPress(), threshold=0.0).compression_ratio
+    with pytest.raises(kvc.Error, match="got DMSPress: it is stateful, call press.step"):
+        kvc.compress(kvc.DMSPress(kvc.KnormPress(), threshold=0.0), None, cache)
+    with pytest.raises(kvc.Error, match="DMSPress wraps a scorer press"):
+        kvc.DMSPress(kvc.DuoAttentionPress(0.5), threshold=0.0).step(kvc.Observation(chunk_length=4), cache)
