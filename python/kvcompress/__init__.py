@@ -9,12 +9,12 @@ Engine layouts (vLLM, SGLang, FlashInfer, HF DynamicCache): :mod:`kvcompress.lay
 A drop-in for kvpress's pipeline: :mod:`kvcompress.kvpress`.
 """
 
-from ._core import Error, Observation, RotaryEmbedding, cuda_enabled
+from ._core import Error, FastKVzipGate, Observation, RotaryEmbedding, cuda_enabled
 from .cache import KVCache, compress, rotary_embedding_from_config, score, workspace_bytes
 from .presses import *  # noqa: F401,F403
 from .presses import __all__ as _press_names
 
 __version__ = "0.1.0"
 
-__all__ = ["Error", "Observation", "RotaryEmbedding", "KVCache", "compress", "score", "workspace_bytes",
+__all__ = ["Error", "FastKVzipGate", "Observation", "RotaryEmbedding", "KVCache", "compress", "score", "workspace_bytes",
            "rotary_embedding_from_config", "cuda_enabled", *_press_names]

@@ -33,7 +33,7 @@ class Observation:
     What the engine hands a press at a compression point. Tensors must have the cache's dtype and live on its device; shapes are checked by the press that reads them.
     """
 
-    def __init__(self, *, queries: NDArray | None = None, window_queries: NDArray | None = None, attention: NDArray | None = None, output_projection: NDArray | None = None, stats_mean: NDArray | None = None, stats_covariance: NDArray | None = None, query_offsets: NDArray | None = None, sequence_positions: NDArray | None = None, rope: RotaryEmbedding | None = None, layer_idx: int = 0, num_layers: int = 1, position: int = 0, chunk_length: int = 0) -> None:
+    def __init__(self, *, queries: NDArray | None = None, window_queries: NDArray | None = None, attention: NDArray | None = None, output_projection: NDArray | None = None, stats_mean: NDArray | None = None, stats_covariance: NDArray | None = None, query_offsets: NDArray | None = None, sequence_positions: NDArray | None = None, hidden_states: NDArray | None = None, rope: RotaryEmbedding | None = None, layer_idx: int = 0, num_layers: int = 1, position: int = 0, chunk_length: int = 0) -> None:
         """
         Every field is optional; a press that needs one it did not get raises kvcompress.Error naming it.
         """
@@ -95,6 +95,15 @@ class Observation:
 
     @sequence_positions.setter
     def sequence_positions(self, arg: NDArray | None, /) -> None: ...
+
+    @property
+    def hidden_states(self) -> NDArray | None:
+        """
+        The attention input (after input_layernorm) [batch, 1, q_len, hidden_size] (KVzap).
+        """
+
+    @hidden_states.setter
+    def hidden_states(self, arg: NDArray | None, /) -> None: ...
 
     @property
     def rope(self) -> RotaryEmbedding:
@@ -188,6 +197,8 @@ def streaming_llm(arg0: float, arg1: int, /) -> NativePress: ...
 
 def lag_kv(arg0: float, arg1: int, arg2: int, arg3: bool, /) -> NativePress: ...
 
+def cap(arg0: float, arg1: float, arg2: int, arg3: int, arg4: float, /) -> NativePress: ...
+
 def random(arg0: float, arg1: int | None, /) -> NativePress: ...
 
 def snap_kv(arg0: float, arg1: int, arg2: int, /) -> NativePress: ...
@@ -200,7 +211,19 @@ def observed_attention(arg: float, /) -> NativePress: ...
 
 def non_causal_attn(arg0: float, arg1: int, /) -> NativePress: ...
 
+def finch(arg0: float, arg1: int | None, arg2: bool, arg3: bool, arg4: int | None, /) -> NativePress: ...
+
 def sim_layer_kv(arg0: float, arg1: int, arg2: int, arg3: int, /) -> NativePress: ...
+
+def leverage_score(arg0: float, arg1: int, arg2: NDArray | None, /) -> NativePress: ...
+
+def compactor(arg0: float, arg1: int, arg2: int, arg3: int, arg4: int, arg5: float | None, arg6: NDArray | None, /) -> NativePress: ...
+
+def cur(arg0: float, arg1: int, arg2: str, arg3: bool, arg4: bool, arg5: int, arg6: NDArray | None, /) -> NativePress: ...
+
+def kvzap(arg0: float, arg1: str, arg2: NDArray | None, arg3: NDArray | None, arg4: NDArray | None, arg5: NDArray | None, /) -> NativePress: ...
+
+def q_filter(arg0: float, arg1: NDArray | None, /) -> NativePress: ...
 
 def adakv(arg0: NativePress, arg1: float, /) -> NativePress: ...
 
@@ -210,8 +233,167 @@ def critical_adakv(arg0: NativePress, arg1: float, arg2: float, arg3: float, /) 
 
 def key_rerotation(arg: NativePress, /) -> NativePress: ...
 
+def merging(arg0: NativePress, arg1: float, arg2: float, /) -> NativePress: ...
+
+def composed(arg: Sequence[NativePress], /) -> NativePress: ...
+
+def chunk(arg0: NativePress, arg1: int, /) -> NativePress: ...
+
 def chunk_kv(arg0: NativePress, arg1: int, /) -> NativePress: ...
+
+def entropy_gated_chunk_kv(arg0: NativePress, arg1: int, arg2: int, /) -> NativePress: ...
 
 def block(arg0: NativePress, arg1: int, /) -> NativePress: ...
 
 def per_layer_compression(arg0: NativePress, arg1: Sequence[float], /) -> NativePress: ...
+
+def lukv(arg0: NativePress, arg1: float, arg2: int, arg3: int, arg4: NDArray | None, /) -> NativePress: ...
+
+def duo_attention(arg0: float, arg1: int, arg2: int, arg3: NDArray | None, /) -> NativePress: ...
+
+def duo_attention_sample_scores(mean_query: NDArray, mean_key: NDArray, rope: RotaryEmbedding, q_len: int, out: NDArray) -> None:
+    """
+    DuoAttention's on-the-fly head scores of one sample into out (float32 [kv_heads]): mean_query [q_heads, head_dim] and mean_key [kv_heads, head_dim] are the sample's pre-RoPE queries and keys averaged over its q_len tokens; kvpress averages them over 50 BookSum samples.
+    """
+
+class ThinK:
+    """ThinK's channel pruning and the workspace it reuses."""
+
+    def __init__(self, key_channel_compression_ratio: float, window_size: int) -> None: ...
+
+    def kept_channels(self, head_dim: int) -> int:
+        """
+        Channels each key keeps: head_dim - int(head_dim * key_channel_compression_ratio).
+        """
+
+    def channel_scores(self, observation: Observation, cache: Cache, out: NDArray, num_threads: int = 0) -> None:
+        """Channel scores into out, float32 [batch, kv_heads, head_dim]."""
+
+    def compress_keys(self, observation: Observation, cache: Cache, packed_keys: NDArray, channels: NDArray, num_threads: int = 0) -> None:
+        """
+        Writes each row's kept channels (ascending) into channels, int32 [batch, kv_heads, kept], and the packed keys of its live entries into packed_keys [batch, kv_heads, capacity, kept] of the cache's dtype.
+        """
+
+    @property
+    def workspace_allocations(self) -> int: ...
+
+class KVComposeConfig:
+    """KVCompose's parameters (kvpress's names)."""
+
+    def __init__(self, structured: bool, compression_ratio: float, agg_task: str, agg_group: str, agg_head: str, add_v_norm: bool, add_mean_across_heads: bool, keep_token_lower_bound: int) -> None: ...
+
+class KVComposeStatistics:
+    """
+    Per (layer, query head, context entry) agg_task of the replay passes' attention.
+    """
+
+    def __init__(self, config: KVComposeConfig, num_layers: int, q_heads: int, context_length: int) -> None: ...
+
+    def add(self, layer: int, attention: NDArray, num_threads: int = 0) -> None:
+        """
+        Folds one replay pass of layer in: attention [batch, q_heads, replay_len, n] probabilities over the context's keys and the replay's own (n > context_length).
+        """
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def q_heads(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+class KVComposePlan:
+    """KVCompose's scores and each (layer, kv head)'s count."""
+
+    @property
+    def num_layers(self) -> int: ...
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def scores(self) -> list[float]:
+        """[layers * kv_heads * context_length]"""
+
+    @property
+    def kept(self) -> list[int]:
+        """[layers * kv_heads] entries kept per row"""
+
+def kvcompose_plan(config: KVComposeConfig, statistics: KVComposeStatistics, kv_heads: int, value_norms: NDArray | None = None) -> KVComposePlan:
+    """
+    The plan from the statistics; value_norms float32 [layers, kv_heads, context_length] with add_v_norm.
+    """
+
+def kvcompose_compress(plan: KVComposePlan, layer: int, cache: Cache, num_threads: int = 0) -> None:
+    """
+    Compacts layer's cache to the plan in place (each row holds the context's entries).
+    """
+
+def kvcompose_value_norms(cache: Cache, context_length: int, out: NDArray) -> None:
+    """
+    |v| of batch element 0's first context_length entries of one layer into out [kv_heads, context_length].
+    """
+
+class FastKVzipGate:
+    """One layer's FastKVzip gate over the caller's float32 arrays."""
+
+    def __init__(self, q_proj_weight: NDArray, q_proj_bias: NDArray, k_proj_weight: NDArray, q_norm_weight: NDArray, k_norm_weight: NDArray, k_base: NDArray, b: NDArray, norm_eps: float = 1e-06) -> None:
+        """
+        kvpress's gate tensors (<layer>.q_proj.weight, .q_proj.bias, .k_proj.weight, .q_norm.weight, .k_norm.weight, .k_base [kv_heads, 1, sink, dim], .b [kv_heads, 1, group]).
+        """
+
+    @property
+    def kv_heads(self) -> int: ...
+
+    @property
+    def hidden_size(self) -> int: ...
+
+def fast_kvzip_score_layer(compression_ratio: float, layerwise: bool, n_sink: int, window_size: int, window_ratio: float, gate: FastKVzipGate, hidden: NDArray, out: NDArray, num_threads: int = 0) -> None:
+    """
+    One layer's gate scores into out, float32 [kv_heads, n], from hidden [1, 1, n, hidden_size].
+    """
+
+def kvzip_score_chunk(compression_ratio: float, layerwise: bool, n_sink: int, kvzip_plus_normalization: bool, chunk_size: int, observation: Observation, cache: Cache, context_length: int, start: int, end: int, out: NDArray, num_threads: int = 0) -> None:
+    """
+    Scores chunk [start, end) of one layer into out [kv_heads, context_length] from its reconstruction pass: observation.queries (pre-RoPE, [1, q_heads, q, head_dim]), rope, position (the context length); the batch-1 cache holds the context's entries, then the pass's q own.
+    """
+
+def kvzip_protect_sinks(n_sink: int, scores: NDArray) -> None:
+    """
+    kvpress's sink protection, in place: the first n_sink entries of every layer and head get the maximum + 1.
+    """
+
+def cross_layer_pruned_counts(scores: NDArray, compression_ratio: float, layerwise: bool) -> list[int]:
+    """
+    Entries each layer evicts, from every layer's scores [layers, kv_heads, n] (batch 1).
+    """
+
+def evict_lowest_across_heads(cache: Cache, scores: NDArray, n_pruned: int, num_threads: int = 0) -> None:
+    """
+    Evicts the layer's n_pruned lowest-scoring entries over all its kv heads (batch 1), in place; scores [kv_heads, capacity].
+    """
+
+class DMS:
+    """
+    DMS's state: the pending scores of every layer's rows, and the workspace.
+    """
+
+    def __init__(self, press: NativePress, threshold: float, sliding_window_size: int, decoding: bool, num_layers: int, batch: int, kv_heads: int) -> None: ...
+
+    def step(self, observation: Observation, cache: Cache, num_threads: int = 0) -> bool:
+        """
+        One forward pass of one layer, after its keys and values were appended; returns whether entries were removed.
+        """
+
+    def removed(self, layer: int) -> int: ...
+
+    def pending(self, layer: int) -> int: ...
+
+    @property
+    def compression_ratio(self) -> float: ...
+
+    def reset(self) -> None: ...

@@ -158,6 +158,17 @@ class KVCache:
         return _core._memory_report(self._core, self._before)
 
 
+def _native(press: Any) -> _core.NativePress:
+    """The native press of a kvcompress press; anything else (ThinK, KVCompose, a kvpress press) is an Error."""
+    if not isinstance(press, Press):
+        hint = {"ThinKPress": ": it prunes channels, use press.compress_keys(observation, cache)",
+                "KVComposePress": ": it needs every layer, use press.statistics, press.plan and press.compress",
+                "DMSPress": ": it is stateful, call press.step(observation, cache) after each forward pass"}
+        raise Error(f"compress and score take a kvcompress press, got {type(press).__name__}"
+                    f"{hint.get(type(press).__name__, '')}")
+    return press.native
+
+
 def compress(press: Press, observation: Optional[_core.Observation], cache: KVCache, *, num_threads: int = 0) -> Any:
     """Compresses ``cache`` in place with ``press`` and returns its new lengths (``cache.lengths``,
     int32 ``[batch, kv_heads]``). Each row's kept entries move to its front, in position order.
@@ -165,7 +176,7 @@ def compress(press: Press, observation: Optional[_core.Observation], cache: KVCa
     anything moves."""
     if cache._core.paged:
         cache._before = np.array(cache._lengths, dtype=np.int32, copy=True)
-    _core._compress(press.native, observation if observation is not None else _core.Observation(), cache._core,
+    _core._compress(_native(press), observation if observation is not None else _core.Observation(), cache._core,
                     num_threads)
     return cache._lengths
 
@@ -175,7 +186,7 @@ def score(press: Press, observation: Optional[_core.Observation], cache: KVCache
     a row's length are ``-inf``. Only scorer presses have scores."""
     b, h, n, _ = cache.shape
     out = np.full((b, h, n), -np.inf, dtype=np.float32)
-    _core._score(press.native, observation if observation is not None else _core.Observation(), cache._core, out,
+    _core._score(_native(press), observation if observation is not None else _core.Observation(), cache._core, out,
                  num_threads)
     return out
 
@@ -183,7 +194,7 @@ def score(press: Press, observation: Optional[_core.Observation], cache: KVCache
 def workspace_bytes(press: Press, observation: Optional[_core.Observation], cache: KVCache, *,
                     num_threads: int = 0) -> int:
     """Scratch bytes ``compress`` needs for this press and cache (the library's query)."""
-    return _core._workspace_bytes(press.native, observation if observation is not None else _core.Observation(),
+    return _core._workspace_bytes(_native(press), observation if observation is not None else _core.Observation(),
                                   cache._core, num_threads)
 
 

@@ -1,5 +1,7 @@
 /// \file
-/// \brief Presses that read window queries or attention weights.
+/// \brief Presses that read window queries or attention weights (FINCH: its question's window).
+
+#include <nanobind/stl/optional.h>
 
 #include "bindings.hpp"
 #include "press_factory.hpp"
@@ -29,6 +31,16 @@ void bind_attention_scorers(nb::module_& m) {
     p.compression_ratio = r;
     p.chunk_size = chunk_size;
     return native(p, "NonCausalAttnPress");
+  });
+  m.def("finch", [](double r, std::optional<std::int64_t> chunk_length, bool normalize_scores, bool rerotate_keys,
+                    std::optional<std::int64_t> window_size) {
+    FinchPress p;
+    p.compression_ratio = r;
+    p.chunk_length = chunk_length.value_or(0);
+    p.normalize_scores = normalize_scores;
+    p.rerotate_keys = rerotate_keys;
+    p.window_size = window_size.value_or(0);
+    return native(p, "FinchPress");
   });
   m.def("sim_layer_kv", [](double lazy_threshold, std::int64_t n_last, std::int64_t n_recent, std::int64_t n_initial) {
     SimLayerKVPress p;

@@ -174,8 +174,8 @@ void compress(NativePress& press, PyObservation const& obs, Cache const& cache, 
 }
 
 void score(NativePress& press, PyObservation const& obs, Cache const& cache, Array out, int num_threads) {
-  KVC_CHECK(press.any->scorer(), press.any->name() << " has no score of its own (it is not a scorer press); "
-                                                      "call compress");
+  KVC_CHECK(press.any->has_score(), press.any->name() << " has no score of its own (it is not a scorer press); "
+                                                         "call compress");
   CacheExtents const& e = cache.extents();
   float* scores = contiguous_data<float>(out, e.batch * e.kv_heads * e.capacity, "out");
   std::visit(

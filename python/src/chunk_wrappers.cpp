@@ -1,6 +1,5 @@
 /// \file
-/// \brief Wrappers that split the cache: ChunkKV, Block, PerLayerCompression. (ChunkPress scores each
-/// chunk through a row-offset layout, a seventh and eighth layout type the binding does not erase.)
+/// \brief Wrappers that split the cache: Chunk, ChunkKV, EntropyGatedChunkKV, Block, PerLayerCompression.
 
 #include <nanobind/stl/vector.h>
 
@@ -10,8 +9,17 @@
 namespace kvcompress::python {
 
 void bind_chunk_wrappers(nb::module_& m) {
+  m.def("chunk", [](NativePress const& press, std::int64_t chunk_length) {
+    return native(ChunkPress<ErasedScorer>{inner(press, "ChunkPress"), chunk_length}, "ChunkPress");
+  });
   m.def("chunk_kv", [](NativePress const& press, std::int64_t chunk_length) {
     return native(ChunkKVPress<ErasedScorer>{inner(press, "ChunkKVPress"), chunk_length}, "ChunkKVPress");
+  });
+  m.def("entropy_gated_chunk_kv", [](NativePress const& press, std::int64_t chunk_length,
+                                     std::int64_t low_entropy_chunk_length) {
+    return native(EntropyGatedChunkKVPress<ErasedScorer>{inner(press, "EntropyGatedChunkKVPress"), chunk_length,
+                                                         low_entropy_chunk_length},
+                  "EntropyGatedChunkKVPress");
   });
   m.def("block", [](NativePress const& press, std::int64_t block_size) {
     return native(BlockPress<ErasedScorer>{inner(press, "BlockPress"), block_size}, "BlockPress");

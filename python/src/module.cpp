@@ -72,17 +72,19 @@ NB_MODULE(_core, m) {
            [](PyObservation* self, std::optional<Array> queries, std::optional<Array> window_queries,
               std::optional<Array> attention, std::optional<Array> output_projection, std::optional<Array> stats_mean,
               std::optional<Array> stats_covariance, std::optional<Array> query_offsets,
-              std::optional<Array> sequence_positions, std::shared_ptr<RotaryEmbedding const> rope, int layer_idx,
-              int num_layers, std::int64_t position, std::int64_t chunk_length) {
-             new (self) PyObservation{queries, window_queries, attention, output_projection, stats_mean,
-                                      stats_covariance, query_offsets, sequence_positions, std::move(rope),
-                                      layer_idx, num_layers, position, chunk_length};
+              std::optional<Array> sequence_positions, std::optional<Array> hidden_states,
+              std::shared_ptr<RotaryEmbedding const> rope, int layer_idx, int num_layers, std::int64_t position,
+              std::int64_t chunk_length) {
+             new (self) PyObservation{queries,       window_queries,     attention,        output_projection,
+                                      stats_mean,    stats_covariance,   query_offsets,    sequence_positions,
+                                      hidden_states, std::move(rope),    layer_idx,        num_layers,
+                                      position,      chunk_length};
            },
            nb::kw_only(), nb::arg("queries") = nb::none(), nb::arg("window_queries") = nb::none(),
            nb::arg("attention") = nb::none(), nb::arg("output_projection") = nb::none(),
            nb::arg("stats_mean") = nb::none(), nb::arg("stats_covariance") = nb::none(),
            nb::arg("query_offsets") = nb::none(), nb::arg("sequence_positions") = nb::none(),
-           nb::arg("rope") = nb::none(), nb::arg("layer_idx") = 0, nb::arg("num_layers") = 1, nb::arg("position") = 0,
+           nb::arg("hidden_states") = nb::none(), nb::arg("rope") = nb::none(), nb::arg("layer_idx") = 0, nb::arg("num_layers") = 1, nb::arg("position") = 0,
            nb::arg("chunk_length") = 0,
            "Every field is optional; a press that needs one it did not get raises kvcompress.Error naming it.")
       .def_rw("queries", &PyObservation::queries, "Pre-RoPE queries [batch, q_heads, q_len, head_dim].")
@@ -96,6 +98,8 @@ NB_MODULE(_core, m) {
               "float32 [q_heads, head_dim, head_dim] pre-RoPE query covariance.")
       .def_rw("query_offsets", &PyObservation::query_offsets, "int32 [batch + 1] cu_seqlens of a ragged batch.")
       .def_rw("sequence_positions", &PyObservation::sequence_positions, "int64 [batch] first positions (ragged).")
+      .def_rw("hidden_states", &PyObservation::hidden_states,
+              "The attention input (after input_layernorm) [batch, 1, q_len, hidden_size] (KVzap).")
       .def_rw("rope", &PyObservation::rope, "The model's RotaryEmbedding (Expected Attention, key re-rotation).")
       .def_rw("layer_idx", &PyObservation::layer_idx)
       .def_rw("num_layers", &PyObservation::num_layers)
@@ -114,6 +118,12 @@ NB_MODULE(_core, m) {
   bind_cache(m);
   bind_scorers(m);
   bind_attention_scorers(m);
+  bind_caller_data_scorers(m);
   bind_wrappers(m);
   bind_chunk_wrappers(m);
+  bind_budget_wrappers(m);
+  bind_think(m);
+  bind_kv_compose(m);
+  bind_cross_layer(m);
+  bind_dms(m);
 }

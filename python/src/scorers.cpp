@@ -47,6 +47,15 @@ void bind_scorers(nb::module_& m) {
     p.cross_scoring = cross_scoring;
     return native(p, "LagKVPress");
   });
+  m.def("cap", [](double r, double tau, std::int64_t n_future_positions, std::int64_t n_sink, double epsilon) {
+    CapPress p;
+    p.compression_ratio = r;
+    p.tau = tau;
+    p.n_future_positions = n_future_positions;
+    p.n_sink = n_sink;
+    p.epsilon = epsilon;
+    return native(p, "CapPress");
+  });
   m.def("random", [](double r, std::optional<std::uint64_t> seed) {
     RandomPress p;
     p.compression_ratio = r;

@@ -5,6 +5,8 @@
 /// name the argument. No data is copied.
 
 #include <array>
+#include <cstddef>
+#include <utility>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -90,10 +92,8 @@ I* index_data(Array const& a, char const* what) {
   return static_cast<I*>(a.data());
 }
 
-/// Throws unless `a` is a C-contiguous host tensor of I with `count` elements.
-template <class I>
-I* contiguous_data(Array const& a, std::int64_t count, char const* what) {
-  I* p = index_data<I>(a, what);
+/// Throws unless `a` is C-contiguous with `count` elements.
+inline void require_contiguous(Array const& a, std::int64_t count, char const* what) {
   std::int64_t n = 1, expect = 1;
   for (std::size_t i = a.ndim(); i-- > 0;) {
     KVC_CHECK(a.shape(i) == 1 || a.stride(i) == expect,
@@ -102,7 +102,29 @@ I* contiguous_data(Array const& a, std::int64_t count, char const* what) {
     n *= static_cast<std::int64_t>(a.shape(i));
   }
   KVC_CHECK(n == count, what << " must hold " << count << " elements, got " << n);
+}
+
+/// Throws unless `a` is a C-contiguous host tensor of I with `count` elements.
+template <class I>
+I* contiguous_data(Array const& a, std::int64_t count, char const* what) {
+  I* p = index_data<I>(a, what);
+  require_contiguous(a, count, what);
   return p;
+}
+
+/// Whether the memory `a` and `b` address overlaps (their first to their last byte).
+inline bool overlaps(Array const& a, Array const& b) {
+  auto const range = [](Array const& t) {
+    auto const* lo = static_cast<std::byte const*>(t.data());
+    std::int64_t last = 0;
+    for (std::size_t i = 0; i < t.ndim(); ++i)
+      if (t.shape(i) > 0) last += (static_cast<std::int64_t>(t.shape(i)) - 1) * t.stride(i);
+    return std::pair<std::byte const*, std::byte const*>{lo, lo + (last + 1) * static_cast<std::int64_t>(t.itemsize())};
+  };
+  if (a.size() == 0 || b.size() == 0) return false;
+  auto const [a0, a1] = range(a);
+  auto const [b0, b1] = range(b);
+  return a0 < b1 && b0 < a1;
 }
 
 /// A rank-4 tensor of T as the library's `Tensor4`, through its validating factory (negative

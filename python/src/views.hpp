@@ -50,7 +50,7 @@ Cache make_paged_cache(Array k_pool, Array v_pool, Array block_table, Array leng
 /// \brief What the caller hands a press; tensors must have the cache's storage type.
 struct PyObservation {
   std::optional<Array> queries, window_queries, attention, output_projection;
-  std::optional<Array> stats_mean, stats_covariance, query_offsets, sequence_positions;
+  std::optional<Array> stats_mean, stats_covariance, query_offsets, sequence_positions, hidden_states;
   std::shared_ptr<RotaryEmbedding const> rope;
   int layer_idx = 0;
   int num_layers = 1;
@@ -91,6 +91,7 @@ Observation<T> PyObservation::build(CacheExtents const& e) const {
   if (queries) o.queries = tensor4<T>(*queries, "observation.queries");
   if (window_queries) o.window_queries = tensor4<T>(*window_queries, "observation.window_queries");
   if (attention) o.attention = tensor4<T>(*attention, "observation.attention");
+  if (hidden_states) o.hidden_states = tensor4<T>(*hidden_states, "observation.hidden_states");
   if (output_projection) {
     Array const& w = *output_projection;
     T const* data = typed_data<T>(w, "observation.output_projection");

@@ -98,18 +98,18 @@ def wrapper_cases():
     for name in scenarios():
         sc = Scenario(name)
         for w in (sc.wrappers or {}).get("wrappers", []):
-            if w["press"] in ("ChunkPress", "ComposedPress"):
-                continue  # not bound (docs/python.md)
             yield pytest.param(name, w["name"], id=f"{name}-{w['name']}")
 
 
 def make_wrapper(w):
+    if w["press"] == "ComposedPress":
+        return kvc.ComposedPress([make_press(p) for p in w["presses"]])
     inner = make_press(w["presses"][0])
     params = dict(w["params"])
     cls = {"AdaKVPress": kvc.AdaKVPress, "CriticalKVPress": kvc.CriticalKVPress,
            "CriticalAdaKVPress": kvc.CriticalAdaKVPress, "ChunkKVPress": kvc.ChunkKVPress,
            "BlockPress": kvc.BlockPress, "PerLayerCompressionPress": kvc.PerLayerCompressionPress,
-           "KeyRerotationPress": kvc.KeyRerotationPress}[w["press"]]
+           "KeyRerotationPress": kvc.KeyRerotationPress, "ChunkPress": kvc.ChunkPress}[w["press"]]
     return cls(press=inner, **params)
 
 
@@ -118,7 +118,7 @@ def test_wrapper_matches_kvpress(scenario, case):
     sc = Scenario(scenario)
     w = next(x for x in sc.wrappers["wrappers"] if x["name"] == case)
     press = make_wrapper(w)
-    uses = set(w["uses"]) | set(w["presses"][0]["uses"]) | {"inv_freq"}
+    uses = set(w["uses"]).union(*(p["uses"] for p in w["presses"])) | {"inv_freq"}
     obs = observation(sc, uses)
     cache, positions = fresh_cache(sc)
     lengths = kvc.compress(press, obs, cache).copy()
@@ -133,8 +133,21 @@ def test_wrapper_matches_kvpress(scenario, case):
                 # Positions become the new slots (the keys are re-rotated there): check the values moved.
                 np.testing.assert_array_equal(cache._tensors[1][b, h, :lengths[b, h]], sc.tensor("values")[b, h, expected])
                 continue
-            np.testing.assert_array_equal(np.sort(positions[b, h, :lengths[b, h]]), expected,
-                                          err_msg=f"{case}: batch {b}, head {h}")
+            ours = np.sort(positions[b, h, :lengths[b, h]])
+            if w["press"] == "ComposedPress" and w["presses"][-1]["press"] == "KnormPress" \
+                    and not np.array_equal(ours, expected):
+                # The last press cuts on -|k| among what the first kept; layer-0 keys of a repeated
+                # token differ only by RoPE, so their norms tie to float rounding: the entries kept
+                # differently must sit at kvpress's cut.
+                assert ours.size == expected.size
+                norm = -np.linalg.norm(sc.tensor("keys")[b, h].astype(np.float64), axis=-1)
+                lowest_kept = norm[expected].min()
+                best_dropped = norm[np.setdiff1d(ours, expected)].max()
+                tol = 1e-4 * abs(lowest_kept)
+                assert lowest_kept - best_dropped <= tol
+                assert (np.abs(norm[np.setxor1d(ours, expected)] - lowest_kept) <= 2 * tol).all()
+                continue
+            np.testing.assert_array_equal(ours, expected, err_msg=f"{case}: batch {b}, head {h}")
     if "keys_out" in w:
         np.testing.assert_allclose(cache._tensors[0][:, :, :lengths[0, 0]], load(w["keys_out"], sc.dir), rtol=0,
                                    atol=1e-5)
