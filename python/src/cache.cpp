@@ -13,6 +13,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "bindings.hpp"
+#include "storage_dispatch.hpp"
 #include "views.hpp"
 
 namespace kvcompress::python {
@@ -119,27 +120,18 @@ AnyView paged_view(Array const& k, Array const& v, Array const& table, Array con
   return make_cache_view(kd, vd, e, layout_of(k, table), layout_of(v, v_table ? *v_table : table), len, pos);
 }
 
-template <class F>
-auto dispatch(Storage s, F&& f) {
-  switch (s) {
-    case Storage::kF16: return f(half{});
-    case Storage::kBF16: return f(bfloat16{});
-    default: return f(float{});
-  }
-}
-
 }  // namespace
 
 Cache make_strided_cache(Array keys, Array values, Array lengths, std::optional<Array> positions) {
   Cache c{keys, values, lengths, positions, std::nullopt, std::nullopt, {}, storage_of(keys, "keys"), false};
-  c.view = dispatch(c.storage, [&](auto t) { return strided_view<decltype(t)>(keys, values, lengths, positions); });
+  c.view = by_storage(c.storage, [&](auto t) { return strided_view<decltype(t)>(keys, values, lengths, positions); });
   return c;
 }
 
 Cache make_paged_cache(Array k_pool, Array v_pool, Array block_table, Array lengths, std::int64_t kv_heads,
                        std::int64_t capacity, std::optional<Array> positions, std::optional<Array> v_block_table) {
   Cache c{k_pool, v_pool, lengths, positions, block_table, v_block_table, {}, storage_of(k_pool, "k_pool"), true};
-  c.view = dispatch(c.storage, [&](auto t) {
+  c.view = by_storage(c.storage, [&](auto t) {
     return paged_view<decltype(t)>(k_pool, v_pool, block_table, lengths, kv_heads, capacity, positions, v_block_table);
   });
   return c;

@@ -15,6 +15,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "bindings.hpp"
+#include "storage_dispatch.hpp"
 #include "views.hpp"
 
 namespace kvcompress::python {
@@ -62,15 +63,6 @@ PyFastKVzipGate make_gate(Array q_proj_weight, Array q_proj_bias, Array k_proj_w
   g.q_norm_weight = shaped(q_norm_weight, "q_norm_weight", {d});
   g.k_norm_weight = shaped(k_norm_weight, "k_norm_weight", {d});
   return PyFastKVzipGate{g, {q_proj_weight, q_proj_bias, k_proj_weight, q_norm_weight, k_norm_weight, k_base, b}};
-}
-
-template <class F>
-auto by_storage(Storage s, F&& f) {
-  switch (s) {
-    case Storage::kF16: return f(half{});
-    case Storage::kBF16: return f(bfloat16{});
-    default: return f(float{});
-  }
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "bindings.hpp"
+#include "storage_dispatch.hpp"
 #include "views.hpp"
 
 namespace kvcompress::python {
@@ -36,15 +37,6 @@ struct NativePlan {
   std::vector<std::byte> workspace;
   std::unique_ptr<std::mutex> mutex = std::make_unique<std::mutex>();
 };
-
-template <class F>
-auto by_storage(Storage s, F&& f) {
-  switch (s) {
-    case Storage::kF16: return f(half{});
-    case Storage::kBF16: return f(bfloat16{});
-    default: return f(float{});
-  }
-}
 
 }  // namespace
 
