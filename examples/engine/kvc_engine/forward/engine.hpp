@@ -120,6 +120,7 @@ class Engine {
   std::vector<float> forward_batch(std::vector<KVCache*> const& caches, std::int32_t const* tokens, std::int64_t n) {
     std::int64_t const B = static_cast<std::int64_t>(caches.size());
     KVC_CHECK(B > 0, "forward_batch needs at least one cache");
+    KVC_CHECK(n > 0, "forward needs at least one token, got " << n);
     for (std::int64_t b = 0; b < B; ++b) {
       KVC_CHECK(caches[static_cast<std::size_t>(b)] != nullptr, "caches[" << b << "] is null");
       for (std::int64_t e = 0; e < b; ++e)
