@@ -82,15 +82,15 @@ void leverage_scores(CpuDevice const& dev, Observation<T> const& obs, KVCacheVie
     double* g = gram_buf + t * (k * k + k);  // [k, k]: XᵀX + jI, then its Cholesky factor
     double* z = g + k * k;                   // [k]
     gather_keys(cache, b, h, lo, m, keys);
-    std::int64_t const half = d / 2;
+    std::int64_t const half_d = d / 2;
     for (std::int64_t i = 0; i < m; ++i) {  // R_{−p} K_p / a
       float const p = static_cast<float>(cache.position(b, h, lo + i));
       float* row = keys + i * d;
-      for (std::int64_t c = 0; c < half; ++c) {
+      for (std::int64_t c = 0; c < half_d; ++c) {
         float const angle = inv[c] * p, cs = std::cos(angle), sn = std::sin(angle);
-        float const x0 = row[c], x1 = row[c + half];
+        float const x0 = row[c], x1 = row[c + half_d];
         row[c] = (x0 * cs + x1 * sn) / a;
-        row[c + half] = (x1 * cs - x0 * sn) / a;
+        row[c + half_d] = (x1 * cs - x0 * sn) / a;
       }
     }
     for (std::int64_t c = 0; c < d; ++c) {

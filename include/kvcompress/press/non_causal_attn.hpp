@@ -70,9 +70,9 @@ void non_causal_scores(CpuDevice const& dev, Observation<T> const& obs, KVCacheV
   auto const& e = cache.extents;
   Tensor4<T> const& q = obs.queries;
   std::int64_t const heads = e.kv_heads, d = e.head_dim, cap = e.capacity, rows = e.batch * heads, m = hi - lo;
-  std::int64_t const group = q.shape[1] / heads, half = d / 2, tile_max = std::min(chunk, cap);
+  std::int64_t const group = q.shape[1] / heads, half_d = d / 2, tile_max = std::min(chunk, cap);
   int const threads = thread_count(dev, rows);
-  float* inv = ws.take<float>(static_cast<std::size_t>(half));
+  float* inv = ws.take<float>(static_cast<std::size_t>(half_d));
   float* buf = ws.take<float>(static_cast<std::size_t>(threads * (cap * d + kNonCausalRowBlock * (d + tile_max) + 2 * cap)));
   obs.rope->inv_freq_for(obs.position + obs.chunk_tokens(), inv);
   float const a = obs.rope->attention_scaling();
@@ -97,11 +97,11 @@ void non_causal_scores(CpuDevice const& dev, Observation<T> const& obs, KVCacheV
             std::int64_t const tok = lo + t0 + r0 + i;
             float const p = static_cast<float>(obs.position + tok);
             float* row = qs + i * d;
-            for (std::int64_t c = 0; c < half; ++c) {
+            for (std::int64_t c = 0; c < half_d; ++c) {
               float const angle = inv[c] * p, cs = std::cos(angle) * a, sn = std::sin(angle) * a;
-              float const x0 = to_float(q(b, head, tok, c)), x1 = to_float(q(b, head, tok, c + half));
+              float const x0 = to_float(q(b, head, tok, c)), x1 = to_float(q(b, head, tok, c + half_d));
               row[c] = x0 * cs - x1 * sn;
-              row[c + half] = x1 * cs + x0 * sn;
+              row[c + half_d] = x1 * cs + x0 * sn;
             }
           }
           Eigen::Map<RowMat> z(logits, nr, cnt);
