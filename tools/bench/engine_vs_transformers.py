@@ -1,0 +1,137 @@
+"""The reference engine's prefill and decode speed on SmolLM2-135M-Instruct beside HF transformers', on the
+same prompt, the same threads, in the same run; writes docs/results/smollm2/speed.md.
+
+transformers 5.2 loads the GGUF with `gguf_file=` and dequantises it to float32 (the `gguf` package), the
+engine dequantises the same file to float32 (kvc_engine/model_io): both compute in float32 on the same
+weights. Each configuration is timed `--repeat` times, alternating engine and transformers, and the fastest
+run of each is kept (the least disturbed by the rest of the machine).
+
+  prefill: one forward pass over the whole prompt into an empty cache, logits of the last token only
+           (transformers: `model(ids, use_cache=True, logits_to_keep=1)` under `torch.inference_mode()`),
+           tokens per second.
+  decode:  `--new-tokens` greedy steps after that prefill, one token per forward pass (transformers: a
+           DynamicCache fed back each step), tokens per second over the steps after the first token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def time_transformers(model, ids: list[int], new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds over new_tokens - 1 steps) of one greedy generation."""
+    x = torch.tensor([ids], dtype=torch.long)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        out = model(x, use_cache=True, logits_to_keep=1)  # the engine's prefill also projects only the last token
+        t1 = time.perf_counter()
+        past = out.past_key_values
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        t2 = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            out = model(token, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        t3 = time.perf_counter()
+    return t1 - t0, t3 - t2
+
+
+ENGINE_LINE = re.compile(r"prefill ([0-9.]+) ms .*decode ([0-9.]+) tokens/s")
+
+
+def time_engine(exe: Path, model: Path, ids: list[int], new_tokens: int, threads: int, prompt_file: Path) -> tuple[float, float]:
+    """(prefill seconds, decode seconds over new_tokens - 1 steps) from kvc_generate's own timers."""
+    prompt_file.write_text(" ".join(map(str, ids)))
+    r = subprocess.run([str(exe), "--model", str(model), "--prompt-file", str(prompt_file), "--max-new-tokens",
+                        str(new_tokens), "--threads", str(threads)], capture_output=True, text=True, check=True)
+    m = ENGINE_LINE.search(r.stderr)
+    if m is None:
+        raise RuntimeError(f"kvc_generate printed no timing line:\n{r.stderr}")
+    return float(m.group(1)) / 1e3, (new_tokens - 1) / float(m.group(2))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="the SmolLM2 GGUF (tools/models/fetch_smollm2.sh)")
+    ap.add_argument("--engine", type=Path, required=True, help="kvc_generate, built optimised (release preset)")
+    ap.add_argument("--lengths", default="512,1024,2048,4096")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--command", default="bash tools/bench/run_engine.sh")
+    a = ap.parse_args(argv)
+    lengths = [int(v) for v in a.lengths.split(",")]
+    thread_counts = [int(v) for v in a.threads.split(",")]
+    if a.new_tokens < 2 or a.repeat < 1 or min(lengths) < 1 or min(thread_counts) < 1:
+        ap.error("--new-tokens must be at least 2, --repeat, --lengths and --threads positive")
+
+    model = AutoModelForCausalLM.from_pretrained(str(a.model.parent), gguf_file=a.model.name, dtype=torch.float32)
+    model.eval()
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)  # token ids do not change the work: any ids of the vocabulary
+    prompt_file = a.out.parent / ".engine_prompt.txt"
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for n in lengths:
+            ids = rng.integers(0, vocab, size=n).tolist()
+            time_transformers(model, ids[:64], 4)  # warm-up: torch's first call pays its one-off costs
+            best = {"hf": [float("inf")] * 2, "engine": [float("inf")] * 2}
+            for _ in range(a.repeat):
+                for who, t in (("engine", time_engine(a.engine, a.model, ids, a.new_tokens, threads, prompt_file)),
+                               ("hf", time_transformers(model, ids, a.new_tokens))):
+                    best[who] = [min(best[who][0], t[0]), min(best[who][1], t[1])]
+            steps = a.new_tokens - 1
+            row = (threads, n, n / best["engine"][0], n / best["hf"][0], steps / best["engine"][1], steps / best["hf"][1])
+            rows.append(row)
+            print(f"threads {threads} prompt {n}: prefill engine {row[2]:.0f} / transformers {row[3]:.0f} tokens/s, "
+                  f"decode engine {row[4]:.1f} / transformers {row[5]:.1f} tokens/s", flush=True)
+    prompt_file.unlink(missing_ok=True)
+
+    lines = [
+        "# The reference engine's speed beside transformers on SmolLM2-135M-Instruct",
+        "",
+        f"Measured {datetime.date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} logical CPUs) with "
+        f"`{a.command}`: torch {torch.__version__}, transformers "
+        f"{sys.modules['transformers'].__version__}, both in float32 on the GGUF's dequantised weights, the same "
+        f"random prompt, greedy, {a.new_tokens} new tokens, the fastest of {a.repeat} runs each, alternated. "
+        "The engine is kvc_generate from the release preset (-O3 -march=native); its timers are its own "
+        "(`GenerateResult`), transformers' are `time.perf_counter` around its forward calls.",
+        "",
+        "| threads | prompt tokens | prefill engine (tokens/s) | prefill transformers | engine / transformers | "
+        "decode engine (tokens/s) | decode transformers | engine / transformers |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t, n, pe, ph, de, dh in rows:
+        lines.append(f"| {t} | {n} | {pe:.0f} | {ph:.0f} | {pe / ph:.2f} | {de:.1f} | {dh:.1f} | {de / dh:.2f} |")
+    a.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
