@@ -443,7 +443,7 @@ class CAMState:
 
     def __init__(self, base_press: NativePress, window_size: int, compression_interval: int, target_size: int, query_buffer_size: int, merge_budget: int, seed: int, capacity: int, uniforms: NDArray | None) -> None:
         """
-        Validates the options. capacity 0: the running sums hold the first decoding step's cache capacity. uniforms: the merge draws in order (float32/float64, [0, 1)) instead of the seeded generator.
+        Validates the options. capacity 0: the running sums hold the cache capacity of the first step with queries. uniforms: the merge draws in order (float32/float64, [0, 1)) instead of the seeded generator.
         """
 
     def step(self, observation: Observation, cache: Cache, num_threads: int = 0) -> bool:

@@ -332,3 +332,60 @@ def test_cam_rejects_what_its_running_sums_cannot_follow():
     replay.step(eng.forward(12), eng.cache)
     with pytest.raises(kvc.Error, match="CAMPress asked for more merge draws than the 1 uniforms it was given"):
         replay.step(eng.forward(1), eng.cache)
+
+
+def test_window_presses_get_their_window_from_the_query_buffer():
+    """TOVA (a window of 1) and SnapKV (window_size) score with window queries rebuilt from the query buffer at the
+    tokens' positions. A window longer than the queries buffered since the last compression, or no rope to rotate
+    it, is an Error raised inside the compression: the cache is untouched, but the layer has counted the pass."""
+    for base in (kvc.TOVAPress(), kvc.SnapKVPress(window_size=4)):
+        press = kvc.DecodingPress(base, compression_interval=4, target_size=10)
+        eng = Engine(32)
+        press.step(eng.forward(12), eng.cache)
+        assert [press.step(eng.forward(1), eng.cache) for _ in range(4)] == [False, False, False, True]
+        assert (eng.lengths == 10).all()
+    press = kvc.DecodingPress(kvc.SnapKVPress(window_size=4), compression_interval=2, target_size=10)
+    eng = Engine(32)
+    press.step(eng.forward(12), eng.cache)
+    press.step(eng.forward(1), eng.cache)
+    with pytest.raises(kvc.Error, match="the inner press's window of 4 queries exceeds the 2 buffered since the last "
+                                        "compression"):
+        press.step(eng.forward(1), eng.cache)
+    assert press.steps(0) == 2 and (eng.lengths == 14).all()
+    press = kvc.DecodingPress(kvc.SnapKVPress(window_size=2), compression_interval=2, target_size=10)
+    eng = Engine(32)
+    press.step(eng.forward(12), eng.cache)
+    press.step(eng.forward(1), eng.cache)
+    obs = eng.forward(1)
+    obs = kvc.Observation(queries=obs.queries, position=obs.position)
+    with pytest.raises(kvc.Error, match="observation.rope must be set: the window queries are rotated"):
+        press.step(obs, eng.cache)
+    assert (eng.lengths == 14).all()
+
+
+def test_a_paged_cache_decodes_as_the_dense_one():
+    """The same passes on a paged copy of the cache (pages of 4 tokens, NHD) keep the same entries."""
+    dense, paged = (kvc.CAMPress(kvc.KnormPress(), compression_interval=3, target_size=12, merge_budget=4, seed=5)
+                    for _ in range(2))
+    eng = Engine(32, seed=9)
+    pages = 32 // 4
+    k_pool, v_pool = np.zeros((pages, 4, H, D), np.float32), np.zeros((pages, 4, H, D), np.float32)
+    table = np.arange(pages, dtype=np.int32)[None]
+    lengths = np.zeros((B, H), np.int32)
+    cache = kvc.KVCache.paged(k_pool, v_pool, table, lengths, kv_heads=H)
+    for q_len in [14] + [1] * 7:
+        obs = eng.forward(q_len)
+        for (bb, hh), n in np.ndenumerate(lengths.copy()):
+            for t in range(n, n + q_len):
+                k_pool[t // 4, t % 4, hh] = eng.keys[bb, hh, t]
+                v_pool[t // 4, t % 4, hh] = eng.values[bb, hh, t]
+            lengths[bb, hh] += q_len
+        assert dense.step(obs, eng.cache) == paged.step(obs, cache)
+        np.testing.assert_array_equal(lengths, eng.lengths)
+        for hh in range(H):
+            n = lengths[0, hh]
+            flat_k = k_pool[:, :, hh].reshape(-1, D)[:n]
+            flat_v = v_pool[:, :, hh].reshape(-1, D)[:n]
+            np.testing.assert_array_equal(flat_k, eng.keys[0, hh, :n])
+            np.testing.assert_array_equal(flat_v, eng.values[0, hh, :n])
+    assert dense.draws == paged.draws > 0
