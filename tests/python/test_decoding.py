@@ -282,7 +282,7 @@ def test_bad_steps_raise_and_leave_the_state_as_it_was(make):
         (dict(queries=np.zeros((B, Q, 1), np.float32)), "observation.queries must have 4 dimensions"),
         (dict(queries=None), "observation.queries must be given"),
         (dict(layer_idx=1), r"observation.layer_idx = 1 is outside \[0, num_layers = 1\)"),
-        (dict(position=-3), "position"),
+        (dict(position=-3), "observation.position must be non-negative, got -3"),
     ]
     if isinstance(press, kvc.CAMPress):
         bad_cases.append((dict(rope=None), "observation.rope must be set"))

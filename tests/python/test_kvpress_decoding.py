@@ -103,3 +103,15 @@ def test_decoding_presses_are_kvpress_decoding_presses():
     assert isinstance(kvcp.PrefillDecodingPress(kvcp.KnormPress(0.5), None), PrefillDecodingPress)
     assert not isinstance(kvcp.PrefillDecodingPress(), DecodingPress)
     assert "DecodingPress" in repr(kvcp.DecodingPress(kvcp.KnormPress(), 8, 64))
+
+
+def test_drop_in_refuses_what_hf_cache_cannot_hold(setup):
+    """HF's cache keeps one length per layer: a prefilling press with per-head budgets (AdaKV) is refused, naming
+    the lengths, and so is a QuantizedCache (its entries are not tensors compressed in place)."""
+    pipe, context, question = setup
+    press = kvcp.PrefillDecodingPress(kvcp.AdaKVPress(kvcp.KnormPress(0.5)), kvcp.DecodingPress(kvcp.KnormPress(), 4, 64))
+    with pytest.raises(ValueError, match="the press left rows of different lengths"):
+        run(pipe, context, question, press)
+    quantized = transformers.QuantizedCache.__new__(transformers.QuantizedCache)
+    with pytest.raises(ValueError, match="a QuantizedCache is not supported"):
+        kvcp.DecodingPress(kvcp.KnormPress()).forward_hook(None, [], {"past_key_values": quantized}, (None, None))
