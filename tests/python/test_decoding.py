@@ -1,7 +1,7 @@
 """The decoding presses (DecodingPress, CompressionRatioDecodingPress, PrefillDecodingPress, CAMPress) through
-the Python API: a decoding loop over kvpress's own CAMPress run (tools/golden/generate_cam.py: the keys, values and
-queries each pass appended, kvpress's cache after each compression, its merge draws) keeps, merges and sums as
-kvpress did; the step counters, the query buffers and the reused workspace behave as kvpress's DecodingPress hook
+the Python API: decoding loops over kvpress's own runs (tools/golden/generate_decoding.py and generate_cam.py: the
+keys, values and queries each pass appended, kvpress's cache after each compression, CAM's merge draws) keep,
+merge and sum as kvpress did; the step counters, the query buffers and the reused workspace behave as kvpress's DecodingPress hook
 counts them; bad input raises kvcompress.Error with the library's message and leaves the state as it was. The
 comparison of the decoding presses with kvpress's through its pipeline is test_kvpress_decoding.py."""
 
@@ -96,6 +96,71 @@ def test_cam_keeps_merges_and_sums_as_kvpress(scenario):
             assert err.max() <= 1e-4, where
             assert (sums[:, :, target:] == 0).all(), where
     assert press.draws == uniforms.size
+    for layer in layers:
+        assert layer.next_compression == len(layer.meta["compressions"])
+
+
+def decoding_scenarios():
+    return [f"decoding/{n}" for n in json.loads((GOLDEN / "decoding" / "index.json").read_text())["scenarios"]]
+
+
+def decoding_press_of(p):
+    """kvcompress's press for a decoding fixture's kvpress press (its parameters as kvpress names them)."""
+    base = BASES[p["base_press"]]()
+    kw = dict(compression_interval=p["compression_interval"], hidden_states_buffer_size=p["hidden_states_buffer_size"])
+    if p["name"] == "CompressionRatioDecodingPress":
+        return kvc.CompressionRatioDecodingPress(base, target_compression_ratio=p["target_compression_ratio"], **kw)
+    return kvc.DecodingPress(base, target_size=p["target_size"], **kw)
+
+
+@pytest.mark.parametrize("scenario", decoding_scenarios())
+def test_decoding_presses_keep_what_kvpress_keeps(scenario):
+    """Replays kvpress's own DecodingPress, CompressionRatioDecodingPress and PrefillDecodingPress runs
+    (tools/golden/generate_decoding.py) pass by pass with one press for every layer: after every pass the cache
+    length of every row and the step count kvpress's hook keeps (+1 per decoding pass, 0 once it reaches
+    compression_interval or a pass brings at least the target), and after every compression the positions each
+    row kept."""
+    sc = Scenario(scenario)
+    meta = sc.meta
+    b, h, d, total, num_layers = (meta[k] for k in ("batch", "kv_heads", "head_dim", "total_tokens", "num_layers"))
+    p = meta["press"]
+    if p["name"] == "PrefillDecodingPress":
+        pp = p["prefilling_press"]
+        press = kvc.PrefillDecodingPress(BASES[pp["name"]](pp["compression_ratio"]), decoding_press_of(p["decoding_press"]))
+        dec = p["decoding_press"]
+    else:
+        press, dec = decoding_press_of(p), p
+    rope = kvc.rotary_embedding_from_config(sc.rope_config())
+    layers = [Layer(sc, lj, b, h, total, d) for lj in sorted(meta["layers"], key=lambda x: x["layer_idx"])]
+    for pi, pj in enumerate(meta["passes"]):
+        pos, length = pj["position"], pj["length"]
+        if "target_size" in dec:
+            target = dec["target_size"]
+        else:
+            target = max(1, int((pos + length) * (1 - dec["target_compression_ratio"])))
+        for li, layer in enumerate(layers):
+            layer.append(pos, length)
+            obs = kvc.Observation(queries=layer.q[:, :, pos:pos + length], rope=rope, position=pos, layer_idx=li,
+                                  num_layers=num_layers)
+            compressed = press.step(obs, layer.cache)
+            where = f"{scenario}, layer {li}, pass {pi}"
+            assert (layer.lengths == layer.meta["lengths"][pi]).all(), where
+            comps = layer.meta["compressions"]
+            theirs = layer.next_compression < len(comps) and comps[layer.next_compression]["pass"] == pi
+            assert compressed == theirs, where
+            layer.steps = 0 if pos == 0 or layer.steps + 1 >= dec["compression_interval"] or length >= target \
+                else layer.steps + 1
+            assert press.steps(li) == layer.steps, where
+            if not theirs:
+                continue
+            kept = load(comps[layer.next_compression]["kept_positions"], sc.dir)  # [b, h, n] ascending
+            layer.next_compression += 1
+            n = kept.shape[2]
+            np.testing.assert_array_equal(np.sort(layer.positions[:, :, :n], axis=-1), kept, err_msg=where)
+            rows = layer.positions[:, :, :n]
+            for (bb, hh), _ in np.ndenumerate(layer.lengths):  # the kept entries hold their own keys and values
+                np.testing.assert_array_equal(layer.keys[bb, hh, :n], layer.k[bb, hh, rows[bb, hh]], err_msg=where)
+                np.testing.assert_array_equal(layer.values[bb, hh, :n], layer.v[bb, hh, rows[bb, hh]], err_msg=where)
     for layer in layers:
         assert layer.next_compression == len(layer.meta["compressions"])
 
