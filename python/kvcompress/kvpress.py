@@ -16,6 +16,11 @@ and hands back the kept entries (in position order; kvpress keeps score order, w
 does not see). Per-head budgets (AdaKV, CriticalAdaKV) keep the cache's length and mask each
 head's removed slots through kvpress's attention patch, as kvpress's own AdaKV does.
 
+The decoding presses (``DecodingPress``, ``CompressionRatioDecodingPress``, ``PrefillDecodingPress``,
+``CAMPress``) are subclasses of kvpress's ``DecodingPress`` / ``PrefillDecodingPress`` whose forward
+hook steps the kvcompress press once per forward pass and layer, so the pipeline runs them while it
+generates, as it runs kvpress's own.
+
 kvpress is an optional dependency: importing this module needs it.
 """
 

@@ -293,12 +293,31 @@ def test_reset_starts_a_new_sequence_and_keeps_the_buffers():
 
 
 def test_half_precision_caches_decode():
-    for dtype in (np.float16,):
+    """float16 NumPy and bfloat16 torch caches decode with queries of their dtype; Knorm keeps the same rows as in
+    float32 (the norms of these keys are far apart)."""
+    kept = {}
+    for dtype in (np.float32, np.float16):
         press = kvc.DecodingPress(kvc.KnormPress(), compression_interval=2, target_size=10)
         eng = Engine(32, dtype=dtype)
         press.step(eng.forward(12), eng.cache)
         assert not press.step(eng.forward(1), eng.cache)
         assert press.step(eng.forward(1), eng.cache) and (eng.lengths == 10).all()
+        kept[dtype] = eng.keys[:, :, :10].astype(np.float32)
+    np.testing.assert_allclose(kept[np.float16], kept[np.float32], rtol=1e-3, atol=1e-3)
+    torch = pytest.importorskip("torch")
+    eng = Engine(32)
+    keys, values = torch.from_numpy(eng.keys).to(torch.bfloat16), torch.from_numpy(eng.values).to(torch.bfloat16)
+    lengths = np.zeros((B, H), np.int32)
+    cache = kvc.KVCache(keys, values, lengths=lengths)
+    press = kvc.CAMPress(kvc.KnormPress(), compression_interval=2, target_size=10, merge_budget=2)
+    for q_len in (12, 1, 1):
+        obs = eng.forward(q_len)
+        keys.copy_(torch.from_numpy(eng.keys))
+        values.copy_(torch.from_numpy(eng.values))
+        lengths[:] = eng.lengths
+        obs.queries = torch.from_numpy(obs.queries).to(torch.bfloat16)
+        compressed = press.step(obs, cache)
+    assert compressed and (lengths == 10).all()
 
 
 def test_bad_options_raise_the_library_message():
