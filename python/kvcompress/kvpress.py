@@ -225,7 +225,9 @@ class _DecodingDropIn:
         return f"{type(self).__name__}(press={self.press!r}, num_threads={self.num_threads})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and (self.press, self.num_threads) == (other.press, other.num_threads)  # type: ignore[attr-defined]
+        if type(other) is not type(self):
+            return False
+        return (self.press, self.num_threads) == (other.press, other.num_threads)  # type: ignore[attr-defined]
 
     __hash__ = object.__hash__
 

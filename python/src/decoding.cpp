@@ -86,12 +86,6 @@ struct StateKey {
   Storage storage = Storage::kF32;
   int num_layers = 0;
   std::int64_t batch = 0, q_heads = 0, kv_heads = 0, head_dim = 0, capacity = 0;
-
-  bool operator==(StateKey const& o) const {
-    return storage == o.storage && num_layers == o.num_layers && batch == o.batch && q_heads == o.q_heads &&
-           kv_heads == o.kv_heads && head_dim == o.head_dim && capacity == o.capacity;
-  }
-  bool operator!=(StateKey const& o) const { return !(*this == o); }
 };
 
 /// The key of a step: `has_queries` false leaves the query axes 0 (the step cannot build a state).
@@ -161,8 +155,9 @@ struct PyDecoding {
       }
     }
     auto* s = std::get_if<PrefillDecoder<T>>(&state);
-    KVC_CHECK(s != nullptr, name << ": the cache stores " << storage_name(storage_v<T>) << " but this sequence's state holds "
-                                 << storage_name(key.storage) << " queries (a prefill, position 0, starts over)");
+    KVC_CHECK(s != nullptr, name << ": the cache stores " << storage_name(storage_v<T>)
+                                 << " but this sequence's state holds " << storage_name(key.storage)
+                                 << " queries (a prefill, position 0, starts over)");
     return s->step(dev, o, view, workspace.reserve(s->workspace_bytes(dev, o, view)));
   }
 };
@@ -244,13 +239,13 @@ struct PyCAM {
         kvcompress::detail::validate_inputs(o, view);
         return false;  // a prefill: nothing to forget yet
       }
-      state.template emplace<CAM<T>>(scorer, options, CAMShape{o.num_layers, k.batch, k.q_heads, k.kv_heads, k.head_dim, cap},
-                                     uniform);
+      CAMShape const shape{o.num_layers, k.batch, k.q_heads, k.kv_heads, k.head_dim, cap};
+      state.template emplace<CAM<T>>(scorer, options, shape, uniform);
       key = k;
     }
     auto* s = std::get_if<CAM<T>>(&state);
-    KVC_CHECK(s != nullptr, "CAMPress: the cache stores " << storage_name(storage_v<T>) << " but this sequence's state holds "
-                                                          << storage_name(key.storage)
+    KVC_CHECK(s != nullptr, "CAMPress: the cache stores " << storage_name(storage_v<T>)
+                                                          << " but this sequence's state holds " << storage_name(key.storage)
                                                           << " queries (a prefill, position 0, starts over)");
     return s->step(dev, o, view, workspace.reserve(s->workspace_bytes(dev, o, view)));
   }
@@ -303,7 +298,8 @@ void bind_decoding(nb::module_& m) {
               double target_compression_ratio, std::int64_t query_buffer_size) {
              std::variant<DecodingOptions, CompressionRatioDecodingOptions> which;
              if (target_size) which = DecodingOptions{compression_interval, *target_size, query_buffer_size};
-             else which = CompressionRatioDecodingOptions{compression_interval, target_compression_ratio, query_buffer_size};
+             else
+               which = CompressionRatioDecodingOptions{compression_interval, target_compression_ratio, query_buffer_size};
              EitherDecodingOptions options(which);
              char const* name = base_press == nullptr ? "PrefillDecodingPress"
                                 : target_size    ? "DecodingPress"

@@ -1,8 +1,8 @@
 """The decoding presses (DecodingPress, CompressionRatioDecodingPress, PrefillDecodingPress, CAMPress) through
 the Python API: decoding loops over kvpress's own runs (tools/golden/generate_decoding.py and generate_cam.py: the
 keys, values and queries each pass appended, kvpress's cache after each compression, CAM's merge draws) keep,
-merge and sum as kvpress did; the step counters, the query buffers and the reused workspace behave as kvpress's DecodingPress hook
-counts them; bad input raises kvcompress.Error with the library's message and leaves the state as it was. The
+merge and sum as kvpress did; the step counters, the query buffers and the reused workspace behave as kvpress's
+DecodingPress hook counts them; bad input raises kvcompress.Error with the library's message and leaves the state as it was. The
 comparison of the decoding presses with kvpress's through its pipeline is test_kvpress_decoding.py."""
 
 import json
@@ -246,6 +246,13 @@ def test_prefill_decoding_press_runs_one_press_per_phase():
     assert not press.step(eng.forward(1), eng.cache) and press.steps(0) == 1
     assert press.step(eng.forward(1), eng.cache)
     assert (eng.lengths == 16).all()
+    # A prefill without queries: the prefilling press compresses; the state waits for the first queries.
+    lazy = kvc.PrefillDecodingPress(kvc.KnormPress(0.5), kvc.DecodingPress(kvc.KnormPress(), 2, 16))
+    eng = Engine(64)
+    eng.forward(40)
+    assert lazy.step(kvc.Observation(position=0, chunk_length=40), eng.cache) and (eng.lengths == 20).all()
+    assert not lazy.native.has_state
+    assert not lazy.step(eng.forward(1), eng.cache) and lazy.steps(0) == 1
     prefill_only = kvc.PrefillDecodingPress(kvc.KnormPress(0.5), None)
     eng = Engine(64)
     assert prefill_only.step(eng.forward(40), eng.cache) and (eng.lengths == 20).all()

@@ -32,7 +32,8 @@ PRESSES = {
         lambda: kvcp.CompressionRatioDecodingPress(kvcp.KnormPress(), compression_interval=5,
                                                    target_compression_ratio=0.2)),
     "PrefillDecoding(Knorm, Decoding(KeyDiff))": (
-        lambda: kvpress.PrefillDecodingPress(kvpress.KnormPress(0.5), kvpress.DecodingPress(kvpress.KeyDiffPress(), 4, 140)),
+        lambda: kvpress.PrefillDecodingPress(kvpress.KnormPress(0.5),
+                                             kvpress.DecodingPress(kvpress.KeyDiffPress(), 4, 140)),
         lambda: kvcp.PrefillDecodingPress(kvcp.KnormPress(0.5), kvcp.DecodingPress(kvcp.KeyDiffPress(), 4, 140))),
     "CAM(KeyDiff)": (lambda: kvpress.CAMPress(kvpress.KeyDiffPress(), compression_interval=4, target_size=260,
                                               merge_budget=8),
