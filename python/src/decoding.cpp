@@ -22,7 +22,6 @@
 
 #include "bindings.hpp"
 #include "press_factory.hpp"
-#include "storage_dispatch.hpp"
 
 namespace kvcompress::python {
 
@@ -110,7 +109,7 @@ struct PyDecoding {
   StepWorkspace workspace;
   std::unique_ptr<std::mutex> mutex = std::make_unique<std::mutex>();
 
-  /// The state, which must exist (`steps`, `buffered`).
+  /// f(the state's decoding press), which must exist (`steps`, `buffered`).
   template <class F>
   auto with_decoder(F&& f) const {
     KVC_CHECK(scorer.has_value(), name << " has no decoding press");
