@@ -397,3 +397,94 @@ class DMS:
     def compression_ratio(self) -> float: ...
 
     def reset(self) -> None: ...
+
+class DecodingState:
+    """
+    DecodingPress, CompressionRatioDecodingPress or PrefillDecodingPress with its state: the query rings and step counters of every layer, and the workspace.
+    """
+
+    def __init__(self, prefilling_press: NativePress | None, base_press: NativePress | None, window_size: int, compression_interval: int, target_size: int | None, target_compression_ratio: float, query_buffer_size: int) -> None:
+        """
+        Validates the options. target_size None: CompressionRatioDecodingPress's target, a fraction of the tokens seen. base_press None: no compression while decoding; prefilling_press None: none at the prefill.
+        """
+
+    def step(self, observation: Observation, cache: Cache, num_threads: int = 0) -> bool:
+        """
+        One forward pass of one layer, after its keys and values were appended; returns whether entries were removed. Position 0 is a prefill (a new sequence).
+        """
+
+    def steps(self, layer: int) -> int:
+        """Decode steps of the layer since its last compression."""
+
+    def buffered(self, layer: int) -> int:
+        """Queries of the layer the inner press would see now."""
+
+    @property
+    def has_state(self) -> bool: ...
+
+    @property
+    def workspace_allocations(self) -> int:
+        """
+        How many times the workspace grew (once per larger cache; never per step).
+        """
+
+    @property
+    def workspace_capacity(self) -> int: ...
+
+    def reset(self) -> None:
+        """
+        Forgets every layer's steps and queries (a new sequence); keeps the buffers.
+        """
+
+class CAMState:
+    """
+    CAMPress with its state: the query rings, step counters and running attention sums of every layer, the merge draws, and the workspace.
+    """
+
+    def __init__(self, base_press: NativePress, window_size: int, compression_interval: int, target_size: int, query_buffer_size: int, merge_budget: int, seed: int, capacity: int, uniforms: NDArray | None) -> None:
+        """
+        Validates the options. capacity 0: the running sums hold the cache capacity of the first step with queries. uniforms: the merge draws in order (float32/float64, [0, 1)) instead of the seeded generator.
+        """
+
+    def step(self, observation: Observation, cache: Cache, num_threads: int = 0) -> bool:
+        """
+        One forward pass of one layer, after its keys and values were appended; returns whether entries were removed. Needs observation.queries and rope at every decoding step.
+        """
+
+    def steps(self, layer: int) -> int:
+        """Decode steps of the layer since its last compression."""
+
+    def buffered(self, layer: int) -> int:
+        """Queries of the layer the inner press would see now."""
+
+    def attention_sum(self, layer: int, out: NDArray) -> None:
+        """
+        Writes the layer's running attention sums into out, float32 [batch, kv_heads, capacity] (see shape); entries past what a row's sum covers are 0.
+        """
+
+    @property
+    def shape(self) -> tuple:
+        """
+        (num_layers, batch, q_heads, kv_heads, head_dim, capacity) of the state.
+        """
+
+    @property
+    def draws(self) -> int:
+        """Merge draws made so far."""
+
+    @property
+    def has_state(self) -> bool: ...
+
+    @property
+    def workspace_allocations(self) -> int:
+        """
+        How many times the workspace grew (once per larger cache; never per step).
+        """
+
+    @property
+    def workspace_capacity(self) -> int: ...
+
+    def reset(self) -> None:
+        """
+        Forgets every layer's steps, queries and sums (a new sequence); keeps the buffers and the draws.
+        """

@@ -163,7 +163,9 @@ def _native(press: Any) -> _core.NativePress:
     if not isinstance(press, Press):
         hint = {"ThinKPress": ": it prunes channels, use press.compress_keys(observation, cache)",
                 "KVComposePress": ": it needs every layer, use press.statistics, press.plan and press.compress",
-                "DMSPress": ": it is stateful, call press.step(observation, cache) after each forward pass"}
+                **{name: ": it is stateful, call press.step(observation, cache) after each forward pass"
+                   for name in ("DMSPress", "DecodingPress", "CompressionRatioDecodingPress", "PrefillDecodingPress",
+                                "CAMPress")}}
         raise Error(f"compress and score take a kvcompress press, got {type(press).__name__}"
                     f"{hint.get(type(press).__name__, '')}")
     return press.native

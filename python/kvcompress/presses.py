@@ -53,6 +53,10 @@ __all__ = [
     "FastKVzipPress",
     "KVzipPress",
     "DMSPress",
+    "DecodingPress",
+    "CompressionRatioDecodingPress",
+    "PrefillDecodingPress",
+    "CAMPress",
 ]
 
 
@@ -815,3 +819,210 @@ class DMSPress:
         """Forgets every layer's state (a prefill also starts a new sequence)."""
         if self.__dict__.get("_state") is not None:
             self.native.reset()
+
+
+def _decoding_window(press: Press) -> int:
+    """Post-RoPE window queries a decoding press rebuilds from its query ring for ``press`` (the
+    library's ``detail::decoding_window``): SnapKV's and PyramidKV's ``window_size``, 1 for TOVA, a
+    wrapper's inner press's, 0 for the others."""
+    if isinstance(press, (SnapKVPress, PyramidKVPress)):
+        return press.window_size
+    if isinstance(press, TOVAPress):
+        return 1
+    inner = getattr(press, "press", None)
+    return _decoding_window(inner) if isinstance(inner, Press) else 0
+
+
+class _Stateful:
+    """A press stepped once per forward pass and layer whose native state (``_core.DecodingState``,
+    ``_core.CAMState``) is built from its fields on first use and rebuilt when a field or an inner
+    press changes; the native state sizes its buffers at the first step that shows their shape."""
+
+    _name: ClassVar[str] = ""
+    _optional_inners: ClassVar[bool] = False  # whether an inner press may be None
+
+    def __setattr__(self, name: str, value) -> None:
+        object.__setattr__(self, name, value)
+        if not name.startswith("_"):
+            object.__setattr__(self, "_state", None)
+
+    def _inners(self) -> List[Any]:
+        raise NotImplementedError
+
+    def _build(self, inners: List[Any]) -> Any:
+        raise NotImplementedError
+
+    @property
+    def native(self) -> Any:
+        """The C++ press, its state and its workspace."""
+        inners = [p if isinstance(p, _core.NativePress) or (p is None and self._optional_inners)
+                  else _inner_native(p, self._name) for p in self._inners()]
+        state = self.__dict__.get("_state")
+        cached = self.__dict__.get("_state_inners", [])
+        if state is None or any(a is not b for a, b in zip(inners, cached)):
+            state = self._build(inners)
+            object.__setattr__(self, "_state", state)
+            object.__setattr__(self, "_state_inners", inners)
+        return state
+
+    def step(self, observation: _core.Observation, cache: Any, *, num_threads: int = 0) -> bool:
+        """One forward pass of one layer, after the pass's keys and values were appended to
+        ``cache`` (position 0: the prefill, which starts a new sequence); returns whether entries
+        were removed (``cache.lengths`` holds the new lengths). Decoding passes need
+        ``Observation(queries=..., position=..., layer_idx=..., num_layers=...)`` (pre-RoPE queries
+        ``[batch, q_heads, q_len, head_dim]``, the pass's absolute first position) and what the
+        base press reads (``rope`` for a window press); the buffers are sized at the first pass
+        with queries and reused (a prefill of another shape or dtype rebuilds them). A rejected
+        pass changes nothing, except a failure inside the compression (the inner press rejecting
+        the buffered queries), after which the layer has counted the pass."""
+        return self.native.step(observation, cache._core, num_threads)
+
+    def steps(self, layer: int) -> int:
+        """Decoding passes of ``layer`` since its last compression."""
+        return self.native.steps(layer)
+
+    def buffered(self, layer: int) -> int:
+        """Query tokens of ``layer`` the base press would be handed now."""
+        return self.native.buffered(layer)
+
+    def reset(self) -> None:
+        """Forgets every layer's passes and queries (a new sequence; a prefill does it per layer);
+        keeps the buffers."""
+        if self.__dict__.get("_state") is not None:
+            self.native.reset()
+
+
+@dataclass
+class DecodingPress(_Stateful):
+    """kvpress's DecodingPress: compression while decoding. Every ``compression_interval`` decoding
+    passes of a layer (or at once for a pass of at least ``target_size`` tokens) the scorer
+    ``base_press`` scores the layer's whole cache and every row keeps its ``target_size`` best
+    entries, so between compressions a row holds target_size to target_size + compression_interval
+    − 1 entries. The scorer sees the pre-RoPE queries of the passes since the last compression (the
+    last ``hidden_states_buffer_size`` tokens before the current pass, and the pass's own) at their
+    true positions. Call :meth:`step` once per forward pass and layer; the prefill (position 0) is
+    not compressed (see :class:`PrefillDecodingPress`)."""
+
+    _name = "DecodingPress"
+    base_press: Press = None  # type: ignore[assignment]
+    compression_interval: int = 512
+    target_size: int = 2048
+    hidden_states_buffer_size: int = 256
+
+    def _inners(self):
+        return [self.base_press]
+
+    def _build(self, inners):
+        return _core.DecodingState(None, inners[0], _decoding_window(self.base_press), self.compression_interval,
+                                   self.target_size, 0.0, self.hidden_states_buffer_size)
+
+
+@dataclass
+class CompressionRatioDecodingPress(_Stateful):
+    """kvpress's CompressionRatioDecodingPress: a :class:`DecodingPress` whose target is a fraction
+    of every token seen so far, ``max(1, int(tokens_seen · (1 − target_compression_ratio)))`` with
+    tokens_seen = the pass's last absolute position + 1 (kvpress: ``max(position_ids) + 1``), so
+    the observation's ``position`` must be the true absolute one."""
+
+    _name = "CompressionRatioDecodingPress"
+    base_press: Press = None  # type: ignore[assignment]
+    compression_interval: int = 512
+    hidden_states_buffer_size: int = 256
+    target_compression_ratio: float = 0.5
+
+    def _inners(self):
+        return [self.base_press]
+
+    def _build(self, inners):
+        return _core.DecodingState(None, inners[0], _decoding_window(self.base_press), self.compression_interval,
+                                   None, self.target_compression_ratio, self.hidden_states_buffer_size)
+
+
+@dataclass
+class PrefillDecodingPress(_Stateful):
+    """kvpress's PrefillDecodingPress: ``prefilling_press`` (any press) compresses the prefill
+    (position 0) and ``decoding_press`` (a :class:`DecodingPress` or
+    :class:`CompressionRatioDecodingPress`, whose parameters it takes; its own state is not used)
+    every later pass; either may be None (no compression in that phase)."""
+
+    _name = "PrefillDecodingPress"
+    _optional_inners = True
+    prefilling_press: Optional[Press] = None
+    decoding_press: Optional[Any] = None
+
+    def _inners(self):
+        d = self.decoding_press
+        if d is None:
+            return [self.prefilling_press, None]
+        if not isinstance(d, (DecodingPress, CompressionRatioDecodingPress)):
+            raise _core.Error(f"PrefillDecodingPress: decoding_press must be a DecodingPress or a "
+                              f"CompressionRatioDecodingPress, got {type(d).__name__}")
+        return [self.prefilling_press, _inner_native(d.base_press, type(d).__name__)]
+
+    def _build(self, inners):
+        d = self.decoding_press
+        if d is None:
+            return _core.DecodingState(inners[0], None, 0, 1, 1, 0.0, 0)
+        target = d.target_size if isinstance(d, DecodingPress) else None
+        ratio = d.target_compression_ratio if isinstance(d, CompressionRatioDecodingPress) else 0.0
+        return _core.DecodingState(inners[0], inners[1], _decoding_window(d.base_press), d.compression_interval,
+                                   target, ratio, d.hidden_states_buffer_size)
+
+    @property
+    def native(self) -> Any:
+        # The decoding press's fields are part of this press's: a change there rebuilds the state.
+        d = self.decoding_press
+        fields_now = None if d is None else tuple(getattr(d, f.name) for f in fields(d) if f.name != "base_press")
+        if self.__dict__.get("_decoding_fields", fields_now) != fields_now:
+            object.__setattr__(self, "_state", None)
+        object.__setattr__(self, "_decoding_fields", fields_now)
+        return super().native
+
+
+@dataclass
+class CAMPress(_Stateful):
+    """CaM (kvpress's CAMPress, OpenReview LCTmppB165): a :class:`DecodingPress` that, before it
+    evicts, merges the values of some evicted entries into the kept ones after them. Each decoding
+    pass adds the attention of its last token over the cache (its query rotated at its position,
+    softmax over each query head, averaged per kv head) to a running sum A; at a compression the
+    scorer's scores averaged over the kv heads choose ``target_size`` entries per sequence (the same
+    in every kv head), the k best evicted ones (k = passes since the last compression) become merge
+    candidates, and candidate x merges with probability clamp(A[x] / mean A of the
+    ``merge_budget`` kept entries after it, 0, 1) into them (v += v_x / window). Every decoding pass
+    needs ``Observation(queries=..., rope=..., position=...)``. kvpress draws with
+    ``torch.bernoulli``; here u < p with u from a 64-bit Mersenne Twister seeded with ``seed``, or
+    the caller's ``uniforms`` in order (a replay; running out is an error). ``capacity``: the entries
+    a row's running sum holds (default: the cache's capacity at the first pass with queries)."""
+
+    _name = "CAMPress"
+    base_press: Press = None  # type: ignore[assignment]
+    compression_interval: int = 512
+    target_size: int = 2048
+    hidden_states_buffer_size: int = 256
+    merge_budget: int = 32
+    seed: int = 0
+    capacity: Optional[int] = None
+    uniforms: Any = _array_field()
+
+    def _inners(self):
+        return [self.base_press]
+
+    def _build(self, inners):
+        return _core.CAMState(inners[0], _decoding_window(self.base_press), self.compression_interval,
+                              self.target_size, self.hidden_states_buffer_size, self.merge_budget, self.seed,
+                              self.capacity or 0, self.uniforms)
+
+    @property
+    def draws(self) -> int:
+        """Merge draws made so far."""
+        return self.native.draws
+
+    def attention_sum(self, layer: int) -> Any:
+        """A copy of ``layer``'s running attention sums, float32 ``[batch, kv_heads, capacity]``
+        (0 past the entries a row's sum covers)."""
+        import numpy as np
+
+        _, b, _, h, _, cap = self.native.shape
+        out = np.empty((b, h, cap), dtype=np.float32)
+        self.native.attention_sum(layer, out)
+        return out

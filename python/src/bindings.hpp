@@ -17,5 +17,6 @@ void bind_think(nanobind::module_& m);
 void bind_kv_compose(nanobind::module_& m);
 void bind_cross_layer(nanobind::module_& m);
 void bind_dms(nanobind::module_& m);
+void bind_decoding(nanobind::module_& m);
 
 }  // namespace kvcompress::python

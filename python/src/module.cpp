@@ -126,4 +126,5 @@ NB_MODULE(_core, m) {
   bind_kv_compose(m);
   bind_cross_layer(m);
   bind_dms(m);
+  bind_decoding(m);
 }

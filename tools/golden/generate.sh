@@ -20,6 +20,7 @@ cd "${root}"
 "${venv}/bin/python" "${here}/generate_more_wrappers.py" --out tests/golden "$@"  # after generate.py, which rewrites more_presses/
 "${venv}/bin/python" "${here}/generate_dms.py" --out tests/golden/dms "$@"
 "${venv}/bin/python" "${here}/generate_cam.py" --out tests/golden/cam "$@"
+"${venv}/bin/python" "${here}/generate_decoding.py" --out tests/golden/decoding "$@"
 "${venv}/bin/python" "${here}/generate_engine.py" --out tests/golden/engine "$@"
 "${venv}/bin/python" "${here}/generate_model_presses.py" --out tests/golden "$@"  # after generate.py and generate_engine.py: it reads the engine checkpoint
 "${venv}/bin/python" "${here}/generate_gguf.py" --out tests/golden/gguf
