@@ -113,10 +113,10 @@ int main(int argc, char** argv) {
     double const prefill_tps = static_cast<double>(ids.size()) / r.prefill_seconds;
     double const decode_tps = r.tokens.size() > 1 ? static_cast<double>(r.tokens.size() - 1) / r.decode_seconds : 0.0;
     std::fprintf(stderr,
-                 "prompt %zu tokens, press %s: prefill %.2f ms (%.0f tokens/s), press %.2f ms, decode %.0f tokens/s, "
+                 "prompt %zu tokens, press %s: prefill %.2f ms (%.0f tokens/s), press %.2f ms, decode %.2f ms (%.1f tokens/s), "
                  "cache after prefill %lld bytes, at the end %lld bytes\n",
                  ids.size(), compressor.name.c_str(), 1e3 * r.prefill_seconds, prefill_tps, 1e3 * r.compress_seconds,
-                 decode_tps, static_cast<long long>(r.cache_bytes_after_prefill),
+                 1e3 * r.decode_seconds, decode_tps, static_cast<long long>(r.cache_bytes_after_prefill),
                  static_cast<long long>(r.cache.bytes_in_use()));
     return 0;
   } catch (std::exception const& e) {

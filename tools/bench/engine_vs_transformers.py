@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 from transformers import AutoModelForCausalLM
 
 
@@ -48,7 +49,7 @@ def time_transformers(model, ids: list[int], new_tokens: int) -> tuple[float, fl
     return t1 - t0, t3 - t2
 
 
-ENGINE_LINE = re.compile(r"prefill ([0-9.]+) ms .*decode ([0-9.]+) tokens/s")
+ENGINE_LINE = re.compile(r"prefill ([0-9.]+) ms .*decode ([0-9.]+) ms")
 
 
 def time_engine(exe: Path, model: Path, ids: list[int], new_tokens: int, threads: int, prompt_file: Path) -> tuple[float, float]:
@@ -59,7 +60,7 @@ def time_engine(exe: Path, model: Path, ids: list[int], new_tokens: int, threads
     m = ENGINE_LINE.search(r.stderr)
     if m is None:
         raise RuntimeError(f"kvc_generate printed no timing line:\n{r.stderr}")
-    return float(m.group(1)) / 1e3, (new_tokens - 1) / float(m.group(2))
+    return float(m.group(1)) / 1e3, float(m.group(2)) / 1e3
 
 
 def cpu_name() -> str:
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     if a.new_tokens < 2 or a.repeat < 1 or min(lengths) < 1 or min(thread_counts) < 1:
         ap.error("--new-tokens must be at least 2, --repeat, --lengths and --threads positive")
 
+    transformers.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(a.model.parent), gguf_file=a.model.name, dtype=torch.float32)
     model.eval()
     vocab = model.config.vocab_size
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
         "",
         f"Measured {datetime.date.today().isoformat()} on {cpu_name()} ({os.cpu_count()} logical CPUs) with "
         f"`{a.command}`: torch {torch.__version__}, transformers "
-        f"{sys.modules['transformers'].__version__}, both in float32 on the GGUF's dequantised weights, the same "
+        f"{transformers.__version__}, both in float32 on the GGUF's dequantised weights, the same "
         f"random prompt, greedy, {a.new_tokens} new tokens, the fastest of {a.repeat} runs each, alternated. "
         "The engine is kvc_generate from the release preset (-O3 -march=native); its timers are its own "
         "(`GenerateResult`), transformers' are `time.perf_counter` around its forward calls.",

@@ -13,5 +13,5 @@ fi
 model="$(PYTHON="$venv/bin/python" bash tools/models/fetch_smollm2.sh)"
 cmake --preset release
 cmake --build --preset release --target kvc_generate
-"$venv/bin/python" tools/bench/engine_vs_transformers.py --model "$model" --engine build/release/examples/engine/kvc_generate \
+TQDM_DISABLE=1 "$venv/bin/python" tools/bench/engine_vs_transformers.py --model "$model" --engine build/release/examples/engine/kvc_generate \
   --out docs/results/smollm2/speed.md "$@"
