@@ -34,7 +34,7 @@ def _int32_table(t: Any, name: str) -> Any:
     if _is_torch(t):
         import torch
 
-        if t.dtype == torch.int32 and t.device.type == "cpu":
+        if t.dtype == torch.int32 and t.device.type in ("cpu", "cuda"):
             return t
     elif isinstance(t, np.ndarray) and t.dtype == np.int32:
         return t
