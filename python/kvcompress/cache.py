@@ -195,8 +195,9 @@ class KVCache:
         b, h, n, _ = (int(x) for x in k.shape)
         self._tensors = (keys, values)
         self._device = _cuda_index(keys)
+        call_stream = self._stream(stream)
         self._lengths = _lengths_array(lengths, b, h, n, keys)
-        self._core = _core._strided_cache(k, v, self._lengths, positions, stream=self._stream(stream))
+        self._core = _core._strided_cache(k, v, self._lengths, positions, stream=call_stream)
         self._before: Optional[np.ndarray] = None
 
     @classmethod
@@ -230,6 +231,7 @@ class KVCache:
         batch = int(block_table.shape[0])
         self._tensors = (k_pool, v_pool, block_table, v_block_table)
         self._device = _cuda_index(k_pool)
+        call_stream = self._stream(stream)
         if self._device is not None:
             # Tables an engine layout built on the host go to the pools' device (copies: the engine's
             # own device tables are used in place).
@@ -239,7 +241,7 @@ class KVCache:
                 for t in (block_table, v_block_table))
         self._lengths = _lengths_array(lengths, batch, kv_heads, capacity, k_pool)
         self._core = _core._paged_cache(k4, v4, block_table, self._lengths, kv_heads, capacity,
-                                        v_block_table=v_block_table, stream=self._stream(stream))
+                                        v_block_table=v_block_table, stream=call_stream)
         self._page_divisor = 1  # engine page id = table entry // divisor (a fused pool's halves)
         self._before = None
         self.per_head_table = per_head

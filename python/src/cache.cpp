@@ -88,6 +88,7 @@ AnyView finish_view(T* kd, T* vd, CacheExtents const& e, L const& kl, L const& v
     if (!place.host()) {
       KVCacheView<T, L> const view{kd, vd, e, kl, vl, len, pos};
       kvcompress::detail::validate_view_shape(view);
+      cuda_require_device(place.cuda_device);
       cuda_check_cache(view, place.cuda_device);
       with_host_copy(view, CudaCall{place.cuda_device, stream}, [](KVCacheView<T, L> const& twin) {
         (void)make_cache_view(twin.keys, twin.values, twin.extents, twin.key_layout, twin.value_layout, twin.lengths);
@@ -201,26 +202,6 @@ Cache make_paged_cache(Array k_pool, Array v_pool, Array block_table, Array leng
 
 namespace {
 
-/// The press the CUDA device runs for `press`; throws, naming the press and the cache's device, for a
-/// press without CUDA kernels.
-CudaPress const& cuda_press(NativePress const& press, Cache const& cache) {
-  std::shared_ptr<CudaPress const> const& p = press.any->cuda();
-  if (p == nullptr) {
-    std::string names;
-    for (char const* n : kCudaPressNames) names += names.empty() ? n : std::string(", ") + n;
-    KVC_THROW(press.any->name() << " has no CUDA kernels and the cache is on " << cache.place.name()
-                                << "; on CUDA tensors use " << names
-                                << " (AdaKVPress around one of the others); every press runs on CPU tensors");
-  }
-  return *p;
-}
-
-/// The press's device workspace, made at its first CUDA call.
-DeviceWorkspace& device_workspace(NativePress& press) {
-  if (!press.device_workspace) press.device_workspace = std::make_shared<DeviceWorkspace>();
-  return *press.device_workspace;
-}
-
 std::size_t workspace_bytes(NativePress const& press, PyObservation const& obs, Cache const& cache, int num_threads) {
   return std::visit(
       [&](auto const& view) -> std::size_t {
@@ -228,7 +209,7 @@ std::size_t workspace_bytes(NativePress const& press, PyObservation const& obs, 
         using T = typename V::value_type;
         Observation<T> const o = obs.build<T>(view.extents, cache.place);
         if constexpr (kCudaCompiled) {
-          if (!cache.place.host()) return cuda_compress_bytes(cuda_press(press, cache), o, view);
+          if (!cache.place.host()) return cuda_compress_bytes(press.cuda_press(cache.place), o, view);
         }
         return press.any->ops<T, typename V::layout_type>().compress_bytes(CpuDevice{num_threads}, o, view);
       },
@@ -243,11 +224,11 @@ void compress(NativePress& press, PyObservation const& obs, Cache const& cache, 
         Observation<T> const o = obs.build<T>(view.extents, cache.place);
         if constexpr (kCudaCompiled) {
           if (!cache.place.host()) {
-            CudaPress const& p = cuda_press(press, cache);
+            CudaPress const& p = press.cuda_press(cache.place);
             CudaCall const call{cache.place.cuda_device, reinterpret_cast<CUstream_st*>(stream)};
             nb::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(*press.mutex);
-            cuda_compress(p, o, view, call, device_workspace(press));
+            cuda_compress(p, o, view, call, press.device());
             return;
           }
         }
@@ -273,11 +254,11 @@ void score(NativePress& press, PyObservation const& obs, Cache const& cache, Arr
         Observation<T> const o = obs.build<T>(view.extents, cache.place);
         if constexpr (kCudaCompiled) {
           if (!cache.place.host()) {
-            CudaPress const& p = cuda_press(press, cache);
+            CudaPress const& p = press.cuda_press(cache.place);
             CudaCall const call{cache.place.cuda_device, reinterpret_cast<CUstream_st*>(stream)};
             nb::gil_scoped_release release;
             std::lock_guard<std::mutex> lock(*press.mutex);
-            cuda_score(p, o, view, scores, call, device_workspace(press));
+            cuda_score(p, o, view, scores, call, press.device());
             return;
           }
         }

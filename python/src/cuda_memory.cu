@@ -1,6 +1,6 @@
 /// \file
-/// \brief `DeviceWorkspace` (the device memory a native press reuses across calls) and the copy to the
-/// host with which a cache is checked once when it is made.
+/// \brief `DeviceWorkspace` (the device memory a native press reuses across calls), and the device
+/// check and the copy to the host with which a cache is checked once when it is made.
 
 #include <cuda_runtime.h>
 
@@ -34,6 +34,17 @@ void* DeviceWorkspace::reserve(int device, std::size_t bytes) {
     ++allocations_;
   }
   return buffer->data;
+}
+
+void cuda_require_device(int device) {
+  int count = 0;
+  cudaError_t const pending = cudaPeekAtLastError();
+  cudaError_t const e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess && pending == cudaSuccess) (void)cudaGetLastError();  // ours, reported here
+  KVC_CHECK(e == cudaSuccess, "the cache is on cuda:" << device << " but the CUDA runtime finds no device ("
+                                                      << cudaGetErrorString(e) << ")");
+  KVC_CHECK(device < count, "the cache is on cuda:" << device << " but the CUDA runtime finds " << count
+                                                    << " device(s)");
 }
 
 void cuda_copy_to_host(void* host, void const* device_memory, std::size_t bytes, CudaCall call) {

@@ -74,6 +74,10 @@ class DeviceWorkspace {
   std::size_t allocations_ = 0;
 };
 
+/// Throws `kvcompress::Error` unless the CUDA runtime finds device `device` (a machine without a GPU
+/// or driver says so here, naming the runtime's answer).
+void cuda_require_device(int device);
+
 /// Copies `bytes` of device memory to the host on the call's stream and waits for it.
 /// \param host [bytes] \param device_memory [bytes] on CUDA device `call.device`
 void cuda_copy_to_host(void* host, void const* device_memory, std::size_t bytes, CudaCall call);

@@ -114,7 +114,7 @@ void bind_kv_compose(nb::module_& m) {
               if (plan.workspace.size() < bytes) plan.workspace = std::vector<std::byte>(bytes);
               kvcompose_compress(dev, plan.plan, layer, view, Workspace(plan.workspace.data(), plan.workspace.size()));
             },
-            cache.host_view("KVComposePress.compress");
+            cache.host_view("KVComposePress.compress"));
       },
       nb::arg("plan"), nb::arg("layer"), nb::arg("cache"), nb::arg("num_threads") = 0,
       "Compacts layer's cache to the plan in place (each row holds the context's entries).");

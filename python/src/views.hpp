@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <variant>
 #include <vector>
 
@@ -81,6 +82,24 @@ struct NativePress {
   std::unique_ptr<std::mutex> mutex = std::make_unique<std::mutex>();
 
   explicit NativePress(std::shared_ptr<AnyPress const> a) : any(std::move(a)) {}
+
+  /// The press the CUDA device runs; throws, naming the press and the cache's `place`, for a press
+  /// without CUDA kernels.
+  [[nodiscard]] CudaPress const& cuda_press(Place const& place) const {
+    if (any->cuda() == nullptr) {
+      std::string names;
+      for (char const* n : kCudaPressNames) names += names.empty() ? n : std::string(", ") + n;
+      KVC_THROW(any->name() << " has no CUDA kernels and the cache is on " << place.name() << "; on CUDA tensors use "
+                            << names << " (AdaKVPress around one of the others); every press runs on CPU tensors");
+    }
+    return *any->cuda();
+  }
+
+  /// The device workspace, made at the first CUDA call.
+  DeviceWorkspace& device() {
+    if (!device_workspace) device_workspace = std::make_shared<DeviceWorkspace>();
+    return *device_workspace;
+  }
 
   /// A workspace of at least `bytes`, kept for the next call.
   Workspace reserve(std::size_t bytes) {

@@ -118,14 +118,12 @@ def test_tensors_on_a_cuda_device_without_the_cuda_path_or_a_gpu():
         raises(lambda: kvc._core._strided_cache(k, v, lengths), "keys is on cuda:0",
                "compiled without CUDA (KVC_PYTHON_CUDA)")
         return
-    try:
-        import torch
-        if torch.cuda.is_available():
-            pytest.skip("a GPU is present: the driver accepts CUDA tensors (the GPU tests below cover them)")
-    except ImportError:
-        pass
-    # The host checks pass; the driver is asked about the pointers and refuses (no GPU, or host memory).
-    raises(lambda: kvc._core._strided_cache(k, v, lengths), "cache.keys", "is not CUDA memory")
+    if torch is not None and torch.cuda.is_available():
+        # A GPU: the runtime finds the device, and the driver says that the pointers are host memory.
+        raises(lambda: kvc._core._strided_cache(k, v, lengths), "cache.keys = 0x", "is host memory")
+    else:
+        # The host checks pass; then the CUDA runtime is asked for the device and finds none.
+        raises(lambda: kvc._core._strided_cache(k, v, lengths), "the cache is on cuda:0 but the CUDA runtime finds")
 
 
 @pytest.mark.skipif(not kvc.cuda_enabled, reason="the module was built without its CUDA path")
@@ -170,15 +168,17 @@ def test_a_cpu_cache_refuses_observation_tensors_on_a_cuda_device():
 # ---------------------------------------------------------------------------------------------
 # A GPU: the CUDA path against the CPU path on the same tensors.
 
-torch = pytest.importorskip("torch")
-gpu = pytest.mark.skipif(not (kvc.cuda_enabled and torch.cuda.is_available()),
+try:
+    import torch
+except ImportError:  # the tests above need no PyTorch
+    torch = None
+gpu = pytest.mark.skipif(torch is None or not (kvc.cuda_enabled and torch.cuda.is_available()),
                          reason="needs a GPU, PyTorch with CUDA and a module built with KVC_PYTHON_CUDA "
                                 "(tools/gpu/run_all.sh runs these)")
 
 B, KV, G, N, D, W = 2, 4, 2, 301, 64, 16
 LENGTHS = [[301, 17, 250, 299], [33, 300, 64, 129]]  # odd, short (just above the window) and full rows
 UNIFORM = [[257] * KV, [99] * KV]  # TOVA: every head of a sequence has the sequence's length
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _rope():
@@ -188,7 +188,7 @@ def _rope():
 
 def _case(dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    t = TORCH_DTYPES[dtype]
+    t = getattr(torch, dtype)
     return dict(keys=torch.randn(B, KV, N, D, generator=g).to(t), values=torch.randn(B, KV, N, D, generator=g).to(t),
                 queries=torch.randn(B, KV * G, N, D, generator=g).to(t),
                 window=torch.randn(B, KV * G, W, D, generator=g).to(t),
