@@ -9,7 +9,7 @@ Engine layouts (vLLM, SGLang, FlashInfer, HF DynamicCache): :mod:`kvcompress.lay
 A drop-in for kvpress's pipeline: :mod:`kvcompress.kvpress`.
 """
 
-from ._core import Error, FastKVzipGate, Observation, RotaryEmbedding, cuda_enabled
+from ._core import Error, FastKVzipGate, Observation, RotaryEmbedding, cuda_enabled, cuda_presses
 from .cache import KVCache, compress, rotary_embedding_from_config, score, workspace_bytes
 from .presses import *  # noqa: F401,F403
 from .presses import __all__ as _press_names
@@ -17,4 +17,4 @@ from .presses import __all__ as _press_names
 __version__ = "0.1.0"
 
 __all__ = ["Error", "FastKVzipGate", "Observation", "RotaryEmbedding", "KVCache", "compress", "score", "workspace_bytes",
-           "rotary_embedding_from_config", "cuda_enabled", *_press_names]
+           "rotary_embedding_from_config", "cuda_enabled", "cuda_presses", *_press_names]

@@ -10,7 +10,9 @@ from numpy.typing import NDArray
 class Error(ValueError):
     pass
 
-cuda_enabled: bool = False
+cuda_enabled: bool = True
+
+cuda_presses: tuple = ...
 
 class RotaryEmbedding:
     """
@@ -160,6 +162,23 @@ class NativePress:
     def workspace_capacity(self) -> int:
         """Bytes of workspace held for the next call."""
 
+    @property
+    def cuda(self) -> bool:
+        """
+        Whether the press has CUDA kernels (it then compresses CUDA tensors on their device).
+        """
+
+    @property
+    def cuda_workspace_allocations(self) -> int:
+        """
+        How many times a device workspace was allocated (once per device and larger cache).
+        """
+
+    def cuda_workspace_capacity(self, device: int) -> int:
+        """
+        Bytes of device workspace held on CUDA device `device` for the next call.
+        """
+
 class Cache:
     """One layer's KV cache over tensors the caller owns (no copy)."""
 
@@ -184,6 +203,14 @@ class Cache:
     @property
     def shape(self) -> tuple:
         """(batch, kv_heads, capacity, head_dim)"""
+
+    @property
+    def device(self) -> str:
+        """'cpu' or 'cuda:N': where every tensor lives."""
+
+    @property
+    def cuda_device(self) -> int:
+        """The CUDA device's index, or -1 for a host cache."""
 
 def expected_attention(arg0: float, arg1: int, arg2: int, arg3: bool, arg4: bool, arg5: float, /) -> NativePress: ...
 

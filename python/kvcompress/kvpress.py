@@ -40,7 +40,7 @@ from transformers.cache_utils import QuantizedCache
 from transformers.models.llama.modeling_llama import rotate_half
 
 from . import presses as _p
-from .cache import KVCache, compress, rotary_embedding_from_config
+from .cache import KVCache, _host, compress, rotary_embedding_from_config
 from ._core import Observation
 
 __all__ = ["KVCompressPress", "wrap", "ExpectedAttentionPress", "KnormPress", "StreamingLLMPress", "SnapKVPress",
@@ -141,7 +141,7 @@ class KVCompressPress(BasePress):
             return keys, values
         obs = self.observation(module, hidden_states, attentions, kwargs)
         cache = KVCache(keys.detach(), values.detach())
-        lengths = np.asarray(compress(self.press, obs, cache, num_threads=self.num_threads))
+        lengths = _host(compress(self.press, obs, cache, num_threads=self.num_threads))
         n = int(lengths.max())
         if (lengths == n).all():
             return keys[:, :, :n].contiguous(), values[:, :, :n].contiguous()

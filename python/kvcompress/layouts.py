@@ -19,7 +19,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from . import _core
-from .cache import Error, KVCache, _is_torch, compress
+from .cache import Error, KVCache, _host, _is_torch, compress
 
 __all__ = ["vllm_paged", "sglang_token_pool", "flashinfer_paged", "flashinfer_indices", "hf_cache_layer",
            "compress_dynamic_cache"]
@@ -34,7 +34,7 @@ def _int32_table(t: Any, name: str) -> Any:
     if _is_torch(t):
         import torch
 
-        if t.dtype == torch.int32 and t.device.type == "cpu":
+        if t.dtype == torch.int32 and t.device.type in ("cpu", "cuda"):
             return t
     elif isinstance(t, np.ndarray) and t.dtype == np.int32:
         return t
@@ -160,7 +160,7 @@ def flashinfer_indices(cache: KVCache) -> Tuple[np.ndarray, np.ndarray, np.ndarr
     sequence keeps the pages its longest head needs."""
     table = cache._engine_table
     page_size = cache.page_size
-    longest = np.asarray(cache.lengths).max(axis=1).astype(np.int64)
+    longest = _host(cache.lengths).max(axis=1).astype(np.int64)
     counts = (longest + page_size - 1) // page_size
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     indices = np.concatenate([table[b, :counts[b]] for b in range(len(counts))]).astype(np.int32)
@@ -182,7 +182,7 @@ def compress_dynamic_cache(press: Any, observation: Optional[_core.Observation],
     holds one length for every head: a press with per-head budgets (AdaKV) raises. Returns the new
     length."""
     view = hf_cache_layer(cache, layer_idx)
-    lengths = np.asarray(compress(press, observation, view, num_threads=num_threads))
+    lengths = _host(compress(press, observation, view, num_threads=num_threads))
     n = int(lengths.flat[0])
     if (lengths != n).any():
         raise Error(f"HF's DynamicCache holds one length for all heads; the press gave {lengths.tolist()} "

@@ -16,6 +16,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "cuda_path.hpp"
 #include "kvcompress/detail/tail_view.hpp"
 #include "kvcompress/kvcompress.hpp"
 
@@ -131,12 +132,14 @@ struct Borrowed {
   std::function<void(CacheExtents const&)> check;
 };
 
-/// \brief A press of any kind, with its name (for messages) and whether it is a scorer.
+/// \brief A press of any kind, with its name (for messages), whether it is a scorer, and the
+/// press the CUDA device runs for it (null for a press without CUDA kernels).
 class AnyPress {
  public:
   template <class P>
-  AnyPress(P press, std::string name, Borrowed borrowed = {})
-      : name_(std::move(name)), ratio_(detail_py::ratio_of(press)), owner_(std::move(borrowed.owner)) {
+  AnyPress(P press, std::string name, Borrowed borrowed = {}, std::shared_ptr<CudaPress const> cuda = nullptr)
+      : name_(std::move(name)), ratio_(detail_py::ratio_of(press)), owner_(std::move(borrowed.owner)),
+        cuda_(std::move(cuda)) {
     auto const p = std::make_shared<P const>(std::move(press));
     auto const& c = borrowed.check;
     ops_ = AllOps{detail_py::make_ops<P, float, StridedLayout>(p, c),    detail_py::make_ops<P, half, StridedLayout>(p, c),
@@ -155,12 +158,15 @@ class AnyPress {
   /// Whether `score` works: every scorer, and FINCH (a score beside its own compress).
   [[nodiscard]] bool has_score() const noexcept { return has_score_; }
   [[nodiscard]] double compression_ratio() const noexcept { return ratio_; }
+  /// The press on the CUDA device, or null when it has no CUDA kernels.
+  [[nodiscard]] std::shared_ptr<CudaPress const> const& cuda() const noexcept { return cuda_; }
 
  private:
   AllOps ops_;
   std::string name_;
   double ratio_ = 0.0;
   std::shared_ptr<void const> owner_;
+  std::shared_ptr<CudaPress const> cuda_;
   bool scorer_ = false;
   bool has_score_ = false;
 };

@@ -115,7 +115,7 @@ void bind_cross_layer(nb::module_& m) {
               nb::gil_scoped_release release;
               press.score_chunk(CpuDevice{num_threads}, o, view, context_length, start, end, scores);
             },
-            cache.view);
+            cache.host_view("KVzipPress"));
       },
       nb::arg("compression_ratio"), nb::arg("layerwise"), nb::arg("n_sink"), nb::arg("kvzip_plus_normalization"),
       nb::arg("chunk_size"), nb::arg("observation"), nb::arg("cache"), nb::arg("context_length"), nb::arg("start"),
@@ -159,7 +159,7 @@ void bind_cross_layer(nb::module_& m) {
               nb::gil_scoped_release release;
               evict_lowest_across_heads(dev, view, s, n_pruned, Workspace(scratch.data(), scratch.size()));
             },
-            cache.view);
+            cache.host_view("FastKVzipPress / KVzipPress eviction"));
       },
       nb::arg("cache"), nb::arg("scores"), nb::arg("n_pruned"), nb::arg("num_threads") = 0,
       "Evicts the layer's n_pruned lowest-scoring entries over all its kv heads (batch 1), in place; "

@@ -53,7 +53,7 @@ void bind_dms(nb::module_& m) {
                   if (d.workspace.size() < bytes) d.workspace = std::vector<std::byte>(bytes);
                   return d.press.step(dev, o, view, Workspace(d.workspace.data(), d.workspace.size()));
                 },
-                cache.view);
+                cache.host_view("DMSPress"));
           },
           nb::arg("observation"), nb::arg("cache"), nb::arg("num_threads") = 0,
           "One forward pass of one layer, after its keys and values were appended; returns whether entries were "

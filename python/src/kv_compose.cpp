@@ -114,7 +114,7 @@ void bind_kv_compose(nb::module_& m) {
               if (plan.workspace.size() < bytes) plan.workspace = std::vector<std::byte>(bytes);
               kvcompose_compress(dev, plan.plan, layer, view, Workspace(plan.workspace.data(), plan.workspace.size()));
             },
-            cache.view);
+            cache.host_view("KVComposePress.compress"));
       },
       nb::arg("plan"), nb::arg("layer"), nb::arg("cache"), nb::arg("num_threads") = 0,
       "Compacts layer's cache to the plan in place (each row holds the context's entries).");
@@ -123,7 +123,8 @@ void bind_kv_compose(nb::module_& m) {
       [](Cache const& cache, std::int64_t context_length, Array out) {
         CacheExtents const& e = cache.extents();
         float* o = contiguous_data<float>(out, e.kv_heads * context_length, "out");
-        std::visit([&](auto const& view) { kvcompose_value_norms(view, context_length, o); }, cache.view);
+        std::visit([&](auto const& view) { kvcompose_value_norms(view, context_length, o); },
+                   cache.host_view("KVComposePress"));
       },
       nb::arg("cache"), nb::arg("context_length"), nb::arg("out"),
       "|v| of batch element 0's first context_length entries of one layer into out [kv_heads, context_length].");

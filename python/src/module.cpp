@@ -29,7 +29,10 @@ RopeType rope_type(std::string const& name) {
 NB_MODULE(_core, m) {
   m.doc() = "kvcompress's native core (C++): caches over DLPack tensors, presses, compress and score.";
   nb::exception<Error>(m, "Error", PyExc_ValueError);
-  m.attr("cuda_enabled") = false;
+  m.attr("cuda_enabled") = kCudaCompiled;
+  nb::list cuda_presses;
+  for (char const* name : kCudaPressNames) cuda_presses.append(name);
+  m.attr("cuda_presses") = nb::tuple(cuda_presses);
 
   nb::class_<RotaryEmbedding>(m, "RotaryEmbedding",
                               "The model's rotary embedding (HF's default, linear, dynamic, llama3 and yarn).")
@@ -113,7 +116,15 @@ NB_MODULE(_core, m) {
       .def_prop_ro("workspace_allocations", [](NativePress const& p) { return p.allocations; },
                    "How many times the workspace grew (once per larger cache; never per call).")
       .def_prop_ro("workspace_capacity", [](NativePress const& p) { return p.workspace.size(); },
-                   "Bytes of workspace held for the next call.");
+                   "Bytes of workspace held for the next call.")
+      .def_prop_ro("cuda", [](NativePress const& p) { return p.any->cuda() != nullptr; },
+                   "Whether the press has CUDA kernels (it then compresses CUDA tensors on their device).")
+      .def_prop_ro("cuda_workspace_allocations",
+                   [](NativePress const& p) { return p.device_workspace ? p.device_workspace->allocations() : 0; },
+                   "How many times a device workspace was allocated (once per device and larger cache).")
+      .def("cuda_workspace_capacity",
+           [](NativePress const& p, int device) { return p.device_workspace ? p.device_workspace->bytes(device) : 0; },
+           nb::arg("device"), "Bytes of device workspace held on CUDA device `device` for the next call.");
 
   bind_cache(m);
   bind_scorers(m);

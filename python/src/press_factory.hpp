@@ -8,15 +8,46 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "views.hpp"
 
 namespace kvcompress::python {
 
+namespace detail_py {
+
+template <class P, class Variant>
+struct is_alternative : std::false_type {};
+template <class P, class... Ts>
+struct is_alternative<P, std::variant<Ts...>> : std::disjunction<std::is_same<P, Ts>...> {};
+
+}  // namespace detail_py
+
+/// The press the CUDA device runs for `press`: itself when it is a scorer with kernels, the same
+/// AdaKV when it is AdaKV around one of those (at the ratio the wrapper gives it); null otherwise.
+template <class P>
+std::shared_ptr<CudaPress const> cuda_press_of(P const& press) {
+  if constexpr (detail_py::is_alternative<P, CudaScorer>::value) {
+    return std::make_shared<CudaPress const>(CudaPress{press});
+  } else if constexpr (std::is_same_v<P, AdaKVPress<ErasedScorer>>) {
+    std::shared_ptr<CudaPress const> const& inner = press.press.any->cuda();
+    if (inner == nullptr || inner->adakv) return nullptr;
+    CudaPress c = *inner;
+    std::visit([&](auto& s) { s = with_compression_ratio(s, press.press.compression_ratio); }, c.scorer);
+    c.adakv = true;
+    c.alpha_safeguard = press.alpha_safeguard;
+    return std::make_shared<CudaPress const>(std::move(c));
+  } else {
+    return nullptr;
+  }
+}
+
 template <class P>
 NativePress native(P press, char const* name, Borrowed borrowed = {}) {
-  return NativePress(std::make_shared<AnyPress const>(std::move(press), name, std::move(borrowed)));
+  auto cuda = cuda_press_of(press);
+  return NativePress(std::make_shared<AnyPress const>(std::move(press), name, std::move(borrowed), std::move(cuda)));
 }
 
 /// The inner press of a wrapper, which must be a scorer press.

@@ -65,31 +65,81 @@ constexpr Storage storage_v = std::is_same_v<T, float> ? Storage::kF32
                               : std::is_same_v<T, half> ? Storage::kF16
                                                         : Storage::kBF16;
 
+/// Whether the module was compiled with its CUDA path (KVC_PYTHON_CUDA).
+#ifdef KVC_PYTHON_HAS_CUDA
+inline constexpr bool kCudaCompiled = true;
+#else
+inline constexpr bool kCudaCompiled = false;
+#endif
+
+/// \brief Where a cache lives: the host, or CUDA device `cuda_device` (a cache's tensors all share it).
+struct Place {
+  int cuda_device = -1;  // -1: host memory
+
+  [[nodiscard]] bool host() const noexcept { return cuda_device < 0; }
+  [[nodiscard]] std::string name() const { return host() ? "cpu" : "cuda:" + std::to_string(cuda_device); }
+};
+
+/// The place of a cache whose keys (or K pool) are `a`: host or CUDA memory; anything else, and a CUDA
+/// tensor given to a module compiled without CUDA, throws naming `what`.
+inline Place place_of(Array const& a, char const* what) {
+  if (a.device_type() == nb::device::cpu::value) return Place{};
+  KVC_CHECK(a.device_type() == nb::device::cuda::value,
+            what << " is on " << device_name(a) << "; kvcompress compresses host (CPU) and CUDA tensors");
+  KVC_CHECK(kCudaCompiled, what << " is on " << device_name(a)
+                                << "; this build of kvcompress was compiled without CUDA (KVC_PYTHON_CUDA) and "
+                                   "compresses host (CPU) tensors");
+  return Place{a.device_id()};
+}
+
 /// Throws unless `a` lives in host memory (the CPU path reads it directly).
 inline void require_cpu(Array const& a, char const* what) {
   KVC_CHECK(a.device_type() == nb::device::cpu::value,
-            what << " is on " << device_name(a) << "; this build of kvcompress compresses host (CPU) tensors");
+            what << " is on " << device_name(a) << "; kvcompress reads it on the host (CPU)");
+}
+
+/// Throws unless `a` lives where the cache does (`place`).
+inline void require_on(Array const& a, Place const& place, char const* what) {
+  bool const here = place.host() ? a.device_type() == nb::device::cpu::value
+                                 : a.device_type() == nb::device::cuda::value &&
+                                       static_cast<int>(a.device_id()) == place.cuda_device;
+  KVC_CHECK(here, what << " is on " << device_name(a) << " but the cache is on " << place.name()
+                       << " (a call's tensors must share one device)");
 }
 
 inline void require_rank(Array const& a, std::size_t rank, char const* what, char const* shape) {
   KVC_CHECK(a.ndim() == rank, what << " must have " << rank << " dimensions " << shape << ", got " << a.ndim());
 }
 
+/// Throws unless `a` is a tensor of storage type T where the cache lives; returns its typed data.
+template <class T>
+T* typed_data(Array const& a, char const* what, Place const& place) {
+  require_on(a, place, what);
+  Storage const s = storage_of(a, what);
+  KVC_CHECK(s == storage_v<T>, what << " is " << storage_name(s) << " but the cache stores " << storage_name(storage_v<T>));
+  return static_cast<T*>(a.data());
+}
+
 /// Throws unless `a` is a host tensor of storage type T; returns its typed data.
 template <class T>
 T* typed_data(Array const& a, char const* what) {
   require_cpu(a, what);
-  Storage const s = storage_of(a, what);
-  KVC_CHECK(s == storage_v<T>, what << " is " << storage_name(s) << " but the cache stores " << storage_name(storage_v<T>));
-  return static_cast<T*>(a.data());
+  return typed_data<T>(a, what, Place{});
+}
+
+/// Throws unless `a` is an int32 / int64 / float32 tensor where the cache lives; returns its data.
+template <class I>
+I* index_data(Array const& a, char const* what, Place const& place) {
+  require_on(a, place, what);
+  KVC_CHECK(a.dtype() == nb::dtype<I>(), what << " must be " << dtype_name(nb::dtype<I>()) << ", got " << dtype_name(a.dtype()));
+  return static_cast<I*>(a.data());
 }
 
 /// Throws unless `a` is a host int32 / int64 / float32 tensor; returns its data.
 template <class I>
 I* index_data(Array const& a, char const* what) {
   require_cpu(a, what);
-  KVC_CHECK(a.dtype() == nb::dtype<I>(), what << " must be " << dtype_name(nb::dtype<I>()) << ", got " << dtype_name(a.dtype()));
-  return static_cast<I*>(a.data());
+  return index_data<I>(a, what, Place{});
 }
 
 /// Throws unless `a` is C-contiguous with `count` elements.
@@ -112,6 +162,14 @@ I* contiguous_data(Array const& a, std::int64_t count, char const* what) {
   return p;
 }
 
+/// Throws unless `a` is a C-contiguous tensor of I with `count` elements where the cache lives.
+template <class I>
+I* contiguous_data(Array const& a, std::int64_t count, char const* what, Place const& place) {
+  I* p = index_data<I>(a, what, place);
+  require_contiguous(a, count, what);
+  return p;
+}
+
 /// Whether the memory `a` and `b` address overlaps (their first to their last byte).
 inline bool overlaps(Array const& a, Array const& b) {
   auto const range = [](Array const& t) {
@@ -130,8 +188,8 @@ inline bool overlaps(Array const& a, Array const& b) {
 /// A rank-4 tensor of T as the library's `Tensor4`, through its validating factory (negative
 /// strides are rejected there: a view never addresses memory before its first element).
 template <class T>
-Tensor4<T> tensor4(Array const& a, char const* what) {
-  T const* data = typed_data<T>(a, what);
+Tensor4<T> tensor4(Array const& a, char const* what, Place const& place) {
+  T const* data = typed_data<T>(a, what, place);
   require_rank(a, 4, what, "");
   std::array<std::int64_t, 4> shape{}, strides{};
   for (std::size_t i = 0; i < 4; ++i) {
@@ -143,6 +201,13 @@ Tensor4<T> tensor4(Array const& a, char const* what) {
   } catch (Error const& e) {
     throw Error("Observation", __FILE__, __LINE__, std::string(what) + ": " + e.message());
   }
+}
+
+/// A rank-4 host tensor of T as the library's `Tensor4`.
+template <class T>
+Tensor4<T> tensor4(Array const& a, char const* what) {
+  require_cpu(a, what);
+  return tensor4<T>(a, what, Place{});
 }
 
 }  // namespace kvcompress::python

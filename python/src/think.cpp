@@ -45,7 +45,7 @@ void channel_scores(NativeThinK& t, PyObservation const& obs, Cache const& cache
         nb::gil_scoped_release release;
         t.press.channel_scores(CpuDevice{num_threads}, o, view, scores);
       },
-      cache.view);
+      cache.host_view("ThinKPress"));
 }
 
 void compress_keys(NativeThinK& t, PyObservation const& obs, Cache const& cache, Array packed, Array channels,
@@ -71,7 +71,7 @@ void compress_keys(NativeThinK& t, PyObservation const& obs, Cache const& cache,
         std::lock_guard<std::mutex> lock(*t.mutex);
         t.press.compress(dev, o, view, PackedKeys<T>{data, ch, kept}, t.reserve(t.press.workspace_bytes(dev, view)));
       },
-      cache.view);
+      cache.host_view("ThinKPress"));
 }
 
 }  // namespace

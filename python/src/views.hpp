@@ -8,36 +8,45 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <variant>
 #include <vector>
 
 #include "any_press.hpp"
+#include "cuda_path.hpp"
 #include "tensors.hpp"
 
 namespace kvcompress::python {
 
-using AnyView = std::variant<KVCacheView<float, StridedLayout>, KVCacheView<half, StridedLayout>,
-                             KVCacheView<bfloat16, StridedLayout>, KVCacheView<float, PagedLayout>,
-                             KVCacheView<half, PagedLayout>, KVCacheView<bfloat16, PagedLayout>>;
-
 /// \brief One layer's cache over tensors the caller owns. Keys and values are held (so the memory
 /// outlives the view); lengths [batch, kv_heads] int32 are the caller's array, updated in place.
+/// Every tensor lives in host memory or on one CUDA device (`place`).
 struct Cache {
   Array keys, values, lengths;
   std::optional<Array> positions;
   std::optional<Array> block_table;
   std::optional<Array> v_block_table;
-  AnyView view;
+  AnyView any_view;  // over device memory when `place` is a CUDA device
   Storage storage = Storage::kF32;
   bool paged = false;
+  Place place;
 
   [[nodiscard]] CacheExtents const& extents() const {
-    return std::visit([](auto const& v) -> CacheExtents const& { return v.extents; }, view);
+    return std::visit([](auto const& v) -> CacheExtents const& { return v.extents; }, any_view);
+  }
+
+  /// The view, for an entry point that reads the cache on the host (`what` names it): throws for a
+  /// cache on a CUDA device.
+  [[nodiscard]] AnyView const& host_view(char const* what) const {
+    KVC_CHECK(place.host(), what << " runs on the CPU only; the cache is on " << place.name()
+                                 << " (copy it to the host, or use a press with CUDA kernels)");
+    return any_view;
   }
 };
 
-/// `keys`, `values`: [batch, kv_heads, capacity, head_dim] with any (positive) strides.
-Cache make_strided_cache(Array keys, Array values, Array lengths, std::optional<Array> positions);
+/// `keys`, `values`: [batch, kv_heads, capacity, head_dim] with any (positive) strides. `stream`
+/// (a cudaStream_t) orders the one-time reads of a CUDA cache's lengths and tables after the caller's work.
+Cache make_strided_cache(Array keys, Array values, Array lengths, std::optional<Array> positions, std::uintptr_t stream);
 
 /// `k_pool`, `v_pool`: [num_pages, heads_in_page, page_size, head_dim], channels contiguous, any
 /// page, head and token strides (NHD and HND are two stride orders of this shape; heads_in_page is 1
@@ -45,7 +54,8 @@ Cache make_strided_cache(Array keys, Array values, Array lengths, std::optional<
 /// [batch, kv_heads, pages_per_row] (per head), innermost stride 1.
 /// `v_block_table`: V's table when V lives in other pages of the same pool (`k_pool` is `v_pool`).
 Cache make_paged_cache(Array k_pool, Array v_pool, Array block_table, Array lengths, std::int64_t kv_heads,
-                       std::int64_t capacity, std::optional<Array> positions, std::optional<Array> v_block_table);
+                       std::int64_t capacity, std::optional<Array> positions, std::optional<Array> v_block_table,
+                       std::uintptr_t stream);
 
 /// \brief What the caller hands a press; tensors must have the cache's storage type.
 struct PyObservation {
@@ -57,18 +67,39 @@ struct PyObservation {
   std::int64_t position = 0;
   std::int64_t chunk_length = 0;
 
+  /// The library's observation over these tensors, which must live where the cache does (`place`).
   template <class T>
-  [[nodiscard]] Observation<T> build(CacheExtents const& e) const;
+  [[nodiscard]] Observation<T> build(CacheExtents const& e, Place const& place = Place{}) const;
 };
 
-/// \brief A press, its name, and the workspace reused by every call (grown, never shrunk).
+/// \brief A press, its name, and the workspace reused by every call (grown, never shrunk): host
+/// memory for the CPU path, device memory for the CUDA path (made at the first CUDA call).
 struct NativePress {
   std::shared_ptr<AnyPress const> any;
   std::vector<std::byte> workspace;
   std::size_t allocations = 0;  // times the workspace grew
+  std::shared_ptr<DeviceWorkspace> device_workspace;
   std::unique_ptr<std::mutex> mutex = std::make_unique<std::mutex>();
 
   explicit NativePress(std::shared_ptr<AnyPress const> a) : any(std::move(a)) {}
+
+  /// The press the CUDA device runs; throws, naming the press and the cache's `place`, for a press
+  /// without CUDA kernels.
+  [[nodiscard]] CudaPress const& cuda_press(Place const& place) const {
+    if (any->cuda() == nullptr) {
+      std::string names;
+      for (char const* n : kCudaPressNames) names += names.empty() ? n : std::string(", ") + n;
+      KVC_THROW(any->name() << " has no CUDA kernels and the cache is on " << place.name() << "; on CUDA tensors use "
+                            << names << " (AdaKVPress around one of the others); every press runs on CPU tensors");
+    }
+    return *any->cuda();
+  }
+
+  /// The device workspace, made at the first CUDA call.
+  DeviceWorkspace& device() {
+    if (!device_workspace) device_workspace = std::make_shared<DeviceWorkspace>();
+    return *device_workspace;
+  }
 
   /// A workspace of at least `bytes`, kept for the next call.
   Workspace reserve(std::size_t bytes) {
@@ -81,20 +112,20 @@ struct NativePress {
 };
 
 template <class T>
-Observation<T> PyObservation::build(CacheExtents const& e) const {
+Observation<T> PyObservation::build(CacheExtents const& e, Place const& place) const {
   Observation<T> o;
   o.layer_idx = layer_idx;
   o.num_layers = num_layers;
   o.position = position;
   o.chunk_length = chunk_length;
   o.rope = rope.get();
-  if (queries) o.queries = tensor4<T>(*queries, "observation.queries");
-  if (window_queries) o.window_queries = tensor4<T>(*window_queries, "observation.window_queries");
-  if (attention) o.attention = tensor4<T>(*attention, "observation.attention");
-  if (hidden_states) o.hidden_states = tensor4<T>(*hidden_states, "observation.hidden_states");
+  if (queries) o.queries = tensor4<T>(*queries, "observation.queries", place);
+  if (window_queries) o.window_queries = tensor4<T>(*window_queries, "observation.window_queries", place);
+  if (attention) o.attention = tensor4<T>(*attention, "observation.attention", place);
+  if (hidden_states) o.hidden_states = tensor4<T>(*hidden_states, "observation.hidden_states", place);
   if (output_projection) {
     Array const& w = *output_projection;
-    T const* data = typed_data<T>(w, "observation.output_projection");
+    T const* data = typed_data<T>(w, "observation.output_projection", place);
     require_rank(w, 2, "observation.output_projection", "[hidden, q_heads * head_dim]");
     try {
       o.output_projection = make_tensor2(data, {static_cast<std::int64_t>(w.shape(0)), static_cast<std::int64_t>(w.shape(1))},
@@ -109,18 +140,19 @@ Observation<T> PyObservation::build(CacheExtents const& e) const {
     std::int64_t const q_heads = static_cast<std::int64_t>(m.shape(0));
     KVC_CHECK(static_cast<std::int64_t>(m.shape(1)) == e.head_dim,
               "observation.stats_mean has head_dim " << m.shape(1) << ", the cache " << e.head_dim);
-    o.stats.mean = contiguous_data<float>(m, q_heads * e.head_dim, "observation.stats_mean");
+    o.stats.mean = contiguous_data<float>(m, q_heads * e.head_dim, "observation.stats_mean", place);
     o.stats.q_heads = q_heads;
     if (stats_covariance)
       o.stats.covariance = contiguous_data<float>(*stats_covariance, q_heads * e.head_dim * e.head_dim,
-                                                  "observation.stats_covariance");
+                                                  "observation.stats_covariance", place);
   } else {
     KVC_CHECK(!stats_covariance, "observation.stats_covariance needs observation.stats_mean");
   }
-  if (query_offsets) o.query_offsets = contiguous_data<std::int32_t>(*query_offsets, e.batch + 1, "observation.query_offsets");
+  if (query_offsets) o.query_offsets = contiguous_data<std::int32_t>(*query_offsets, e.batch + 1, "observation.query_offsets", place);
   if (sequence_positions) {
     KVC_CHECK(query_offsets, "observation.sequence_positions needs observation.query_offsets");
-    o.sequence_positions = contiguous_data<std::int64_t>(*sequence_positions, e.batch, "observation.sequence_positions");
+    o.sequence_positions = contiguous_data<std::int64_t>(*sequence_positions, e.batch, "observation.sequence_positions",
+                                                           place);
   }
   return o;
 }

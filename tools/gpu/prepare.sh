@@ -9,7 +9,8 @@
 #                  through CMAKE_PREFIX_PATH; Debian 12's libbenchmark needs only an older glibc and
 #                  libstdc++ than the GPU machine's Ubuntu 24.04 has);
 #   .whl           kvpress 0.5.5 (the version of the golden fixtures) and the modules that importing it
-#                  needs and the GPU image lacks. The image's own PyTorch and transformers (5.17) are
+#                  needs and the GPU image lacks, and nanobind and pytest for the Python package's GPU
+#                  tests (which need the image's Python headers too). The image's own PyTorch and transformers (5.17) are
 #                  used: kvpress 0.5.5's presses ran with transformers 5.17.0, huggingface_hub 1.33 and
 #                  tokenizers 0.23.2 (tools/bench/bench_kvpress.py on the CPU, 2026-12-06), whereas
 #                  transformers 5.2.0 refuses the image's tokenizers 0.23.2 at import.
@@ -47,8 +48,10 @@ du -sh .gpu-deps
 
 rm -rf .whl
 mkdir -p .whl
+# nanobind and pytest (with pytest's own dependencies) build and test the Python package with its CUDA
+# path there (python/requirements-test.txt's versions).
 for pkg in kvpress==0.5.5 cachetools==5.5.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fire==0.7.1 \
-  termcolor==3.3.0; do
+  termcolor==3.3.0 nanobind==3.1.0 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 Pygments==2.21.0; do
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 --platform any -d .whl "$pkg"
 done

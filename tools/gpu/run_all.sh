@@ -11,7 +11,8 @@
 # input is missing says so); the exit status is 1 if any step failed or was skipped for time.
 #
 # What comes back from $OUT (at most 8 files): steps.log (every step's output, in order), ctest.xml,
-# kvcompress_cuda.json, kvpress_cuda.json and cuda.md (the report for docs/benchmarks/).
+# kvcompress_cuda.json, kvpress_cuda.json and cuda.md (the report for docs/benchmarks/). The Python
+# package with its CUDA path is built beside the suite and its GPU tests run after memcheck.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 out=$(realpath -m "${OUT:-build/gpu-results}")
@@ -72,6 +73,18 @@ if [ -d .whl ]; then
     && export PYTHONPATH="/tmp/kvc-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
+# The Python package with its CUDA path (KVC_PYTHON_CUDA=ON, sm_90a) in a build of its own, so that a
+# missing Python header or nanobind cannot stop the CUDA suite's configure. It builds at nice 19 in
+# the background while the GPU runs the CUDA suite and memcheck (those leave the CPU mostly idle),
+# and is waited for before the benchmarks, which want a quiet CPU. Its log is the python-build step's.
+python_build() {
+  cmake -S . -B build/gpu-python -DCMAKE_BUILD_TYPE=Release -DKVC_WERROR=OFF -DKVC_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90a -DKVC_BUILD_TESTS=OFF -DKVC_BUILD_EXAMPLES=OFF -DKVC_BUILD_PYTHON=ON \
+    -DKVC_PYTHON="$(command -v python3)" -DKVC_PYTHON_CUDA=ON &&
+    cmake --build build/gpu-python --target kvc_python_package -j "$(nproc)"
+}
+export -f python_build
+
 # The CUDA executables only: the CPU suite and benchmarks need nothing from this machine.
 targets=(kvc_bench_cuda)
 for src in tests/cuda/test_*.cu; do targets+=("kvc_cuda_$(basename "$src" .cu)"); done
@@ -81,6 +94,9 @@ bin=build/cuda/tests/cuda
 # gcc's new warnings (gcc 13's -Wdangling-reference in -Wall) must not cost a lent GPU its run.
 step configure 60 cmake --preset cuda -DKVC_BUILD_EXAMPLES=OFF -DKVC_WERROR=OFF
 step build 300 cmake --build --preset cuda --target "${targets[@]}"
+order+=(python-build)
+nice -n 19 timeout --signal=TERM --kill-after=5 300 bash -c python_build > "$logs/python-build.log" 2>&1 &
+python_build_pid=$!
 # ctest stops starting tests 20 s before its step's limit, so that it still writes its results.
 ctest_limit=$((budget - (SECONDS - start)))
 [ "$ctest_limit" -gt 200 ] && ctest_limit=200
@@ -99,6 +115,16 @@ sanitize() {
   step "sanitizer-$tool-runtime" 30 compute-sanitizer --tool "$tool" --error-exitcode 1 "$bin/kvc_cuda_test_runtime"
 }
 sanitize memcheck 60
+
+# The Python GPU tests (tests/python/test_cuda.py: every press with CUDA kernels against the CPU path
+# on the same torch tensors, streams, the device workspace, the device-side errors).
+wait "$python_build_pid"
+python_rc=$?
+echo "== python-build: exit $python_rc"
+tail -n 15 "$logs/python-build.log"
+[ $python_rc -eq 0 ] || status=1
+step python-cuda 90 env PYTHONPATH="$PWD/build/gpu-python/python/package${PYTHONPATH:+:$PYTHONPATH}" \
+  KVC_EXPECT_PYTHON_CUDA=ON python3 -m pytest -q -p no:cacheprovider -rs tests/python/test_cuda.py
 
 step bench 120 ./build/cuda/benchmarks/cuda/kvc_bench_cuda --benchmark_repetitions=3 --benchmark_min_time=0.2 \
   --benchmark_report_aggregates_only=true --benchmark_format=json --benchmark_out="$out/kvcompress_cuda.json" \
