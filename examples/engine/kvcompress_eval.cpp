@@ -32,6 +32,7 @@
 #include "kvc_engine/eval/markdown_table.hpp"
 #include "kvc_engine/eval/prefill_snapshot.hpp"
 #include "kvc_engine/compression/press_registry.hpp"
+#include "kvc_engine/compression/kvzip_prompt.hpp"
 #include "kvc_engine/eval/progress_bar.hpp"
 #include "kvc_engine/tasks/prose_corpus.hpp"
 #include "kvc_engine/tasks/ruler_tasks.hpp"
@@ -64,7 +65,8 @@ struct Options {
   std::int64_t decode_batch = 12;
   std::string out = "eval-results";
   bool no_plot = false;
-  kvc_engine::PressFiles press_files;  // --lukv-curve, --duo-pattern
+  kvc_engine::PressFiles press_files;  // --lukv-curve, --duo-pattern; KVzip's prompt (kvzip_prompt_for)
+  std::string kvzip_prompt;            // --kvzip-prompt
 };
 
 /// One press at one ratio; runs[0] is the full cache (ratio 0), shared by every press.
@@ -190,6 +192,23 @@ std::optional<kvc_engine::ChatFormat> chat_format_of(kvc_engine::Tokenizer const
     return id >= 0 && id < static_cast<std::int64_t>(m.tokens.size()) ? m.tokens[static_cast<std::size_t>(id)] : std::string();
   };
   return kvc_engine::ChatFormat::from_template(m.chat_template, text(m.bos_id), text(m.eos_id));
+}
+
+/// KVzip's reconstruction prompt for the model, when press kvzip is asked for: read from --kvzip-prompt, or
+/// written with a GGUF's tokenizer and chat format; an HF folder has no tokenizer the engine reads, which the
+/// press's error then says.
+void kvzip_prompt_for(Options& o, kvc_engine::Tokenizer const* tokenizer, std::int64_t vocab) {
+  if (std::find(o.presses.begin(), o.presses.end(), "kvzip") == o.presses.end()) return;
+  if (!o.kvzip_prompt.empty()) {
+    o.press_files.kvzip_prompt = kvc_engine::read_kvzip_prompt(o.kvzip_prompt, vocab);
+  } else if (tokenizer != nullptr) {
+    o.press_files.kvzip_prompt = kvc_engine::kvzip_prompt(*tokenizer, chat_format_of(*tokenizer));
+  } else {
+    o.press_files.kvzip_prompt_missing =
+        "it writes its reconstruction prompt (\"Repeat the previous context exactly.\") with the model's tokenizer, and " +
+        o.model + " is an HF checkpoint folder, whose tokenizer the engine does not read: give a .gguf --model, or the "
+                  "prompt's token ids with --kvzip-prompt FILE";
+  }
 }
 
 /// `--per-task` examples of every task at every length; example i draws seed * 1000000 + i.
@@ -555,6 +574,10 @@ int main(int argc, char** argv) {
   app.add_option("--duo-pattern", o.press_files.duo_pattern,
                  "DuoAttention pattern folder (config.json with sink_size and recent_size, full_attention_heads.tsv) "
                  "for the model (press duo_attention; its ratio is the share of streaming heads)");
+  app.add_option("--kvzip-prompt", o.kvzip_prompt,
+                 "KVzip's reconstruction prompt as the model's token ids, JSON {prompt_first, prompt_later, suffix[, "
+                 "prefix_length]} (press kvzip on a model without a tokenizer the engine reads; a .gguf model's "
+                 "tokenizer and chat format write it otherwise)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -605,6 +628,7 @@ int main(int argc, char** argv) {
     fs::create_directories(o.out, ec);
     KVC_CHECK(!ec && fs::is_directory(o.out), "--out: cannot create the folder " << o.out << ": " << ec.message());
 
+    kvzip_prompt_for(o, tokenizer ? &*tokenizer : nullptr, vocab);
     Evaluation eval(o, model, tokenizer ? &*tokenizer : nullptr, std::move(examples), std::move(heldout));
     std::fprintf(stderr, "kvcompress-eval: %zu contexts (tasks and held-out texts), each prefilled once and run %zu ways\n",
                  eval.contexts(), eval.runs());

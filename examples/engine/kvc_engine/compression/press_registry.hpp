@@ -82,39 +82,60 @@ template <class Press>
   return c;
 }
 
-/// \brief The token ids of KVzip's reconstruction prompt, from the model's tokenizer: kvpress's
-/// "\n\nRepeat the previous context exactly." (first chunk), "\n\nRepeat the part of the previous context
-/// exactly, starting with" (later chunks, followed by the previous chunk's last 8 tokens) and the chat
-/// template's suffix after a user turn ("\n" without a template).
+/// \brief The token ids of KVzip's reconstruction prompt, from the model's tokenizer (kvzip_prompt.hpp):
+/// kvpress's "\n\nRepeat the previous context exactly." (first chunk), "\n\nRepeat the part of the previous
+/// context exactly, starting with" (later chunks, followed by the previous chunk's last 8 tokens) and the chat
+/// template's suffix after a user turn ("\n" without a template). The context's first `prefix_length`
+/// tokens (the chat template's head) are not reconstructed.
 struct KVzipPrompt {
   std::vector<std::int32_t> first, later, suffix;
+  std::int64_t prefix_length = 0;
 };
 
+/// \brief The reconstruction passes of KVzip over a context of `context` [n] tokens: per chunk of
+/// `chunk_size` tokens after the prompt's prefix, its range [start, end) and the tokens replayed (prompt,
+/// for later chunks the previous chunk's last 8 tokens, suffix, chunk), as kvpress's `KVzipPress.prepare`.
+struct KVzipPass {
+  std::int64_t start = 0, end = 0;
+  std::vector<std::int32_t> input;
+};
+
+[[nodiscard]] inline std::vector<KVzipPass> kvzip_passes(std::vector<std::int32_t> const& context, std::int64_t chunk_size,
+                                                         KVzipPrompt const& prompt) {
+  std::int64_t const ctx = static_cast<std::int64_t>(context.size());
+  KVC_CHECK(chunk_size > 0, "KVzipPress chunk_size must be positive, got " << chunk_size);
+  KVC_CHECK(prompt.prefix_length >= 0 && prompt.prefix_length < ctx,
+            "KVzip: the context holds " << ctx << " tokens, none after the chat template's head of "
+                                        << prompt.prefix_length << " tokens: nothing to reconstruct");
+  std::vector<KVzipPass> passes;
+  for (std::int64_t start = prompt.prefix_length; start < ctx; start += chunk_size) {
+    KVzipPass p{start, std::min(ctx, start + chunk_size), start == prompt.prefix_length ? prompt.first : prompt.later};
+    if (start > prompt.prefix_length)  // the previous chunk's last 8 tokens
+      p.input.insert(p.input.end(), context.begin() + std::max<std::int64_t>(start - chunk_size, start - 8), context.begin() + start);
+    p.input.insert(p.input.end(), prompt.suffix.begin(), prompt.suffix.end());
+    p.input.insert(p.input.end(), context.begin() + start, context.begin() + p.end);
+    passes.push_back(std::move(p));
+  }
+  return passes;
+}
+
 /// \brief KVzip's scores [layers, kv_heads, context] of a prefilled cache (the whole prefill is the
-/// context): per chunk of `press.chunk_size` tokens the engine replays prompt + suffix + chunk over the
-/// cache and every layer scores the chunk (`KVzipPress::score_chunk`). Before the sink protection.
+/// context): per pass of `kvzip_passes` the engine replays its tokens over the cache and every layer scores
+/// the pass's chunk (`KVzipPress::score_chunk`); the prompt's prefix keeps score 0. Before the sink protection.
 [[nodiscard]] inline std::vector<float> kvzip_scores(Engine& engine, KVCache& cache, ForwardRecord const& record,
                                                      kvcompress::KVzipPress const& press, KVzipPrompt const& prompt,
                                                      kvcompress::CpuDevice dev) {
   ModelConfig const& m = engine.model().config;
   std::int64_t const ctx = record.tokens, per_layer = m.num_kv_heads * ctx;
-  KVC_CHECK(press.chunk_size > 0, "KVzipPress chunk_size must be positive, got " << press.chunk_size);
   std::vector<float> scores(static_cast<std::size_t>(m.num_layers * per_layer), 0.0f);
-  for (std::int64_t start = 0; start < ctx; start += press.chunk_size) {
-    std::int64_t const end = std::min(ctx, start + press.chunk_size);
-    std::vector<std::int32_t> input = start == 0 ? prompt.first : prompt.later;
-    if (start > 0)  // the previous chunk's last 8 tokens
-      input.insert(input.end(), record.token_ids.begin() + std::max<std::int64_t>(start - press.chunk_size, start - 8),
-                   record.token_ids.begin() + start);
-    input.insert(input.end(), prompt.suffix.begin(), prompt.suffix.end());
-    input.insert(input.end(), record.token_ids.begin() + start, record.token_ids.begin() + end);
-    engine.replay(cache, input, [&](ForwardRecord const& pass) {
+  for (KVzipPass const& p : kvzip_passes(record.token_ids, press.chunk_size, prompt)) {
+    engine.replay(cache, p.input, [&](ForwardRecord const& pass) {
       for (std::int64_t l = 0; l < m.num_layers; ++l) {
         kvcompress::Observation<float> obs;
         obs.queries = kvcompress::make_tensor4(pass.queries[static_cast<std::size_t>(l)].data(), {1, m.num_heads, pass.tokens, m.head_dim});
         obs.rope = &engine.rope();
         obs.position = pass.position;
-        press.score_chunk(dev, obs, cache.view(l), ctx, start, end, scores.data() + l * per_layer);
+        press.score_chunk(dev, obs, cache.view(l), ctx, p.start, p.end, scores.data() + l * per_layer);
       }
     });
   }
@@ -160,7 +181,7 @@ struct KVzipPrompt {
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
           "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
           "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose",
-          "adakv_expected_attention"};
+          "adakv_expected_attention", "kvzip"};
 }
 
 /// \brief Data computed offline for a model that some presses need (none by default).
@@ -170,6 +191,10 @@ struct PressFiles {
   /// A DuoAttention pattern folder, as DuoAttention's repository lays them out: `config.json` with
   /// `sink_size` and `recent_size`, `full_attention_heads.tsv` with one row of head scores per layer.
   std::string duo_pattern;
+  /// KVzip's reconstruction prompt in the model's token ids (kvzip_prompt.hpp); empty: press kvzip is refused,
+  /// saying `kvzip_prompt_missing`.
+  KVzipPrompt kvzip_prompt;
+  std::string kvzip_prompt_missing = "its reconstruction prompt was not written in the model's token ids";
 };
 
 /// \brief A DuoAttention pattern folder read into a press (scores clipped to [0, 1], as kvpress does).
@@ -283,6 +308,12 @@ inline std::string read_whole_file(std::string const& path) {
     return c;
   }
   if (name == "kvcompose") return kvcompose_compressor(kvc::KVComposePress{true, ratio}, name, dev);
+  if (name == "kvzip") {  // kvpress's defaults: n_sink 4, chunks of 2048 tokens, eviction across layers
+    KVC_CHECK(!files.kvzip_prompt.first.empty(), "press kvzip cannot run: " << files.kvzip_prompt_missing);
+    kvc::KVzipPress press;
+    press.compression_ratio = ratio;
+    return kvzip_compressor(press, files.kvzip_prompt, name, dev);
+  }
   std::string known = "none";
   for (auto const& n : press_names()) known += ", " + n;
   KVC_THROW("unknown press '" << name << "' (" << known << ")");
