@@ -67,6 +67,7 @@ struct Options {
   bool no_plot = false;
   kvc_engine::PressFiles press_files;  // --lukv-curve, --duo-pattern; KVzip's prompt (kvzip_prompt_for)
   std::string kvzip_prompt;            // --kvzip-prompt
+  std::string kvzap_weights, fast_kvzip_weights;  // --kvzap-weights, --fast-kvzip-weights
 };
 
 /// One press at one ratio; runs[0] is the full cache (ratio 0), shared by every press.
@@ -268,6 +269,7 @@ class Evaluation {
     for (auto const& p : o_.presses)
       for (double r : o_.ratios)
         if (r > 0.0) runs_.push_back({p, r, kvc_engine::make_compressor(p, r, engine_.device(), o_.press_files)});
+    for (auto const& r : runs_) keep_hidden_states_ = keep_hidden_states_ || r.compressor.needs.hidden_states;
     for (auto const& ex : examples_) {
       if (group_of_.count({ex.task, ex.length})) continue;
       group_of_[{ex.task, ex.length}] = groups_.size();
@@ -288,7 +290,7 @@ class Evaluation {
                                 std::to_string(std::min<std::int64_t>(o_.per_task, count(g)));
       bar.update(done / units, where + ": prefill");
       kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(
-          engine_, ex.context, static_cast<std::int64_t>(ex.question.size()) + ex.answer_budget());
+          engine_, ex.context, static_cast<std::int64_t>(ex.question.size()) + ex.answer_budget(), keep_hidden_states_);
       groups_[g].prefill_seconds += snap.seconds;
       groups_[g].contexts += 1;
       groups_[g].context_tokens += static_cast<std::int64_t>(ex.context.size());
@@ -336,7 +338,7 @@ class Evaluation {
       bar.update(done / units, where + ": prefill");
       std::vector<std::int32_t> const prefix(text.begin(), text.begin() + o_.kl_prefix);
       std::vector<std::int32_t> const next(text.begin() + o_.kl_prefix, text.begin() + o_.kl_prefix + o_.kl_tokens);
-      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine_, prefix, o_.kl_tokens);
+      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine_, prefix, o_.kl_tokens, keep_hidden_states_);
       std::vector<float> full;  // [kl_tokens, V]
       for (std::size_t r = 0; r < runs_.size(); ++r) {
         kvc_engine::CompressedCopy copy = kvc_engine::compressed_copy(engine_, snap, runs_[r].compressor);
@@ -507,6 +509,7 @@ class Evaluation {
   std::vector<TaskExample> examples_;
   std::vector<std::vector<std::int32_t>> heldout_;
   std::vector<Run> runs_;
+  bool keep_hidden_states_ = false;  // some run's press reads the hidden states: the prefills keep them
   std::vector<Group> groups_;
   std::map<std::pair<std::string, std::int64_t>, std::size_t> group_of_;
   std::vector<std::vector<Cell>> cells_;  // [runs][groups]
@@ -578,6 +581,11 @@ int main(int argc, char** argv) {
                  "KVzip's reconstruction prompt as the model's token ids, JSON {prompt_first, prompt_later, suffix[, "
                  "prefix_length]} (press kvzip on a model without a tokenizer the engine reads; a .gguf model's "
                  "tokenizer and chat format write it otherwise)");
+  app.add_option("--kvzap-weights", o.kvzap_weights,
+                 "KVzap's surrogates for the model: kvpress's KVzapModel safetensors (linear or mlp; press kvzap)");
+  app.add_option("--fast-kvzip-weights", o.fast_kvzip_weights,
+                 "FastKVzip's gates for the model: kvpress's FastKVzipGate state dicts as one safetensors file, tensors "
+                 "<layer>.<name> (press fast_kvzip)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -629,6 +637,9 @@ int main(int argc, char** argv) {
     KVC_CHECK(!ec && fs::is_directory(o.out), "--out: cannot create the folder " << o.out << ": " << ec.message());
 
     kvzip_prompt_for(o, tokenizer ? &*tokenizer : nullptr, vocab);
+    if (!o.kvzap_weights.empty()) o.press_files.kvzap = kvc_engine::load_kvzap_for(o.kvzap_weights, model.config);
+    if (!o.fast_kvzip_weights.empty())
+      o.press_files.fast_kvzip = kvc_engine::load_fast_kvzip_for(o.fast_kvzip_weights, model.config);
     Evaluation eval(o, model, tokenizer ? &*tokenizer : nullptr, std::move(examples), std::move(heldout));
     std::fprintf(stderr, "kvcompress-eval: %zu contexts (tasks and held-out texts), each prefilled once and run %zu ways\n",
                  eval.contexts(), eval.runs());

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kvc_engine/compression/compressor.hpp"
+#include "kvc_engine/compression/learned_scorers.hpp"
 #include "kvc_engine/model_io/npy.hpp"
 #include "kvc_engine/model_io/safetensors.hpp"
 #include "kvc_engine/forward/engine.hpp"
@@ -142,6 +143,26 @@ struct KVzipPass {
   return scores;
 }
 
+/// \brief KVzip's and FastKVzip's eviction: `scores` [layers, kv_heads, n] of the prefill's n entries decide
+/// how many entries each layer loses (across layers, or the same share with `layerwise`), then each layer
+/// evicts its lowest across its heads, which really shortens them.
+inline void evict_across_layers(KVCache& cache, std::vector<float> const& scores, std::int64_t n, double ratio, bool layerwise,
+                                kvcompress::CpuDevice dev, std::vector<std::byte>& scratch) {
+  std::int64_t const layers = cache.num_layers(), heads = cache.kv_heads(), per_layer = heads * n;
+  std::vector<std::int64_t> pruned(static_cast<std::size_t>(layers));
+  kvcompress::cross_layer_pruned_counts(scores.data(), static_cast<int>(layers), per_layer, ratio, layerwise, pruned.data());
+  std::vector<float> row_scores;  // [kv_heads, capacity]: the layout evict_lowest_across_heads reads
+  for (std::int64_t l = 0; l < layers; ++l) {
+    kvcompress::KVCacheView<float> const view = cache.view(l);
+    std::int64_t const cap = view.extents.capacity;
+    row_scores.assign(static_cast<std::size_t>(heads * cap), 0.0f);
+    for (std::int64_t h = 0; h < heads; ++h) std::copy_n(scores.data() + l * per_layer + h * n, n, row_scores.data() + h * cap);
+    scratch.resize(kvcompress::evict_lowest_across_heads_workspace_bytes(dev, view));
+    kvcompress::evict_lowest_across_heads(dev, view, row_scores.data(), pruned[static_cast<std::size_t>(l)],
+                                          kvcompress::Workspace(scratch.data(), scratch.size()));
+  }
+}
+
 /// \brief KVzip after the prefill: `kvzip_scores`, the sink protection, then the eviction across layers
 /// shortens every head. KVzip+ needs each replay's hidden states, which the engine does not record: Error.
 [[nodiscard]] inline Compressor kvzip_compressor(kvcompress::KVzipPress press, KVzipPrompt prompt, std::string name,
@@ -155,23 +176,73 @@ struct KVzipPass {
   c.after_prefill_model = [press, prompt, dev, scratch](Engine& engine, KVCache& cache, ForwardRecord const& record) {
     if (press.compression_ratio == 0.0) return;
     ModelConfig const& m = engine.model().config;
-    std::int64_t const per_layer = m.num_kv_heads * record.tokens;
     std::vector<float> scores = kvzip_scores(engine, cache, record, press, prompt, dev);
     press.protect_sinks(scores.data(), m.num_layers * m.num_kv_heads, record.tokens);
-    std::vector<std::int64_t> pruned(static_cast<std::size_t>(m.num_layers));
-    kvcompress::cross_layer_pruned_counts(scores.data(), static_cast<int>(m.num_layers), per_layer, press.compression_ratio,
-                                          press.layerwise, pruned.data());
-    std::vector<float> row_scores;  // [kv_heads, capacity]: the layout evict_lowest_across_heads reads
-    for (std::int64_t l = 0; l < m.num_layers; ++l) {
-      kvcompress::KVCacheView<float> const view = cache.view(l);
-      std::int64_t const cap = view.extents.capacity;
-      row_scores.assign(static_cast<std::size_t>(m.num_kv_heads * cap), 0.0f);
-      for (std::int64_t h = 0; h < m.num_kv_heads; ++h)
-        std::copy_n(scores.data() + l * per_layer + h * record.tokens, record.tokens, row_scores.data() + h * cap);
-      scratch->resize(kvcompress::evict_lowest_across_heads_workspace_bytes(dev, view));
-      kvcompress::evict_lowest_across_heads(dev, view, row_scores.data(), pruned[static_cast<std::size_t>(l)],
-                                            kvcompress::Workspace(scratch->data(), scratch->size()));
-    }
+    evict_across_layers(cache, scores, record.tokens, press.compression_ratio, press.layerwise, dev, *scratch);
+  };
+  return c;
+}
+
+/// \brief Every layer's KVzap surrogate for the model; the file's layer count, hidden size and kv heads
+/// must be the model's.
+[[nodiscard]] inline std::shared_ptr<KVzapCheckpoint const> load_kvzap_for(std::string const& path, ModelConfig const& m) {
+  auto ck = std::make_shared<KVzapCheckpoint const>(load_kvzap(path));
+  KVC_CHECK(ck->num_layers() == m.num_layers && ck->hidden_size == m.hidden_size && ck->kv_heads == m.num_kv_heads,
+            path << ": the KVzap surrogate has " << ck->num_layers() << " layers, hidden size " << ck->hidden_size << " and "
+                 << ck->kv_heads << " kv heads; the model " << m.num_layers << ", " << m.hidden_size << " and " << m.num_kv_heads);
+  return ck;
+}
+
+/// \brief Every layer's FastKVzip gate for the model; the file's layer count, hidden size, kv heads and
+/// query group must be the model's.
+[[nodiscard]] inline std::shared_ptr<FastKVzipCheckpoint const> load_fast_kvzip_for(std::string const& path, ModelConfig const& m) {
+  auto ck = std::make_shared<FastKVzipCheckpoint const>(load_fast_kvzip(path));
+  std::int64_t const group = m.num_heads / m.num_kv_heads;
+  KVC_CHECK(ck->num_layers() == m.num_layers && ck->hidden_size == m.hidden_size && ck->kv_heads == m.num_kv_heads &&
+                ck->group == group,
+            path << ": the FastKVzip gates have " << ck->num_layers() << " layers, hidden size " << ck->hidden_size << ", "
+                 << ck->kv_heads << " kv heads and query groups of " << ck->group << "; the model " << m.num_layers << ", "
+                 << m.hidden_size << ", " << m.num_kv_heads << " and " << group);
+  return ck;
+}
+
+/// \brief KVzap after the prefill: every layer's surrogate scores the layer's attention input, then top-k
+/// per head as every scorer press (kvpress's KVzapPress).
+[[nodiscard]] inline Compressor kvzap_compressor(std::shared_ptr<KVzapCheckpoint const> ck, double ratio, std::string name,
+                                                 kvcompress::CpuDevice dev) {
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.needs.hidden_states = true;
+  c.after_prefill = [ck, ratio, dev, scratch](kvcompress::Observation<float> const& obs, kvcompress::KVCacheView<float> const& cache) {
+    kvcompress::KVzapPress const press{ratio, ck->type, ck->layer(obs.layer_idx)};
+    scratch->resize(kvcompress::compress_workspace_bytes(dev, press, obs, cache));
+    kvcompress::compress(dev, press, obs, cache, kvcompress::Workspace(scratch->data(), scratch->size()));
+  };
+  return c;
+}
+
+/// \brief FastKVzip after the prefill: every layer's gate scores its attention input, then KVzip's eviction
+/// across layers (kvpress's FastKVzipPress: sinks and the last window score 1).
+[[nodiscard]] inline Compressor fast_kvzip_compressor(std::shared_ptr<FastKVzipCheckpoint const> ck, kvcompress::FastKVzipPress press,
+                                                      std::string name, kvcompress::CpuDevice dev) {
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.needs.hidden_states = true;
+  c.after_prefill_model = [ck, press, dev, scratch](Engine& engine, KVCache& cache, ForwardRecord const& record) {
+    if (press.compression_ratio == 0.0) return;
+    ModelConfig const& m = engine.model().config;
+    KVC_CHECK(static_cast<std::int64_t>(record.hidden_states.size()) == m.num_layers,
+              "press FastKVzip reads the hidden states, and the forward record holds none: the pass was not asked to keep them "
+              "(ForwardRecord::keep_hidden_states)");
+    std::int64_t const n = record.tokens, per_layer = m.num_kv_heads * n;
+    std::vector<float> scores(static_cast<std::size_t>(m.num_layers * per_layer));
+    for (std::int64_t l = 0; l < m.num_layers; ++l)
+      press.score_layer(dev, ck->layer(static_cast<int>(l)),
+                        kvcompress::make_tensor4(record.hidden_states[static_cast<std::size_t>(l)].data(), {1, 1, n, m.hidden_size}),
+                        scores.data() + l * per_layer);
+    evict_across_layers(cache, scores, n, press.compression_ratio, press.layerwise, dev, *scratch);
   };
   return c;
 }
@@ -181,7 +252,7 @@ struct KVzipPass {
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
           "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
           "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose",
-          "adakv_expected_attention", "kvzip"};
+          "adakv_expected_attention", "kvzip", "kvzap",   "fast_kvzip"};
 }
 
 /// \brief Data computed offline for a model that some presses need (none by default).
@@ -195,6 +266,9 @@ struct PressFiles {
   /// saying `kvzip_prompt_missing`.
   KVzipPrompt kvzip_prompt;
   std::string kvzip_prompt_missing = "its reconstruction prompt was not written in the model's token ids";
+  /// KVzap's surrogates and FastKVzip's gates for the model (load_kvzap_for, load_fast_kvzip_for).
+  std::shared_ptr<KVzapCheckpoint const> kvzap;
+  std::shared_ptr<FastKVzipCheckpoint const> fast_kvzip;
 };
 
 /// \brief A DuoAttention pattern folder read into a press (scores clipped to [0, 1], as kvpress does).
@@ -313,6 +387,18 @@ inline std::string read_whole_file(std::string const& path) {
     kvc::KVzipPress press;
     press.compression_ratio = ratio;
     return kvzip_compressor(press, files.kvzip_prompt, name, dev);
+  }
+  if (name == "kvzap") {  // kvpress's KVzapPress: the surrogate's scores, top-k per head
+    KVC_CHECK(files.kvzap != nullptr, "press kvzap needs KVzap's surrogate weights for the model (kvpress's KVzapModel "
+                                      "safetensors): --kvzap-weights FILE");
+    return kvzap_compressor(files.kvzap, ratio, name, dev);
+  }
+  if (name == "fast_kvzip") {  // kvpress's defaults: n_sink 4, window 2 % of the context, eviction across layers
+    KVC_CHECK(files.fast_kvzip != nullptr, "press fast_kvzip needs FastKVzip's gate weights for the model (kvpress's "
+                                           "FastKVzipGate state dicts as one safetensors file): --fast-kvzip-weights FILE");
+    kvc::FastKVzipPress press;
+    press.compression_ratio = ratio;
+    return fast_kvzip_compressor(files.fast_kvzip, press, name, dev);
   }
   std::string known = "none";
   for (auto const& n : press_names()) known += ", " + n;

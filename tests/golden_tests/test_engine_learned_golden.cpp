@@ -1,0 +1,92 @@
+// KVzap and FastKVzip by name in the reference engine ("kvzap", "fast_kvzip" in kvcompress-eval's registry): the
+// engine records every layer's attention input (after input_layernorm) during the prefill, the surrogates or
+// gates score it, and each kv head must keep what kvpress 0.5.5's KVzapPress / FastKVzipPress kept on the same
+// checkpoint and prompt with the same random weights (tests/golden/engine_learned/,
+// tools/golden/generate_engine_learned.py). Also the weights' checks against the model.
+#include <catch2/catch.hpp>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "golden_fixture.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
+
+namespace {
+
+std::string const kDir = std::string(KVC_GOLDEN_DIR) + "/engine_learned";
+
+}  // namespace
+
+TEST_CASE("KVzap and FastKVzip in the reference engine keep what kvpress 0.5.5 keeps on the engine's Llama",
+          "[golden][press][engine]") {
+  auto const want = kvc_test::load_json(kDir + "/engine_learned.json");
+  std::string const dir = std::string(KVC_GOLDEN_DIR) + "/engine/llama";
+  auto const meta = kvc_test::load_json(dir + "/engine.json");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+  kvc_engine::Engine engine(model, 1);
+  auto const prompt = meta.at("prompt").get<std::vector<std::int32_t>>();
+  int cases = 0;
+  for (auto const& c : want.at("cases")) {
+    std::string const name = c.at("name");
+    CAPTURE(name);
+    std::string const weights = kDir + "/" + c.at("weights").get<std::string>();
+    kvc_engine::PressFiles files;
+    std::string press = "fast_kvzip";
+    if (c.at("press") == "KVzapPress") {
+      files.kvzap = kvc_engine::load_kvzap_for(weights, model.config);
+      press = "kvzap";
+    } else {
+      files.fast_kvzip = kvc_engine::load_fast_kvzip_for(weights, model.config);
+    }
+    kvc_engine::Compressor const comp =
+        kvc_engine::make_compressor(press, c.at("params").at("compression_ratio").get<double>(), engine.device(), files);
+    REQUIRE(comp.needs.hidden_states);
+    kvc_engine::KVCache cache = engine.new_cache(static_cast<std::int64_t>(prompt.size()));
+    (void)engine.forward(cache, prompt, kvc_engine::Logits::kNone, &comp);
+    for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+      for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h) {
+        CAPTURE(l, h);
+        auto const kept = c.at("kept").at(static_cast<std::size_t>(l)).at(static_cast<std::size_t>(h)).get<std::vector<std::int32_t>>();
+        REQUIRE(cache.length(l, h) == static_cast<std::int32_t>(kept.size()));
+        std::vector<std::int32_t> const got(cache.positions(l, h), cache.positions(l, h) + cache.length(l, h));
+        CHECK(got == kept);
+      }
+    ++cases;
+  }
+  std::printf("golden KVzap/FastKVzip (engine): %d cases keep kvpress's sets on every layer and head\n", cases);
+  CHECK(cases == 3);
+}
+
+TEST_CASE("KVzap and FastKVzip weights: a file for another model is refused, naming both", "[golden][press][engine]") {
+  kvc_engine::Model const model = kvc_engine::load_model(std::string(KVC_GOLDEN_DIR) + "/engine/llama/checkpoint");
+  kvc_engine::ModelConfig other = model.config;
+  SECTION("KVzap surrogates of another layer count") {
+    other.num_layers = 3;
+    CHECK_THROWS_WITH(kvc_engine::load_kvzap_for(kDir + "/kvzap_mlp.safetensors", other),
+                      Catch::Contains("the KVzap surrogate has 2 layers, hidden size 64 and 2 kv heads; the model 3, 64 and 2"));
+  }
+  SECTION("FastKVzip gates of another query group") {
+    other.num_heads = 4;
+    CHECK_THROWS_WITH(kvc_engine::load_fast_kvzip_for(kDir + "/fast_kvzip.safetensors", other),
+                      Catch::Contains("the FastKVzip gates have 2 layers, hidden size 64, 2 kv heads and query groups of 4; "
+                                      "the model 2, 64, 2 and 2"));
+  }
+  SECTION("a press named without its weights") {
+    CHECK_THROWS_WITH(kvc_engine::make_compressor("kvzap", 0.5), Catch::Contains("press kvzap needs KVzap's surrogate weights"));
+    CHECK_THROWS_WITH(kvc_engine::make_compressor("fast_kvzip", 0.5),
+                      Catch::Contains("press fast_kvzip needs FastKVzip's gate weights"));
+  }
+  SECTION("a record without hidden states") {
+    kvc_engine::Engine engine(model, 1);
+    kvc_engine::PressFiles files;
+    files.kvzap = kvc_engine::load_kvzap_for(kDir + "/kvzap_mlp.safetensors", model.config);
+    kvc_engine::Compressor const comp = kvc_engine::make_compressor("kvzap", 0.5, engine.device(), files);
+    kvc_engine::KVCache cache = engine.new_cache(8);
+    kvc_engine::ForwardRecord record;
+    (void)engine.forward(cache, std::vector<std::int32_t>{1, 2, 3, 4, 5, 6, 7, 8}, kvc_engine::Logits::kNone, nullptr, &record);
+    CHECK_THROWS_WITH(engine.compress(cache, record, comp.after_prefill, comp.needs),
+                      Catch::Contains("the forward record holds none: the pass was not asked to keep them"));
+  }
+}
