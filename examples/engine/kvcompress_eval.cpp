@@ -128,6 +128,9 @@ void validate(Options& o) {
     KVC_CHECK(std::find(o.presses.begin(), o.presses.begin() + static_cast<std::ptrdiff_t>(i), o.presses[i]) ==
                   o.presses.begin() + static_cast<std::ptrdiff_t>(i),
               "--presses: '" << o.presses[i] << "' is given twice");
+  KVC_CHECK(o.compress_questions || std::find(o.presses.begin(), o.presses.end(), "finch") == o.presses.end(),
+            "--presses finch: FINCH's window is the question (kvpress marks it with a delimiter token), so the question "
+            "must be inside the compressed prefill: add --compress-questions");
   KVC_CHECK(!o.ratios.empty(), "--ratios: give at least one ratio");
   for (double r : o.ratios) KVC_CHECK(r >= 0.0 && r < 1.0, "--ratios: " << r << " is outside [0, 1)");
   std::sort(o.ratios.begin(), o.ratios.end());
@@ -163,7 +166,6 @@ void validate(Options& o) {
 /// it); the first line that does names the token and the vocabulary file.
 kvc_engine::QuestionRule question_rule(Options const& o, std::int64_t vocab_size) {
   kvc_engine::QuestionRule rule{o.compress_questions, std::nullopt, ""};
-  if (o.compress_questions) return rule;
   if (o.question_token.empty()) {
     rule.described = "--question-token is empty";
     return rule;
@@ -230,6 +232,7 @@ TaskExample to_example(kvc_engine::RulerPrompt const& p, std::size_t index, std:
   ex.question = p.question;
   ex.references = p.references;
   ex.max_new_tokens = p.max_new_tokens;
+  ex.question_in_context = p.question_tokens_in_context;
   ex.source = "generated example " + std::to_string(index + 1) + " (" + p.task + ", " + std::to_string(p.length) + " tokens)";
   for (auto const* ids : {&ex.context, &ex.question})
     for (std::int32_t id : *ids)
@@ -251,6 +254,7 @@ void write_prompts(std::string const& path, std::vector<kvc_engine::RulerPrompt>
     j["question"] = p.question;
     j["references"] = p.references;
     j["max_new_tokens"] = p.max_new_tokens;
+    if (compress_questions) j["question_tokens"] = p.question_tokens_in_context;
     j["context_text"] = p.context_text;
     j["question_text"] = p.question_text;
     f << j.dump() << "\n";
@@ -277,6 +281,7 @@ class Evaluation {
     }
     cells_.assign(runs_.size(), std::vector<Cell>(groups_.size()));
     kl_sum_.assign(runs_.size(), 0.0);
+    kl_count_.assign(runs_.size(), 0);
   }
 
   void run() {
@@ -289,8 +294,9 @@ class Evaluation {
       std::string const where = groups_[g].label + " " + std::to_string(++seen[g]) + "/" +
                                 std::to_string(std::min<std::int64_t>(o_.per_task, count(g)));
       bar.update(done / units, where + ": prefill");
-      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(
+      kvc_engine::PrefillSnapshot snap = kvc_engine::prefill_snapshot(
           engine_, ex.context, static_cast<std::int64_t>(ex.question.size()) + ex.answer_budget(), keep_hidden_states_);
+      snap.record.question_tokens = ex.question_in_context;
       groups_[g].prefill_seconds += snap.seconds;
       groups_[g].contexts += 1;
       groups_[g].context_tokens += static_cast<std::int64_t>(ex.context.size());
@@ -341,6 +347,10 @@ class Evaluation {
       kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine_, prefix, o_.kl_tokens, keep_hidden_states_);
       std::vector<float> full;  // [kl_tokens, V]
       for (std::size_t r = 0; r < runs_.size(); ++r) {
+        if (runs_[r].press == "finch") {  // held-out text has no question: no window for FINCH, no KL
+          done += 1.0;
+          continue;
+        }
         kvc_engine::CompressedCopy copy = kvc_engine::compressed_copy(engine_, snap, runs_[r].compressor);
         std::vector<float> const logits = engine_.forward(copy.cache, next, kvc_engine::Logits::kAll);
         if (r == 0) {
@@ -350,6 +360,7 @@ class Evaluation {
           for (std::int64_t t = 0; t < o_.kl_tokens; ++t)
             kl += kvc_engine::kl_divergence(full.data() + t * V, logits.data() + t * V, V);
           kl_sum_[r] += kl / static_cast<double>(o_.kl_tokens);
+          kl_count_[r] += 1;
         }
         done += 1.0;
         bar.update(done / units, where + ": " + runs_[r].press + " " + ratio_text(runs_[r].ratio));
@@ -373,7 +384,8 @@ class Evaluation {
     return sum / static_cast<double>(groups_.size());
   }
   [[nodiscard]] double kl(std::size_t r) const {
-    return heldout_.empty() ? std::nan("") : kl_sum_[r] / static_cast<double>(heldout_.size());
+    if (r == 0) return heldout_.empty() ? std::nan("") : 0.0;
+    return kl_count_[r] == 0 ? std::nan("") : kl_sum_[r] / static_cast<double>(kl_count_[r]);
   }
   [[nodiscard]] Cell total(std::size_t r) const {
     Cell t;
@@ -401,7 +413,8 @@ class Evaluation {
       std::vector<std::string> a{p}, k{p};
       for (double r : o_.ratios) {
         a.push_back(format("%.1f", 100.0 * mean_accuracy(run_index(p, r))));
-        k.push_back(heldout_.empty() ? "—" : format("%.3g", kl(run_index(p, r))));
+        double const d = kl(run_index(p, r));
+        k.push_back(std::isnan(d) ? "—" : format("%.3g", d));
       }
       acc.add_row(a);
       div.add_row(k);
@@ -514,6 +527,7 @@ class Evaluation {
   std::map<std::pair<std::string, std::int64_t>, std::size_t> group_of_;
   std::vector<std::vector<Cell>> cells_;  // [runs][groups]
   std::vector<double> kl_sum_;            // [runs]: sum over held-out texts of the mean KL per token
+  std::vector<std::int64_t> kl_count_;    // [runs]: held-out texts measured (none for FINCH: no question)
   std::vector<nlohmann::json> answers_;   // one per example and run
 };
 
@@ -562,10 +576,12 @@ int main(int argc, char** argv) {
   app.add_option("--kl-lines", o.kl_lines, "held-out texts used (0: all; generated: 4)")->capture_default_str();
   app.add_option("--question-token", o.question_token,
                  "token (name in <model>/vocab.json, or id) where the question of a prompt without a \"question\" "
-                 "field starts; the question is forwarded after compression")
+                 "field starts; the question is forwarded after compression (with --compress-questions it marks the "
+                 "question inside the prompt: press finch's window)")
       ->capture_default_str();
   app.add_flag("--compress-questions", o.compress_questions,
-               "compress the whole prompt, question included (kvpress's compress_questions)");
+               "compress the whole prompt, question included (kvpress's compress_questions; press finch needs it: its "
+               "window is the question)");
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->capture_default_str();
   app.add_option("--decode-batch", o.decode_batch,
                  "press × ratio runs whose answers decode together (one weight read per pass; each holds a cache copy)")

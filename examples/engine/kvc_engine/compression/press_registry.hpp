@@ -183,6 +183,32 @@ inline void evict_across_layers(KVCache& cache, std::vector<float> const& scores
   return c;
 }
 
+/// \brief FINCH after the prefill: its window is the question, the prefill's last `record.question_tokens`
+/// tokens (kvpress marks them with a delimiter token); with `rerotate_keys` the kept keys move to slots
+/// 0 … kept − 1 and the next token's position is the kept count, as kvpress's pipeline continues a
+/// re-rotated cache at its length.
+[[nodiscard]] inline Compressor finch_compressor(kvcompress::FinchPress press, std::string name, kvcompress::CpuDevice dev) {
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.after_prefill_model = [press, dev, scratch](Engine& engine, KVCache& cache, ForwardRecord const& record) {
+    KVC_CHECK(record.question_tokens > 0 && record.question_tokens < record.tokens,
+              "press finch scores the context by the question's attention, and the prefill marks "
+                  << record.question_tokens << " of its " << record.tokens
+                  << " tokens as the question: its question must be inside the compressed prefill, before nothing else");
+    kvcompress::FinchPress p = press;
+    p.window_size = record.question_tokens;
+    ObservationNeeds needs;
+    needs.window = p.window_size;
+    engine.compress(cache, record, [&](kvcompress::Observation<float> const& obs, kvcompress::KVCacheView<float> const& view) {
+      scratch->resize(kvcompress::compress_workspace_bytes(dev, p, obs, view));
+      kvcompress::compress(dev, p, obs, view, kvcompress::Workspace(scratch->data(), scratch->size()));
+    }, needs);
+    if (p.rerotate_keys) cache.advance(cache.length(0, 0) - cache.next_position());
+  };
+  return c;
+}
+
 /// \brief Every layer's KVzap surrogate for the model; the file's layer count, hidden size and kv heads
 /// must be the model's.
 [[nodiscard]] inline std::shared_ptr<KVzapCheckpoint const> load_kvzap_for(std::string const& path, ModelConfig const& m) {
@@ -252,7 +278,7 @@ inline void evict_across_layers(KVCache& cache, std::vector<float> const& scores
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
           "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
           "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose",
-          "adakv_expected_attention", "kvzip", "kvzap",   "fast_kvzip"};
+          "adakv_expected_attention", "kvzip", "kvzap",   "fast_kvzip", "finch"};
 }
 
 /// \brief Data computed offline for a model that some presses need (none by default).
@@ -388,6 +414,8 @@ inline std::string read_whole_file(std::string const& path) {
     press.compression_ratio = ratio;
     return kvzip_compressor(press, files.kvzip_prompt, name, dev);
   }
+  // kvpress's defaults: one top-k over the row, scores weighted by position, keys re-rotated
+  if (name == "finch") return finch_compressor(kvc::FinchPress{ratio}, name, dev);
   if (name == "kvzap") {  // kvpress's KVzapPress: the surrogate's scores, top-k per head
     KVC_CHECK(files.kvzap != nullptr, "press kvzap needs KVzap's surrogate weights for the model (kvpress's KVzapModel "
                                       "safetensors): --kvzap-weights FILE");

@@ -37,6 +37,7 @@ struct ForwardRecord {
   std::int64_t tokens = 0;                  // tokens in the chunk
   std::vector<std::vector<float>> queries;  // per layer: [q_heads, tokens, head_dim], pre-RoPE, after q_norm
   std::vector<std::int32_t> token_ids;      // [tokens] the chunk's tokens
+  std::int64_t question_tokens = 0;         // set by the caller: the chunk's last tokens that are the question (FINCH's window)
   /// Set before the pass to keep `hidden_states` too (ObservationNeeds::hidden_states: layers × tokens × hidden floats).
   bool keep_hidden_states = false;
   std::vector<std::vector<float>> hidden_states;  // per layer: [tokens, hidden_size], the attention input; empty unless kept

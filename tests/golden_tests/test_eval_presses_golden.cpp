@@ -1,3 +1,5 @@
+// The presses kvcompress-eval runs by name beyond the scorer presses, through the reference engine.
+//
 // KVzap and FastKVzip by name in the reference engine ("kvzap", "fast_kvzip" in kvcompress-eval's registry): the
 // engine records every layer's attention input (after input_layernorm) during the prefill, the surrogates or
 // gates score it, and each kv head must keep what kvpress 0.5.5's KVzapPress / FastKVzipPress kept on the same
@@ -5,6 +7,8 @@
 // tools/golden/generate_engine_learned.py). Also the weights' checks against the model.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -88,5 +92,54 @@ TEST_CASE("KVzap and FastKVzip weights: a file for another model is refused, nam
     (void)engine.forward(cache, std::vector<std::int32_t>{1, 2, 3, 4, 5, 6, 7, 8}, kvc_engine::Logits::kNone, nullptr, &record);
     CHECK_THROWS_WITH(engine.compress(cache, record, comp.after_prefill, comp.needs),
                       Catch::Contains("the forward record holds none: the pass was not asked to keep them"));
+  }
+}
+
+// FINCH by name ("finch"): its window is the prefill's last `question_tokens` tokens (the eval's question
+// inside the compressed prompt). Each head must keep the entries kvpress 0.5.5's FinchPress kept when the same
+// tokens were marked with its delimiter, and tokens fed next must continue at the kept count (kvpress's pipeline
+// after re-rotated keys) with kvpress's logits (tests/golden/engine_finch/, tools/golden/generate_engine_finch.py).
+TEST_CASE("FINCH in the reference engine keeps what kvpress 0.5.5 keeps and continues as its pipeline does",
+          "[golden][press][engine]") {
+  std::string const fdir = std::string(KVC_GOLDEN_DIR) + "/engine_finch";
+  auto const want = kvc_test::load_json(fdir + "/finch.json");
+  std::string const dir = std::string(KVC_GOLDEN_DIR) + "/engine/llama";
+  auto const meta = kvc_test::load_json(dir + "/engine.json");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+  kvc_engine::Engine engine(model, 1);
+  auto const prompt = meta.at("prompt").get<std::vector<std::int32_t>>();
+  auto const follow = want.at("follow").get<std::vector<std::int32_t>>();
+  kvc_engine::Compressor const c = kvc_engine::make_compressor("finch", want.at("params").at("compression_ratio").get<double>(), engine.device());
+  kvc_engine::KVCache cache = engine.new_cache(static_cast<std::int64_t>(prompt.size() + follow.size()));
+  kvc_engine::ForwardRecord record;
+  (void)engine.forward(cache, prompt, kvc_engine::Logits::kNone, nullptr, &record);
+  kvc_engine::KVCache const full = cache;
+  SECTION("a prefill that marks no question") {
+    CHECK_THROWS_WITH(c.after_prefill_model(engine, cache, record),
+                      Catch::Contains("press finch scores the context by the question's attention, and the prefill marks 0 of its 203 tokens"));
+  }
+  SECTION("the question's last tokens as the window") {
+    record.question_tokens = want.at("window").get<std::int64_t>();
+    c.after_prefill_model(engine, cache, record);
+    std::int64_t const d = model.config.head_dim;
+    for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+      for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h) {
+        CAPTURE(l, h);
+        auto const kept = want.at("kept").at(static_cast<std::size_t>(l)).at(static_cast<std::size_t>(h)).get<std::vector<std::int32_t>>();
+        REQUIRE(cache.length(l, h) == static_cast<std::int32_t>(kept.size()));
+        bool same = true;  // values are not re-rotated: each slot holds its kept entry's value
+        for (std::size_t i = 0; i < kept.size(); ++i)
+          same = same && std::equal(cache.values(l, h) + static_cast<std::int64_t>(i) * d, cache.values(l, h) + static_cast<std::int64_t>(i + 1) * d,
+                                    full.values(l, h) + kept[i] * d);
+        CHECK(same);
+      }
+    CHECK(cache.next_position() == want.at("next_position").get<std::int64_t>());
+    std::vector<float> const logits = engine.forward(cache, follow, kvc_engine::Logits::kAll);
+    auto const ref = kvc_test::load_tensor<float>(fdir, want.at("follow_logits"));
+    REQUIRE(logits.size() == ref.data.size());
+    double worst = 0.0;
+    for (std::size_t i = 0; i < logits.size(); ++i) worst = std::max(worst, std::fabs(double(logits[i]) - ref.data[i]));
+    std::printf("golden FINCH (engine): kvpress's kept sets, follow-up logits within %.3g\n", worst);
+    CHECK(worst < 1e-4);
   }
 }
