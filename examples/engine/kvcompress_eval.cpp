@@ -316,9 +316,26 @@ class Evaluation {
           cell.kept_bytes += static_cast<double>(copies.back().cache.bytes_in_use());
           cell.full_bytes += full_bytes;
         }
-        for (auto& c : copies) caches.push_back(&c.cache);
-        std::vector<kvc_engine::GreedyAnswer> const answers =
-            kvc_engine::greedy_answers(engine_, caches, ex.question, snap.last_logits, ex.answer_budget(), stop);
+        // A press that acts while decoding (CAM's after_step) needs each pass's queries of its own sequence, which
+        // the batched pass does not record: its answer decodes alone, with the hook, as Engine::generate runs it.
+        // The others decode together.
+        std::vector<kvc_engine::GreedyAnswer> answers(copies.size());
+        std::vector<std::size_t> batched;
+        for (std::size_t i = 0; i < copies.size(); ++i) {
+          Compressor const& comp = runs_[r0 + i].compressor;
+          if (comp.after_step) {
+            answers[i] = kvc_engine::greedy_answer(engine_, copies[i].cache, ex.question, snap.last_logits, ex.answer_budget(),
+                                                   stop, &comp);
+          } else {
+            batched.push_back(i);
+            caches.push_back(&copies[i].cache);
+          }
+        }
+        if (!caches.empty()) {
+          std::vector<kvc_engine::GreedyAnswer> together =
+              kvc_engine::greedy_answers(engine_, caches, ex.question, snap.last_logits, ex.answer_budget(), stop);
+          for (std::size_t k = 0; k < batched.size(); ++k) answers[batched[k]] = std::move(together[k]);
+        }
         for (std::size_t r = r0; r < r1; ++r) {
           Cell& cell = cells_[r][g];
           kvc_engine::GreedyAnswer const& answer = answers[r - r0];

@@ -16,6 +16,8 @@
 
 #include "golden_fixture.hpp"
 #include "kvc_engine/compression/press_registry.hpp"
+#include "kvc_engine/eval/greedy_answer.hpp"
+#include "kvc_engine/eval/prefill_snapshot.hpp"
 
 namespace {
 
@@ -113,7 +115,7 @@ TEST_CASE("FINCH in the reference engine keeps what kvpress 0.5.5 keeps and cont
   kvc_engine::KVCache cache = engine.new_cache(static_cast<std::int64_t>(prompt.size() + follow.size()));
   kvc_engine::ForwardRecord record;
   (void)engine.forward(cache, prompt, kvc_engine::Logits::kNone, nullptr, &record);
-  kvc_engine::KVCache const full = cache;
+  kvc_engine::KVCache full = cache;  // the uncompressed entries (its accessors are not const)
   SECTION("a prefill that marks no question") {
     CHECK_THROWS_WITH(c.after_prefill_model(engine, cache, record),
                       Catch::Contains("press finch scores the context by the question's attention, and the prefill marks 0 of its 203 tokens"));
@@ -142,4 +144,55 @@ TEST_CASE("FINCH in the reference engine keeps what kvpress 0.5.5 keeps and cont
     std::printf("golden FINCH (engine): kvpress's kept sets, follow-up logits within %.3g\n", worst);
     CHECK(worst < 1e-4);
   }
+}
+
+// CAM by name ("cam") merges while decoding: the eval decodes its answer alone with the compressor's after_step
+// (greedy_answer with a compressor), from a compressed copy of a prefill snapshot. On one example whose
+// question is inside the prompt, that answer and the cache it leaves must equal Engine::generate's with the same
+// compressor; small options make CAM compress a few times within the answer (kvpress's CAMPress itself is
+// checked against kvpress in test_engine_golden.cpp).
+TEST_CASE("CAM in the eval answers as Engine::generate does with the same compressor", "[golden][press][engine]") {
+  std::string const dir = std::string(KVC_GOLDEN_DIR) + "/engine/llama";
+  auto const meta = kvc_test::load_json(dir + "/engine.json");
+  kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+  kvc_engine::Engine engine(model, 1);
+  auto const prompt = meta.at("prompt").get<std::vector<std::int32_t>>();
+  std::int64_t const answer_tokens = 24;
+  kvc_engine::Compressor const cam =
+      kvc_engine::cam_compressor(kvcompress::KnormPress{}, kvcompress::CAMOptions{8, 150, 4, 4}, "cam", engine.device());
+  REQUIRE(kvc_engine::make_compressor("cam", 0.5).after_step);
+
+  kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine, prompt, answer_tokens);
+  kvc_engine::CompressedCopy copy = kvc_engine::compressed_copy(engine, snap, cam);
+  kvc_engine::GreedyAnswer const answer =
+      kvc_engine::greedy_answer(engine, copy.cache, {}, snap.last_logits, answer_tokens, kvc_engine::kNoStopToken, &cam);
+
+  kvc_engine::GenerateOptions options;
+  options.max_new_tokens = answer_tokens;
+  options.compressor = &cam;
+  kvc_engine::GenerateResult r = engine.generate(prompt, options);
+  CHECK(answer.tokens == r.tokens);
+  // The answer's last token is not fed: generate's cache and the eval's hold the same entries.
+  for (std::int64_t l = 0; l < model.config.num_layers; ++l)
+    for (std::int64_t h = 0; h < model.config.num_kv_heads; ++h) {
+      CAPTURE(l, h);
+      REQUIRE(copy.cache.length(l, h) == r.cache.length(l, h));
+      CHECK(copy.cache.length(l, h) <= 150 + 8);  // CAM compressed during the answer
+      std::int64_t const n = copy.cache.length(l, h) * model.config.head_dim;
+      CHECK(std::equal(copy.cache.values(l, h), copy.cache.values(l, h) + n, r.cache.values(l, h)));  // merged values too
+    }
+  std::printf("CAM (eval decode = generate): %zu tokens, %d cache entries per head after the answer\n", answer.tokens.size(),
+              copy.cache.length(0, 0));
+}
+
+TEST_CASE("CAM by name refuses a decoding step before any prefill", "[golden][press][engine]") {
+  kvc_engine::Model const model = kvc_engine::load_model(std::string(KVC_GOLDEN_DIR) + "/engine/llama/checkpoint");
+  kvc_engine::Engine engine(model, 1);
+  kvc_engine::Compressor const cam = kvc_engine::make_compressor("cam", 0.5, engine.device());
+  kvc_engine::KVCache cache = engine.new_cache(8);
+  kvc_engine::ForwardRecord record;
+  (void)engine.forward(cache, std::vector<std::int32_t>{1, 2, 3}, kvc_engine::Logits::kNone, nullptr, &record);
+  (void)engine.forward(cache, std::vector<std::int32_t>{4}, kvc_engine::Logits::kNone, nullptr, &record);
+  CHECK_THROWS_WITH(engine.compress(cache, record, cam.after_step, cam.needs),
+                    Catch::Contains("press cam decodes after a prefill: none was compressed by this compressor"));
 }

@@ -209,6 +209,31 @@ inline void evict_across_layers(KVCache& cache, std::vector<float> const& scores
   return c;
 }
 
+/// \brief CAM around `Inner` during decoding (`after_step`), with `options` (kvpress's defaults by name).
+/// Each prefill builds a fresh press for that cache's model shape and capacity (its running sums hold one
+/// float per entry a row can hold) and seed-0 merge draws, so every sequence decodes the same way whoever
+/// drives it — the engine's `generate` or the eval's answers.
+template <class Inner>
+[[nodiscard]] Compressor cam_compressor(Inner inner, kvcompress::CAMOptions options, std::string name, kvcompress::CpuDevice dev) {
+  using Press = kvcompress::CAMPress<Inner, float>;
+  auto state = std::make_shared<std::unique_ptr<Press>>();
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.after_prefill = [inner, options, state](kvcompress::Observation<float> const& obs, kvcompress::KVCacheView<float> const& cache) {
+    if (obs.layer_idx != 0) return;
+    auto const& e = cache.extents;
+    *state = std::make_unique<Press>(inner, options,
+                                     kvcompress::CAMShape{obs.num_layers, e.batch, obs.queries.shape[1], e.kv_heads, e.head_dim, e.capacity});
+  };
+  c.after_step = [state, dev, scratch](kvcompress::Observation<float> const& obs, kvcompress::KVCacheView<float> const& cache) {
+    KVC_CHECK(*state != nullptr, "press cam decodes after a prefill: none was compressed by this compressor");
+    scratch->resize((*state)->workspace_bytes(dev, obs, cache));
+    (void)(*state)->step(dev, obs, cache, kvcompress::Workspace(scratch->data(), scratch->size()));
+  };
+  return c;
+}
+
 /// \brief Every layer's KVzap surrogate for the model; the file's layer count, hidden size and kv heads
 /// must be the model's.
 [[nodiscard]] inline std::shared_ptr<KVzapCheckpoint const> load_kvzap_for(std::string const& path, ModelConfig const& m) {
@@ -278,7 +303,7 @@ inline void evict_across_layers(KVCache& cache, std::vector<float> const& scores
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
           "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
           "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose",
-          "adakv_expected_attention", "kvzip", "kvzap",   "fast_kvzip", "finch"};
+          "adakv_expected_attention", "kvzip", "kvzap",   "fast_kvzip", "finch", "cam"};
 }
 
 /// \brief Data computed offline for a model that some presses need (none by default).
@@ -416,6 +441,10 @@ inline std::string read_whole_file(std::string const& path) {
   }
   // kvpress's defaults: one top-k over the row, scores weighted by position, keys re-rotated
   if (name == "finch") return finch_compressor(kvc::FinchPress{ratio}, name, dev);
+  // kvpress's CAMPress defaults (every 512 decoding steps to 2048 entries, 256 buffered queries, merges into
+  // 32 kept entries); kvpress gives it no default scorer: Knorm, which reads the keys alone. Decides by its
+  // target size: the ratio is not used.
+  if (name == "cam") return cam_compressor(kvc::KnormPress{}, kvc::CAMOptions{}, name, dev);
   if (name == "kvzap") {  // kvpress's KVzapPress: the surrogate's scores, top-k per head
     KVC_CHECK(files.kvzap != nullptr, "press kvzap needs KVzap's surrogate weights for the model (kvpress's KVzapModel "
                                       "safetensors): --kvzap-weights FILE");
