@@ -83,6 +83,23 @@ TEST_CASE("eval tasks: compress_questions keeps the whole prompt, question field
   CHECK(ex[0].question.empty());
   CHECK(ex[1].context == Ids{1, 2, 4, 5});
   CHECK(ex[1].question.empty());
+  // The question inside the context (FINCH's window): from the last question token, or the question field.
+  CHECK(ex[0].question_in_context == 2);
+  CHECK(ex[1].question_in_context == 2);
+}
+
+TEST_CASE("eval tasks: a generated line's question_tokens mark its question inside the prompt", "[eval][tasks]") {
+  QuestionRule const rule{true, std::nullopt, ""};
+  auto const ex = read(line(R"("length": 8, "task": "a", "prompt": [1, 2, 7, 8], "question": [9], "question_tokens": 2, )"
+                            R"("references": ["x"], "max_new_tokens": 3)"),
+                       rule);
+  REQUIRE(ex.size() == 1);
+  CHECK(ex[0].context == Ids{1, 2, 7, 8, 9});
+  CHECK(ex[0].question_in_context == 3);  // the question, then the template's tail that followed it
+  CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "prompt": [1, 2], "question": [9], "question_tokens": 2, )"
+                              R"("references": ["x"], "max_new_tokens": 3)"),
+                         rule),
+                    Contains("line 1: \"question_tokens\" must be an integer in [0, 2), got 2"));
 }
 
 TEST_CASE("eval tasks: without a question token a line needs its question field", "[eval][tasks]") {
