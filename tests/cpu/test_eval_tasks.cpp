@@ -192,7 +192,7 @@ TEST_CASE("eval tasks: the first per_task examples of each task at the chosen le
   int id = 0;
   for (std::int64_t length : {512, 2048})
     for (int i = 0; i < 3; ++i)
-      for (char const* task : {"single", "multikey"}) all.push_back({task, length, {id++}, {}, {1}, {}, 0, ""});
+      for (char const* task : {"single", "multikey"}) all.push_back({task, length, {id++}, {}, {1}, {}, 0, "", 0});
   auto const picked = kvc_engine::select_examples(all, {2048}, 2);
   REQUIRE(picked.size() == 4);
   // file order is kept: single, multikey, single, multikey (ids 6..9 at 2048)
@@ -204,13 +204,13 @@ TEST_CASE("eval tasks: the first per_task examples of each task at the chosen le
 }
 
 TEST_CASE("eval tasks: a length no example has", "[eval][tasks]") {
-  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, ""}, {"a", 2048, {1}, {}, {1}, {}, 0, ""}};
+  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, "", 0}, {"a", 2048, {1}, {}, {1}, {}, 0, "", 0}};
   CHECK_THROWS_WITH(kvc_engine::select_examples(all, {2048, 4096}, 1),
                     Contains("no task example has length 4096; the task file has lengths 512 (1 examples), 2048 (1 examples)"));
 }
 
 TEST_CASE("eval tasks: per_task must be positive", "[eval][tasks]") {
-  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, ""}};
+  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, "", 0}};
   CHECK_THROWS_WITH(kvc_engine::select_examples(all, {512}, 0), Contains("per_task must be positive, got 0"));
 }
 

@@ -36,10 +36,10 @@ struct TaskExample {
   /// reference occurs in its text; `answer` is then unused.
   std::vector<std::string> references;
   std::int64_t max_new_tokens = 0;
+  std::string source;  ///< "<file> line <n>", for messages
   /// With the question compressed (compress_questions): the question's tokens at the context's end, which
   /// FINCH's window is; 0 when the question is forwarded after compression.
   std::int64_t question_in_context = 0;
-  std::string source;  ///< "<file> line <n>", for messages
 
   /// Tokens the answer may take: the reference answer's, or the decoding budget.
   [[nodiscard]] std::int64_t answer_budget() const {
