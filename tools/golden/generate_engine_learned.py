@@ -1,6 +1,8 @@
 """Golden fixtures for KVzap and FastKVzip through the reference engine (tests/golden/engine_learned/).
 
-On the engine's golden Llama checkpoint (tests/golden/engine/llama) and its 203-token prompt, kvpress 0.5.5's own
+On the engine's golden Llama checkpoint (tests/golden/engine/llama) and a prompt of 203 distinct tokens (a repeated
+token has the same attention input in layer 0, so its scores would tie and the kept set depend on how top-k breaks
+ties), kvpress 0.5.5's own
 KVzapPress and FastKVzipPress prefill with random surrogate weights — built by kvpress's own KVzapModel and
 FastKVzipGate, saved as the safetensors files that kvcompress-eval's --kvzap-weights and --fast-kvzip-weights read —
 and this records what every layer's kv heads keep: KVzap's compressed cache matched row by row against the full
@@ -40,6 +42,7 @@ GENERATOR = "tools/golden/generate_engine_learned.py"
 KVZAP_CASES = [("kvzap_mlp", "mlp", 32, 0.5, 701), ("kvzap_linear", "linear", None, 0.3, 702)]
 FASTKVZIP = dict(compression_ratio=0.5)
 FASTKVZIP_SEED = 703
+PROMPT_SEED = 704
 
 
 def load(engine_dir: Path, meta: dict, attn: str):
@@ -118,7 +121,9 @@ def main(argv=None) -> int:
     golden = Path(args.out)
     engine_dir = golden / "engine" / "llama"
     meta = json.loads((engine_dir / "engine.json").read_text())
-    ids = torch.tensor([meta["prompt"]], dtype=torch.int64)
+    vocab = json.loads((engine_dir / meta["checkpoint"] / "config.json").read_text())["vocab_size"]
+    prompt = torch.randperm(vocab, generator=torch.Generator().manual_seed(PROMPT_SEED))[:len(meta["prompt"])]
+    ids = prompt[None].to(torch.int64)
     out_dir = golden / "engine_learned"
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -134,7 +139,7 @@ def main(argv=None) -> int:
     for c in cases:
         print(f"  engine_learned/{c['name']:14s} kept per layer and head {[[len(k) for k in layer] for layer in c['kept']]}")
     g.write_json(out_dir / "engine_learned.json", {"format": g.FORMAT, "generator": GENERATOR, **g.versions(),
-                                                   "model": "engine/llama", "cases": cases})
+                                                   "model": "engine/llama", "prompt": ids[0].tolist(), "cases": cases})
     return 0
 
 
