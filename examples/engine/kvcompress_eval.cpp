@@ -32,6 +32,7 @@
 #include "kvc_engine/eval/markdown_table.hpp"
 #include "kvc_engine/eval/prefill_snapshot.hpp"
 #include "kvc_engine/compression/press_registry.hpp"
+#include "kvc_engine/compression/kvzip_prompt.hpp"
 #include "kvc_engine/eval/progress_bar.hpp"
 #include "kvc_engine/tasks/prose_corpus.hpp"
 #include "kvc_engine/tasks/ruler_tasks.hpp"
@@ -64,7 +65,9 @@ struct Options {
   std::int64_t decode_batch = 12;
   std::string out = "eval-results";
   bool no_plot = false;
-  kvc_engine::PressFiles press_files;  // --lukv-curve, --duo-pattern
+  kvc_engine::PressFiles press_files;  // --lukv-curve, --duo-pattern; KVzip's prompt (kvzip_prompt_for)
+  std::string kvzip_prompt;            // --kvzip-prompt
+  std::string kvzap_weights, fast_kvzip_weights;  // --kvzap-weights, --fast-kvzip-weights
 };
 
 /// One press at one ratio; runs[0] is the full cache (ratio 0), shared by every press.
@@ -125,6 +128,9 @@ void validate(Options& o) {
     KVC_CHECK(std::find(o.presses.begin(), o.presses.begin() + static_cast<std::ptrdiff_t>(i), o.presses[i]) ==
                   o.presses.begin() + static_cast<std::ptrdiff_t>(i),
               "--presses: '" << o.presses[i] << "' is given twice");
+  KVC_CHECK(o.compress_questions || std::find(o.presses.begin(), o.presses.end(), "finch") == o.presses.end(),
+            "--presses finch: FINCH's window is the question (kvpress marks it with a delimiter token), so the question "
+            "must be inside the compressed prefill: add --compress-questions");
   KVC_CHECK(!o.ratios.empty(), "--ratios: give at least one ratio");
   for (double r : o.ratios) KVC_CHECK(r >= 0.0 && r < 1.0, "--ratios: " << r << " is outside [0, 1)");
   std::sort(o.ratios.begin(), o.ratios.end());
@@ -160,7 +166,6 @@ void validate(Options& o) {
 /// it); the first line that does names the token and the vocabulary file.
 kvc_engine::QuestionRule question_rule(Options const& o, std::int64_t vocab_size) {
   kvc_engine::QuestionRule rule{o.compress_questions, std::nullopt, ""};
-  if (o.compress_questions) return rule;
   if (o.question_token.empty()) {
     rule.described = "--question-token is empty";
     return rule;
@@ -192,6 +197,23 @@ std::optional<kvc_engine::ChatFormat> chat_format_of(kvc_engine::Tokenizer const
   return kvc_engine::ChatFormat::from_template(m.chat_template, text(m.bos_id), text(m.eos_id));
 }
 
+/// KVzip's reconstruction prompt for the model, when press kvzip is asked for: read from --kvzip-prompt, or
+/// written with a GGUF's tokenizer and chat format; an HF folder has no tokenizer the engine reads, which the
+/// press's error then says.
+void kvzip_prompt_for(Options& o, kvc_engine::Tokenizer const* tokenizer, std::int64_t vocab) {
+  if (std::find(o.presses.begin(), o.presses.end(), "kvzip") == o.presses.end()) return;
+  if (!o.kvzip_prompt.empty()) {
+    o.press_files.kvzip_prompt = kvc_engine::read_kvzip_prompt(o.kvzip_prompt, vocab);
+  } else if (tokenizer != nullptr) {
+    o.press_files.kvzip_prompt = kvc_engine::kvzip_prompt(*tokenizer, chat_format_of(*tokenizer));
+  } else {
+    o.press_files.kvzip_prompt_missing =
+        "it writes its reconstruction prompt (\"Repeat the previous context exactly.\") with the model's tokenizer, and " +
+        o.model + " is an HF checkpoint folder, whose tokenizer the engine does not read: give a .gguf --model, or the "
+                  "prompt's token ids with --kvzip-prompt FILE";
+  }
+}
+
 /// `--per-task` examples of every task at every length; example i draws seed * 1000000 + i.
 std::vector<kvc_engine::RulerPrompt> generate_prompts(Options const& o, kvc_engine::RulerTaskGenerator const& gen) {
   std::vector<kvc_engine::RulerPrompt> out;
@@ -210,6 +232,7 @@ TaskExample to_example(kvc_engine::RulerPrompt const& p, std::size_t index, std:
   ex.question = p.question;
   ex.references = p.references;
   ex.max_new_tokens = p.max_new_tokens;
+  ex.question_in_context = p.question_tokens_in_context;
   ex.source = "generated example " + std::to_string(index + 1) + " (" + p.task + ", " + std::to_string(p.length) + " tokens)";
   for (auto const* ids : {&ex.context, &ex.question})
     for (std::int32_t id : *ids)
@@ -231,6 +254,7 @@ void write_prompts(std::string const& path, std::vector<kvc_engine::RulerPrompt>
     j["question"] = p.question;
     j["references"] = p.references;
     j["max_new_tokens"] = p.max_new_tokens;
+    if (compress_questions) j["question_tokens"] = p.question_tokens_in_context;
     j["context_text"] = p.context_text;
     j["question_text"] = p.question_text;
     f << j.dump() << "\n";
@@ -249,6 +273,7 @@ class Evaluation {
     for (auto const& p : o_.presses)
       for (double r : o_.ratios)
         if (r > 0.0) runs_.push_back({p, r, kvc_engine::make_compressor(p, r, engine_.device(), o_.press_files)});
+    for (auto const& r : runs_) keep_hidden_states_ = keep_hidden_states_ || r.compressor.needs.hidden_states;
     for (auto const& ex : examples_) {
       if (group_of_.count({ex.task, ex.length})) continue;
       group_of_[{ex.task, ex.length}] = groups_.size();
@@ -256,6 +281,7 @@ class Evaluation {
     }
     cells_.assign(runs_.size(), std::vector<Cell>(groups_.size()));
     kl_sum_.assign(runs_.size(), 0.0);
+    kl_count_.assign(runs_.size(), 0);
   }
 
   void run() {
@@ -268,8 +294,9 @@ class Evaluation {
       std::string const where = groups_[g].label + " " + std::to_string(++seen[g]) + "/" +
                                 std::to_string(std::min<std::int64_t>(o_.per_task, count(g)));
       bar.update(done / units, where + ": prefill");
-      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(
-          engine_, ex.context, static_cast<std::int64_t>(ex.question.size()) + ex.answer_budget());
+      kvc_engine::PrefillSnapshot snap = kvc_engine::prefill_snapshot(
+          engine_, ex.context, static_cast<std::int64_t>(ex.question.size()) + ex.answer_budget(), keep_hidden_states_);
+      snap.record.question_tokens = ex.question_in_context;
       groups_[g].prefill_seconds += snap.seconds;
       groups_[g].contexts += 1;
       groups_[g].context_tokens += static_cast<std::int64_t>(ex.context.size());
@@ -289,9 +316,26 @@ class Evaluation {
           cell.kept_bytes += static_cast<double>(copies.back().cache.bytes_in_use());
           cell.full_bytes += full_bytes;
         }
-        for (auto& c : copies) caches.push_back(&c.cache);
-        std::vector<kvc_engine::GreedyAnswer> const answers =
-            kvc_engine::greedy_answers(engine_, caches, ex.question, snap.last_logits, ex.answer_budget(), stop);
+        // A press that acts while decoding (CAM's after_step) needs each pass's queries of its own sequence, which
+        // the batched pass does not record: its answer decodes alone, with the hook, as Engine::generate runs it.
+        // The others decode together.
+        std::vector<kvc_engine::GreedyAnswer> answers(copies.size());
+        std::vector<std::size_t> batched;
+        for (std::size_t i = 0; i < copies.size(); ++i) {
+          Compressor const& comp = runs_[r0 + i].compressor;
+          if (comp.after_step) {
+            answers[i] = kvc_engine::greedy_answer(engine_, copies[i].cache, ex.question, snap.last_logits, ex.answer_budget(),
+                                                   stop, &comp);
+          } else {
+            batched.push_back(i);
+            caches.push_back(&copies[i].cache);
+          }
+        }
+        if (!caches.empty()) {
+          std::vector<kvc_engine::GreedyAnswer> together =
+              kvc_engine::greedy_answers(engine_, caches, ex.question, snap.last_logits, ex.answer_budget(), stop);
+          for (std::size_t k = 0; k < batched.size(); ++k) answers[batched[k]] = std::move(together[k]);
+        }
         for (std::size_t r = r0; r < r1; ++r) {
           Cell& cell = cells_[r][g];
           kvc_engine::GreedyAnswer const& answer = answers[r - r0];
@@ -317,9 +361,13 @@ class Evaluation {
       bar.update(done / units, where + ": prefill");
       std::vector<std::int32_t> const prefix(text.begin(), text.begin() + o_.kl_prefix);
       std::vector<std::int32_t> const next(text.begin() + o_.kl_prefix, text.begin() + o_.kl_prefix + o_.kl_tokens);
-      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine_, prefix, o_.kl_tokens);
+      kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine_, prefix, o_.kl_tokens, keep_hidden_states_);
       std::vector<float> full;  // [kl_tokens, V]
       for (std::size_t r = 0; r < runs_.size(); ++r) {
+        if (runs_[r].press == "finch") {  // held-out text has no question: no window for FINCH, no KL
+          done += 1.0;
+          continue;
+        }
         kvc_engine::CompressedCopy copy = kvc_engine::compressed_copy(engine_, snap, runs_[r].compressor);
         std::vector<float> const logits = engine_.forward(copy.cache, next, kvc_engine::Logits::kAll);
         if (r == 0) {
@@ -329,6 +377,7 @@ class Evaluation {
           for (std::int64_t t = 0; t < o_.kl_tokens; ++t)
             kl += kvc_engine::kl_divergence(full.data() + t * V, logits.data() + t * V, V);
           kl_sum_[r] += kl / static_cast<double>(o_.kl_tokens);
+          kl_count_[r] += 1;
         }
         done += 1.0;
         bar.update(done / units, where + ": " + runs_[r].press + " " + ratio_text(runs_[r].ratio));
@@ -352,7 +401,8 @@ class Evaluation {
     return sum / static_cast<double>(groups_.size());
   }
   [[nodiscard]] double kl(std::size_t r) const {
-    return heldout_.empty() ? std::nan("") : kl_sum_[r] / static_cast<double>(heldout_.size());
+    if (r == 0) return heldout_.empty() ? std::nan("") : 0.0;
+    return kl_count_[r] == 0 ? std::nan("") : kl_sum_[r] / static_cast<double>(kl_count_[r]);
   }
   [[nodiscard]] Cell total(std::size_t r) const {
     Cell t;
@@ -380,7 +430,8 @@ class Evaluation {
       std::vector<std::string> a{p}, k{p};
       for (double r : o_.ratios) {
         a.push_back(format("%.1f", 100.0 * mean_accuracy(run_index(p, r))));
-        k.push_back(heldout_.empty() ? "—" : format("%.3g", kl(run_index(p, r))));
+        double const d = kl(run_index(p, r));
+        k.push_back(std::isnan(d) ? "—" : format("%.3g", d));
       }
       acc.add_row(a);
       div.add_row(k);
@@ -488,10 +539,12 @@ class Evaluation {
   std::vector<TaskExample> examples_;
   std::vector<std::vector<std::int32_t>> heldout_;
   std::vector<Run> runs_;
+  bool keep_hidden_states_ = false;  // some run's press reads the hidden states: the prefills keep them
   std::vector<Group> groups_;
   std::map<std::pair<std::string, std::int64_t>, std::size_t> group_of_;
   std::vector<std::vector<Cell>> cells_;  // [runs][groups]
   std::vector<double> kl_sum_;            // [runs]: sum over held-out texts of the mean KL per token
+  std::vector<std::int64_t> kl_count_;    // [runs]: held-out texts measured (none for FINCH: no question)
   std::vector<nlohmann::json> answers_;   // one per example and run
 };
 
@@ -540,10 +593,12 @@ int main(int argc, char** argv) {
   app.add_option("--kl-lines", o.kl_lines, "held-out texts used (0: all; generated: 4)")->capture_default_str();
   app.add_option("--question-token", o.question_token,
                  "token (name in <model>/vocab.json, or id) where the question of a prompt without a \"question\" "
-                 "field starts; the question is forwarded after compression")
+                 "field starts; the question is forwarded after compression (with --compress-questions it marks the "
+                 "question inside the prompt: press finch's window)")
       ->capture_default_str();
   app.add_flag("--compress-questions", o.compress_questions,
-               "compress the whole prompt, question included (kvpress's compress_questions)");
+               "compress the whole prompt, question included (kvpress's compress_questions; press finch needs it: its "
+               "window is the question)");
   app.add_option("--threads", o.threads, "CPU threads (0: all)")->capture_default_str();
   app.add_option("--decode-batch", o.decode_batch,
                  "press × ratio runs whose answers decode together (one weight read per pass; each holds a cache copy)")
@@ -555,6 +610,15 @@ int main(int argc, char** argv) {
   app.add_option("--duo-pattern", o.press_files.duo_pattern,
                  "DuoAttention pattern folder (config.json with sink_size and recent_size, full_attention_heads.tsv) "
                  "for the model (press duo_attention; its ratio is the share of streaming heads)");
+  app.add_option("--kvzip-prompt", o.kvzip_prompt,
+                 "KVzip's reconstruction prompt as the model's token ids, JSON {prompt_first, prompt_later, suffix[, "
+                 "prefix_length]} (press kvzip on a model without a tokenizer the engine reads; a .gguf model's "
+                 "tokenizer and chat format write it otherwise)");
+  app.add_option("--kvzap-weights", o.kvzap_weights,
+                 "KVzap's surrogates for the model: kvpress's KVzapModel safetensors (linear or mlp; press kvzap)");
+  app.add_option("--fast-kvzip-weights", o.fast_kvzip_weights,
+                 "FastKVzip's gates for the model: kvpress's FastKVzipGate state dicts as one safetensors file, tensors "
+                 "<layer>.<name> (press fast_kvzip)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -605,6 +669,10 @@ int main(int argc, char** argv) {
     fs::create_directories(o.out, ec);
     KVC_CHECK(!ec && fs::is_directory(o.out), "--out: cannot create the folder " << o.out << ": " << ec.message());
 
+    kvzip_prompt_for(o, tokenizer ? &*tokenizer : nullptr, vocab);
+    if (!o.kvzap_weights.empty()) o.press_files.kvzap = kvc_engine::load_kvzap_for(o.kvzap_weights, model.config);
+    if (!o.fast_kvzip_weights.empty())
+      o.press_files.fast_kvzip = kvc_engine::load_fast_kvzip_for(o.fast_kvzip_weights, model.config);
     Evaluation eval(o, model, tokenizer ? &*tokenizer : nullptr, std::move(examples), std::move(heldout));
     std::fprintf(stderr, "kvcompress-eval: %zu contexts (tasks and held-out texts), each prefilled once and run %zu ways\n",
                  eval.contexts(), eval.runs());

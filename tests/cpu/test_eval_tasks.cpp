@@ -83,6 +83,23 @@ TEST_CASE("eval tasks: compress_questions keeps the whole prompt, question field
   CHECK(ex[0].question.empty());
   CHECK(ex[1].context == Ids{1, 2, 4, 5});
   CHECK(ex[1].question.empty());
+  // The question inside the context (FINCH's window): from the last question token, or the question field.
+  CHECK(ex[0].question_in_context == 2);
+  CHECK(ex[1].question_in_context == 2);
+}
+
+TEST_CASE("eval tasks: a generated line's question_tokens mark its question inside the prompt", "[eval][tasks]") {
+  QuestionRule const rule{true, std::nullopt, ""};
+  auto const ex = read(line(R"("length": 8, "task": "a", "prompt": [1, 2, 7, 8], "question": [9], "question_tokens": 2, )"
+                            R"("references": ["x"], "max_new_tokens": 3)"),
+                       rule);
+  REQUIRE(ex.size() == 1);
+  CHECK(ex[0].context == Ids{1, 2, 7, 8, 9});
+  CHECK(ex[0].question_in_context == 3);  // the question, then the template's tail that followed it
+  CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "prompt": [1, 2], "question": [9], "question_tokens": 2, )"
+                              R"("references": ["x"], "max_new_tokens": 3)"),
+                         rule),
+                    Contains("line 1: \"question_tokens\" must be an integer in [0, 2), got 2"));
 }
 
 TEST_CASE("eval tasks: without a question token a line needs its question field", "[eval][tasks]") {
@@ -175,7 +192,7 @@ TEST_CASE("eval tasks: the first per_task examples of each task at the chosen le
   int id = 0;
   for (std::int64_t length : {512, 2048})
     for (int i = 0; i < 3; ++i)
-      for (char const* task : {"single", "multikey"}) all.push_back({task, length, {id++}, {}, {1}, {}, 0, ""});
+      for (char const* task : {"single", "multikey"}) all.push_back({task, length, {id++}, {}, {1}, {}, 0, "", 0});
   auto const picked = kvc_engine::select_examples(all, {2048}, 2);
   REQUIRE(picked.size() == 4);
   // file order is kept: single, multikey, single, multikey (ids 6..9 at 2048)
@@ -187,13 +204,13 @@ TEST_CASE("eval tasks: the first per_task examples of each task at the chosen le
 }
 
 TEST_CASE("eval tasks: a length no example has", "[eval][tasks]") {
-  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, ""}, {"a", 2048, {1}, {}, {1}, {}, 0, ""}};
+  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, "", 0}, {"a", 2048, {1}, {}, {1}, {}, 0, "", 0}};
   CHECK_THROWS_WITH(kvc_engine::select_examples(all, {2048, 4096}, 1),
                     Contains("no task example has length 4096; the task file has lengths 512 (1 examples), 2048 (1 examples)"));
 }
 
 TEST_CASE("eval tasks: per_task must be positive", "[eval][tasks]") {
-  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, ""}};
+  std::vector<TaskExample> const all{{"a", 512, {1}, {}, {1}, {}, 0, "", 0}};
   CHECK_THROWS_WITH(kvc_engine::select_examples(all, {512}, 0), Contains("per_task must be positive, got 0"));
 }
 

@@ -424,7 +424,7 @@ TEST_CASE("KVzip in the reference engine keeps what kvpress 0.5.5 keeps on the e
                          p.at("chunk_size")};
   kvc_engine::KVzipPrompt const ids{want.at("prompt_first").get<std::vector<std::int32_t>>(),
                                     want.at("prompt_later").get<std::vector<std::int32_t>>(),
-                                    want.at("suffix").get<std::vector<std::int32_t>>()};
+                                    want.at("suffix").get<std::vector<std::int32_t>>(), 0};
   kvc_engine::Compressor const c = kvc_engine::kvzip_compressor(press, ids, "kvzip", engine.device());
   kvc_engine::KVCache cache = engine.new_cache(static_cast<std::int64_t>(prompt.size()));
   kvc_engine::ForwardRecord record;

@@ -23,8 +23,12 @@ cd "${root}"
 "${venv}/bin/python" "${here}/generate_decoding.py" --out tests/golden/decoding "$@"
 "${venv}/bin/python" "${here}/generate_engine.py" --out tests/golden/engine "$@"
 "${venv}/bin/python" "${here}/generate_model_presses.py" --out tests/golden "$@"  # after generate.py and generate_engine.py: it reads the engine checkpoint
+"${venv}/bin/python" "${here}/generate_engine_learned.py" --out tests/golden  # KVzap, FastKVzip through the engine
+"${venv}/bin/python" "${here}/generate_engine_finch.py" --out tests/golden     # FINCH through the engine
 "${venv}/bin/python" "${here}/generate_gguf.py" --out tests/golden/gguf
 "${venv}/bin/python" "${here}/generate_smollm2.py" --out tests/golden/smollm2
+# KVzip's reconstruction prompt for SmolLM2, by kvpress's own code on its corrected tokenizer.
+"${venv}/bin/python" "${here}/generate_kvzip_prompt.py" --smollm2-gguf "$(bash tools/models/fetch_smollm2.sh)"
 # The generated RULER-style tasks answered by kvpress's pipeline: kvcompress-eval writes the examples.
 cmake --preset release > /dev/null
 cmake --build --preset release --target kvcompress-eval

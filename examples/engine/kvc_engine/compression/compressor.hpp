@@ -21,6 +21,7 @@ namespace kvc_engine {
 struct ObservationNeeds {
   std::int64_t window = 0;  ///< post-RoPE queries of the chunk's last `window` tokens (fewer if the chunk is shorter)
   bool attention = false;   ///< attention probabilities [1, q_heads, chunk, cache length] (costly: only when asked)
+  bool hidden_states = false;  ///< every layer's attention input [1, 1, chunk, hidden] (after input_layernorm; kept only when asked)
 };
 
 using CompressFn = std::function<void(kvcompress::Observation<float> const&, kvcompress::KVCacheView<float> const&)>;

@@ -49,19 +49,21 @@ inline constexpr std::int32_t kNoStopToken = -1;
 /// \param max_tokens     at most this many tokens (≥ 1)
 /// \param stop           the end-of-turn token decoding stops at, or kNoStopToken (a plain
 ///                       int, not std::optional: gcc 12 reports optional<int> arguments as maybe uninitialized)
+/// \param compressor     its `after_step` runs after every pass (the question's, then each token's), as in
+///                       `Engine::generate`: a decoding press (CAM); null: none
 [[nodiscard]] inline GreedyAnswer greedy_answer(Engine& engine, KVCache& cache, std::vector<std::int32_t> const& question,
                                                 std::vector<float> const& context_logits, std::int64_t max_tokens,
-                                                std::int32_t stop) {
+                                                std::int32_t stop, Compressor const* compressor = nullptr) {
   using clock = std::chrono::steady_clock;
   KVC_CHECK(max_tokens >= 1, "max_tokens must be at least 1, got " << max_tokens);
   std::int64_t const vocab = engine.model().config.vocab_size;
-  std::vector<float> logits = question.empty() ? context_logits : engine.forward(cache, question, Logits::kLast);
+  std::vector<float> logits = question.empty() ? context_logits : engine.forward(cache, question, Logits::kLast, compressor);
   GreedyAnswer a;
   a.tokens.push_back(argmax(logits.data(), vocab));
   a.margins.push_back(top2_margin(logits.data(), vocab));
   while (static_cast<std::int64_t>(a.tokens.size()) < max_tokens && !(stop != kNoStopToken && a.tokens.size() > 1 && a.tokens.back() == stop)) {
     auto const start = clock::now();
-    logits = engine.forward(cache, &a.tokens.back(), 1, Logits::kLast);
+    logits = engine.forward(cache, &a.tokens.back(), 1, Logits::kLast, compressor);
     a.decode_seconds += std::chrono::duration<double>(clock::now() - start).count();
     ++a.decode_passes;
     a.tokens.push_back(argmax(logits.data(), vocab));

@@ -24,11 +24,13 @@ struct PrefillSnapshot {
 };
 
 /// \brief Prefills `context` on a fresh cache with room for `extra_tokens` more (the question and the
-/// answer later fed to each copy, so no copy has to grow).
+/// answer later fed to each copy, so no copy has to grow). `keep_hidden_states`: the record keeps every
+/// layer's attention input too, for compressors that read it (ObservationNeeds::hidden_states).
 [[nodiscard]] inline PrefillSnapshot prefill_snapshot(Engine& engine, std::vector<std::int32_t> const& context,
-                                                      std::int64_t extra_tokens = 0) {
+                                                      std::int64_t extra_tokens = 0, bool keep_hidden_states = false) {
   KVC_CHECK(extra_tokens >= 0, "extra_tokens must be non-negative, got " << extra_tokens);
   PrefillSnapshot s{engine.new_cache(static_cast<std::int64_t>(context.size()) + extra_tokens), {}, {}, 0.0};
+  s.record.keep_hidden_states = keep_hidden_states;
   auto const start = std::chrono::steady_clock::now();
   s.last_logits = engine.forward(s.cache, context, Logits::kLast, nullptr, &s.record);
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

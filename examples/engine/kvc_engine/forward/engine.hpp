@@ -37,6 +37,10 @@ struct ForwardRecord {
   std::int64_t tokens = 0;                  // tokens in the chunk
   std::vector<std::vector<float>> queries;  // per layer: [q_heads, tokens, head_dim], pre-RoPE, after q_norm
   std::vector<std::int32_t> token_ids;      // [tokens] the chunk's tokens
+  std::int64_t question_tokens = 0;         // set by the caller: the chunk's last tokens that are the question (FINCH's window)
+  /// Set before the pass to keep `hidden_states` too (ObservationNeeds::hidden_states: layers × tokens × hidden floats).
+  bool keep_hidden_states = false;
+  std::vector<std::vector<float>> hidden_states;  // per layer: [tokens, hidden_size], the attention input; empty unless kept
 };
 
 enum class Logits { kNone, kLast, kAll };
@@ -96,6 +100,8 @@ class Engine {
       rec->tokens = n;
       rec->queries.assign(static_cast<std::size_t>(c.num_layers), {});
       rec->token_ids.assign(tokens, tokens + n);
+      if (rec == &local) rec->keep_hidden_states = compressor->needs.hidden_states;
+      rec->hidden_states.assign(rec->keep_hidden_states ? static_cast<std::size_t>(c.num_layers) : 0, {});
     }
     KVCache* const one[] = {&cache};
     layers(one, 1, tokens, n, rec);
@@ -172,6 +178,13 @@ class Engine {
         attention_probabilities(cache, l, q, n, record.position, probs);
         obs.attention = kvcompress::make_tensor4(probs.data(), {1, H, n, cache.length(l, 0)});
       }
+      if (needs.hidden_states) {
+        KVC_CHECK(static_cast<std::int64_t>(record.hidden_states.size()) == c.num_layers,
+                  "the press reads the hidden states, and the forward record holds none: the pass was not asked to keep "
+                  "them (ForwardRecord::keep_hidden_states)");
+        std::vector<float> const& x = record.hidden_states[static_cast<std::size_t>(l)];
+        obs.hidden_states = kvcompress::make_tensor4(x.data(), {1, 1, n, c.hidden_size});
+      }
       fn(obs, view);
     }
   }
@@ -233,6 +246,7 @@ class Engine {
     bool const prefill_hook = c != nullptr && (c->after_prefill || model_hook), step_hook = c != nullptr && c->after_step;
     GenerateResult r{{}, {}, new_cache(static_cast<std::int64_t>(prompt.size()) + options.max_new_tokens)};
     ForwardRecord record;
+    record.keep_hidden_states = c != nullptr && c->needs.hidden_states;
     auto t = clock::now();
     std::vector<float> logits = forward(r.cache, prompt, Logits::kLast, nullptr, prefill_hook ? &record : nullptr);
     r.prefill_seconds = seconds(t);
@@ -281,7 +295,7 @@ class Engine {
 
   /// Every layer for B sequences of n tokens each (`tokens` [B, n], sequence b over `*caches[b]`), their
   /// keys and values appended; x_ holds the final hidden states [B·n, hidden]. `rec` (B = 1 only) keeps
-  /// each layer's pre-RoPE queries.
+  /// each layer's pre-RoPE queries and, when it asks, each layer's attention input.
   void layers(KVCache* const* caches, std::int64_t B, std::int32_t const* tokens, std::int64_t n, ForwardRecord* rec) {
     ModelConfig const& c = model_.config;
     std::int64_t const D = c.hidden_size, H = c.num_heads, kvH = c.num_kv_heads, d = c.head_dim, I = c.intermediate_size;
@@ -309,6 +323,7 @@ class Engine {
     for (std::int64_t l = 0; l < c.num_layers; ++l) {
       LayerWeights const& w = model_.layers[static_cast<std::size_t>(l)];
       ops::rms_norm(x_.data(), rows, D, w.input_norm.data(), c.rms_norm_eps, h_.data());
+      if (rec != nullptr && rec->keep_hidden_states) rec->hidden_states[static_cast<std::size_t>(l)].assign(h_.begin(), h_.begin() + n * D);
       ops::linear(pool_, h_.data(), rows, D, w.q_w.data(), bias(w.q_b), H * d, q_.data());
       ops::linear(pool_, h_.data(), rows, D, w.k_w.data(), bias(w.k_b), kvH * d, k_.data());
       ops::linear(pool_, h_.data(), rows, D, w.v_w.data(), bias(w.v_b), kvH * d, v_.data());

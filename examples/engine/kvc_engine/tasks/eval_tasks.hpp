@@ -37,6 +37,9 @@ struct TaskExample {
   std::vector<std::string> references;
   std::int64_t max_new_tokens = 0;
   std::string source;  ///< "<file> line <n>", for messages
+  /// With the question compressed (compress_questions): the question's tokens at the context's end, which
+  /// FINCH's window is; 0 when the question is forwarded after compression.
+  std::int64_t question_in_context = 0;
 
   /// Tokens the answer may take: the reference answer's, or the decoding budget.
   [[nodiscard]] std::int64_t answer_budget() const {
@@ -87,7 +90,8 @@ inline std::vector<std::int32_t> token_ids(nlohmann::json const& j, char const* 
 struct QuestionRule {
   bool compress_questions = false;
   /// For lines without "question": the question starts at the token's last occurrence in the prompt
-  /// (the tasks of tools/train end in `<question> key ? <answer>`).
+  /// (the tasks of tools/train end in `<question> key ? <answer>`); with `compress_questions` it only marks
+  /// the question inside the compressed prompt (`TaskExample::question_in_context`), where it may be absent.
   std::optional<std::int32_t> token;
   /// How the token was given and where it was looked up, for messages: e.g. "'<question>' (id 3 in
   /// m/vocab.json)", or "'<question>', which m/vocab.json does not hold" when `token` is empty.
@@ -137,9 +141,20 @@ struct QuestionRule {
       auto const start = ex.context.size() - static_cast<std::size_t>(it - ex.context.rbegin()) - 1;
       ex.question.assign(ex.context.begin() + static_cast<std::ptrdiff_t>(start), ex.context.end());
       ex.context.resize(start);
+    } else if (rule.token) {  // the whole prompt is compressed; the question token still marks the question (FINCH)
+      auto const it = std::find(ex.context.rbegin(), ex.context.rend(), *rule.token);
+      if (it != ex.context.rend()) ex.question_in_context = static_cast<std::int64_t>(it - ex.context.rbegin()) + 1;
+    }
+    if (j.contains("question_tokens")) {  // a generated line whose question is inside its prompt
+      KVC_CHECK(j.at("question_tokens").is_number_integer() && j.at("question_tokens").get<std::int64_t>() >= 0 &&
+                    j.at("question_tokens").get<std::int64_t>() < static_cast<std::int64_t>(ex.context.size()),
+                where << ": \"question_tokens\" must be an integer in [0, " << ex.context.size() << "), got "
+                      << detail::brief(j.at("question_tokens")));
+      ex.question_in_context = j.at("question_tokens").get<std::int64_t>();
     }
     if (rule.compress_questions) {
       ex.context.insert(ex.context.end(), ex.question.begin(), ex.question.end());
+      ex.question_in_context += static_cast<std::int64_t>(ex.question.size());
       ex.question.clear();
     }
     KVC_CHECK(!ex.context.empty(), where << ": the context before the question holds no token ids");

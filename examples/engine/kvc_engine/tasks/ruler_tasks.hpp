@@ -40,6 +40,9 @@ struct RulerPrompt {
   std::string context_text;        ///< prefilled and compressed (chat template's head included)
   std::string question_text;       ///< forwarded after compression (template's tail and answer prefix included)
   std::vector<std::int32_t> context, question;
+  /// With the question inside the context: its tokens at the context's end (the context's ids less those of
+  /// the context text without the question). 0 otherwise.
+  std::int64_t question_tokens_in_context = 0;
   std::vector<std::string> references;  ///< all must occur in the output
   std::int64_t max_new_tokens = 0;      ///< greedy decoding stops there or at the end-of-turn token
 };
@@ -226,10 +229,15 @@ class RulerTaskGenerator {
       p.context_text = rendered.substr(0, at);
       p.question_text = asked + rendered.substr(at + marker.size()) + d.answer_prefix;
       p.context = tok_.encode(p.context_text, /*add_bos_eos=*/false);
+      if (question_in_context)
+        p.question_tokens_in_context = static_cast<std::int64_t>(p.context.size()) -
+            static_cast<std::int64_t>(tok_.encode(p.context_text.substr(0, p.context_text.size() - d.question.size()), false).size());
     } else {
       p.context_text = user;
       p.question_text = asked + "\n" + d.answer_prefix;
       p.context = tok_.encode(p.context_text, /*add_bos_eos=*/true);
+      if (question_in_context)
+        p.question_tokens_in_context = static_cast<std::int64_t>(p.context.size()) - static_cast<std::int64_t>(tok_.encode(body, true).size());
     }
     p.question = tok_.encode(p.question_text, /*add_bos_eos=*/false);
     return p;
