@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", default="512,1024,2048,4096")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--command", default="bash tools/bench/run_engine.sh")
     a = ap.parse_args(argv)

@@ -3,18 +3,14 @@
 # shapes and thread count in the same run, and writes docs/benchmarks/cpu.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv=${KVC_BENCH_VENV:-$HOME/.cache/kvcompress-bench-venv}
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -r tools/bench/requirements.txt
-fi
+python="$(bash tools/bench/venv.sh)"
 out=build/bench/results
 mkdir -p "$out"
 cmake --preset bench
 cmake --build --preset bench
 ./build/bench/benchmarks/kvc_bench_cpu --benchmark_format=json --benchmark_out="$out/kvcompress_cpu.json" \
   --benchmark_out_format=json
-"$venv/bin/python" tools/bench/bench_kvpress.py --threads 2 --out "$out/kvpress_cpu.json"
-"$venv/bin/python" tools/bench/report_cpu.py --kvcompress "$out/kvcompress_cpu.json" \
+"$python" tools/bench/bench_kvpress.py --threads 2 --out "$out/kvpress_cpu.json"
+"$python" tools/bench/report_cpu.py --kvcompress "$out/kvcompress_cpu.json" \
   --kvpress "$out/kvpress_cpu.json" --out docs/benchmarks/cpu.md --command "bash tools/bench/run_cpu.sh"
 echo "wrote docs/benchmarks/cpu.md"

@@ -5,13 +5,9 @@
 #   bash tools/bench/run_engine.sh [extra options of tools/bench/engine_vs_transformers.py]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-venv=${KVC_BENCH_VENV:-$HOME/.cache/kvcompress-bench-venv}
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q -r tools/bench/requirements.txt
-fi
-model="$(PYTHON="$venv/bin/python" bash tools/models/fetch_smollm2.sh)"
+python="$(bash tools/bench/venv.sh)"
+model="$(PYTHON="$python" bash tools/models/fetch_smollm2.sh)"
 cmake --preset release
 cmake --build --preset release --target kvc_generate
-TQDM_DISABLE=1 "$venv/bin/python" tools/bench/engine_vs_transformers.py --model "$model" --engine build/release/examples/engine/kvc_generate \
+TQDM_DISABLE=1 "$python" tools/bench/engine_vs_transformers.py --model "$model" --engine build/release/examples/engine/kvc_generate \
   --out docs/results/smollm2/speed.md "$@"
