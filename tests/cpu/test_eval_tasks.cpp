@@ -102,6 +102,32 @@ TEST_CASE("eval tasks: a generated line's question_tokens mark its question insi
                     Contains("line 1: \"question_tokens\" must be an integer in [0, 2), got 2"));
 }
 
+TEST_CASE("eval tasks: a line with its question in the prompt forwards its question field, compress_questions or not", "[eval][tasks]") {
+  // kvcompress-eval --write-tasks --compress-questions: the prompt ends with the question, the question field is
+  // the chat template's tail and the answer prefix, which kvpress's compress_questions forwards after compression
+  std::string const text =
+      line(R"("length": 8, "task": "a", "question_in_context": true, "prompt": [1, 2, 4], "question": [5, 7], "answer": [6])") +
+      line(R"("length": 8, "task": "a", "question_in_context": false, "prompt": [1, 2], "question": [4, 5], "answer": [6])");
+  for (bool const compress : {true, false}) {
+    auto const ex = read(text, {compress, kQuestion, ""});
+    REQUIRE(ex.size() == 2);
+    CHECK(ex[0].context == Ids{1, 2, 4});
+    CHECK(ex[0].question == Ids{5, 7});
+    CHECK(ex[1].context == (compress ? Ids{1, 2, 4, 5} : Ids{1, 2}));
+    CHECK(ex[1].question == (compress ? Ids{} : Ids{4, 5}));
+  }
+}
+
+TEST_CASE("eval tasks: question_in_context that is not a boolean", "[eval][tasks]") {
+  CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "question_in_context": 1, "prompt": [1, 2], "question": [4], "answer": [6])")),
+                    Contains("line 1: \"question_in_context\" must be true or false, got 1"));
+}
+
+TEST_CASE("eval tasks: question_in_context without a question field", "[eval][tasks]") {
+  CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "question_in_context": true, "prompt": [1, 4, 2], "answer": [6])")),
+                    Contains("line 1: \"question_in_context\" is true but the line has no \"question\" field"));
+}
+
 TEST_CASE("eval tasks: without a question token a line needs its question field", "[eval][tasks]") {
   CHECK_THROWS_WITH(read(line(R"("length": 8, "task": "a", "prompt": [1, 4, 3], "answer": [6])"), {false, std::nullopt, ""}),
                     Contains("line 1 has no \"question\" field, and no question token splits its prompt: none was given"));

@@ -5,6 +5,10 @@
 // after compression, greedy decoding stopping at <|im_end|>). Every answer that differs is reported with the
 // logit margins (top-1 minus top-2) of both at the first differing token; differences must stay under 5 % of
 // the answers. It also prints both accuracies per press and ratio.
+// The second case does the same with the question compressed with the context, as kvpress's evaluation runs
+// `compress_questions=True` (tasks_compress_questions.jsonl, kvpress_answers_compress_questions.json): the
+// prefilled and compressed prompt ends with the question, and only the chat template's tail and the answer prefix
+// are forwarded; the full cache and SnapKV, ExpectedAttention and Knorm at 0.25 and 0.5.
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -27,16 +31,20 @@
 
 using nlohmann::json;
 
-TEST_CASE("RULER tasks on SmolLM2: the engine's answers equal kvpress's (under 5 % differ)", "[golden][ruler][slow]") {
+namespace {
+
+/// Answers every example of `tasks_file` with every config of `answers_file` (both under tests/golden/ruler) and checks
+/// that under 5 % of the answers differ from kvpress's.
+void check_answers_against_kvpress(std::string const& tasks_file, std::string const& answers_file) {
   char const* env = std::getenv("KVC_SMOLLM2_GGUF");
   std::string const path = env != nullptr && *env != '\0' ? std::string(env) : std::string(KVC_SMOLLM2_GGUF);
   if (!std::filesystem::is_regular_file(path))
     FAIL("SmolLM2's GGUF is missing at " << path << ": run tools/models/fetch_smollm2.sh or set KVC_SMOLLM2_GGUF");
   std::string const dir = std::string(KVC_GOLDEN_DIR) + "/ruler";
-  json const golden = kvc_test::load_json(dir + "/kvpress_answers.json");
+  json const golden = kvc_test::load_json(dir + "/" + answers_file);
   std::vector<json> examples;
   {
-    std::ifstream in(dir + "/tasks.jsonl");
+    std::ifstream in(dir + "/" + tasks_file);
     for (std::string line; std::getline(in, line);) examples.push_back(json::parse(line));
   }
   REQUIRE(!examples.empty());
@@ -87,8 +95,8 @@ TEST_CASE("RULER tasks on SmolLM2: the engine's answers equal kvpress's (under 5
     }
   }
   double const seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("ruler golden: %lld of %lld answers differ from kvpress's (%.1f %%), %zu examples, %.0f s\n",
-              static_cast<long long>(differ), static_cast<long long>(answers),
+  std::printf("ruler golden (%s): %lld of %lld answers differ from kvpress's (%.1f %%), %zu examples, %.0f s\n",
+              tasks_file.c_str(), static_cast<long long>(differ), static_cast<long long>(answers),
               100.0 * static_cast<double>(differ) / static_cast<double>(answers), examples.size(), seconds);
   std::printf("| press | ratio | engine right | kvpress right |\n|---|---:|---:|---:|\n");
   for (auto const& [config, r] : right)
@@ -96,4 +104,14 @@ TEST_CASE("RULER tasks on SmolLM2: the engine's answers equal kvpress's (under 5
                 r.second, examples.size());
   CHECK(answers == static_cast<std::int64_t>(examples.size() * golden.at("configs").size()));
   CHECK(static_cast<double>(differ) < 0.05 * static_cast<double>(answers));
+}
+
+}  // namespace
+
+TEST_CASE("RULER tasks on SmolLM2: the engine's answers equal kvpress's (under 5 % differ)", "[golden][ruler][slow]") {
+  check_answers_against_kvpress("tasks.jsonl", "kvpress_answers.json");
+}
+
+TEST_CASE("RULER tasks on SmolLM2 with the question compressed: the engine's answers equal kvpress's", "[golden][ruler][slow]") {
+  check_answers_against_kvpress("tasks_compress_questions.jsonl", "kvpress_answers_compress_questions.json");
 }

@@ -99,7 +99,8 @@ struct QuestionRule {
 };
 
 /// \brief Reads every example of a task file. A line's "question", if present, follows its "prompt";
-/// otherwise `rule.token` splits the prompt.
+/// otherwise `rule.token` splits the prompt. `rule.compress_questions` moves the question into the context,
+/// except on a line whose "question_in_context" is true (its prompt ends with the question already).
 /// \param vocab_size every id must lie in [0, vocab_size)
 [[nodiscard]] inline std::vector<TaskExample> read_task_file(std::string const& path, std::int64_t vocab_size,
                                                              QuestionRule const& rule) {
@@ -130,6 +131,18 @@ struct QuestionRule {
       ex.answer = detail::token_ids(j, "answer", vocab_size, where);
       KVC_CHECK(!ex.answer.empty(), where << ": \"answer\" holds no token ids");
     }
+    // A line written by `kvcompress-eval --write-tasks --compress-questions` already holds its question in the
+    // prompt; its "question" is the chat template's tail and the answer prefix, forwarded as kvpress forwards them.
+    bool in_context = false;
+    if (j.contains("question_in_context")) {
+      KVC_CHECK(j.at("question_in_context").is_boolean(),
+                where << ": \"question_in_context\" must be true or false, got "
+                      << detail::brief(j.at("question_in_context")));
+      in_context = j.at("question_in_context").get<bool>();
+      KVC_CHECK(!in_context || j.contains("question"),
+                where << ": \"question_in_context\" is true but the line has no \"question\" field (the part forwarded "
+                         "after compression)");
+    }
     if (j.contains("question")) {
       ex.question = detail::token_ids(j, "question", vocab_size, where);
     } else if (!rule.compress_questions) {
@@ -152,7 +165,7 @@ struct QuestionRule {
                       << detail::brief(j.at("question_tokens")));
       ex.question_in_context = j.at("question_tokens").get<std::int64_t>();
     }
-    if (rule.compress_questions) {
+    if (rule.compress_questions && !in_context) {
       ex.context.insert(ex.context.end(), ex.question.begin(), ex.question.end());
       ex.question_in_context += static_cast<std::int64_t>(ex.question.size());
       ex.question.clear();
