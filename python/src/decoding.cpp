@@ -262,7 +262,7 @@ bool step(P& press, PyObservation const& obs, Cache const& cache, int num_thread
         std::lock_guard<std::mutex> lock(*press.mutex);
         return press.step(dev, o, view, obs.queries.has_value());
       },
-      cache.view);
+      cache.host_view("decoding press step"));
 }
 
 std::shared_ptr<std::vector<double> const> uniforms_of(std::optional<Array> const& u) {
