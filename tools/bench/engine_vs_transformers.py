@@ -22,6 +22,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,8 +95,9 @@ def main(argv=None) -> int:
     model.eval()
     vocab = model.config.vocab_size
     rng = np.random.default_rng(0)  # token ids do not change the work: any ids of the vocabulary
-    prompt_file = a.out.parent / ".engine_prompt.txt"
     a.out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory()  # the prompt ids handed to kvc_generate
+    prompt_file = Path(scratch.name) / "prompt.txt"
     rows = []
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -112,7 +114,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"threads {threads} prompt {n}: prefill engine {row[2]:.0f} / transformers {row[3]:.0f} tokens/s, "
                   f"decode engine {row[4]:.1f} / transformers {row[5]:.1f} tokens/s", flush=True)
-    prompt_file.unlink(missing_ok=True)
+    scratch.cleanup()
 
     lines = [
         "# The reference engine's speed beside transformers on SmolLM2-135M-Instruct",
