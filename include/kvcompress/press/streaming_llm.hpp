@@ -41,7 +41,8 @@ struct StreamingLLMPress {
       KVC_CHECK(cache.lengths[r] > n_sink, "StreamingLLM needs more entries than n_sink = "
                                                << n_sink << ", but row (batch " << r / heads << ", kv head "
                                                << r % heads << ") has n = " << cache.lengths[r]);
-    detail::parallel_for(dev, rows, [&](std::int64_t r, int) {
+    auto const bytes = static_cast<std::int64_t>(detail::size_product(rows, cap, sizeof(float)));  // scores written
+    detail::parallel_for(dev, rows, bytes, [&](std::int64_t r, int) {
       std::int64_t const n = cache.lengths[r];
       std::int64_t const n_pruned = n - kept_count(n, compression_ratio);
       std::int64_t const lo = std::min(n_sink, n), hi = std::min(n_sink + n_pruned, n);
