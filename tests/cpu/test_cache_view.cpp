@@ -7,6 +7,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 TEST_CASE("strided layouts in every axis order address each element once", "[view]") {
@@ -138,3 +141,5 @@ TEST_CASE("bad views are rejected with the argument and the value", "[view][erro
     REQUIRE_THROWS_WITH(make_tensor4(k.data(), {1, 0, 3, 4}), Catch::Contains("shape[1] must be positive, got 0"));
   }
 }
+
+}  // namespace KVC_TEST_TU

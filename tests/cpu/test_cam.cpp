@@ -14,6 +14,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using Catch::Matchers::Contains;
 
@@ -468,3 +471,5 @@ TEST_CASE("CAM rejects bad input, naming the argument and the value", "[cam][err
     CHECK_THROWS_WITH(press.step(cpu, obs, dec.view()), Contains("observation.layer_idx = 1 is outside [0, num_layers = 1)"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -13,6 +13,9 @@
 #include <string>
 #include <vector>
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -132,3 +135,5 @@ TEST_CASE("the reliability catalogue names only tests that exist, by their exact
   }
   CHECK(rows >= 40);
 }
+
+}  // namespace KVC_TEST_TU

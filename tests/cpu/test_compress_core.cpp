@@ -5,6 +5,9 @@
 
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 TEST_CASE("kept_count follows kvpress's int(n * (1 - r)) arithmetic", "[core]") {
@@ -43,3 +46,5 @@ TEST_CASE("compress with Knorm keeps the lowest-norm keys in position order", "[
       }
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -15,6 +15,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -145,3 +148,5 @@ TEST_CASE("many threads compressing their own caches with one shared const press
     CHECK(errors == 0);
   }
 }
+
+}  // namespace KVC_TEST_TU

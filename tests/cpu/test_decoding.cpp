@@ -17,6 +17,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using Catch::Matchers::Contains;
 
@@ -518,3 +521,5 @@ TEST_CASE("decoding presses reject bad input, naming the argument and the value"
     CHECK_THROWS_WITH(every.step(cpu, obs, eng.view(), Workspace(ws.data(), ws.size())), Contains("workspace too small"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -17,6 +17,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using Catch::Matchers::Contains;
 
@@ -368,3 +371,5 @@ TEST_CASE("DMS rejects bad input, naming the argument and the value", "[dms][err
     CHECK_THROWS_WITH(dms.step(cpu, obs, g.view()), Contains("is not finite"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -9,6 +9,9 @@
 
 #include "kvc_engine/forward/attention.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 
 TEST_CASE("engine attention: each query head reads its kv head's own live entries, causally", "[engine][attention]") {
@@ -90,3 +93,5 @@ TEST_CASE("engine thread pool: every index once, exceptions reach the caller", "
   pool.parallel_for(1, [&](std::int64_t, int) { ++after; });
   CHECK(after == 1);
 }
+
+}  // namespace KVC_TEST_TU

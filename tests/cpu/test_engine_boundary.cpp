@@ -13,6 +13,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using Catch::Contains;
 
@@ -502,3 +505,5 @@ TEST_CASE("boundary: a ragged batch compresses each sequence as if it were alone
     REQUIRE_THROWS_WITH(dec.step(cpu, step, c.view()), Contains("DecodingPress (one query per sequence and step) does not take a ragged batch"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -6,6 +6,9 @@
 
 #include "kvc_engine/model_io/config.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using kvc_engine::ModelFamily;
 using kvc_engine::parse_model_config;
 using kvcompress::RopeType;
@@ -238,3 +241,5 @@ TEST_CASE("config: text that is not a JSON object", "[engine][config]") {
   REQUIRE_THROWS_WITH(parse_model_config("[]"), Contains("config.json must hold a JSON object"));
   REQUIRE_THROWS_WITH(parse_model_config(std::string(100, '[') + std::string(100, ']')), Contains("nests deeper than 16 levels"));
 }
+
+}  // namespace KVC_TEST_TU

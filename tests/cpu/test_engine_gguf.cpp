@@ -10,6 +10,9 @@
 #include "gguf_builder.hpp"
 #include "kvc_engine/model_io/gguf_model.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 using kvc_engine::GgufFile;
 using kvc_test::GgufBuilder;
@@ -312,3 +315,5 @@ TEST_CASE("GGUF model metadata: the llama permutation, RoPE fields, and errors n
                       Contains("tensor 'w' has ggml type IQ2_XXS (16), which the engine cannot dequantise"));
   }
 }
+
+}  // namespace KVC_TEST_TU

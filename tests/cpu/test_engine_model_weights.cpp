@@ -15,6 +15,9 @@
 
 #include "kvc_engine/model_io/model.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
@@ -72,3 +75,5 @@ TEST_CASE("engine: a non-finite weight is named at load with its tensor and firs
                       Contains("tensor 'lm_head.weight' holds 1 non-finite weight(s) of 16384; the first, -inf, at element 0"));
   }
 }
+
+}  // namespace KVC_TEST_TU

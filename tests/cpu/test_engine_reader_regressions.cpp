@@ -13,6 +13,9 @@
 #include "kvc_engine/model_io/safetensors.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using kvc_engine::SafetensorsFile;
 using nlohmann::json;
 
@@ -97,3 +100,5 @@ TEST_CASE("config: a yarn attention scaling that float cannot hold, or that is n
   c.attention_factor = 1.25;  // still accepted
   CHECK(kvcompress::RotaryEmbedding(c).attention_scaling() == 1.25f);
 }
+
+}  // namespace KVC_TEST_TU

@@ -9,6 +9,9 @@
 
 #include "kvc_engine/model_io/safetensors.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using kvc_engine::SafetensorsFile;
 using Catch::Matchers::Contains;
 
@@ -165,3 +168,5 @@ TEST_CASE("safetensors: a file that does not exist", "[engine][safetensors]") {
   REQUIRE_THROWS_WITH(SafetensorsFile::open("/nonexistent/model.safetensors"),
                       Contains("cannot open safetensors file /nonexistent/model.safetensors"));
 }
+
+}  // namespace KVC_TEST_TU

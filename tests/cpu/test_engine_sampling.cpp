@@ -7,6 +7,9 @@
 
 #include "kvc_engine/forward/sampling.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 using kvc_engine::Sampler;
 
@@ -56,3 +59,5 @@ TEST_CASE("sampling: the same seed gives the same draws, another seed others", "
   CHECK(draws(42) == draws(42));
   CHECK(draws(42) != draws(43));
 }
+
+}  // namespace KVC_TEST_TU

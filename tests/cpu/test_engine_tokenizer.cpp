@@ -14,6 +14,9 @@
 #include "kvc_engine/tokenizer/tokenizer.hpp"
 #include "kvcompress/core/error.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 using kvc_engine::Tokenizer;
 using kvc_engine::TokenizerModel;
@@ -202,3 +205,5 @@ TEST_CASE("tokenizer: one tokenizer encodes and decodes from several threads at 
   for (auto& th : threads) th.join();
   CHECK(wrong == std::vector<int>(4, 0));
 }
+
+}  // namespace KVC_TEST_TU

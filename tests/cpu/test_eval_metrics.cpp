@@ -9,6 +9,9 @@
 
 #include "kvc_engine/eval/eval_metrics.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 
 TEST_CASE("eval metrics: an answer is right only when every token matches", "[eval][metrics]") {
@@ -75,3 +78,5 @@ TEST_CASE("eval metrics: KL divergence of no logits", "[eval][metrics]") {
   float const p[1] = {0.0f};
   CHECK_THROWS_WITH(kvc_engine::kl_divergence(p, p, 0), Contains("at least one logit, got 0"));
 }
+
+}  // namespace KVC_TEST_TU

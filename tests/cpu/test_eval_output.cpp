@@ -13,6 +13,9 @@
 #include "kvc_engine/eval/markdown_table.hpp"
 #include "kvc_engine/eval/progress_bar.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 
 TEST_CASE("eval output: CSV quotes fields with commas, quotes and line breaks", "[eval][csv]") {
@@ -115,3 +118,5 @@ TEST_CASE("eval output: on a terminal the progress bar redraws one line", "[eval
   CHECK(std::count(out.begin(), out.end(), '\r') == 3);
   CHECK_THAT(out, Contains("\r[##############################] 100% 0:00, ETA 0:00  done"));
 }
+
+}  // namespace KVC_TEST_TU

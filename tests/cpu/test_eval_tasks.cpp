@@ -13,6 +13,9 @@
 
 #include "kvc_engine/tasks/eval_tasks.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using Catch::Matchers::Contains;
 using kvc_engine::QuestionRule;
 using kvc_engine::TaskExample;
@@ -291,3 +294,5 @@ TEST_CASE("eval tasks: an example needing more positions than the model has", "[
                     Contains(" line 1: the example needs 6 positions (prompt 5 + answer 2 - 1), more than the model's "
                              "max_position_embeddings = 5"));
 }
+
+}  // namespace KVC_TEST_TU

@@ -7,6 +7,9 @@
 #include "kvcompress/press/expected_attention.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -346,3 +349,5 @@ TEST_CASE("ExpectedAttention rejects bad input with the argument and the value",
                         Catch::Contains("workspace too small"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -13,6 +13,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -323,3 +326,5 @@ TEST_CASE("bad paged layouts and page tables are rejected with the argument and 
     REQUIRE_THROWS_WITH(released_pages(split, before.data(), freed.data(), 8), Catch::Contains("different block tables"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -14,6 +14,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -380,3 +383,5 @@ TEST_CASE("LUKV at every ratio keeps each head's curve budget of top scores, in 
     CHECK(cache.c.lengths == std::vector<std::int32_t>{37, 37, 37, 37});
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -19,6 +19,9 @@
 #include "kvcompress/press/streaming_llm.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -623,3 +626,5 @@ TEMPLATE_TEST_CASE("fp16 and bf16 storage: same scores as float storage of the r
   SECTION("StreamingLLM") { both(StreamingLLMPress{0.5}, 1e-9f); }
   SECTION("Random") { both(RandomPress{0.5, 3u}, 1e-9f); }
 }
+
+}  // namespace KVC_TEST_TU

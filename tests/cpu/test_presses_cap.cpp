@@ -9,6 +9,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 TEST_CASE("CapPress rejects bad parameters and inputs", "[press][cap][errors]") {
@@ -42,3 +45,5 @@ TEST_CASE("CapPress rejects bad parameters and inputs", "[press][cap][errors]") 
                         Catch::Contains("cache length n = 4 of row (batch 0, kv head 0) must exceed n_sink = 4"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -13,6 +13,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -166,3 +169,5 @@ TEST_CASE("Compactor presses: z-scored scores, the sinks kept, scores independen
     }
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -9,6 +9,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 TEST_CASE("CURPress rejects bad parameters and inputs", "[press][cur][errors]") {
@@ -64,3 +67,5 @@ TEST_CASE("CURPress: sinks score 1, each row sums to 1 outside them, rows of any
     }
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -8,6 +8,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -82,3 +85,5 @@ TEST_CASE("FinchPress keeps the question window, re-rotated rows hold positions 
     for (auto p : last) CHECK(p >= 35);
   }
 }
+
+}  // namespace KVC_TEST_TU

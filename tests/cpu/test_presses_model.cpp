@@ -13,6 +13,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using Catch::Matchers::Contains;
 
@@ -333,3 +336,5 @@ TEST_CASE("engine: learned-scorer checkpoints name a missing or misshapen tensor
     REQUIRE_THROWS_WITH(kvc_engine::load_kvzap(f), Contains("tensor 'layers.0.bias' has shape [3], expected [2]"));
   }
 }
+
+}  // namespace KVC_TEST_TU

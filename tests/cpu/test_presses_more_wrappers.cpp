@@ -11,6 +11,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -296,3 +299,5 @@ TEST_CASE("Merging folds an evicted value into the most similar kept entry", "[p
     CHECK(std::vector<float>(d.v.begin(), d.v.begin() + 4) == std::vector<float>{1, 1, 5, -5});
   }
 }
+
+}  // namespace KVC_TEST_TU

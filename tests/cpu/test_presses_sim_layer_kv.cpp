@@ -9,6 +9,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -105,3 +108,5 @@ TEST_CASE("SimLayerKVPress: a lazy layer keeps the initial and recent entries, o
     CHECK(x < 1.0);
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -7,6 +7,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -230,3 +233,5 @@ TEST_CASE("window presses reject bad input with the argument and the value", "[p
                         Catch::Contains("beta") && Catch::Contains("0.5"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -14,6 +14,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -336,3 +339,5 @@ TEST_CASE("attention rejects bad input, naming the argument and the value", "[at
                       Contains("workspace too small"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -14,6 +14,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using Catch::Contains;
 
@@ -428,3 +431,5 @@ TEST_CASE("reliability: non-finite RoPE parameters and averaged-rotation ranges"
                         Contains("must stay below 2^31") && Contains("count = 4"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -6,6 +6,9 @@
 #include "kvcompress/rope/rotary_embedding.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -147,3 +150,5 @@ TEST_CASE("bad RoPE configurations are rejected with the field and the value", "
     REQUIRE_THROWS_WITH(rope.averaged_rotation(0, 0, c.data(), s.data()), Catch::Contains("count") && Catch::Contains("0"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -16,6 +16,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -931,3 +934,5 @@ TEST_CASE("make_tensor2 rejects a negative stride", "[wrappers][errors]") {
   REQUIRE_THROWS_WITH(make_tensor2(&x, {1, 1}, {-1, 1}),
                       Catch::Contains("matrix strides[0] must be non-negative, got -1"));
 }
+
+}  // namespace KVC_TEST_TU

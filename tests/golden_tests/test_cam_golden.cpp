@@ -23,6 +23,9 @@
 #include "test_util.hpp"
 #include "kvcompress/kvcompress.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using nlohmann::json;
 
@@ -174,3 +177,5 @@ TEST_CASE("CAM keeps, merges and sums exactly as kvpress's CAMPress", "[golden][
     else FAIL("unknown base press " << base);
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -10,6 +10,9 @@
 #include "kvc_engine/tokenizer/chat_format.hpp"
 #include "kvcompress/core/error.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using kvc_engine::ChatFormat;
 using kvc_engine::ChatMessage;
 
@@ -45,3 +48,5 @@ TEST_CASE("chat format: five templates render as transformers' apply_chat_templa
   CHECK(rendered == 58);
   CHECK(refused == 12);
 }
+
+}  // namespace KVC_TEST_TU

@@ -21,6 +21,9 @@
 #include "kvcompress/kvcompress.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using nlohmann::json;
 
@@ -163,3 +166,5 @@ TEST_CASE("the decoding presses keep exactly what kvpress's decoding presses kee
     else FAIL("unknown base press " << base);
   }
 }
+
+}  // namespace KVC_TEST_TU

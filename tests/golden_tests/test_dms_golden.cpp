@@ -17,6 +17,9 @@
 #include "test_util.hpp"
 #include "kvcompress/kvcompress.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using nlohmann::json;
 
@@ -160,3 +163,5 @@ TEST_CASE("DMS removes exactly the entries kvpress's DMSPress masks", "[golden][
     }
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -12,6 +12,9 @@
 #include "golden_fixture.hpp"
 #include "kvc_engine/model_io/model.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 namespace fs = std::filesystem;
 
 TEST_CASE("engine: config.json claiming 2^40 layers over a 2-layer checkpoint", "[golden][engine]") {
@@ -35,3 +38,5 @@ TEST_CASE("engine: config.json claiming 2^40 layers over a 2-layer checkpoint", 
   fs::remove_all(dir);
   CHECK(message == "checkpoint " + dir.string() + " has no tensor 'model.layers.2.input_layernorm.weight'");
 }
+
+}  // namespace KVC_TEST_TU

@@ -16,6 +16,9 @@
 #include "golden_fixture.hpp"
 #include "kvc_engine/forward/engine.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using nlohmann::json;
 
 namespace {
@@ -224,3 +227,5 @@ TEST_CASE("engine: one prefill, copied and compressed per press, gives kvpress's
   CHECK(checked == 3);
   CHECK(prefilled.length(0, 0) == static_cast<std::int32_t>(prompt.size()));  // the copies were compressed, not it
 }
+
+}  // namespace KVC_TEST_TU

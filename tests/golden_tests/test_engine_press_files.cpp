@@ -12,6 +12,9 @@
 #include "kvc_engine/model_io/npy.hpp"
 #include "kvc_engine/compression/press_registry.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -91,3 +94,5 @@ TEST_CASE("the registry's lukv and duo_attention reject missing or malformed dat
     REQUIRE_THROWS_WITH(kvc_engine::read_duo_pattern(dir.string()), Catch::Contains("config.json: 'sink_size' must be a non-negative integer"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -19,6 +19,9 @@
 #include "kvc_engine/eval/greedy_answer.hpp"
 #include "kvc_engine/eval/prefill_snapshot.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 namespace {
 
 std::string const kDir = std::string(KVC_GOLDEN_DIR) + "/engine_learned";
@@ -196,3 +199,5 @@ TEST_CASE("CAM by name refuses a decoding step before any prefill", "[golden][pr
   CHECK_THROWS_WITH(engine.compress(cache, record, cam.after_step, cam.needs),
                     Catch::Contains("press cam decodes after a prefill: none was compressed by this compressor"));
 }
+
+}  // namespace KVC_TEST_TU

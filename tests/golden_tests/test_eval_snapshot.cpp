@@ -14,6 +14,9 @@
 #include "kvc_engine/eval/prefill_snapshot.hpp"
 #include "kvc_engine/compression/press_registry.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 namespace {
 
 /// Everything a cache holds that attention or a later press reads: per layer and kv head, the length, and
@@ -164,3 +167,5 @@ TEST_CASE("batched answers: forward_batch and greedy_answers equal one sequence 
     CHECK_THROWS_WITH(engine.forward_batch({}, tokens, 1), Catch::Contains("at least one cache"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -15,6 +15,9 @@
 #include "kvc_engine/forward/engine.hpp"
 #include "kvc_engine/model_io/gguf_model.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using nlohmann::json;
 
 namespace {
@@ -160,3 +163,5 @@ TEST_CASE("GGUF rope_freqs.weight is read as llama3 RoPE scaling", "[golden][ggu
   REQUIRE_THROWS_WITH(kvc_engine::gguf_model_config(g), Catch::Matchers::Contains("rope_freqs.weight[4]") &&
                                                             Catch::Matchers::Contains("is not llama3 scaling"));
 }
+
+}  // namespace KVC_TEST_TU

@@ -17,6 +17,9 @@
 #include "kvc_engine/model_io/gguf.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using nlohmann::json;
 
 namespace {
@@ -92,3 +95,5 @@ TEST_CASE("KVzip prompt: --kvzip-prompt's file and its errors", "[golden][kvzip]
     CHECK_THROWS_WITH(kvc_engine::kvzip_passes({5, 6, 7, 8}, 2, p), Catch::Contains("the context holds 4 tokens, none after the chat template's head of 4"));
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -14,6 +14,9 @@
 #include "kvc_engine/compression/press_registry.hpp"
 #include "kvcompress/kvcompress.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using nlohmann::json;
 
@@ -455,3 +458,5 @@ TEST_CASE("KVzip in the reference engine keeps what kvpress 0.5.5 keeps on the e
   std::printf("golden KVzip (engine): %lld entries kept over every layer and head, kvpress's sets\n",
               static_cast<long long>(kept_total));
 }
+
+}  // namespace KVC_TEST_TU

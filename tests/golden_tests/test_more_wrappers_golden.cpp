@@ -18,6 +18,9 @@
 #include "kvcompress/press/duo_attention.hpp"
 #include "kvcompress/press/merging.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using nlohmann::json;
 using kvc_test::Scenario;
@@ -355,3 +358,5 @@ TEST_CASE("Merging matches kvpress 0.5.5: kept sets and merged values", "[golden
   CHECK(cases == 3 * 3);
   CHECK(merged > 400);
 }
+
+}  // namespace KVC_TEST_TU

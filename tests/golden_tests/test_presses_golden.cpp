@@ -19,6 +19,9 @@
 #include "golden_scenario.hpp"
 #include "kvcompress/kvcompress.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using nlohmann::json;
 using kvc_test::CaseInputs;
@@ -271,3 +274,5 @@ TEST_CASE("FINCH matches kvpress 0.5.5: scores, kept sets and re-rotated keys", 
   std::printf("golden FINCH: %d cases, max relative score error %.3g, max re-rotated key error %.3g\n", cases, max_rel, max_key);
   CHECK(cases == 2 * 3);
 }
+
+}  // namespace KVC_TEST_TU

@@ -14,6 +14,9 @@
 #include "golden_scenario.hpp"
 #include "kvcompress/kvcompress.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using kvc_test::Scenario;
 
@@ -124,3 +127,5 @@ TEST_CASE("a ragged batch matches kvpress run on each sequence alone", "[golden]
               cases, max_rel);
   CHECK(cases == 3);
 }
+
+}  // namespace KVC_TEST_TU

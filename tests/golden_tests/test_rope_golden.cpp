@@ -11,6 +11,9 @@
 #include "golden_fixture.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -132,3 +135,5 @@ TEST_CASE("RoPE inverse frequencies equal HF's bit for bit", "[golden][rope]") {
   CHECK(llama3 == 3 * 6 * 3 * 5);
   CHECK(cases == 3 * (3 + 6 + 6 * 3) * 5 + 3 * 5 * 4);
 }
+
+}  // namespace KVC_TEST_TU

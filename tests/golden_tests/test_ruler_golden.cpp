@@ -29,6 +29,9 @@
 #include "kvc_engine/tasks/ruler_tasks.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using nlohmann::json;
 
 namespace {
@@ -115,3 +118,5 @@ TEST_CASE("RULER tasks on SmolLM2: the engine's answers equal kvpress's (under 5
 TEST_CASE("RULER tasks on SmolLM2 with the question compressed: the engine's answers equal kvpress's", "[golden][ruler][slow]") {
   check_answers_against_kvpress("tasks_compress_questions.jsonl", "kvpress_answers_compress_questions.json");
 }
+
+}  // namespace KVC_TEST_TU

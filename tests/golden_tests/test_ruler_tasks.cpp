@@ -21,6 +21,9 @@
 #include "kvc_engine/tasks/ruler_tasks.hpp"
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using nlohmann::json;
 
 namespace {
@@ -230,3 +233,5 @@ TEST_CASE("RULER tasks: the examples equal the fixture, whose ids HF tokenizers 
   }
   CHECK(lines == 5);  // tools/golden/generate_ruler.py's five tasks
 }
+
+}  // namespace KVC_TEST_TU

@@ -18,6 +18,9 @@
 #include "golden_fixture.hpp"
 #include "kvc_engine/forward/engine.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using nlohmann::json;
 
 namespace {
@@ -85,3 +88,5 @@ TEST_CASE("SmolLM2-135M GGUF: the engine's logits equal transformers' (fp32, rel
   }
   CHECK(worst <= 1e-4);
 }
+
+}  // namespace KVC_TEST_TU

@@ -18,6 +18,9 @@
 #include "kvc_engine/tokenizer/gguf_tokenizer.hpp"
 #include "kvc_engine/tokenizer/tokenizer.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using kvc_engine::Tokenizer;
 
 namespace {
@@ -152,3 +155,5 @@ TEST_CASE("tokenizer: encoding speed on SmolLM2's vocabulary", "[.perf][tokenize
     CHECK(encode_s * 100000.0 / static_cast<double>(ids.size()) < 1.0);  // 100k tokens well under a second
   }
 }
+
+}  // namespace KVC_TEST_TU

@@ -18,6 +18,9 @@
 #include "golden_scenario.hpp"
 #include "kvcompress/kvcompress.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using kvc_test::CaseInputs;
 using kvc_test::Scenario;
@@ -336,3 +339,5 @@ TEST_CASE("every wrapper press matches kvpress 0.5.5: kept sets, scores, re-rota
       tally.cases, tally.heads, tally.tied_heads, tally.max_rel, tally.max_key_err);
   CHECK(tally.cases == 4 * 11 + 10);  // 4 layers of batch-1 scenarios × 11 cases, batch 2 without CriticalAdaKV
 }
+
+}  // namespace KVC_TEST_TU
