@@ -53,10 +53,12 @@ class PythonCommunicator final : public Communicator {
   }
 
  private:
+  /// A NumPy array over `data` [count], valid during the call (a reference: nanobind would copy an
+  /// array without an owner, and the collectives write in place).
   template <class E>
-  static nb::ndarray<nb::numpy, E, nb::ndim<1>> host_array(E* data, std::size_t count) {
+  static nb::object host_array(E* data, std::size_t count) {
     std::size_t const shape[1] = {count};
-    return nb::ndarray<nb::numpy, E, nb::ndim<1>>(data, 1, shape, nb::handle());
+    return nb::cast(nb::ndarray<nb::numpy, E, nb::ndim<1>>(data, 1, shape, nb::handle()), nb::rv_policy::reference);
   }
 
   template <class E>
