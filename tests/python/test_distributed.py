@@ -43,8 +43,8 @@ class Layer:
 
     def part(self, first, count, length=None):
         """Kv heads [first, first + count) as a cache of their own (copies) and their lengths."""
-        k = np.ascontiguousarray(self.keys[:, first:first + count])
-        v = np.ascontiguousarray(self.values[:, first:first + count])
+        k = self.keys[:, first:first + count].copy()
+        v = self.values[:, first:first + count].copy()
         lengths = np.full((self.batch, count), self.n if length is None else length, np.int32)
         return k, v, lengths
 
@@ -157,7 +157,7 @@ def check_errors(comm, rank, size):
     if rank == 1:
         k[0, 0, 5, 3] = np.nan
     expect_error_everywhere(rank, lambda: kvc.compress(press, layer.observation(first, count, shard),
-                                                       kvc.KVCache(k, v, lengths)), "NaN", failed)
+                                                       kvc.KVCache(k, v, lengths)), "keys[0, 0, 5, 3] = nan is not finite", failed)
 
     # Rejected by the binding before the library's handshake: queries of another dtype.
     k, v, lengths = layer.part(first, count)
