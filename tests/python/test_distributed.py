@@ -164,12 +164,20 @@ def check_errors(comm, rank, size):
     obs = layer.observation(first, count, shard)
     if rank == 1:
         obs.queries = layer.queries[:, first * 2:(first + count) * 2].astype(np.float64)
-    expect_error_everywhere(rank, lambda: kvc.compress(press, obs, kvc.KVCache(k, v, lengths)), "queries", failed)
+    expect_error_everywhere(rank, lambda: kvc.compress(press, obs, kvc.KVCache(k, v, lengths)),
+                            "observation.queries must be float32, float16 or bfloat16, got float64", failed)
 
-    # Rejected in Python before the binding: a press that cannot be built.
+    # A ratio the library rejects on rank 1 only.
     bad = kvc.AdaKVPress(kvc.ExpectedAttentionPress(1.5 if rank == 1 else 0.6))
     expect_error_everywhere(rank, lambda: kvc.compress(bad, layer.observation(first, count, shard),
-                                                       kvc.KVCache(*layer.part(first, count))), "1.5", failed)
+                                                       kvc.KVCache(*layer.part(first, count))),
+                            "compression_ratio must be in [0, 1), got 1.5", failed)
+
+    # Rejected before the binding is called: a press that cannot be built (a wrapper around a non-scorer).
+    bad = kvc.AdaKVPress(kvc.ChunkKVPress(kvc.KnormPress(0.5), 4) if rank == 1 else kvc.KnormPress(0.5))
+    expect_error_everywhere(rank, lambda: kvc.compress(bad, layer.observation(first, count, shard),
+                                                       kvc.KVCache(*layer.part(first, count))),
+                            "wraps a scorer press", failed)
 
     # Rank 1 claims rank 0's heads: every rank finds the heads do not tile the layer.
     overlap = kvc.TensorParallelShard(comm, 0 if rank == 1 else first, 8)
@@ -186,7 +194,7 @@ def check_errors(comm, rank, size):
                                     shard=shard), cache)
     queries = None if rank == 1 else layer.queries[:, first * g:(first + count) * g, :1]
     expect_error_everywhere(rank, lambda: step_press.step(kvc.Observation(queries=queries, position=40, shard=shard),
-                                                          cache), "queries", failed)
+                                                          cache), "observation.queries must be given", failed)
 
     # The group is still in step: a good call succeeds on every rank.
     k, v, lengths = layer.part(first, count)
