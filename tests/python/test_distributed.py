@@ -23,8 +23,8 @@ import kvcompress as kvc  # noqa: E402
 from kvcompress.distributed import TorchDistributedCommunicator, head_range, tensor_parallel_shard  # noqa: E402
 
 WINDOW, HIDDEN = 4, 24
-COMM_TIMEOUT = 20.0  # seconds: a hang fails the error checks below, which must finish far sooner
-ERROR_WITHIN = 8.0
+COMM_TIMEOUT = 20.0  # seconds: a hang would fail the error checks below, which must finish sooner
+ERROR_WITHIN = 15.0  # the other ranks name rank 1, so the error came through the protocol, not the timeout
 
 
 class Layer:
