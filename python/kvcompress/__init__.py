@@ -7,14 +7,16 @@
 
 Engine layouts (vLLM, SGLang, FlashInfer, HF DynamicCache): :mod:`kvcompress.layouts`.
 A drop-in for kvpress's pipeline: :mod:`kvcompress.kvpress`.
+A layer's kv heads split over a torch.distributed group (tensor parallelism): :mod:`kvcompress.distributed`.
 """
 
-from ._core import Error, FastKVzipGate, Observation, RotaryEmbedding, cuda_enabled, cuda_presses
+from ._core import (Communicator, Error, FastKVzipGate, Observation, RotaryEmbedding, TensorParallelShard, cuda_enabled,
+                    cuda_presses)
 from .cache import KVCache, compress, rotary_embedding_from_config, score, workspace_bytes
 from .presses import *  # noqa: F401,F403
 from .presses import __all__ as _press_names
 
 __version__ = "0.1.0"
 
-__all__ = ["Error", "FastKVzipGate", "Observation", "RotaryEmbedding", "KVCache", "compress", "score", "workspace_bytes",
+__all__ = ["Communicator", "Error", "FastKVzipGate", "Observation", "RotaryEmbedding", "TensorParallelShard", "KVCache", "compress", "score", "workspace_bytes",
            "rotary_embedding_from_config", "cuda_enabled", "cuda_presses", *_press_names]

@@ -30,12 +30,59 @@ class RotaryEmbedding:
     @property
     def attention_scaling(self) -> float: ...
 
+class Communicator:
+    """
+    A process group seen by one of its ranks, for presses on a layer whose kv heads are split over the group. Its collectives are the methods of `backend`: all_reduce(buffer, op) reduces a 1-D int64 or float32 NumPy array in place over the group (op 'sum' or 'max'); all_gather(send, recv) fills the int64 recv [size * count] with every rank's send [count] in rank order. Each must bound its wait and raise (the message naming the collective) rather than hang. kvcompress.distributed.TorchDistributedCommunicator is one over a torch.distributed process group.
+    """
+
+    def __init__(self, backend: object, rank: int, size: int) -> None: ...
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in [0, size)."""
+
+    @property
+    def size(self) -> int:
+        """Ranks in the group."""
+
+    def all_reduce(self, buffer: NDArray, op: str = 'sum') -> None:
+        """
+        The library's all-reduce of a 1-D contiguous int64 or float32 host array, in place (through backend).
+        """
+
+    def all_gather(self, send: NDArray, recv: NDArray) -> None:
+        """
+        The library's all-gather: int64 send [count] of every rank into recv [size * count] (through backend).
+        """
+
+class TensorParallelShard:
+    """
+    This rank holds kv heads [first_kv_head, first_kv_head + cache kv_heads) of a layer of kv_heads heads; the other ranks of communicator hold the rest, each head once. No communicator means the whole layer is on this process.
+    """
+
+    def __init__(self, communicator: Communicator | None, first_kv_head: int = 0, kv_heads: int = 0) -> None: ...
+
+    @property
+    def communicator(self) -> Communicator: ...
+
+    @property
+    def first_kv_head(self) -> int:
+        """Global index of this rank's first kv head."""
+
+    @property
+    def kv_heads(self) -> int:
+        """kv heads of the whole layer (0: the cache's own)."""
+
+    @property
+    def split(self) -> bool:
+        """Whether the layer's heads are spread over more than this process."""
+
 class Observation:
     """
     What the engine hands a press at a compression point. Tensors must have the cache's dtype and live on its device; shapes are checked by the press that reads them.
     """
 
-    def __init__(self, *, queries: NDArray | None = None, window_queries: NDArray | None = None, attention: NDArray | None = None, output_projection: NDArray | None = None, stats_mean: NDArray | None = None, stats_covariance: NDArray | None = None, query_offsets: NDArray | None = None, sequence_positions: NDArray | None = None, hidden_states: NDArray | None = None, rope: RotaryEmbedding | None = None, layer_idx: int = 0, num_layers: int = 1, position: int = 0, chunk_length: int = 0) -> None:
+    def __init__(self, *, queries: NDArray | None = None, window_queries: NDArray | None = None, attention: NDArray | None = None, output_projection: NDArray | None = None, stats_mean: NDArray | None = None, stats_covariance: NDArray | None = None, query_offsets: NDArray | None = None, sequence_positions: NDArray | None = None, hidden_states: NDArray | None = None, rope: RotaryEmbedding | None = None, layer_idx: int = 0, num_layers: int = 1, position: int = 0, chunk_length: int = 0, shard: TensorParallelShard | None = None) -> None:
         """
         Every field is optional; a press that needs one it did not get raises kvcompress.Error naming it.
         """
@@ -139,6 +186,15 @@ class Observation:
 
     @chunk_length.setter
     def chunk_length(self, arg: int, /) -> None: ...
+
+    @property
+    def shard(self) -> TensorParallelShard | None:
+        """
+        The TensorParallelShard when the layer's kv heads are split over a process group (None: the whole layer is here).
+        """
+
+    @shard.setter
+    def shard(self, arg: TensorParallelShard | None, /) -> None: ...
 
 class NativePress:
     """A press of the C++ library and the workspace it reuses."""

@@ -310,6 +310,17 @@ def _native(press: Any) -> _core.NativePress:
     return press.native
 
 
+def _native_on_shard(press: Any, observation: Optional[_core.Observation], cache: "KVCache") -> _core.NativePress:
+    """``_native(press)``; on a tensor-parallel shard a press that cannot be built still reports
+    this rank's failure to the group, so that every rank raises instead of waiting for this one."""
+    try:
+        return _native(press)
+    except Error:
+        if observation is not None and observation.shard is not None:
+            _core._report_shard_failure(observation, cache._core)
+        raise
+
+
 def compress(press: Press, observation: Optional[_core.Observation], cache: KVCache, *, num_threads: int = 0,
              stream: Any = None) -> Any:
     """Compresses ``cache`` in place with ``press`` and returns its new lengths (``cache.lengths``,
@@ -320,8 +331,13 @@ def compress(press: Press, observation: Optional[_core.Observation], cache: KVCa
     A cache on a CUDA device is compressed there, by the press's CUDA kernels, on ``stream`` (a
     ``torch.cuda.Stream``, a ``cupy.cuda.Stream`` or a cudaStream_t as an int; by default the current
     stream of the tensors' library); the call waits for that stream before it returns, and raises
-    for what the device found (a bad length, a NaN), which left the cache unchanged."""
-    native = _native(press)
+    for what the device found (a bad length, a NaN), which left the cache unchanged.
+
+    With ``observation.shard`` (a :class:`kvcompress.TensorParallelShard`) the cache holds this
+    rank's kv heads of a layer split over a process group: every rank calls ``compress`` with its
+    own heads, and each gets the whole layer's result for them; an error on one rank raises on
+    every rank (``kvcompress.distributed``)."""
+    native = _native_on_shard(press, observation, cache)
     call_stream = cache._stream(stream)
     if cache._core.paged:
         cache._before = np.array(_host(cache._lengths), dtype=np.int32, copy=True)
@@ -336,7 +352,7 @@ def score(press: Press, observation: Optional[_core.Observation], cache: KVCache
     a row's length are ``-inf``. Only scorer presses have scores. For a cache on a CUDA device the
     scores are a tensor of the cache's library on that device, computed on ``stream`` as in
     ``compress``."""
-    native = _native(press)
+    native = _native_on_shard(press, observation, cache)
     b, h, n, _ = cache.shape
     call_stream = cache._stream(stream)
     if cache._device is None:

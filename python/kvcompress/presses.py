@@ -874,8 +874,15 @@ class _Stateful:
         base press reads (``rope`` for a window press); the buffers are sized at the first pass
         with queries and reused (a prefill of another shape or dtype rebuilds them). A rejected
         pass changes nothing, except a failure inside the compression (the inner press rejecting
-        the buffered queries), after which the layer has counted the pass."""
-        return self.native.step(observation, cache._core, num_threads)
+        the buffered queries), after which the layer has counted the pass. On a tensor-parallel
+        shard (``observation.shard``) every rank steps its own heads, as ``compress``."""
+        try:
+            native = self.native
+        except _core.Error:
+            if observation.shard is not None:
+                _core._report_shard_failure(observation, cache._core)
+            raise
+        return native.step(observation, cache._core, num_threads)
 
     def steps(self, layer: int) -> int:
         """Decoding passes of ``layer`` since its last compression."""

@@ -6,6 +6,7 @@
 
 namespace kvcompress::python {
 
+void bind_communicator(nanobind::module_& m);
 void bind_cache(nanobind::module_& m);
 void bind_scorers(nanobind::module_& m);
 void bind_attention_scorers(nanobind::module_& m);

@@ -221,22 +221,24 @@ void compress(NativePress& press, PyObservation const& obs, Cache const& cache, 
       [&](auto const& view) {
         using V = std::decay_t<decltype(view)>;
         using T = typename V::value_type;
-        Observation<T> const o = obs.build<T>(view.extents, cache.place);
-        if constexpr (kCudaCompiled) {
-          if (!cache.place.host()) {
-            CudaPress const& p = press.cuda_press(cache.place);
-            CudaCall const call{cache.place.cuda_device, reinterpret_cast<CUstream_st*>(stream)};
-            nb::gil_scoped_release release;
-            std::lock_guard<std::mutex> lock(*press.mutex);
-            cuda_compress(p, o, view, call, press.device());
-            return;
+        on_shard(obs, view, [&] {
+          Observation<T> const o = obs.build<T>(view.extents, cache.place);
+          if constexpr (kCudaCompiled) {
+            if (!cache.place.host()) {
+              CudaPress const& p = press.cuda_press(cache.place);
+              CudaCall const call{cache.place.cuda_device, reinterpret_cast<CUstream_st*>(stream)};
+              nb::gil_scoped_release release;
+              std::lock_guard<std::mutex> lock(*press.mutex);
+              cuda_compress(p, o, view, call, press.device());
+              return;
+            }
           }
-        }
-        auto const& ops = press.any->ops<T, typename V::layout_type>();
-        CpuDevice const dev{num_threads};
-        nb::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(*press.mutex);
-        ops.compress(dev, o, view, press.reserve(ops.compress_bytes(dev, o, view)));
+          auto const& ops = press.any->ops<T, typename V::layout_type>();
+          CpuDevice const dev{num_threads};
+          nb::gil_scoped_release release;
+          std::lock_guard<std::mutex> lock(*press.mutex);
+          ops.compress(dev, o, view, press.reserve(ops.compress_bytes(dev, o, view)));
+        });
       },
       cache.any_view);
 }
@@ -251,25 +253,27 @@ void score(NativePress& press, PyObservation const& obs, Cache const& cache, Arr
       [&](auto const& view) {
         using V = std::decay_t<decltype(view)>;
         using T = typename V::value_type;
-        Observation<T> const o = obs.build<T>(view.extents, cache.place);
-        if constexpr (kCudaCompiled) {
-          if (!cache.place.host()) {
-            CudaPress const& p = press.cuda_press(cache.place);
-            CudaCall const call{cache.place.cuda_device, reinterpret_cast<CUstream_st*>(stream)};
-            nb::gil_scoped_release release;
-            std::lock_guard<std::mutex> lock(*press.mutex);
-            cuda_score(p, o, view, scores, call, press.device());
-            return;
+        on_shard(obs, view, [&] {
+          Observation<T> const o = obs.build<T>(view.extents, cache.place);
+          if constexpr (kCudaCompiled) {
+            if (!cache.place.host()) {
+              CudaPress const& p = press.cuda_press(cache.place);
+              CudaCall const call{cache.place.cuda_device, reinterpret_cast<CUstream_st*>(stream)};
+              nb::gil_scoped_release release;
+              std::lock_guard<std::mutex> lock(*press.mutex);
+              cuda_score(p, o, view, scores, call, press.device());
+              return;
+            }
           }
-        }
-        auto const& ops = press.any->ops<T, typename V::layout_type>();
-        CpuDevice const dev{num_threads};
-        double const ratio = press.any->compression_ratio();
-        nb::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(*press.mutex);
-        kvcompress::detail::validate_inputs(o, view);
-        Workspace ws = press.reserve(ops.score_bytes(dev, o, view, ratio));
-        ops.score(dev, o, view, scores, ws, ratio);
+          auto const& ops = press.any->ops<T, typename V::layout_type>();
+          CpuDevice const dev{num_threads};
+          double const ratio = press.any->compression_ratio();
+          nb::gil_scoped_release release;
+          std::lock_guard<std::mutex> lock(*press.mutex);
+          kvcompress::detail::validate_inputs(o, view);
+          Workspace ws = press.reserve(ops.score_bytes(dev, o, view, ratio));
+          ops.score(dev, o, view, scores, ws, ratio);
+        });
       },
       cache.any_view);
 }

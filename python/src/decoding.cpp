@@ -256,11 +256,15 @@ bool step(P& press, PyObservation const& obs, Cache const& cache, int num_thread
   return std::visit(
       [&](auto const& view) {
         using T = typename std::decay_t<decltype(view)>::value_type;
-        Observation<T> const o = obs.build<T>(view.extents);
-        CpuDevice const dev{num_threads};
-        nb::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(*press.mutex);
-        return press.step(dev, o, view, obs.queries.has_value());
+        bool compressed = false;
+        on_shard(obs, view, [&] {
+          Observation<T> const o = obs.build<T>(view.extents);
+          CpuDevice const dev{num_threads};
+          nb::gil_scoped_release release;
+          std::lock_guard<std::mutex> lock(*press.mutex);
+          compressed = press.step(dev, o, view, obs.queries.has_value());
+        });
+        return compressed;
       },
       cache.host_view("decoding press step"));
 }

@@ -68,6 +68,8 @@ NB_MODULE(_core, m) {
       .def_prop_ro("head_dim", &RotaryEmbedding::head_dim)
       .def_prop_ro("attention_scaling", &RotaryEmbedding::attention_scaling);
 
+  bind_communicator(m);
+
   nb::class_<PyObservation>(m, "Observation",
                             "What the engine hands a press at a compression point. Tensors must have the cache's "
                             "dtype and live on its device; shapes are checked by the press that reads them.")
@@ -77,18 +79,18 @@ NB_MODULE(_core, m) {
               std::optional<Array> stats_covariance, std::optional<Array> query_offsets,
               std::optional<Array> sequence_positions, std::optional<Array> hidden_states,
               std::shared_ptr<RotaryEmbedding const> rope, int layer_idx, int num_layers, std::int64_t position,
-              std::int64_t chunk_length) {
+              std::int64_t chunk_length, std::optional<PyShard> shard) {
              new (self) PyObservation{queries,       window_queries,     attention,        output_projection,
                                       stats_mean,    stats_covariance,   query_offsets,    sequence_positions,
                                       hidden_states, std::move(rope),    layer_idx,        num_layers,
-                                      position,      chunk_length};
+                                      position,      chunk_length,       std::move(shard)};
            },
            nb::kw_only(), nb::arg("queries") = nb::none(), nb::arg("window_queries") = nb::none(),
            nb::arg("attention") = nb::none(), nb::arg("output_projection") = nb::none(),
            nb::arg("stats_mean") = nb::none(), nb::arg("stats_covariance") = nb::none(),
            nb::arg("query_offsets") = nb::none(), nb::arg("sequence_positions") = nb::none(),
            nb::arg("hidden_states") = nb::none(), nb::arg("rope") = nb::none(), nb::arg("layer_idx") = 0, nb::arg("num_layers") = 1, nb::arg("position") = 0,
-           nb::arg("chunk_length") = 0,
+           nb::arg("chunk_length") = 0, nb::arg("shard") = nb::none(),
            "Every field is optional; a press that needs one it did not get raises kvcompress.Error naming it.")
       .def_rw("queries", &PyObservation::queries, "Pre-RoPE queries [batch, q_heads, q_len, head_dim].")
       .def_rw("window_queries", &PyObservation::window_queries,
@@ -107,7 +109,10 @@ NB_MODULE(_core, m) {
       .def_rw("layer_idx", &PyObservation::layer_idx)
       .def_rw("num_layers", &PyObservation::num_layers)
       .def_rw("position", &PyObservation::position, "Absolute position of the chunk's first token (0 at prefill).")
-      .def_rw("chunk_length", &PyObservation::chunk_length, "Tokens in the chunk; 0 takes it from the queries.");
+      .def_rw("chunk_length", &PyObservation::chunk_length, "Tokens in the chunk; 0 takes it from the queries.")
+      .def_rw("shard", &PyObservation::shard,
+              "The TensorParallelShard when the layer's kv heads are split over a process group (None: the whole "
+              "layer is here).");
 
   nb::class_<NativePress>(m, "NativePress", "A press of the C++ library and the workspace it reuses.")
       .def_prop_ro("name", [](NativePress const& p) { return p.any->name(); })

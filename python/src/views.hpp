@@ -9,10 +9,12 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
 #include "any_press.hpp"
+#include "communicator.hpp"
 #include "cuda_path.hpp"
 #include "tensors.hpp"
 
@@ -66,6 +68,7 @@ struct PyObservation {
   int num_layers = 1;
   std::int64_t position = 0;
   std::int64_t chunk_length = 0;
+  std::optional<PyShard> shard;  // this rank's kv heads of a layer split over a group
 
   /// The library's observation over these tensors, which must live where the cache does (`place`).
   template <class T>
@@ -119,6 +122,7 @@ Observation<T> PyObservation::build(CacheExtents const& e, Place const& place) c
   o.position = position;
   o.chunk_length = chunk_length;
   o.rope = rope.get();
+  if (shard) o.shard = shard->native();
   if (queries) o.queries = tensor4<T>(*queries, "observation.queries", place);
   if (window_queries) o.window_queries = tensor4<T>(*window_queries, "observation.window_queries", place);
   if (attention) o.attention = tensor4<T>(*attention, "observation.attention", place);
@@ -155,6 +159,18 @@ Observation<T> PyObservation::build(CacheExtents const& e, Place const& place) c
                                                            place);
   }
   return o;
+}
+
+/// Runs `body` (which builds the library's observation from `obs` and calls the library) under the
+/// tensor-parallel protocol of `obs.shard` (`dist/shard_protocol.hpp`): an error on this rank before
+/// the library's own handshake (an observation tensor of the wrong dtype, a decoding press's state)
+/// still reaches the group, which then raises on every rank instead of waiting for this one.
+template <class T, class L, class Body>
+void on_shard(PyObservation const& obs, KVCacheView<T, L> const& view, Body&& body) {
+  Observation<T> o;
+  o.layer_idx = obs.layer_idx;
+  if (obs.shard) o.shard = obs.shard->native();
+  kvcompress::detail::shard_call(o, view, std::forward<Body>(body));
 }
 
 }  // namespace kvcompress::python
