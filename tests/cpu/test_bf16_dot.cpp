@@ -102,6 +102,38 @@ TEST_CASE("bf16 kernel: kᵀΣk + μᵀk equals a double evaluation of the same 
     }
   }
 }
+
+TEST_CASE("bf16 Gram kernel: Σ + XᵀX equals a double evaluation of the same bf16 tokens", "[bf16]") {
+  if (!detail::cpu_has_avx512_bf16()) {
+    WARN("this CPU has no AVX512_BF16: the kernel is not run (the dispatch test covers the fallback)");
+    return;
+  }
+  std::mt19937 gen(6);
+  std::normal_distribution<float> normal;
+  for (std::int64_t d : {16, 48, 64, 128, 256}) {
+    for (std::int64_t count : {1, 2, 7, 128}) {  // an odd count pads a zero token
+      CAPTURE(d, count);
+      std::vector<float> x(static_cast<std::size_t>(count * d)), sigma(static_cast<std::size_t>(d * d));
+      for (float& v : x) v = normal(gen);
+      for (float& v : sigma) v = normal(gen);  // accumulated onto, not overwritten
+      std::vector<float> const before = sigma;
+      std::vector<std::uint16_t> pairs(static_cast<std::size_t>((count + 1) / 2 * d * 2), 0xffff);
+      detail::pack_token_pairs(x.data(), count, d, pairs.data());
+      detail::bf16_gram_accumulate(pairs.data(), (count + 1) / 2, d, sigma.data());
+      for (std::int64_t a = 0; a < d; ++a)
+        for (std::int64_t b = 0; b < d; ++b) {
+          double want = before[static_cast<std::size_t>(a * d + b)], magnitude = std::fabs(want);
+          for (std::int64_t t = 0; t < count; ++t) {
+            double const p = double(static_cast<float>(bfloat16(x[static_cast<std::size_t>(t * d + a)]))) *
+                             static_cast<float>(bfloat16(x[static_cast<std::size_t>(t * d + b)]));
+            want += p;
+            magnitude += std::fabs(p);
+          }
+          CHECK(std::fabs(double(sigma[static_cast<std::size_t>(a * d + b)]) - want) <= 1e-5 * magnitude);
+        }
+    }
+  }
+}
 #endif
 
 TEST_CASE("bf16 caches: Expected Attention's native path agrees with the portable path within bf16 rounding",

@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// \brief Quadratic forms of bfloat16 keys on the CPU's AVX512_BF16 dot product (VDPBF16PS: 32
+/// \brief Quadratic forms of bfloat16 keys, and Gram matrices of bf16-rounded queries, on the CPU's
+/// AVX512_BF16 dot product (VDPBF16PS: 32
 /// bf16 products summed pairwise into 16 fp32 lanes, twice the multiply-adds of an fp32 FMA), with
 /// fp32 accumulation. Compiled for that instruction set function by function (target attributes),
 /// so the portable build carries it too; a run-time check of the CPU chooses it, and the portable
@@ -56,6 +57,16 @@ inline void pack_bf16_pairs(float const* a, std::int64_t d, std::uint16_t* out) 
       out[(p * d + c) * 2] = bf16_bits(a[(2 * p) * d + c]);
       out[(p * d + c) * 2 + 1] = bf16_bits(a[(2 * p + 1) * d + c]);
     }
+}
+
+/// Rows of tokens in the layout the Gram kernel reads: bf16 pairs of consecutive tokens,
+/// out[(p·d + a)·2 + e] = x[2p + e, a], an odd count padded with a zero token.
+/// \param x [count, d] row-major fp32 \param out [(count + 1) / 2, d, 2] bf16 bits
+inline void pack_token_pairs(float const* x, std::int64_t count, std::int64_t d, std::uint16_t* out) {
+  for (std::int64_t t = 0; t < count; ++t)
+    for (std::int64_t a = 0; a < d; ++a) out[((t / 2) * d + a) * 2 + t % 2] = bf16_bits(x[t * d + a]);
+  if (count % 2 != 0)
+    for (std::int64_t a = 0; a < d; ++a) out[((count / 2) * d + a) * 2 + 1] = 0;
 }
 
 #if KVC_BF16_DOT_KERNEL
@@ -141,6 +152,55 @@ KVC_TARGET_AVX512_BF16 inline void bf16_quadratic_forms(std::uint16_t const* key
       case 3: bf16_quadratic_columns<3>(keys, n, d, sigma, mu, col0, out); break;
       case 2: bf16_quadratic_columns<2>(keys, n, d, sigma, mu, col0, out); break;
       default: bf16_quadratic_columns<1>(keys, n, d, sigma, mu, col0, out); break;
+    }
+  }
+}
+
+/// Rows [row0, row0 + R) × columns [col0, col0 + 16·C) of sigma += XᵀX, held in registers over every
+/// token pair. \param xp [pairs, d, 2] (pack_token_pairs) \param sigma [d, d] row-major fp32
+template <int R, int C>
+KVC_TARGET_AVX512_BF16 inline void bf16_gram_tile(std::uint16_t const* xp, std::int64_t pairs, std::int64_t d,
+                                                  std::int64_t row0, std::int64_t col0, float* sigma) {
+  __m512 acc[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(sigma + (row0 + r) * d + col0 + 16 * c);
+  for (std::int64_t p = 0; p < pairs; ++p) {
+    __m512bh s[C];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) s[c] = (__m512bh)_mm512_loadu_si512(xp + (p * d + col0 + 16 * c) * 2);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      std::int32_t pair = 0;  // channel row0 + r of tokens 2p and 2p + 1
+      std::memcpy(&pair, xp + (p * d + row0 + r) * 2, sizeof pair);
+      __m512bh const x = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 8
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, s[c]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(sigma + (row0 + r) * d + col0 + 16 * c, acc[r][c]);
+}
+
+template <int C>
+KVC_TARGET_AVX512_BF16 inline void bf16_gram_columns(std::uint16_t const* xp, std::int64_t pairs, std::int64_t d,
+                                                     std::int64_t col0, float* sigma) {
+  for (std::int64_t row0 = 0; row0 < d; row0 += 4) bf16_gram_tile<4, C>(xp, pairs, d, row0, col0, sigma);
+}
+
+/// sigma += XᵀX for the tokens of xp: products of bf16 pairs of tokens, sums in fp32.
+/// \param xp [pairs, d, 2] (pack_token_pairs) \param sigma [d, d] row-major; d a multiple of 16.
+KVC_TARGET_AVX512_BF16 inline void bf16_gram_accumulate(std::uint16_t const* xp, std::int64_t pairs, std::int64_t d,
+                                                        float* sigma) {
+  for (std::int64_t col0 = 0; col0 < d; col0 += 64) {
+    switch (std::min<std::int64_t>(4, (d - col0) / 16)) {
+      case 4: bf16_gram_columns<4>(xp, pairs, d, col0, sigma); break;
+      case 3: bf16_gram_columns<3>(xp, pairs, d, col0, sigma); break;
+      case 2: bf16_gram_columns<2>(xp, pairs, d, col0, sigma); break;
+      default: bf16_gram_columns<1>(xp, pairs, d, col0, sigma); break;
     }
   }
 }

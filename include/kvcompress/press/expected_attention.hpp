@@ -150,8 +150,10 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   float* row_max = ws.take<float>(static_cast<std::size_t>(rows));
   // The bf16 kernel's operands: every head's Σ̃ rounded to bf16 once, and per thread a chunk of keys' bits.
   bool const bf16 = std::is_same_v<T, bfloat16> && cov;
-  [[maybe_unused]] std::uint16_t* sigma_bf16 = bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(stat_batch * q_heads * d * d)) : nullptr;
-  [[maybe_unused]] std::uint16_t* key_bits = bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * kEaKeyChunk * d)) : nullptr;
+  [[maybe_unused]] std::uint16_t* sigma_bf16 =
+      bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(stat_batch * q_heads * d * d)) : nullptr;
+  [[maybe_unused]] std::uint16_t* key_bits =
+      bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * kEaKeyChunk * d)) : nullptr;
   bool const fast = ea_bf16_kernel<T>(dev, d, cov != nullptr);
   if (fast)
     parallel_for(dev, stat_batch * q_heads, [&](std::int64_t j, int) {
@@ -286,9 +288,11 @@ struct ExpectedAttentionPress {
     std::int64_t const batch = cache.extents.batch, d = cache.extents.head_dim;
     std::int64_t const threads = detail::thread_count(dev, static_cast<std::int64_t>(detail::size_product(batch, q_heads)));
     auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
+    bool const bf16 = std::is_same_v<T, bfloat16> && use_covariance;
     return detail::sum_bytes(f(2, batch, d), f(batch, q_heads, d),
                               use_covariance ? f(batch, q_heads, d, d) + f(threads, d, d) : 0,
                               f(threads, detail::kEaKeyChunk, d),
+                              bf16 ? Workspace::bytes_for<std::uint16_t>(detail::size_product(threads, detail::kEaKeyChunk, d)) : 0,
                               detail::ea_scoring_bytes(dev, cache, q_heads, use_covariance));
   }
 
@@ -309,6 +313,12 @@ struct ExpectedAttentionPress {
     int const threads = detail::thread_count(dev, batch * q_heads);
     float* tmp_buf = use_covariance ? ws.take<float>(static_cast<std::size_t>(threads * d * d)) : nullptr;
     float* qbuf = ws.take<float>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d));
+    // A bf16 cache's queries are bf16 too: their centred second moment runs on the AVX512_BF16 Gram
+    // kernel (detail/bf16_dot.hpp) from the centred chunk rounded to bf16, where the CPU has it.
+    bool const bf16 = std::is_same_v<T, bfloat16> && use_covariance;
+    [[maybe_unused]] std::uint16_t* pair_buf =
+        bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d)) : nullptr;
+    [[maybe_unused]] bool const fast = detail::ea_bf16_kernel<T>(dev, d, use_covariance);
 
     // Statistics per (batch, query head): two passes over chunks of queries (mean, then centred
     // second moment), so scratch does not grow with the chunk length. In a ragged batch element b's
@@ -338,6 +348,14 @@ struct ExpectedAttentionPress {
           std::int64_t const c = std::min(detail::kEaKeyChunk, count - i0);
           auto x = load(i0, c);
           x.rowwise() -= m.transpose();
+#if KVC_BF16_DOT_KERNEL
+          if (fast) {
+            std::uint16_t* pairs = pair_buf + t * detail::kEaKeyChunk * d;  // [(c + 1) / 2, d, 2]
+            detail::pack_token_pairs(qc, c, d, pairs);
+            detail::bf16_gram_accumulate(pairs, (c + 1) / 2, d, sigma.data());
+            continue;
+          }
+#endif
           detail::blocked_product<true>(sigma, x.transpose(), x);
         }
         sigma /= static_cast<float>(count);
