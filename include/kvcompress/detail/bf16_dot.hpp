@@ -5,7 +5,8 @@
 /// bf16 products summed pairwise into 16 fp32 lanes, twice the multiply-adds of an fp32 FMA), with
 /// fp32 accumulation. Compiled for that instruction set function by function (target attributes),
 /// so the portable build carries it too; a run-time check of the CPU chooses it, and the portable
-/// path is the fallback. Not in nvcc translation units, whose front end does not know these types.
+/// path is the fallback. nvcc translation units compile it too (for their host code), so that every
+/// translation unit sees the same inline definitions.
 
 #include <Eigen/Core>
 
@@ -15,9 +16,16 @@
 
 #include "kvcompress/core/device.hpp"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define KVC_BF16_DOT_KERNEL 1
 #include <immintrin.h>
+// Full unrolling keeps the accumulator arrays in registers; nvcc's front end rejects the pragma (a
+// warning), and its translation units run the CPU kernels only as a fallback of the GPU path.
+#if defined(__CUDACC__)
+#define KVC_BF16_UNROLL
+#else
+#define KVC_BF16_UNROLL _Pragma("GCC unroll 8")
+#endif
 #else
 #define KVC_BF16_DOT_KERNEL 0
 #endif
@@ -100,27 +108,27 @@ KVC_TARGET_AVX512_BF16 inline void bf16_quadratic_tile(std::uint16_t const* keys
                                                        std::uint16_t const* sigma, float const* mu, std::int64_t col0,
                                                        float* out) {
   __m512 acc[R][C];
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(mu + col0 + 16 * c);
   for (std::int64_t p = 0; p < d / 2; ++p) {
     __m512bh s[C];
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int c = 0; c < C; ++c) s[c] = (__m512bh)_mm512_loadu_si512(sigma + (p * d + col0 + 16 * c) * 2);
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int r = 0; r < R; ++r) {
       std::int32_t pair = 0;  // keys r, elements 2p and 2p + 1
       std::memcpy(&pair, keys + r * d + 2 * p, sizeof pair);
       __m512bh const k = (__m512bh)_mm512_set1_epi32(pair);
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], k, s[c]);
     }
   }
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
   for (int r = 0; r < R; ++r) {
     __m512 sum = _mm512_setzero_ps();
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int c = 0; c < C; ++c) {
       sum = _mm512_fmadd_ps(acc[r][c], bf16_widen(keys + r * d + col0 + 16 * c), sum);
     }
@@ -162,26 +170,26 @@ template <int R, int C>
 KVC_TARGET_AVX512_BF16 inline void bf16_gram_tile(std::uint16_t const* xp, std::int64_t pairs, std::int64_t d,
                                                   std::int64_t row0, std::int64_t col0, float* sigma) {
   __m512 acc[R][C];
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(sigma + (row0 + r) * d + col0 + 16 * c);
   for (std::int64_t p = 0; p < pairs; ++p) {
     __m512bh s[C];
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int c = 0; c < C; ++c) s[c] = (__m512bh)_mm512_loadu_si512(xp + (p * d + col0 + 16 * c) * 2);
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int r = 0; r < R; ++r) {
       std::int32_t pair = 0;  // channel row0 + r of tokens 2p and 2p + 1
       std::memcpy(&pair, xp + (p * d + row0 + r) * 2, sizeof pair);
       __m512bh const x = (__m512bh)_mm512_set1_epi32(pair);
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, s[c]);
     }
   }
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 8
+KVC_BF16_UNROLL
     for (int c = 0; c < C; ++c) _mm512_storeu_ps(sigma + (row0 + r) * d + col0 + 16 * c, acc[r][c]);
 }
 
@@ -206,6 +214,7 @@ KVC_TARGET_AVX512_BF16 inline void bf16_gram_accumulate(std::uint16_t const* xp,
 }
 
 #undef KVC_TARGET_AVX512_BF16
+#undef KVC_BF16_UNROLL
 
 #endif  // KVC_BF16_DOT_KERNEL
 
