@@ -330,8 +330,15 @@ struct ExpectedAttentionPress {
       float* qc = qbuf + t * detail::kEaKeyChunk * d;
       Eigen::Map<Eigen::VectorXf> m(mu + bj * d, d);
       auto load = [&](std::int64_t i0, std::int64_t c) {
-        for (std::int64_t i = 0; i < c; ++i)
-          for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(q(qb, j, first + i0 + i, e));
+        // A unit head_dim stride makes each query a contiguous run, whose conversion vectorises.
+        for (std::int64_t i = 0; i < c; ++i) {
+          if (q.strides[3] == 1) {
+            T const* row = &q(qb, j, first + i0 + i, 0);  // [head_dim]
+            for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(row[e]);
+          } else {
+            for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(q(qb, j, first + i0 + i, e));
+          }
+        }
         return Eigen::Map<RowMat>(qc, c, d);
       };
       m.setZero();
