@@ -40,8 +40,8 @@ TEST_CASE("bf16 dispatch: the kernel runs only where the CPU check, the device a
   CHECK(detail::use_bf16_dot(native, true, 64) == bool(KVC_BF16_DOT_KERNEL));
   CHECK(detail::use_bf16_dot(native, true, 256) == bool(KVC_BF16_DOT_KERNEL));
   // Only bfloat16 caches with the covariance term take it.
-  bool const cpu = detail::cpu_has_avx512_bf16();
-  CHECK(detail::ea_bf16_kernel<bfloat16>(native, 128, true) == cpu);
+  bool const has = detail::cpu_has_avx512_bf16();
+  CHECK(detail::ea_bf16_kernel<bfloat16>(native, 128, true) == has);
   CHECK_FALSE(detail::ea_bf16_kernel<bfloat16>(native, 128, false));
   CHECK_FALSE(detail::ea_bf16_kernel<float>(native, 128, true));
   CHECK_FALSE(detail::ea_bf16_kernel<half>(native, 128, true));
