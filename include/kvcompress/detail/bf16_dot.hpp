@@ -109,27 +109,27 @@ KVC_TARGET_AVX512_BF16 inline void bf16_quadratic_tile(std::uint16_t const* keys
                                                        float* out) {
   __m512 acc[R][C];
 KVC_BF16_UNROLL
-  for (int r = 0; r < R; ++r)
+  for (std::int64_t r = 0; r < R; ++r)
 KVC_BF16_UNROLL
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(mu + col0 + 16 * c);
+    for (std::int64_t c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(mu + col0 + 16 * c);
   for (std::int64_t p = 0; p < d / 2; ++p) {
     __m512bh s[C];
 KVC_BF16_UNROLL
-    for (int c = 0; c < C; ++c) s[c] = (__m512bh)_mm512_loadu_si512(sigma + (p * d + col0 + 16 * c) * 2);
+    for (std::int64_t c = 0; c < C; ++c) s[c] = (__m512bh)_mm512_loadu_si512(sigma + (p * d + col0 + 16 * c) * 2);
 KVC_BF16_UNROLL
-    for (int r = 0; r < R; ++r) {
+    for (std::int64_t r = 0; r < R; ++r) {
       std::int32_t pair = 0;  // keys r, elements 2p and 2p + 1
       std::memcpy(&pair, keys + r * d + 2 * p, sizeof pair);
       __m512bh const k = (__m512bh)_mm512_set1_epi32(pair);
 KVC_BF16_UNROLL
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], k, s[c]);
+      for (std::int64_t c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], k, s[c]);
     }
   }
 KVC_BF16_UNROLL
-  for (int r = 0; r < R; ++r) {
+  for (std::int64_t r = 0; r < R; ++r) {
     __m512 sum = _mm512_setzero_ps();
 KVC_BF16_UNROLL
-    for (int c = 0; c < C; ++c) {
+    for (std::int64_t c = 0; c < C; ++c) {
       sum = _mm512_fmadd_ps(acc[r][c], bf16_widen(keys + r * d + col0 + 16 * c), sum);
     }
     out[r] += bf16_dot_lane_sum(sum);
@@ -171,26 +171,26 @@ KVC_TARGET_AVX512_BF16 inline void bf16_gram_tile(std::uint16_t const* xp, std::
                                                   std::int64_t row0, std::int64_t col0, float* sigma) {
   __m512 acc[R][C];
 KVC_BF16_UNROLL
-  for (int r = 0; r < R; ++r)
+  for (std::int64_t r = 0; r < R; ++r)
 KVC_BF16_UNROLL
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(sigma + (row0 + r) * d + col0 + 16 * c);
+    for (std::int64_t c = 0; c < C; ++c) acc[r][c] = _mm512_loadu_ps(sigma + (row0 + r) * d + col0 + 16 * c);
   for (std::int64_t p = 0; p < pairs; ++p) {
     __m512bh s[C];
 KVC_BF16_UNROLL
-    for (int c = 0; c < C; ++c) s[c] = (__m512bh)_mm512_loadu_si512(xp + (p * d + col0 + 16 * c) * 2);
+    for (std::int64_t c = 0; c < C; ++c) s[c] = (__m512bh)_mm512_loadu_si512(xp + (p * d + col0 + 16 * c) * 2);
 KVC_BF16_UNROLL
-    for (int r = 0; r < R; ++r) {
+    for (std::int64_t r = 0; r < R; ++r) {
       std::int32_t pair = 0;  // channel row0 + r of tokens 2p and 2p + 1
       std::memcpy(&pair, xp + (p * d + row0 + r) * 2, sizeof pair);
       __m512bh const x = (__m512bh)_mm512_set1_epi32(pair);
 KVC_BF16_UNROLL
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, s[c]);
+      for (std::int64_t c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, s[c]);
     }
   }
 KVC_BF16_UNROLL
-  for (int r = 0; r < R; ++r)
+  for (std::int64_t r = 0; r < R; ++r)
 KVC_BF16_UNROLL
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(sigma + (row0 + r) * d + col0 + 16 * c, acc[r][c]);
+    for (std::int64_t c = 0; c < C; ++c) _mm512_storeu_ps(sigma + (row0 + r) * d + col0 + 16 * c, acc[r][c]);
 }
 
 template <int C>
