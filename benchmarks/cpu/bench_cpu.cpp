@@ -211,12 +211,15 @@ Layer<T>& layer(std::int64_t n) {
   return *cache.back();
 }
 
-kvc::CpuDevice device(benchmark::State const& state) { return kvc::CpuDevice{static_cast<int>(state.range(1))}; }
+kvc::CpuDevice device(benchmark::State const& state, kvc::CpuKernels kernels = kvc::CpuKernels::kNative) {
+  return kvc::CpuDevice{static_cast<int>(state.range(1)), kernels};
+}
 
 template <class T, class Press>
-void run_score(benchmark::State& state, Press const& press, double bytes, double flops) {
+void run_score(benchmark::State& state, Press const& press, double bytes, double flops,
+               kvc::CpuKernels kernels = kvc::CpuKernels::kNative) {
   Layer<T>& l = layer<T>(state.range(0));
-  auto const dev = device(state);
+  auto const dev = device(state, kernels);
   auto const view = l.view();
   auto const obs = l.observation();
   std::vector<float> scores(static_cast<std::size_t>(kKvHeads * l.n));
@@ -260,6 +263,16 @@ void BM_ExpectedAttentionScore_Cov(benchmark::State& state) {
   Layer<T>& l = layer<T>(state.range(0));
   double const n = double(l.n), d = double(kDim), h = double(kQHeads);
   run_score<T>(state, ea(0.0, true), l.query_bytes() + l.kv_bytes(), 2 * h * n * d * d + 2 * h * n * d * d + 2 * h * n * d);
+}
+
+// The same scoring of a bf16 cache through the portable path (CpuKernels::kPortable: keys widened to
+// fp32, Eigen's GEMM), the baseline of the AVX512_BF16 kernel that the row above runs where the CPU
+// has it (detail/bf16_dot.hpp).
+void BM_ExpectedAttentionScore_Cov_Portable(benchmark::State& state) {
+  Layer<kvc::bfloat16>& l = layer<kvc::bfloat16>(state.range(0));
+  double const n = double(l.n), d = double(kDim), h = double(kQHeads);
+  run_score<kvc::bfloat16>(state, ea(0.0, true), l.query_bytes() + l.kv_bytes(),
+                           2 * h * n * d * d + 2 * h * n * d * d + 2 * h * n * d, kvc::CpuKernels::kPortable);
 }
 
 // Expected Attention, mean only. FLOPs: query means H·q·d + mean terms 2·H·n·d; bytes: queries + K + V.
@@ -443,6 +456,7 @@ BENCHMARK(BM_Ceiling_StreamCopy)->Apply([](auto* b) { threads_only(b, 0); });
 
 BENCHMARK(BM_ExpectedAttentionScore_Cov<float>)->Apply(sizes_and_threads);
 BENCHMARK(BM_ExpectedAttentionScore_Cov<bfloat16>)->Apply(sizes);
+BENCHMARK(BM_ExpectedAttentionScore_Cov_Portable)->Apply(sizes);
 BENCHMARK(BM_ExpectedAttentionScore_Cov<half>)->Apply(sizes);
 BENCHMARK(BM_ExpectedAttentionScore_NoCov<float>)->Apply(sizes);
 BENCHMARK(BM_SnapKVScore<float>)->Apply(sizes_and_threads);

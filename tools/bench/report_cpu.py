@@ -50,6 +50,7 @@ def gbs(b):
 ROWS = [
     ("Expected Attention score, covariance", "BM_ExpectedAttentionScore_Cov<float>", "ea_score_cov_given_s", "ea_score_cov_s", "float32", "gemm"),
     ("Expected Attention score, covariance, bf16 cache", "BM_ExpectedAttentionScore_Cov<bfloat16>", "ea_score_cov_given_s", "ea_score_cov_s", "bfloat16", "gemm"),
+    ("Expected Attention score, covariance, bf16 cache, portable fp32 path", "BM_ExpectedAttentionScore_Cov_Portable", "ea_score_cov_given_s", "ea_score_cov_s", "bfloat16", "gemm"),
     ("Expected Attention score, covariance, half cache", "BM_ExpectedAttentionScore_Cov<half>", None, None, None, "gemm"),
     ("Expected Attention score, mean only", "BM_ExpectedAttentionScore_NoCov<float>", "ea_score_nocov_given_s", "ea_score_nocov_s", "float32", "read"),
     ("whole compress step (EA + cov, 50 %)", "BM_ExpectedAttentionCompress<float>", "ea_compress_given_s", "ea_compress_s", "float32", "gemm"),
@@ -82,6 +83,10 @@ def targets(bench, theirs, sizes, limits, like_for_like):
         if b and bf:
             x = b["ms"] / bf["ms"]
             add("EA covariance scoring, bf16 cache ≥ 1.6× fp32", tokens, f"{x:.2f}×", x >= 1.6)
+        port = bench.get(("BM_ExpectedAttentionScore_Cov_Portable", tokens, 2))
+        if bf and port:
+            x = port["ms"] / bf["ms"]
+            add("EA covariance scoring, bf16 cache: AVX512_BF16 kernel ≥ 1.6× its portable fp32 path", tokens, f"{x:.2f}×", x >= 1.6)
         for name in ("BM_SnapKVScore<float>", "BM_TOVAScore<float>"):
             b = bench.get((name, tokens, 2))
             if b and limits["gemm"]:

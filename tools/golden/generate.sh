@@ -18,6 +18,7 @@ fi
 cd "${root}"
 "${venv}/bin/python" "${here}/generate.py" --out tests/golden "$@"
 "${venv}/bin/python" "${here}/generate_more_wrappers.py" --out tests/golden "$@"  # after generate.py, which rewrites more_presses/
+"${venv}/bin/python" "${here}/generate_bf16.py" --out tests/golden/bf16 "$@"
 "${venv}/bin/python" "${here}/generate_dms.py" --out tests/golden/dms "$@"
 "${venv}/bin/python" "${here}/generate_cam.py" --out tests/golden/cam "$@"
 "${venv}/bin/python" "${here}/generate_decoding.py" --out tests/golden/decoding "$@"

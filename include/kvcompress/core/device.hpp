@@ -11,10 +11,19 @@ namespace kvcompress {
 
 class CublasSession;  // kvcompress/cuda/blas.cuh
 
+/// \brief Which CPU kernels a call may run.
+enum class CpuKernels : unsigned char {
+  kNative,    ///< the instruction-set kernels this CPU has (checked at run time), else the portable path
+  kPortable,  ///< the portable path only (Eigen, as compiled): to compare the two paths, or to rule one out
+};
+
 /// \brief Runs on the host. `num_threads == 0` uses every hardware thread; 1 runs on the calling
-/// thread only (no thread is started, nothing is allocated for threading).
+/// thread only (no thread is started, nothing is allocated for threading). `kernels`: see
+/// `CpuKernels` (today one native kernel exists: bfloat16 caches score Expected Attention's
+/// covariance term with AVX512_BF16 dot products; docs/architecture.md, "CPU kernels").
 struct CpuDevice {
   int num_threads = 0;
+  CpuKernels kernels = CpuKernels::kNative;
 };
 
 /// \brief The default CPU device: all hardware threads.

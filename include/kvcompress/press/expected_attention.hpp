@@ -18,8 +18,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "kvcompress/detail/bf16_dot.hpp"
 #include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
 #include "kvcompress/press/scorer.hpp"
@@ -41,15 +43,26 @@ struct ExpectedAttentionParams {
 /// Key rows processed per GEMM: the chunk of keys and its products stay in L2.
 inline constexpr std::int64_t kEaKeyChunk = 128;
 
-/// Scratch bytes that `expected_attention_scores` takes (must mirror its `take` calls).
+/// Whether the covariance term of a cache of T runs on the AVX512_BF16 kernel (detail/bf16_dot.hpp):
+/// a bfloat16 cache, a CPU that has it, and a head_dim the kernel takes.
+template <class T>
+bool ea_bf16_kernel(CpuDevice const& dev, std::int64_t head_dim, bool cov) {
+  return std::is_same_v<T, bfloat16> && cov && use_bf16_dot(dev, cpu_has_avx512_bf16(), head_dim);
+}
+
+/// Scratch bytes that `expected_attention_scores` takes (must mirror its `take` calls; the bf16
+/// kernel's are reserved for every bfloat16 cache, whichever path runs).
 template <class T, class L>
 std::size_t ea_scoring_bytes(CpuDevice const& dev, KVCacheView<T, L> const& cache, std::int64_t q_heads, bool cov) {
   std::int64_t const rows = cache.extents.batch * cache.extents.kv_heads, d = cache.extents.head_dim;
   std::int64_t const threads = thread_count(dev, rows);
   std::int64_t const group = std::max<std::int64_t>(1, q_heads / cache.extents.kv_heads);
   auto const f = [](auto... n) { return Workspace::bytes_for<float>(size_product(n...)); };
+  auto const u16 = [](auto... n) { return Workspace::bytes_for<std::uint16_t>(size_product(n...)); };
+  bool const bf16 = std::is_same_v<T, bfloat16> && cov;
   return sum_bytes(f(threads, kEaKeyChunk, d), f(threads, kEaKeyChunk, cov ? d : group),
-                    f(threads, group, cache.extents.capacity), f(rows));
+                    f(threads, group, cache.extents.capacity), f(rows),
+                    bf16 ? u16(cache.extents.batch, q_heads, d, d) : 0, bf16 ? u16(threads, kEaKeyChunk, d) : 0);
 }
 
 /// The queries ExpectedAttentionPress estimates its statistics from, against the cache's extents
@@ -135,6 +148,17 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   float* prod_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * prod_cols));
   float* logit_buf = ws.take<float>(static_cast<std::size_t>(threads * group * cap));
   float* row_max = ws.take<float>(static_cast<std::size_t>(rows));
+  // The bf16 kernel's operands: every head's Σ̃ rounded to bf16 once, and per thread a chunk of keys' bits.
+  bool const bf16 = std::is_same_v<T, bfloat16> && cov;
+  [[maybe_unused]] std::uint16_t* sigma_bf16 =
+      bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(stat_batch * q_heads * d * d)) : nullptr;
+  [[maybe_unused]] std::uint16_t* key_bits =
+      bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * kEaKeyChunk * d)) : nullptr;
+  bool const fast = ea_bf16_kernel<T>(dev, d, cov != nullptr);
+  if (fast)
+    parallel_for(dev, stat_batch * q_heads, [&](std::int64_t j, int) {
+      pack_bf16_pairs(cov + j * d * d, d, sigma_bf16 + j * d * d);  // [d/2, d, 2]
+    });
 
   parallel_for(dev, rows, [&](std::int64_t r, int t) {
     std::int64_t const b = r / heads, h = r % heads, n = cache.lengths[r], s = p.n_sink, m = n - s;
@@ -148,6 +172,18 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
     Eigen::Map<ColMat const> mu_mat(mu_g, d, group);
     for (std::int64_t i0 = 0; i0 < m; i0 += kEaKeyChunk) {
       std::int64_t const c = std::min(kEaKeyChunk, m - i0);
+#if KVC_BF16_DOT_KERNEL
+      if constexpr (std::is_same_v<T, bfloat16>) {
+        if (fast) {
+          std::uint16_t* bits = key_bits + t * kEaKeyChunk * d;  // [c, d]
+          gather_key_bits(cache, b, h, s + i0, c, bits);
+          std::uint16_t const* sigma_g = sigma_bf16 + (sb * q_heads + h * group) * d * d;  // [group, d/2, d, 2]
+          for (std::int64_t j = 0; j < group; ++j)
+            bf16_quadratic_forms(bits, c, d, sigma_g + j * d * d, mu_g + j * d, logits + j * m + i0);
+          continue;
+        }
+      }
+#endif
       gather_keys(cache, b, h, s + i0, c, kbuf);
       Eigen::Map<RowMat const> kc(kbuf, c, d);
       Eigen::Map<RowMat> mean_term(pbuf, c, group);
@@ -252,9 +288,11 @@ struct ExpectedAttentionPress {
     std::int64_t const batch = cache.extents.batch, d = cache.extents.head_dim;
     std::int64_t const threads = detail::thread_count(dev, static_cast<std::int64_t>(detail::size_product(batch, q_heads)));
     auto const f = [](auto... n) { return Workspace::bytes_for<float>(detail::size_product(n...)); };
+    bool const bf16 = std::is_same_v<T, bfloat16> && use_covariance;
     return detail::sum_bytes(f(2, batch, d), f(batch, q_heads, d),
                               use_covariance ? f(batch, q_heads, d, d) + f(threads, d, d) : 0,
                               f(threads, detail::kEaKeyChunk, d),
+                              bf16 ? Workspace::bytes_for<std::uint16_t>(detail::size_product(threads, detail::kEaKeyChunk, d)) : 0,
                               detail::ea_scoring_bytes(dev, cache, q_heads, use_covariance));
   }
 
@@ -275,6 +313,12 @@ struct ExpectedAttentionPress {
     int const threads = detail::thread_count(dev, batch * q_heads);
     float* tmp_buf = use_covariance ? ws.take<float>(static_cast<std::size_t>(threads * d * d)) : nullptr;
     float* qbuf = ws.take<float>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d));
+    // A bf16 cache's queries are bf16 too: their centred second moment runs on the AVX512_BF16 Gram
+    // kernel (detail/bf16_dot.hpp) from the centred chunk rounded to bf16, where the CPU has it.
+    bool const bf16 = std::is_same_v<T, bfloat16> && use_covariance;
+    [[maybe_unused]] std::uint16_t* pair_buf =
+        bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d)) : nullptr;
+    [[maybe_unused]] bool const fast = detail::ea_bf16_kernel<T>(dev, d, use_covariance);
 
     // Statistics per (batch, query head): two passes over chunks of queries (mean, then centred
     // second moment), so scratch does not grow with the chunk length. In a ragged batch element b's
@@ -286,8 +330,15 @@ struct ExpectedAttentionPress {
       float* qc = qbuf + t * detail::kEaKeyChunk * d;
       Eigen::Map<Eigen::VectorXf> m(mu + bj * d, d);
       auto load = [&](std::int64_t i0, std::int64_t c) {
-        for (std::int64_t i = 0; i < c; ++i)
-          for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(q(qb, j, first + i0 + i, e));
+        // A unit head_dim stride makes each query a contiguous run, whose conversion vectorises.
+        for (std::int64_t i = 0; i < c; ++i) {
+          if (q.strides[3] == 1) {
+            T const* row = &q(qb, j, first + i0 + i, 0);  // [head_dim]
+            for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(row[e]);
+          } else {
+            for (std::int64_t e = 0; e < d; ++e) qc[i * d + e] = to_float(q(qb, j, first + i0 + i, e));
+          }
+        }
         return Eigen::Map<RowMat>(qc, c, d);
       };
       m.setZero();
@@ -304,6 +355,14 @@ struct ExpectedAttentionPress {
           std::int64_t const c = std::min(detail::kEaKeyChunk, count - i0);
           auto x = load(i0, c);
           x.rowwise() -= m.transpose();
+#if KVC_BF16_DOT_KERNEL
+          if (fast) {
+            std::uint16_t* pairs = pair_buf + t * detail::kEaKeyChunk * d;  // [(c + 1) / 2, d, 2]
+            detail::pack_token_pairs(qc, c, d, pairs);
+            detail::bf16_gram_accumulate(pairs, (c + 1) / 2, d, sigma.data());
+            continue;
+          }
+#endif
           detail::blocked_product<true>(sigma, x.transpose(), x);
         }
         sigma /= static_cast<float>(count);
