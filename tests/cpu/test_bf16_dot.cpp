@@ -11,6 +11,9 @@
 #include "kvcompress/press/expected_attention.hpp"
 #include "test_util.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 
 namespace {
@@ -187,3 +190,5 @@ TEST_CASE("bf16 caches: Expected Attention's native path agrees with the portabl
   // Where the kernel runs, its bf16 products must show: the two paths are not the same computation.
   CHECK(differs == detail::ea_bf16_kernel<bfloat16>(CpuDevice{2}, shape.d, covariance));
 }
+
+}  // namespace KVC_TEST_TU

@@ -19,6 +19,9 @@
 #include "golden_scenario.hpp"
 #include "kvcompress/kvcompress.hpp"
 
+// This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
+namespace KVC_TEST_TU {
+
 using namespace kvcompress;
 using nlohmann::json;
 
@@ -149,3 +152,5 @@ TEST_CASE("Expected Attention on bf16 caches matches kvpress run in bf16", "[gol
               fallback.tied, fast.same, fallback.same);
   CHECK(cases == 6 * 4);
 }
+
+}  // namespace KVC_TEST_TU
