@@ -21,6 +21,15 @@ The decoding presses (``DecodingPress``, ``CompressionRatioDecodingPress``, ``Pr
 hook steps the kvcompress press once per forward pass and layer, so the pipeline runs them while it
 generates, as it runs kvpress's own.
 
+Every press the package binds has a factory. What kvpress draws at each call (LeverageScore's and
+Compactor's sketch, CUR's random projection) is drawn from torch's generator as kvpress draws it;
+what kvpress downloads for the model (Q-Filter's filters, KVzap's surrogate, LU-KV's budget curve,
+DuoAttention's pattern, FastKVzip's gates) is loaded through kvpress's own loaders unless the caller
+gives the array. FINCH and KeyRerotation are instances of kvpress's classes (its pipeline checks
+them); DMS runs at the prefill (``decoding=True`` raises); FastKVzip evicts across layers when the
+prefill's context closes; KVzip and KVCompose subclass kvpress's presses, whose code runs the extra
+passes while the library scores, plans and evicts.
+
 kvpress is an optional dependency: importing this module needs it.
 """
 
