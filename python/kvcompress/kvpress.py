@@ -190,7 +190,8 @@ def _draw(press: _p.Press, module: Any, keys: torch.Tensor) -> None:
     gave are used as they are."""
     b, h, _, d = keys.shape
     draws = press.__dict__.setdefault("_draws", {})
-    if isinstance(press, (_p.LeverageScorePress, _p.CompactorPress)) and draws.setdefault("sketch", press.sketch is None):
+    sketched = isinstance(press, (_p.LeverageScorePress, _p.CompactorPress))
+    if sketched and draws.setdefault("sketch", press.sketch is None):
         k = press.sketch_dimension
         _refill(press, "sketch", (torch.randn(b, h, d, k, device=keys.device, dtype=keys.dtype)
                                   * (1 / math.sqrt(k))).to(torch.float32))
@@ -200,7 +201,8 @@ def _draw(press: _p.Press, module: Any, keys: torch.Tensor) -> None:
                                       / math.sqrt(20)).to(torch.float32))
     if isinstance(press, _p.KVzapPress) and "_kvzap_model" in press.__dict__:
         layer = press.__dict__["_kvzap_model"].layers[module.layer_idx]
-        linears = [layer] if isinstance(layer, torch.nn.Linear) else [m for m in layer if isinstance(m, torch.nn.Linear)]
+        linears = [m for m in ([layer] if isinstance(layer, torch.nn.Linear) else layer)
+                   if isinstance(m, torch.nn.Linear)]
         weights = {}
         for i, lin in enumerate(linears, 1):
             # kvpress runs the surrogate in the model's dtype: the weights are rounded to it.
@@ -311,7 +313,8 @@ class KVCompressPress(BasePress):
     def _finish(self, module: Any, keys: torch.Tensor, values: torch.Tensor, lengths: np.ndarray):
         """The layer's tensors after a compression that left ``lengths`` [batch, kv_heads]."""
         full = keys.shape[2]
-        self.__dict__.setdefault("_removed", {})[int(module.layer_idx)] = 1 - float(lengths.sum()) / (lengths.size * full)
+        removed = 1 - float(lengths.sum()) / (lengths.size * full)
+        self.__dict__.setdefault("_removed", {})[int(module.layer_idx)] = removed
         return _cut(module, keys, values, lengths)
 
     def _zero_channels(self, obs: Observation, cache: KVCache, keys: torch.Tensor) -> torch.Tensor:
