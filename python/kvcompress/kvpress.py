@@ -25,9 +25,8 @@ Every press the package binds has a factory. What kvpress draws at each call (Le
 Compactor's sketch, CUR's random projection) is drawn from torch's generator as kvpress draws it;
 what kvpress downloads for the model (Q-Filter's filters, KVzap's surrogate, LU-KV's budget curve,
 DuoAttention's pattern, FastKVzip's gates) is loaded through kvpress's own loaders unless the caller
-gives the array. FINCH and KeyRerotation are instances of kvpress's classes (its pipeline checks
-them); DMS runs at the prefill (``decoding=True`` raises); FastKVzip evicts across layers when the
-prefill's context closes; KVzip and KVCompose subclass kvpress's presses, whose code runs the extra
+gives the array. FINCH, KeyRerotation and DMS are instances of kvpress's classes (its pipeline checks
+them); FastKVzip evicts across layers when the prefill's context closes; KVzip and KVCompose subclass kvpress's presses, whose code runs the extra
 passes while the library scores, plans and evicts.
 
 kvpress is an optional dependency: importing this module needs it.
@@ -43,6 +42,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 from kvpress import BasePress
+from kvpress import DMSPress as _KvpressDMSPress
 from kvpress import FinchPress as _KvpressFinchPress
 from kvpress import KeyRerotationPress as _KvpressKeyRerotationPress
 from kvpress import KVComposePress as _KvpressKVComposePress
@@ -330,18 +330,12 @@ class KVCompressKeyRerotationPress(KVCompressPress, _KvpressKeyRerotationPress):
     """kvcompress's KeyRerotationPress as an instance of kvpress's, which its pipeline checks to
     place the question right after the compressed context."""
 
-    def __post_init__(self) -> None:
-        pass
-
 
 class KVCompressFinchPress(KVCompressPress, _KvpressFinchPress):  # type: ignore[misc]
     """kvcompress's FinchPress as an instance of kvpress's: ``update_model_and_tokenizer`` adds the
     delimiter token, kvpress's embedding hook removes it from the prompt and sets ``window_size``
     (the question's tokens after it), and the pipeline places the question right after the
     re-rotated context."""
-
-    def __post_init__(self) -> None:
-        pass
 
     @property  # type: ignore[override]
     def window_size(self) -> Optional[int]:
@@ -598,11 +592,26 @@ def PrefillDecodingPress(prefilling_press: Any = None, decoding_press: Any = Non
     return KVCompressPrefillDecodingPress(_p.PrefillDecodingPress(prefill, decoding), num_threads)
 
 
-class KVCompressDMSPress(KVCompressPress):
-    """kvcompress's :class:`~kvcompress.DMSPress` at kvpress's prefill (``decoding=False``, kvpress's
-    default): one step per layer over the prompt; the entries that left the sliding window below
-    the threshold are removed from their head's row, and the slots past each head's length are
-    masked in later passes (kvpress masks the same entries where they are)."""
+class KVCompressDMSPress(KVCompressPress, _KvpressDMSPress):  # type: ignore[misc]
+    """kvcompress's :class:`~kvcompress.DMSPress` as an instance of kvpress's DMSPress (whose
+    ``decoding`` the pipeline reads to run it while decoding too): one step per forward pass and
+    layer; the entries that left the sliding window below the threshold leave their head's row.
+    HF's cache keeps one length for every layer and head, so the layer keeps its length and the
+    slots past each head's are masked in later passes (kvpress masks the same entries where they
+    are); each decoding pass's new entries, which HF appends after the layer's slots, are moved to
+    the end of each head's row before the step."""
+
+    @property  # type: ignore[override]
+    def decoding(self) -> bool:
+        return self.press.decoding
+
+    @property  # type: ignore[override]
+    def threshold(self) -> Optional[float]:
+        return self.press.threshold
+
+    @property  # type: ignore[override]
+    def sliding_window_size(self) -> int:
+        return self.press.sliding_window_size
 
     @property
     def compression_ratio(self) -> float:
@@ -613,13 +622,45 @@ class KVCompressDMSPress(KVCompressPress):
     def compression_ratio(self, value: float) -> None:
         raise AttributeError("compression ratio cannot be set for DMSPress")
 
-    def compress(self, module, hidden_states, keys, values, attentions, kwargs):
-        obs = self.observation(module, hidden_states, attentions, kwargs)
+    def forward_hook(self, module: Any, input: Any, kwargs: dict, output: Any):
+        hidden_states = kwargs["hidden_states"]
+        q = int(hidden_states.shape[1])
+        prefilling = is_prefilling(kwargs["cache_position"], q)
+        if not prefilling and not self.press.decoding:
+            return output
+        idx = int(module.layer_idx)
+        cache_layer = kwargs["past_key_values"].layers[idx]
+        keys, values = cache_layer.keys, cache_layer.values
+        b, h, full, _ = keys.shape
+        lengths = np.full((b, h), full, dtype=np.int32)
+        steps: Dict[int, np.ndarray] = self.__dict__.setdefault("_lengths", {})  # each layer's row lengths
+        before = None if prefilling else steps.get(idx)
+        if before is not None and not (before == full - q).all():
+            # HF appended the pass's entries after the layer's slots: each head's go to its own row's end.
+            new_k, new_v = keys[:, :, full - q:].clone(), values[:, :, full - q:].clone()
+            for (bb, hh), n in np.ndenumerate(before):
+                keys[bb, hh, n:n + q] = new_k[bb, hh]
+                values[bb, hh, n:n + q] = new_v[bb, hh]
+            lengths = (before + q).astype(np.int32)
+        obs = self.observation(module, hidden_states, output[1] if len(output) > 1 else None, kwargs)
+        position_ids = kwargs.get("position_ids")
+        if not prefilling and position_ids is not None:
+            obs.position = int(position_ids[0, 0])
         for p in _tree(self.press.press):
             _draw(p, module, keys)
-        cache = KVCache(keys.detach(), values.detach())
+        cache = KVCache(keys.detach(), values.detach(), lengths)
         self.press.step(obs, cache, num_threads=self.num_threads)
-        return self._finish(module, keys, values, _host(cache.lengths))
+        after = np.array(_host(cache.lengths), dtype=np.int32)
+        steps[idx] = after
+        # Every layer keeps the pass's length (the pipeline's causal mask is sized by layer 0's cache).
+        if (after == full).all():
+            module.masked_key_indices = None
+        else:
+            _mask_past_lengths(module, after, full)
+        return output
+
+    def compress(self, module, hidden_states, keys, values, attentions, kwargs):
+        raise NotImplementedError("DMSPress steps in its forward hook (one step per pass and layer)")
 
 
 def _fast_kvzip_gate(module: Any) -> FastKVzipGate:
@@ -680,14 +721,7 @@ class KVCompressFastKVzipPress(KVCompressPress):
 
 def DMSPress(press: Any, threshold: Optional[float] = None, sliding_window_size: int = 128,
              decoding: bool = False) -> KVCompressDMSPress:
-    """kvcompress's DMSPress as a kvpress press (kvpress's parameters), at the prefill only:
-    ``decoding=True`` raises (see the module's docs)."""
-    if decoding:
-        raise ValueError("DMSPress(decoding=True) cannot run in kvpress's pipeline through kvcompress.kvpress: "
-                         "kvcompress removes each head's entries from its row, and HF's DynamicCache keeps one "
-                         "length per layer and appends every decoded token after the longest row, so the later "
-                         "passes' entries cannot be kept in step with per-head rows (kvpress masks them where they "
-                         "are instead); use decoding=False or kvcompress.DMSPress with the library's own cache")
+    """kvcompress's DMSPress as kvpress's (kvpress's parameters); see :class:`KVCompressDMSPress`."""
     return wrap(_p.DMSPress(_unwrap(press), threshold, sliding_window_size, decoding))  # type: ignore[return-value]
 
 

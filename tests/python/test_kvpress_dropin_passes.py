@@ -1,5 +1,5 @@
 """kvcompress.kvpress's factories for the presses that need more than one forward hook: FINCH (its
-delimiter token and embedding hook), DMS (a step per layer), FastKVzip (every layer scored before any
+delimiter token and embedding hook), DMS (a step per pass and layer, at the prefill and while decoding), FastKVzip (every layer scored before any
 is evicted), KVzip (kvpress's reconstruction passes) and KVCompose (kvpress's replay pass), in kvpress's
 own pipeline on the tiny random-weight Llama and Qwen3 models of test_kvpress_dropin.py: at two
 ratios (thresholds for DMS) each, the 16-token answers with the wrapped press equal the answers with
@@ -32,6 +32,10 @@ PRESSES = {
                                                 sliding_window_size=64),
                      lambda r: kvcp.DMSPress(kvcp.KeyDiffPress(), threshold=DMS_THRESHOLDS[r],
                                              sliding_window_size=64)),
+    "DMS(KeyDiff, decoding)": (lambda r: kvpress.DMSPress(kvpress.KeyDiffPress(), threshold=DMS_THRESHOLDS[r],
+                                                          sliding_window_size=8, decoding=True),
+                               lambda r: kvcp.DMSPress(kvcp.KeyDiffPress(), threshold=DMS_THRESHOLDS[r],
+                                                       sliding_window_size=8, decoding=True)),
     "FastKVzip": (lambda r: kvpress.FastKVzipPress(r), lambda r: kvcp.FastKVzipPress(r)),
     "FastKVzip(layerwise)": (lambda r: kvpress.FastKVzipPress(r, layerwise=True),
                              lambda r: kvcp.FastKVzipPress(r, layerwise=True)),
@@ -123,9 +127,10 @@ def test_finch_answers_equal_kvpress(setup, ratio):
     assert chunked[0] == chunked[1]
 
 
-def test_refusals_name_the_press_and_the_reason(setup):
-    with pytest.raises(ValueError, match=r"DMSPress\(decoding=True\) cannot run in kvpress's pipeline"):
-        kvcp.DMSPress(kvcp.KnormPress(), threshold=0.0, decoding=True)
+def test_classes_and_refusals(setup):
+    """The pipeline checks DMS's, KVzip's and KVCompose's class; FINCH without its window raises."""
+    assert isinstance(kvcp.DMSPress(kvcp.KnormPress(), threshold=0.0, decoding=True), kvpress.DMSPress)
+    assert kvcp.DMSPress(kvcp.KnormPress(), threshold=0.0, decoding=True).decoding
     _, _, pipe, context, question = setup
     with pytest.raises(ValueError, match="FinchPress: window_size is unset"):
         press = kvcp.FinchPress(0.5)
