@@ -181,3 +181,13 @@ def test_caller_arrays_are_used_as_given(setup, model_data):
         bad = kvcp.QFilterPress(0.5, q_filters=np.zeros((c.num_hidden_layers, c.num_key_value_heads + 1, c.head_dim),
                                                         dtype=np.float32))
         answer(pipe, context, question, bad)
+
+
+def test_composed_refuses_presses_without_compress(setup):
+    """ThinK has no compress of its own (kvpress's ComposedPress runs it through its hook): the drop-in's
+    Composed raises, naming it."""
+    _, pipe, context, question = setup
+    with pytest.raises(kvc.Error, match="ComposedPress: press must be a kvcompress press, got ThinKPress"):
+        answer(pipe, context, question, kvcp.ComposedPress([kvcp.KnormPress(0.5), kvcp.ThinKPress(0.5)]))
+    with pytest.raises(TypeError, match="got KVCompressKVzipPress"):
+        kvcp.ComposedPress([kvcp.KnormPress(0.5), kvcp.KVzipPress(0.5)])
