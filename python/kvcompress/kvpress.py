@@ -79,9 +79,6 @@ def _rope(config: Any):
     return _ROPES[key][1]
 
 
-_ALL = 1 << 62  # a window over the whole chunk
-
-
 def _children(press: Any) -> List[Any]:
     """The presses ``press`` holds (a wrapper's inner press, a composition's presses)."""
     if isinstance(press, _p.ComposedPress):
@@ -113,7 +110,7 @@ def _needs(press: Any) -> set:
         if isinstance(p, _p.SimLayerKVPress):
             needs |= {("window", p.n_last)}
         if isinstance(p, _p.FinchPress):
-            needs |= {("window", p.window_size or _ALL)} | ({"rope"} if p.rerotate_keys else set())
+            needs |= {("window", p.window_size or 1)} | ({"rope"} if p.rerotate_keys else set())
         if isinstance(p, _p.ObservedAttentionPress):
             needs |= {"attention"}
         if isinstance(p, (_p.CriticalKVPress, _p.CriticalAdaKVPress)):
@@ -716,7 +713,7 @@ class KVCompressFastKVzipPress(KVCompressPress):
             module, cache_layer = self._layers[layer]
             cache = KVCache(cache_layer.keys.detach(), cache_layer.values.detach())
             lengths = _host(self.press.evict(cache, np.ascontiguousarray(s), n_pruned, num_threads=self.num_threads))
-            cache_layer.keys, cache_layer.values = self._finish(module, cache_layer.keys, cache_layer.values, lengths)
+            _cut(module, cache_layer.keys, cache_layer.values, lengths, keep_length=True)
 
 
 def DMSPress(press: Any, threshold: Optional[float] = None, sliding_window_size: int = 128,
@@ -735,11 +732,14 @@ def FastKVzipPress(compression_ratio: float = 0.0, layerwise: bool = False, n_si
     return out
 
 
-def _cut(module: Any, keys: torch.Tensor, values: torch.Tensor, lengths: np.ndarray):
+def _cut(module: Any, keys: torch.Tensor, values: torch.Tensor, lengths: np.ndarray, keep_length: bool = False):
     """The layer's tensors after a compression that left ``lengths`` [batch, kv_heads]: cut to the
-    common length, or kept whole with the slots past each head's length masked."""
+    common length, or kept whole with the slots past each head's length masked (always kept whole
+    with ``keep_length``: presses that choose each layer's count across layers, whose layers would
+    otherwise differ in length, which the pipeline's causal mask, sized by layer 0's cache, cannot
+    take)."""
     n = int(lengths.max())
-    if (lengths == n).all():
+    if not keep_length and (lengths == n).all():
         return keys[:, :, :n].contiguous(), values[:, :, :n].contiguous()
     _mask_past_lengths(module, lengths, keys.shape[2])
     return keys, values
@@ -792,7 +792,7 @@ class KVCompressKVzipPress(_KvpressKVzipPress):
             cache_layer = self._cache.layers[layer]
             cache = KVCache(cache_layer.keys.detach(), cache_layer.values.detach())
             lengths = _host(press.evict(cache, scores[layer], n_pruned, num_threads=self.num_threads))
-            cache_layer.keys, cache_layer.values = _cut(module, cache_layer.keys, cache_layer.values, lengths)
+            _cut(module, cache_layer.keys, cache_layer.values, lengths, keep_length=True)
 
 
 @dataclass
