@@ -26,8 +26,9 @@ Compactor's sketch, CUR's random projection) is drawn from torch's generator as 
 what kvpress downloads for the model (Q-Filter's filters, KVzap's surrogate, LU-KV's budget curve,
 DuoAttention's pattern, FastKVzip's gates) is loaded through kvpress's own loaders unless the caller
 gives the array. FINCH, KeyRerotation and DMS are instances of kvpress's classes (its pipeline checks
-them); FastKVzip evicts across layers when the prefill's context closes; KVzip and KVCompose subclass kvpress's presses, whose code runs the extra
-passes while the library scores, plans and evicts.
+them); FastKVzip evicts across layers when the prefill's context closes; KVzip and KVCompose
+subclass kvpress's presses, whose code runs the extra passes while the library scores, plans and
+evicts.
 
 kvpress is an optional dependency: importing this module needs it.
 """

@@ -1,7 +1,7 @@
 """kvcompress.kvpress's factories for the presses that need more than one forward hook: FINCH (its
-delimiter token and embedding hook), DMS (a step per pass and layer, at the prefill and while decoding), FastKVzip (every layer scored before any
-is evicted), KVzip (kvpress's reconstruction passes) and KVCompose (kvpress's replay pass), in kvpress's
-own pipeline on the tiny random-weight Llama and Qwen3 models of test_kvpress_dropin.py: at two
+delimiter token and embedding hook), DMS (a step per pass and layer, at the prefill and while
+decoding), FastKVzip (every layer scored before any is evicted), KVzip (kvpress's reconstruction
+passes) and KVCompose (kvpress's replay pass), in kvpress's own pipeline on the tiny random-weight Llama and Qwen3 models of test_kvpress_dropin.py: at two
 ratios (thresholds for DMS) each, the 16-token answers with the wrapped press equal the answers with
 kvpress's own press. FastKVzip's gates come from kvpress's loader, replaced by one returning random
 gates of kvpress's own class; KVzip reads the tokenizer from the model's name, so the test saves it
