@@ -19,6 +19,9 @@ namespace kvc_engine {
 
 namespace detail {
 
+/// Query rows below which a key tile is multiplied row by row (matrix-vector) rather than as one GEMM.
+constexpr std::int64_t kGemvRows = 8;
+
 /// Online-softmax state of R query rows over the keys seen so far: o = Σ exp(s − m)·v unnormalised, m the
 /// running maximum score, l = Σ exp(s − m). \param o [R, d] \param m [R] \param l [R]
 struct SoftmaxState {
@@ -34,7 +37,13 @@ inline void fold_key_tile(float const* Q, std::int64_t R, std::int64_t group, st
                           std::int64_t c0, std::int64_t C, std::int64_t visible0, float* S, SoftmaxState st) {
   ops::ConstMap const Qm(Q, R, d), Km(K, C, d), Vm(V, C, d);
   Eigen::Map<ops::RowMat> Sm(S, R, C), O(st.o, R, d);
-  Sm.noalias() = Qm * Km.transpose();
+  // A GEMM packs (copies) the key and value tiles first, as much memory traffic as the work itself when
+  // only a few rows use them (decoding): matrix-vector products per row read the tiles where they lie.
+  bool const few_rows = R < kGemvRows;
+  if (few_rows)
+    for (std::int64_t r = 0; r < R; ++r) Sm.row(r).noalias() = Qm.row(r) * Km.transpose();
+  else
+    Sm.noalias() = Qm * Km.transpose();
   for (std::int64_t r = 0; r < R; ++r) {
     float* row = S + r * C;
     std::int64_t const seen = std::min(C, visible0 + r / group - c0);  // keys of this tile the row sees
@@ -51,7 +60,10 @@ inline void fold_key_tile(float const* Q, std::int64_t R, std::int64_t group, st
     if (alpha != 1.0f) O.row(r) *= alpha;
     std::fill(row + seen, row + C, 0.0f);
   }
-  O.noalias() += Sm * Vm;
+  if (few_rows)
+    for (std::int64_t r = 0; r < R; ++r) O.row(r).noalias() += Sm.row(r) * Vm;
+  else
+    O.noalias() += Sm * Vm;
 }
 
 }  // namespace detail
