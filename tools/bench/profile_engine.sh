@@ -41,7 +41,7 @@ report() {  # the engine's own functions with their share including callees, the
   perf report -q -i "$work/perf.data" --stdio --no-children --sort symbol -g none --percent-limit 1.5 --time "$1" 2>/dev/null |
     sed -e 's/^ *//' -e 's/\[\.\] //' | cut -c1-160
 }
-echo "== prefill ($tokens tokens, $threads threads): share of cpu-clock samples by function =="
+echo "== prefill ($tokens tokens, --threads $threads): share of cpu-clock samples by function =="
 report "$prefill_start,$prefill_end"
 echo "== decoding ($new_tokens tokens after the prefill) =="
 report "$decode_start,$last"
