@@ -9,8 +9,9 @@ set -euo pipefail
 # build its module (tools/python/setup_env.sh, python/); libopenmpi-dev and openmpi-bin (mpirun) build and
 # run the tensor-parallel (MPI) tests and the engine's --tensor-parallel mode; dict-devil (Ambrose Bierce's
 # The Devil's Dictionary, public domain) is the English prose of kvcompress-eval's generated tasks, read
-# through zlib (zlib1g-dev).
-packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev clang clang-tidy libclang-rt-14-dev libcli11-dev gnuplot-nox python3-pip libpcre2-dev libutf8proc-dev pkg-config python3-venv python3-dev libopenmpi-dev openmpi-bin dict-devil zlib1g-dev)
+# through zlib (zlib1g-dev); linux-perf (`perf record -e cpu-clock`) profiles the engine
+# (docs/benchmarks/engine-profile.md).
+packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev nlohmann-json3-dev clang clang-tidy libclang-rt-14-dev libcli11-dev gnuplot-nox python3-pip libpcre2-dev libutf8proc-dev pkg-config python3-venv python3-dev libopenmpi-dev openmpi-bin dict-devil zlib1g-dev linux-perf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

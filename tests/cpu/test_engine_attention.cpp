@@ -2,6 +2,8 @@
 // them (as after a per-head press), against a double-precision re-derivation; and the thread pool.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <random>
 #include <stdexcept>
@@ -14,19 +16,24 @@ namespace KVC_TEST_TU {
 
 using Catch::Matchers::Contains;
 
-TEST_CASE("engine attention: each query head reads its kv head's own live entries, causally", "[engine][attention]") {
-  std::int64_t const kv_heads = 2, q_heads = 6, d = 8, n = 3, layer = 1;
-  std::vector<std::int32_t> const old_lengths{37, 20};  // entries before the chunk, per kv head
-  kvc_engine::KVCache cache(2, kv_heads, d, 64);
+namespace {
+
+/// Worst absolute difference between causal_attention on `threads` threads and a double-precision
+/// softmax(q·kᵀ/√d)·v, for a chunk of n tokens after old_lengths[g] entries of each kv head.
+double attention_error(std::int64_t q_heads, std::int64_t d, std::int64_t n, std::vector<std::int32_t> const& old_lengths,
+                       int threads) {
+  std::int64_t const kv_heads = static_cast<std::int64_t>(old_lengths.size()), layer = 1;
+  std::int32_t const longest = *std::max_element(old_lengths.begin(), old_lengths.end()) + static_cast<std::int32_t>(n);
+  kvc_engine::KVCache cache(2, kv_heads, d, longest + 7);
   std::mt19937 gen(5);
   std::normal_distribution<float> normal;
-  std::vector<std::int32_t> first_new(kv_heads);
+  std::vector<std::int32_t> first_new(static_cast<std::size_t>(kv_heads));
   for (std::int64_t g = 0; g < kv_heads; ++g) {
     std::int32_t const len = old_lengths[static_cast<std::size_t>(g)] + static_cast<std::int32_t>(n);
     cache.length_ref(layer, g) = len;
     first_new[static_cast<std::size_t>(g)] = old_lengths[static_cast<std::size_t>(g)];
     for (std::int64_t i = 0; i < len * d; ++i) {
-      cache.keys(layer, g)[i] = normal(gen);
+      cache.keys(layer, g)[i] = 2.0f * normal(gen);  // scores spread enough for the softmax to be far from uniform
       cache.values(layer, g)[i] = normal(gen);
     }
     // Garbage past the live length must never be read.
@@ -35,32 +42,46 @@ TEST_CASE("engine attention: each query head reads its kv head's own live entrie
   std::vector<float> q(static_cast<std::size_t>(n * q_heads * d));
   for (float& x : q) x = normal(gen);
 
-  for (int threads : {1, 3}) {
-    kvc_engine::ThreadPool pool(threads);
-    std::vector<std::vector<float>> scratch(static_cast<std::size_t>(pool.size()));
-    std::vector<float> out(q.size(), 0.0f);
-    kvc_engine::causal_attention(pool, cache, layer, q.data(), n, q_heads, first_new, out.data(), scratch);
-    double worst = 0.0;
-    for (std::int64_t t = 0; t < n; ++t)
-      for (std::int64_t j = 0; j < q_heads; ++j) {
-        std::int64_t const g = j / (q_heads / kv_heads), visible = old_lengths[static_cast<std::size_t>(g)] + t + 1;
-        std::vector<double> w(static_cast<std::size_t>(visible));
-        double m = -INFINITY, sum = 0.0;
-        for (std::int64_t s = 0; s < visible; ++s) {
-          double dot = 0.0;
-          for (std::int64_t c = 0; c < d; ++c) dot += static_cast<double>(q[static_cast<std::size_t>((t * q_heads + j) * d + c)]) * cache.keys(layer, g)[s * d + c];
-          w[static_cast<std::size_t>(s)] = dot / std::sqrt(static_cast<double>(d));
-          m = std::max(m, w[static_cast<std::size_t>(s)]);
-        }
-        for (double& x : w) sum += (x = std::exp(x - m));
-        for (std::int64_t c = 0; c < d; ++c) {
-          double o = 0.0;
-          for (std::int64_t s = 0; s < visible; ++s) o += w[static_cast<std::size_t>(s)] / sum * cache.values(layer, g)[s * d + c];
-          worst = std::max(worst, std::abs(o - out[static_cast<std::size_t>((t * q_heads + j) * d + c)]));
-        }
+  kvc_engine::ThreadPool pool(threads);
+  std::vector<std::vector<float>> scratch(static_cast<std::size_t>(pool.size()));
+  std::vector<float> out(q.size(), 0.0f);
+  kvc_engine::causal_attention(pool, cache, layer, q.data(), n, q_heads, first_new, out.data(), scratch);
+  double worst = 0.0;
+  for (std::int64_t t = 0; t < n; ++t)
+    for (std::int64_t j = 0; j < q_heads; ++j) {
+      std::int64_t const g = j / (q_heads / kv_heads), visible = old_lengths[static_cast<std::size_t>(g)] + t + 1;
+      std::vector<double> w(static_cast<std::size_t>(visible));
+      double m = -INFINITY, sum = 0.0;
+      for (std::int64_t s = 0; s < visible; ++s) {
+        double dot = 0.0;
+        for (std::int64_t c = 0; c < d; ++c) dot += static_cast<double>(q[static_cast<std::size_t>((t * q_heads + j) * d + c)]) * cache.keys(layer, g)[s * d + c];
+        w[static_cast<std::size_t>(s)] = dot / std::sqrt(static_cast<double>(d));
+        m = std::max(m, w[static_cast<std::size_t>(s)]);
       }
+      for (double& x : w) sum += (x = std::exp(x - m));
+      for (std::int64_t c = 0; c < d; ++c) {
+        double o = 0.0;
+        for (std::int64_t s = 0; s < visible; ++s) o += w[static_cast<std::size_t>(s)] / sum * cache.values(layer, g)[s * d + c];
+        worst = std::max(worst, std::abs(o - out[static_cast<std::size_t>((t * q_heads + j) * d + c)]));
+      }
+    }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("engine attention: each query head reads its kv head's own live entries, causally", "[engine][attention]") {
+  for (int threads : {1, 2, 3}) {
     INFO("threads " << threads);
-    CHECK(worst < 1e-5);
+    SECTION("a short chunk after rows of different lengths") { CHECK(attention_error(6, 8, 3, {37, 20}, threads) < 1e-5); }
+    SECTION("a long chunk: several blocks of tokens, causal key tiles") {
+      CHECK(attention_error(6, 16, 300, {0, 0}, threads) < 1e-5);
+      CHECK(attention_error(6, 16, 200, {700, 300}, threads) < 1e-5);
+    }
+    SECTION("one token over long rows: the keys split among tasks and merged") {
+      CHECK(attention_error(6, 16, 1, {1500, 37}, threads) < 1e-5);
+      CHECK(attention_error(4, 16, 2, {900, 2000}, threads) < 1e-5);
+    }
   }
 }
 
@@ -92,6 +113,25 @@ TEST_CASE("engine thread pool: every index once, exceptions reach the caller", "
   int after = 0;
   pool.parallel_for(1, [&](std::int64_t, int) { ++after; });
   CHECK(after == 1);
+}
+
+TEST_CASE("engine thread pool: tasks claimed one at a time run once each, exceptions reach the caller", "[engine][attention]") {
+  kvc_engine::ThreadPool pool(3);
+  for (std::int64_t n : {0, 1, 2, 3, 1001}) {
+    std::vector<int> hits(static_cast<std::size_t>(n), 0), thread(static_cast<std::size_t>(n), -1);
+    pool.parallel_tasks(n, [&](std::int64_t i, int t) {  // each index is claimed by one thread: no race on hits[i]
+      ++hits[static_cast<std::size_t>(i)];
+      thread[static_cast<std::size_t>(i)] = t;
+    });
+    for (int h : hits) CHECK(h == 1);
+    for (int t : thread) CHECK((t >= 0 && t < 3));
+  }
+  REQUIRE_THROWS_WITH(pool.parallel_tasks(50, [](std::int64_t i, int) {
+    if (i == 31) throw std::runtime_error("task 31 failed");
+  }), Contains("task 31 failed"));
+  std::atomic<int> after{0};  // the pool is still usable after an exception
+  pool.parallel_tasks(2, [&](std::int64_t, int) { ++after; });
+  CHECK(after == 2);
 }
 
 }  // namespace KVC_TEST_TU

@@ -48,9 +48,11 @@ inline void rms_norm(float const* x, std::int64_t rows, std::int64_t dim, float 
   }
 }
 
-/// gate ← silu(gate) ⊙ up (SwiGLU). \param gate [n] \param up [n]
+/// gate ← silu(gate) ⊙ up (SwiGLU), with Eigen's vectorised exp (std::exp is scalar, and a prefill runs
+/// tokens × intermediate_size of them per layer). \param gate [n] \param up [n]
 inline void silu_mul(float* gate, float const* up, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  Eigen::Map<Eigen::ArrayXf> g(gate, n);
+  g = g / (1.0f + (-g).exp()) * Eigen::Map<Eigen::ArrayXf const>(up, n);
 }
 
 /// RoPE in HF's rotate_half convention, x ← x⊙cos + rotate_half(x)⊙sin, for every head of every token.

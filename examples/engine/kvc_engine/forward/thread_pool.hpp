@@ -4,6 +4,7 @@
 /// dozen short parallel regions per layer, so starting threads for each would cost more than the work.
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -50,6 +51,23 @@ class ThreadPool {
     std::function<void(int)> const job = [&](int t) {
       std::int64_t const lo = n * t / threads, hi = n * (t + 1) / threads;
       for (std::int64_t i = lo; i < hi; ++i) f(i, t);
+    };
+    run(job);
+  }
+
+  /// \brief Calls f(i, thread) for every i in [0, n), each thread taking the next unclaimed i when it is
+  /// done with its last: for tasks of unequal cost (causal attention's blocks), which a static partition
+  /// would leave one thread finishing alone. Exceptions as parallel_for's; not reentrant either.
+  template <class F>
+  void parallel_tasks(std::int64_t n, F&& f) {
+    if (size() == 1 || n <= 1) {
+      for (std::int64_t i = 0; i < n; ++i) f(i, 0);
+      return;
+    }
+    std::atomic<std::int64_t> next{0};
+    std::function<void(int)> const job = [&](int t) {
+      for (std::int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n; i = next.fetch_add(1, std::memory_order_relaxed))
+        f(i, t);
     };
     run(job);
   }
