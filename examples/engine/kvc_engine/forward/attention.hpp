@@ -2,7 +2,8 @@
 /// \file
 /// \brief Causal attention of a chunk of queries over a `KVCache` layer whose kv heads may hold different
 /// entries and different numbers of them (after a press): each query head reads only its kv head's live
-/// entries.
+/// entries. Over a layer whose keys are packed (ThinK), a packed entry's score is q·k over the kv head's
+/// kept channels — what kvpress's zeroed channels give — and a later entry's over every channel.
 
 #include <Eigen/Core>
 
@@ -36,20 +37,37 @@ inline void causal_attention(ThreadPool& pool, KVCache& cache, std::int64_t laye
     KVC_CHECK(first_new[static_cast<std::size_t>(g)] >= 0 && first_new[static_cast<std::size_t>(g)] + n <= cache.length(layer, g),
               "kv head " << g << " of layer " << layer << " holds " << cache.length(layer, g) << " entries, not the chunk's "
                          << n << " after slot " << first_new[static_cast<std::size_t>(g)]);
+  for (std::int64_t g = 0; g < kv_heads; ++g)  // the chunk's keys are full-width: appended after the packing
+    KVC_CHECK(first_new[static_cast<std::size_t>(g)] >= cache.packed_length(layer, g),
+              "kv head " << g << " of layer " << layer << " holds " << cache.packed_length(layer, g)
+                         << " packed entries, past the chunk's first slot " << first_new[static_cast<std::size_t>(g)]);
   constexpr std::int64_t kRows = 32;  // query rows per task: bounds the score block at kRows × row length
   std::int64_t const blocks = (n + kRows - 1) / kRows;
   float const scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  std::int64_t const kept = cache.kept_channels(layer);
   pool.parallel_for(q_heads * blocks, [&](std::int64_t task, int thread) {
     std::int64_t const j = task / blocks, g = j / group, t0 = task % blocks * kRows, t1 = std::min(n, t0 + kRows);
     std::int64_t const rows = t1 - t0, old = first_new[static_cast<std::size_t>(g)], span = old + t1;
     std::vector<float>& s = scratch[static_cast<std::size_t>(thread)];
-    s.resize(static_cast<std::size_t>(rows * span));
-    ops::ConstMap const K(cache.keys(layer, g), span, d);
-    ops::ConstMap const V(cache.values(layer, g), span, d);
     Eigen::Map<ops::RowMat const, 0, Eigen::OuterStride<>> const Q(q + (t0 * q_heads + j) * d, rows, d,
                                                                    Eigen::OuterStride<>(q_heads * d));
+    ops::ConstMap const V(cache.values(layer, g), span, d);
+    if (kept == 0) {
+      s.resize(static_cast<std::size_t>(rows * span));
+      ops::ConstMap const K(cache.keys(layer, g), span, d);
+      Eigen::Map<ops::RowMat> S(s.data(), rows, span);
+      S.noalias() = Q * K.transpose();
+    } else {  // the first `packed` entries over the kept channels, the rest over all of them
+      std::int64_t const packed = cache.packed_length(layer, g);
+      s.resize(static_cast<std::size_t>(rows * (span + kept)));
+      Eigen::Map<ops::RowMat> S(s.data(), rows, span);
+      Eigen::Map<ops::RowMat> Qk(s.data() + rows * span, rows, kept);  // Q's kept channels
+      std::int32_t const* ch = cache.channels(layer, g);                  // [kept]
+      for (std::int64_t c = 0; c < kept; ++c) Qk.col(c) = Q.col(ch[c]);
+      S.leftCols(packed).noalias() = Qk * ops::ConstMap(cache.packed_keys(layer, g), packed, kept).transpose();
+      S.rightCols(span - packed).noalias() = Q * ops::ConstMap(cache.keys(layer, g), span - packed, d).transpose();
+    }
     Eigen::Map<ops::RowMat> S(s.data(), rows, span);
-    S.noalias() = Q * K.transpose();
     S *= scale;
     for (std::int64_t r = 0; r < rows; ++r) ops::softmax_prefix(s.data() + r * span, old + t0 + r + 1, span);
     ops::StridedMap O(out + (t0 * q_heads + j) * d, rows, d, Eigen::OuterStride<>(q_heads * d));
