@@ -287,7 +287,8 @@ TEST_CASE("engine: ThinK by name stores packed keys and gives kvpress's continua
     kvc_engine::CompressedCopy one = kvc_engine::compressed_copy(engine, snap, think);
     kvc_engine::CompressedCopy two = kvc_engine::compressed_copy(engine, snap, think);
     CHECK(channels_of(one.cache) == qa.at("kept_channels").get<std::vector<std::vector<std::vector<std::int32_t>>>>());
-    CHECK(one.cache.bytes_in_use() * 4 == snap.cache.bytes_in_use() * 3);  // half the key channels: a quarter of K+V
+    std::int64_t const packed_bytes = one.cache.bytes_in_use(), full_bytes = snap.cache.bytes_in_use();
+    CHECK(packed_bytes * 4 == full_bytes * 3);  // half the key channels: a quarter of K+V
     CHECK(one.cache.bytes_allocated() < snap.cache.bytes_allocated());      // the full-width keys were given back
     std::vector<float> probs;  // a packed layer has no full keys to read
     CHECK_THROWS_WITH(engine.attention_probabilities(one.cache, 1, snap.record.queries[1], context, 0, probs),
@@ -310,9 +311,9 @@ TEST_CASE("engine: ThinK by name stores packed keys and gives kvpress's continua
         kvc_engine::kNoStopToken);
     for (auto const& a : batched) CHECK(a.tokens == want_answer);
     std::printf("engine golden: %s think %.2f keeps %lld of %lld key channels, step logits max relative error %.2e "
-                "(generate) and %.2e (question), KV bytes %lld of %lld\n",
+                "(generate) and %.2e (question), context KV bytes %lld of %lld\n",
                 m.at("model").get<std::string>().c_str(), ratio, static_cast<long long>(kept), static_cast<long long>(d), gen_err,
-                qa_err, static_cast<long long>(one.cache.bytes_in_use()), static_cast<long long>(snap.cache.bytes_in_use()));
+                qa_err, static_cast<long long>(packed_bytes), static_cast<long long>(full_bytes));
     ++checked;
   }
   CHECK(checked == 3);
