@@ -14,6 +14,9 @@
 #include <vector>
 
 #include "golden_fixture.hpp"
+#include "kvc_engine/compression/press_registry.hpp"
+#include "kvc_engine/eval/greedy_answer.hpp"
+#include "kvc_engine/eval/prefill_snapshot.hpp"
 #include "kvc_engine/forward/engine.hpp"
 
 // This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
@@ -226,6 +229,97 @@ TEST_CASE("engine: one prefill, copied and compressed per press, gives kvpress's
   }
   CHECK(checked == 3);
   CHECK(prefilled.length(0, 0) == static_cast<std::int32_t>(prompt.size()));  // the copies were compressed, not it
+}
+
+TEST_CASE("engine: ThinK by name stores packed keys and gives kvpress's continuations", "[golden][engine]") {
+  // kvpress 0.5.5's ThinKPress (tests/golden/engine_think/, tools/golden/generate_engine_think.py) zeroes the
+  // prefill's dropped key channels; the engine stores those keys packed at the kept channels, and keys appended
+  // later (the question, every decoding step) full-width, as kvpress leaves them. On each checkpoint: the prompt
+  // compressed then 32 greedy tokens (`generate`), and the eval's path — a context compressed on a copy of its
+  // prefill, a question forwarded over it, the answer decoded, two copies batched — must give kvpress's tokens
+  // and step logits, keep kvpress's channels, and hold the smaller cache.
+  json const want = kvc_test::load_json(std::string(KVC_GOLDEN_DIR) + "/engine_think/think.json");
+  std::string const tdir = std::string(KVC_GOLDEN_DIR) + "/engine_think";
+  double const ratio = want.at("params").at("key_channel_compression_ratio");
+  int checked = 0;
+  for (auto const& m : want.at("models")) {
+    std::string const dir = std::string(KVC_GOLDEN_DIR) + "/" + m.at("model").get<std::string>();
+    json const meta = kvc_test::load_json(dir + "/engine.json");
+    std::vector<std::int32_t> const prompt = meta.at("prompt");
+    kvc_engine::Model const model = kvc_engine::load_model(dir + "/" + meta.at("checkpoint").get<std::string>());
+    kvc_engine::Engine engine(model);
+    kvc_engine::Compressor const think = kvc_engine::make_compressor("think", ratio, engine.device());
+    std::int64_t const d = model.config.head_dim, kv_heads = model.config.num_kv_heads, layers = model.config.num_layers;
+    std::int64_t const kept = d - static_cast<std::int64_t>(static_cast<double>(d) * ratio);
+    REQUIRE(d == m.at("head_dim").get<std::int64_t>());
+    auto const channels_of = [&](kvc_engine::KVCache const& cache) {
+      std::vector<std::vector<std::vector<std::int32_t>>> out(static_cast<std::size_t>(layers));
+      for (std::int64_t l = 0; l < layers; ++l)
+        for (std::int64_t h = 0; h < kv_heads; ++h) {
+          REQUIRE(cache.kept_channels(l) == kept);
+          out[static_cast<std::size_t>(l)].emplace_back(cache.channels(l, h), cache.channels(l, h) + kept);
+        }
+      return out;
+    };
+    INFO(m.at("model").get<std::string>());
+
+    kvc_engine::GenerateOptions options;
+    options.max_new_tokens = want.at("new_tokens");
+    options.compressor = &think;
+    options.keep_logits = true;
+    kvc_engine::GenerateResult const r = engine.generate(prompt, options);
+    json const& gen = m.at("generate");
+    CHECK(r.tokens == gen.at("tokens").get<std::vector<std::int32_t>>());
+    double const gen_err = max_row_relative_error(r.logits, kvc_test::load_tensor<float>(tdir, gen.at("step_logits")).data,
+                                                  model.config.vocab_size);
+    CHECK(gen_err <= kRelTol);
+    CHECK(channels_of(r.cache) == m.at("kept_channels").get<std::vector<std::vector<std::vector<std::int32_t>>>>());
+    std::int64_t const n = static_cast<std::int64_t>(prompt.size());
+    CHECK(r.cache_bytes_after_prefill == layers * kv_heads * n * (kept + d) * 4);  // full: layers·kv_heads·n·2d floats
+    for (std::int64_t l = 0; l < layers; ++l)
+      for (std::int64_t h = 0; h < kv_heads; ++h) {
+        CHECK(r.cache.packed_length(l, h) == n);
+        CHECK(r.cache.length(l, h) == n + options.max_new_tokens - 1);  // every decoding step's key appended, full-width
+      }
+
+    json const& qa = m.at("question");
+    std::int64_t const context = qa.at("context");
+    std::vector<std::int32_t> const ctx(prompt.begin(), prompt.begin() + context), question(prompt.begin() + context, prompt.end());
+    std::vector<std::int32_t> const want_answer = qa.at("tokens");
+    kvc_engine::PrefillSnapshot const snap = kvc_engine::prefill_snapshot(engine, ctx, n - context + options.max_new_tokens);
+    kvc_engine::CompressedCopy one = kvc_engine::compressed_copy(engine, snap, think);
+    kvc_engine::CompressedCopy two = kvc_engine::compressed_copy(engine, snap, think);
+    CHECK(channels_of(one.cache) == qa.at("kept_channels").get<std::vector<std::vector<std::vector<std::int32_t>>>>());
+    std::int64_t const packed_bytes = one.cache.bytes_in_use(), full_bytes = snap.cache.bytes_in_use();
+    CHECK(packed_bytes * 4 == full_bytes * 3);  // half the key channels: a quarter of K+V
+    CHECK(one.cache.bytes_allocated() < snap.cache.bytes_allocated());      // the full-width keys were given back
+    std::vector<float> probs;  // a packed layer has no full keys to read
+    CHECK_THROWS_WITH(engine.attention_probabilities(one.cache, 1, snap.record.queries[1], context, 0, probs),
+                      Catch::Matchers::Contains("attention probabilities read full keys; layer 1's are packed (ThinK)"));
+    std::vector<float> logits = engine.forward(one.cache, question, kvc_engine::Logits::kLast);
+    std::vector<float> step_logits = logits;
+    std::vector<std::int32_t> tokens{kvc_engine::argmax(logits.data(), model.config.vocab_size)};
+    while (tokens.size() < want_answer.size()) {
+      logits = engine.forward(one.cache, {tokens.back()}, kvc_engine::Logits::kLast);
+      step_logits.insert(step_logits.end(), logits.begin(), logits.end());
+      tokens.push_back(kvc_engine::argmax(logits.data(), model.config.vocab_size));
+    }
+    CHECK(tokens == want_answer);
+    double const qa_err =
+        max_row_relative_error(step_logits, kvc_test::load_tensor<float>(tdir, qa.at("step_logits")).data, model.config.vocab_size);
+    CHECK(qa_err <= kRelTol);
+    kvc_engine::CompressedCopy three = kvc_engine::compressed_copy(engine, snap, think);
+    std::vector<kvc_engine::GreedyAnswer> const batched = kvc_engine::greedy_answers(
+        engine, {&two.cache, &three.cache}, question, snap.last_logits, static_cast<std::int64_t>(want_answer.size()),
+        kvc_engine::kNoStopToken);
+    for (auto const& a : batched) CHECK(a.tokens == want_answer);
+    std::printf("engine golden: %s think %.2f keeps %lld of %lld key channels, step logits max relative error %.2e "
+                "(generate) and %.2e (question), context KV bytes %lld of %lld\n",
+                m.at("model").get<std::string>().c_str(), ratio, static_cast<long long>(kept), static_cast<long long>(d), gen_err,
+                qa_err, static_cast<long long>(packed_bytes), static_cast<long long>(full_bytes));
+    ++checked;
+  }
+  CHECK(checked == 3);
 }
 
 }  // namespace KVC_TEST_TU

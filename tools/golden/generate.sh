@@ -26,6 +26,7 @@ cd "${root}"
 "${venv}/bin/python" "${here}/generate_model_presses.py" --out tests/golden "$@"  # after generate.py and generate_engine.py: it reads the engine checkpoint
 "${venv}/bin/python" "${here}/generate_engine_learned.py" --out tests/golden  # KVzap, FastKVzip through the engine
 "${venv}/bin/python" "${here}/generate_engine_finch.py" --out tests/golden     # FINCH through the engine
+"${venv}/bin/python" "${here}/generate_engine_think.py" --out tests/golden     # ThinK through the engine
 "${venv}/bin/python" "${here}/generate_gguf.py" --out tests/golden/gguf
 "${venv}/bin/python" "${here}/generate_smollm2.py" --out tests/golden/smollm2
 # KVzip's reconstruction prompt for SmolLM2, by kvpress's own code on its corrected tokenizer.

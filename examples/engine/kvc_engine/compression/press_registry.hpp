@@ -234,6 +234,31 @@ template <class Inner>
   return c;
 }
 
+/// \brief ThinK after the prefill: every layer's kept key channels from the window queries (kvpress's
+/// ThinKPress), then the layer's keys stored packed at the kept channels (`KVCache::pack_keys`), their
+/// full-width memory given back. Keys appended later keep every channel, as in kvpress. At ratio 0
+/// nothing is pruned, as kvpress returns the keys unchanged.
+[[nodiscard]] inline Compressor think_compressor(kvcompress::ThinKPress press, std::string name, kvcompress::CpuDevice dev) {
+  auto scratch = std::make_shared<std::vector<std::byte>>();
+  Compressor c;
+  c.name = std::move(name);
+  c.needs = needs_of(press);
+  c.after_prefill_model = [press, dev, scratch](Engine& engine, KVCache& cache, ForwardRecord const& record) {
+    if (press.key_channel_compression_ratio == 0.0) return;
+    std::int64_t const kept = press.kept_channels(cache.head_dim());
+    std::vector<std::int32_t> channels(static_cast<std::size_t>(cache.kv_heads() * kept));  // [kv_heads, kept]
+    std::vector<float> packed;                                                                 // [kv_heads, capacity, kept]
+    engine.compress(cache, record, [&](kvcompress::Observation<float> const& obs, kvcompress::KVCacheView<float> const& view) {
+      packed.assign(kvcompress::PackedKeys<float>{nullptr, nullptr, kept}.key_count(view.extents), 0.0f);
+      scratch->resize(press.workspace_bytes(dev, view));
+      press.compress(dev, obs, view, kvcompress::PackedKeys<float>{packed.data(), channels.data(), kept},
+                     kvcompress::Workspace(scratch->data(), scratch->size()));
+      cache.pack_keys(obs.layer_idx, kept, channels, packed);
+    }, needs_of(press));
+  };
+  return c;
+}
+
 /// \brief Every layer's KVzap surrogate for the model; the file's layer count, hidden size and kv heads
 /// must be the model's.
 [[nodiscard]] inline std::shared_ptr<KVzapCheckpoint const> load_kvzap_for(std::string const& path, ModelConfig const& m) {
@@ -303,7 +328,7 @@ template <class Inner>
           "observed_attention", "keydiff", "lagkv",         "random",    "leverage",
           "non_causal_attn",    "compactor", "cur",           "cap",       "simlayerkv",
           "egchunkkv",          "merging",   "lukv",          "duo_attention", "kvcompose",
-          "adakv_expected_attention", "kvzip", "kvzap",   "fast_kvzip", "finch", "cam"};
+          "adakv_expected_attention", "kvzip", "kvzap",   "fast_kvzip", "finch", "cam", "think"};
 }
 
 /// \brief Data computed offline for a model that some presses need (none by default).
@@ -445,6 +470,9 @@ inline std::string read_whole_file(std::string const& path) {
   // 32 kept entries); kvpress gives it no default scorer: Knorm, which reads the keys alone. Decides by its
   // target size: the ratio is not used.
   if (name == "cam") return cam_compressor(kvc::KnormPress{}, kvc::CAMOptions{}, name, dev);
+  // kvpress's ThinKPress defaults (window_size 32); the ratio is its key_channel_compression_ratio, the share of
+  // key channels pruned (so a share ratio / 2 of the cache's bytes). kvpress's ThinKPress has no inner press.
+  if (name == "think") return think_compressor(kvc::ThinKPress{ratio}, name, dev);
   if (name == "kvzap") {  // kvpress's KVzapPress: the surrogate's scores, top-k per head
     KVC_CHECK(files.kvzap != nullptr, "press kvzap needs KVzap's surrogate weights for the model (kvpress's KVzapModel "
                                       "safetensors): --kvzap-weights FILE");

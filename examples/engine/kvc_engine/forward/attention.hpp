@@ -2,7 +2,8 @@
 /// \file
 /// \brief Causal attention of a chunk of queries over a `KVCache` layer whose kv heads may hold different
 /// entries and different numbers of them (after a press): each query head reads only its kv head's live
-/// entries.
+/// entries. Over a layer whose keys are packed (ThinK), a packed entry's score is q·k over the kv head's
+/// kept channels — what kvpress's zeroed channels give — and a later entry's over every channel.
 
 #include <Eigen/Core>
 
@@ -32,10 +33,11 @@ struct SoftmaxState {
 
 /// Folds keys c0 … c0 + C − 1 (rows of K and V) into `st` for R = rows·group query rows Q (pre-scaled by
 /// 1/√d, row r = token r / group of the block, whose first token sees `visible0` keys). Keys a row may not
-/// see (causal) contribute nothing. \param Q [R, d] \param K [C, d] \param V [C, d] \param S [R, C] scratch
-inline void fold_key_tile(float const* Q, std::int64_t R, std::int64_t group, std::int64_t d, float const* K, float const* V,
-                          std::int64_t c0, std::int64_t C, std::int64_t visible0, float* S, SoftmaxState st) {
-  ops::ConstMap const Qm(Q, R, d), Km(K, C, d), Vm(V, C, d);
+/// see (causal) contribute nothing. Queries and keys have dk channels: head_dim, or a packed layer's kept ones.
+/// \param Q [R, dk] \param K [C, dk] \param V [C, d] \param S [R, C] scratch
+inline void fold_key_tile(float const* Q, std::int64_t R, std::int64_t group, std::int64_t dk, std::int64_t d, float const* K,
+                          float const* V, std::int64_t c0, std::int64_t C, std::int64_t visible0, float* S, SoftmaxState st) {
+  ops::ConstMap const Qm(Q, R, dk), Km(K, C, dk), Vm(V, C, d);
   Eigen::Map<ops::RowMat> Sm(S, R, C), O(st.o, R, d);
   // A GEMM packs (copies) the key and value tiles first, as much memory traffic as the work itself when
   // only a few rows use them (decoding): matrix-vector products per row read the tiles where they lie.
@@ -94,7 +96,11 @@ inline void causal_attention(ThreadPool& pool, KVCache& cache, std::int64_t laye
     KVC_CHECK(first_new[static_cast<std::size_t>(g)] >= 0 && first_new[static_cast<std::size_t>(g)] + n <= cache.length(layer, g),
               "kv head " << g << " of layer " << layer << " holds " << cache.length(layer, g) << " entries, not the chunk's "
                          << n << " after slot " << first_new[static_cast<std::size_t>(g)]);
-  std::int64_t const group = q_heads / kv_heads;
+  for (std::int64_t g = 0; g < kv_heads; ++g)  // the chunk's keys are full-width: appended after the packing
+    KVC_CHECK(first_new[static_cast<std::size_t>(g)] >= cache.packed_length(layer, g),
+              "kv head " << g << " of layer " << layer << " holds " << cache.packed_length(layer, g)
+                         << " packed entries, past the chunk's first slot " << first_new[static_cast<std::size_t>(g)]);
+  std::int64_t const group = q_heads / kv_heads, kept = cache.kept_channels(layer);  // kept: 0 unless packed
   // About 256 query rows × 256 keys per tile: Q, scores, K, V and the output block stay within a core's L2.
   constexpr std::int64_t kTargetRows = 256, kKeys = 256, kTasksPerThread = 4;
   std::int64_t const tokens = std::max<std::int64_t>(1, kTargetRows / group), blocks = (n + tokens - 1) / tokens;
@@ -112,14 +118,19 @@ inline void causal_attention(ThreadPool& pool, KVCache& cache, std::int64_t laye
     std::int64_t const pair = task / splits, split = task % splits, block = blocks - 1 - pair / kv_heads, g = pair % kv_heads;
     std::int64_t const t0 = block * tokens, t1 = std::min(n, t0 + tokens), R = (t1 - t0) * group;
     std::int64_t const old = first_new[static_cast<std::size_t>(g)], span = old + t1;
-    std::int64_t const tiles = (span + kKeys - 1) / kKeys, tile0 = tiles * split / splits, tile1 = tiles * (split + 1) / splits;
+    // Tiles never straddle the packed entries' end: the packed ones (over the kept channels) come first.
+    std::int64_t const packed = kept > 0 ? cache.packed_length(layer, g) : 0;
+    std::int64_t const packed_tiles = (packed + kKeys - 1) / kKeys;
+    std::int64_t const tiles = packed_tiles + (span - packed + kKeys - 1) / kKeys;
+    std::int64_t const tile0 = tiles * split / splits, tile1 = tiles * (split + 1) / splits;
     std::vector<float>& buf = scratch[static_cast<std::size_t>(thread)];
-    buf.resize(static_cast<std::size_t>(rows_max * (d + kKeys + d + 2)));
+    buf.resize(static_cast<std::size_t>(rows_max * (d + kKeys + d + 2 + kept)));
     float* const Q = buf.data();   // [R, d] scaled queries, row (t − t0)·group + jj = query head g·group + jj
     float* const S = Q + R * d;    // [R, kKeys]
     float* o = S + R * kKeys;      // [R, d]
     float* m = o + R * d;          // [R]
     float* l = m + R;              // [R]
+    float* const Qk = l + R;       // [R, kept]: Q's kept channels, for the packed entries
     if (splits > 1) {
       o = partial.data() + (pair * splits + split) * rows_max * (d + 2);
       m = o + R * d;
@@ -134,11 +145,22 @@ inline void causal_attention(ThreadPool& pool, KVCache& cache, std::int64_t laye
     std::fill(o, o + R * d, 0.0f);
     std::fill(m, m + R, -INFINITY);
     std::fill(l, l + R, 0.0f);
-    float const* const K = cache.keys(layer, g);    // [span, d]
+    if (packed > 0) {
+      std::int32_t const* ch = cache.channels(layer, g);  // [kept]
+      for (std::int64_t r = 0; r < R; ++r)
+        for (std::int64_t c = 0; c < kept; ++c) Qk[r * kept + c] = Q[r * d + ch[c]];
+    }
+    float const* const K = cache.keys(layer, g);    // [span − packed, d]: slots packed … span − 1
     float const* const V = cache.values(layer, g);  // [span, d]
     for (std::int64_t tile = tile0; tile < tile1; ++tile) {
-      std::int64_t const c0 = tile * kKeys, C = std::min(kKeys, span - c0);
-      detail::fold_key_tile(Q, R, group, d, K + c0 * d, V + c0 * d, c0, C, old + t0 + 1, S, {o, m, l});
+      if (tile < packed_tiles) {
+        std::int64_t const c0 = tile * kKeys, C = std::min(kKeys, packed - c0);
+        detail::fold_key_tile(Qk, R, group, kept, d, cache.packed_keys(layer, g) + c0 * kept, V + c0 * d, c0, C,
+                              old + t0 + 1, S, {o, m, l});
+      } else {
+        std::int64_t const c0 = packed + (tile - packed_tiles) * kKeys, C = std::min(kKeys, span - c0);
+        detail::fold_key_tile(Q, R, group, d, d, K + (c0 - packed) * d, V + c0 * d, c0, C, old + t0 + 1, S, {o, m, l});
+      }
     }
     if (splits > 1) return;
     for (std::int64_t r = 0; r < R; ++r) {

@@ -213,6 +213,7 @@ class Engine {
     ModelConfig const& c = model_.config;
     std::int64_t const H = c.num_heads, d = c.head_dim, group = c.num_heads / c.num_kv_heads;
     std::int64_t const len = cache.length(layer, 0);
+    KVC_CHECK(cache.kept_channels(layer) == 0, "attention probabilities read full keys; layer " << layer << "'s are packed (ThinK)");
     for (std::int64_t g = 1; g < c.num_kv_heads; ++g)
       KVC_CHECK(cache.length(layer, g) == len, "attention probabilities need every kv head at the same length; layer "
                                                    << layer << " head 0 holds " << len << ", head " << g << " holds "
@@ -398,14 +399,15 @@ class Engine {
   }
 
   /// Appends a sequence's chunk of keys and values (rows row0 … row0 + n − 1 of k_, v_ [rows, kv_heads, d])
-  /// to every kv head of the layer.
+  /// to every kv head of the layer. Keys go full-width even into a packed layer: kvpress's ThinK compresses
+  /// the prefill's keys only.
   void append(KVCache& cache, std::int64_t layer, std::int64_t n, std::int64_t p0, std::int64_t row0) {
     std::int64_t const kvH = cache.kv_heads(), d = cache.head_dim();
     first_new_.resize(static_cast<std::size_t>(kvH));
     for (std::int64_t g = 0; g < kvH; ++g) {
       std::int32_t& len = cache.length_ref(layer, g);
       first_new_[static_cast<std::size_t>(g)] = len;
-      float* keys = cache.keys(layer, g) + static_cast<std::int64_t>(len) * d;
+      float* keys = cache.keys(layer, g) + static_cast<std::int64_t>(len - cache.packed_length(layer, g)) * d;  // full-width
       float* values = cache.values(layer, g) + static_cast<std::int64_t>(len) * d;
       std::int32_t* positions = cache.positions(layer, g) + len;
       for (std::int64_t t = 0; t < n; ++t) {
