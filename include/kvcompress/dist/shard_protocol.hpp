@@ -151,6 +151,12 @@ inline void fill_record(TensorParallelShard const& shard, ShardRecord const& r, 
   record[kAgree1] = agree1;
 }
 
+template <class T, class L>
+void fill_record(Observation<T> const& obs, KVCacheView<T, L> const& cache, bool failed, std::int64_t agree0,
+                 std::int64_t agree1, std::int64_t* record) {
+  fill_record(obs.shard, record_of(obs, cache), failed, agree0, agree1, record);
+}
+
 /// The local checks of a shard given to a function that takes no observation (`name` is its
 /// argument), for a rank holding `local` kv heads.
 inline void validate_shard(TensorParallelShard const& s, std::int64_t local, char const* name) {
