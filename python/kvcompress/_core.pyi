@@ -406,14 +406,14 @@ class KVComposePlan:
     def kept(self) -> list[int]:
         """[layers * kv_heads] entries kept per row"""
 
-def kvcompose_plan(config: KVComposeConfig, statistics: KVComposeStatistics, kv_heads: int, value_norms: NDArray | None = None) -> KVComposePlan:
+def kvcompose_plan(config: KVComposeConfig, statistics: KVComposeStatistics, kv_heads: int, value_norms: NDArray | None = None, shard: TensorParallelShard | None = None) -> KVComposePlan:
     """
-    The plan from the statistics; value_norms float32 [layers, kv_heads, context_length] with add_v_norm.
+    The plan from the statistics; value_norms float32 [layers, kv_heads, context_length] with add_v_norm. With shard: the statistics and value norms are this rank's kv heads' (kv_heads of them) and the plan is the whole model's, the same on every rank.
     """
 
-def kvcompose_compress(plan: KVComposePlan, layer: int, cache: Cache, num_threads: int = 0) -> None:
+def kvcompose_compress(plan: KVComposePlan, layer: int, cache: Cache, num_threads: int = 0, shard: TensorParallelShard | None = None) -> None:
     """
-    Compacts layer's cache to the plan in place (each row holds the context's entries).
+    Compacts layer's cache to the plan in place (each row holds the context's entries); with shard, the cache holds this rank's kv heads of the plan's.
     """
 
 def kvcompose_value_norms(cache: Cache, context_length: int, out: NDArray) -> None:
@@ -429,15 +429,20 @@ class FastKVzipGate:
         kvpress's gate tensors (<layer>.q_proj.weight, .q_proj.bias, .k_proj.weight, .q_norm.weight, .k_norm.weight, .k_base [kv_heads, 1, sink, dim], .b [kv_heads, 1, group]).
         """
 
+    def heads(self, first: int, count: int) -> FastKVzipGate:
+        """
+        The gate of kv heads [first, first + count) alone (a tensor-parallel rank's), over the same arrays.
+        """
+
     @property
     def kv_heads(self) -> int: ...
 
     @property
     def hidden_size(self) -> int: ...
 
-def fast_kvzip_score_layer(compression_ratio: float, layerwise: bool, n_sink: int, window_size: int, window_ratio: float, gate: FastKVzipGate, hidden: NDArray, out: NDArray, num_threads: int = 0) -> None:
+def fast_kvzip_score_layer(compression_ratio: float, layerwise: bool, n_sink: int, window_size: int, window_ratio: float, gate: FastKVzipGate, hidden: NDArray, out: NDArray, num_threads: int = 0, shard: TensorParallelShard | None = None) -> None:
     """
-    One layer's gate scores into out, float32 [kv_heads, n], from hidden [1, 1, n, hidden_size].
+    One layer's gate scores into out, float32 [kv_heads, n], from hidden [1, 1, n, hidden_size]; with shard, gate holds this rank's kv heads (FastKVzipGate.heads).
     """
 
 def kvzip_score_chunk(compression_ratio: float, layerwise: bool, n_sink: int, kvzip_plus_normalization: bool, chunk_size: int, observation: Observation, cache: Cache, context_length: int, start: int, end: int, out: NDArray, num_threads: int = 0) -> None:
@@ -445,19 +450,19 @@ def kvzip_score_chunk(compression_ratio: float, layerwise: bool, n_sink: int, kv
     Scores chunk [start, end) of one layer into out [kv_heads, context_length] from its reconstruction pass: observation.queries (pre-RoPE, [1, q_heads, q, head_dim]), rope, position (the context length); the batch-1 cache holds the context's entries, then the pass's q own.
     """
 
-def kvzip_protect_sinks(n_sink: int, scores: NDArray) -> None:
+def kvzip_protect_sinks(n_sink: int, scores: NDArray, shard: TensorParallelShard | None = None) -> None:
     """
-    kvpress's sink protection, in place: the first n_sink entries of every layer and head get the maximum + 1.
-    """
-
-def cross_layer_pruned_counts(scores: NDArray, compression_ratio: float, layerwise: bool) -> list[int]:
-    """
-    Entries each layer evicts, from every layer's scores [layers, kv_heads, n] (batch 1).
+    kvpress's sink protection, in place: the first n_sink entries of every layer and head get the maximum + 1 (with shard: the maximum over every rank's scores).
     """
 
-def evict_lowest_across_heads(cache: Cache, scores: NDArray, n_pruned: int, num_threads: int = 0) -> None:
+def cross_layer_pruned_counts(scores: NDArray, compression_ratio: float, layerwise: bool, shard: TensorParallelShard | None = None) -> list[int]:
     """
-    Evicts the layer's n_pruned lowest-scoring entries over all its kv heads (batch 1), in place; scores [kv_heads, capacity].
+    Entries each layer evicts, from every layer's scores [layers, kv_heads, n] (batch 1); with shard, this rank's kv heads of every layer, and the counts are the whole model's.
+    """
+
+def evict_lowest_across_heads(cache: Cache, scores: NDArray, n_pruned: int, num_threads: int = 0, shard: TensorParallelShard | None = None) -> None:
+    """
+    Evicts the layer's n_pruned lowest-scoring entries over all its kv heads (batch 1), in place; scores [kv_heads, capacity]. With shard: the cache holds this rank's kv heads, n_pruned is the whole layer's and the entries evicted are those one process evicts from the whole layer.
     """
 
 class DMS:

@@ -646,16 +646,20 @@ class KVComposePress:
         ``[batch, q_heads, replay_len, n]`` over the context's keys and the replay's own)."""
         return _core.KVComposeStatistics(self.config(), num_layers, q_heads, context_length)
 
-    def plan(self, statistics: _core.KVComposeStatistics, kv_heads: int, value_norms: Any = None) -> _core.KVComposePlan:
+    def plan(self, statistics: _core.KVComposeStatistics, kv_heads: int, value_norms: Any = None, *,
+             shard: Optional[_core.TensorParallelShard] = None) -> _core.KVComposePlan:
         """Scores and counts of every (layer, kv head); ``value_norms`` float32 ``[layers, kv_heads,
-        context_length]`` with ``add_v_norm``."""
-        return _core.kvcompose_plan(self.config(), statistics, kv_heads, value_norms)
+        context_length]`` with ``add_v_norm``. With ``shard`` (a tensor-parallel rank): the statistics
+        and value norms are this rank's ``kv_heads`` kv heads' and the plan is the whole model's, the
+        same on every rank of the group."""
+        return _core.kvcompose_plan(self.config(), statistics, kv_heads, value_norms, shard)
 
     @staticmethod
-    def compress(plan: _core.KVComposePlan, layer: int, cache: Any, *, num_threads: int = 0) -> Any:
+    def compress(plan: _core.KVComposePlan, layer: int, cache: Any, *, num_threads: int = 0,
+                 shard: Optional[_core.TensorParallelShard] = None) -> Any:
         """Compacts ``layer``'s cache to the plan in place (every row holds the context's entries);
-        returns the new lengths."""
-        _core.kvcompose_compress(plan, layer, cache._core, num_threads)
+        returns the new lengths. With ``shard`` the cache holds this rank's kv heads of the plan's."""
+        _core.kvcompose_compress(plan, layer, cache._core, num_threads, shard)
         return cache.lengths
 
     @staticmethod
@@ -688,41 +692,49 @@ class FastKVzipPress:
     window_size: int = 4096
     window_ratio: float = 0.02
 
-    def score_layer(self, gate: _core.FastKVzipGate, hidden: Any, *, num_threads: int = 0) -> Any:
+    def score_layer(self, gate: _core.FastKVzipGate, hidden: Any, *, num_threads: int = 0,
+                    shard: Optional[_core.TensorParallelShard] = None) -> Any:
         """One layer's gate scores, float32 ``[kv_heads, n]``, from its attention input ``[1, n,
-        hidden_size]`` (after input_layernorm; ``[1, 1, n, hidden_size]`` too)."""
+        hidden_size]`` (after input_layernorm; ``[1, 1, n, hidden_size]`` too). With ``shard``, ``gate``
+        is this rank's kv heads' (``gate.heads(first, count)`` of the layer's)."""
         import numpy as np
 
         if len(hidden.shape) == 3:
             hidden = hidden[:, None]
         out = np.empty((gate.kv_heads, int(hidden.shape[2])), dtype=np.float32)
         _core.fast_kvzip_score_layer(self.compression_ratio, self.layerwise, self.n_sink, self.window_size,
-                                     self.window_ratio, gate, hidden, out, num_threads)
+                                     self.window_ratio, gate, hidden, out, num_threads, shard)
         return out
 
-    def pruned_counts(self, scores: Any) -> List[int]:
-        """Entries each layer evicts, from every layer's scores ``[layers, kv_heads, n]``."""
-        return _core.cross_layer_pruned_counts(scores, self.compression_ratio, self.layerwise)
+    def pruned_counts(self, scores: Any, *, shard: Optional[_core.TensorParallelShard] = None) -> List[int]:
+        """Entries each layer evicts, from every layer's scores ``[layers, kv_heads, n]``; with ``shard``,
+        this rank's kv heads of every layer, and the counts are the whole model's."""
+        return _core.cross_layer_pruned_counts(scores, self.compression_ratio, self.layerwise, shard)
 
     @staticmethod
-    def evict(cache: Any, scores: Any, n_pruned: int, *, num_threads: int = 0) -> Any:
+    def evict(cache: Any, scores: Any, n_pruned: int, *, num_threads: int = 0,
+              shard: Optional[_core.TensorParallelShard] = None) -> Any:
         """Evicts the layer's ``n_pruned`` lowest-scoring entries across its kv heads, in place
-        (``scores`` float32 ``[kv_heads, capacity]``); returns the new lengths."""
-        _core.evict_lowest_across_heads(cache._core, scores, n_pruned, num_threads)
+        (``scores`` float32 ``[kv_heads, capacity]``); returns the new lengths. With ``shard`` the cache
+        holds this rank's kv heads and ``n_pruned`` is the whole layer's (``pruned_counts(shard=)``)."""
+        _core.evict_lowest_across_heads(cache._core, scores, n_pruned, num_threads, shard)
         return cache.lengths
 
     def compress(self, gates: List[_core.FastKVzipGate], hidden_states: List[Any], caches: List[Any], *,
-                 num_threads: int = 0) -> List[Any]:
+                 num_threads: int = 0, shard: Optional[_core.TensorParallelShard] = None) -> List[Any]:
         """Scores every layer, then evicts across layers: one gate, attention input and cache per
-        layer. Returns each layer's new lengths."""
+        layer. Returns each layer's new lengths. With ``shard`` the gates and caches are this rank's kv
+        heads of every layer; every rank of the group evicts what one process evicts from the whole
+        model."""
         import numpy as np
 
         if not len(gates) == len(hidden_states) == len(caches):
             raise _core.Error(f"FastKVzipPress.compress needs one gate, hidden state and cache per layer, got "
                               f"{len(gates)}, {len(hidden_states)} and {len(caches)}")
-        scores = np.stack([self.score_layer(g, x, num_threads=num_threads) for g, x in zip(gates, hidden_states)])
-        counts = self.pruned_counts(scores)
-        return [self.evict(c, np.ascontiguousarray(s), k, num_threads=num_threads)
+        scores = np.stack([self.score_layer(g, x, num_threads=num_threads, shard=shard)
+                           for g, x in zip(gates, hidden_states)])
+        counts = self.pruned_counts(scores, shard=shard)
+        return [self.evict(c, np.ascontiguousarray(s), k, num_threads=num_threads, shard=shard)
                 for c, s, k in zip(caches, scores, counts)]
 
 
@@ -754,15 +766,17 @@ class KVzipPress:
                                 num_threads)
         return out
 
-    def protect_sinks(self, scores: Any) -> Any:
+    def protect_sinks(self, scores: Any, *, shard: Optional[_core.TensorParallelShard] = None) -> Any:
         """kvpress's sink protection of every layer's scores ``[layers, kv_heads, context_length]``, in
-        place: the first ``n_sink`` entries get the maximum over all scores + 1."""
-        _core.kvzip_protect_sinks(self.n_sink, scores)
+        place: the first ``n_sink`` entries get the maximum over all scores + 1 (with ``shard``, over
+        every rank's)."""
+        _core.kvzip_protect_sinks(self.n_sink, scores, shard)
         return scores
 
-    def pruned_counts(self, scores: Any) -> List[int]:
-        """Entries each layer evicts, from every layer's (protected) scores."""
-        return _core.cross_layer_pruned_counts(scores, self.compression_ratio, self.layerwise)
+    def pruned_counts(self, scores: Any, *, shard: Optional[_core.TensorParallelShard] = None) -> List[int]:
+        """Entries each layer evicts, from every layer's (protected) scores; with ``shard``, this rank's
+        kv heads of every layer, and the counts are the whole model's."""
+        return _core.cross_layer_pruned_counts(scores, self.compression_ratio, self.layerwise, shard)
 
     evict = staticmethod(FastKVzipPress.evict)
 

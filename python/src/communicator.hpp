@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -99,5 +100,14 @@ struct PyShard {
 
   [[nodiscard]] TensorParallelShard native() const { return {communicator.get(), first_kv_head, kv_heads}; }
 };
+
+/// \brief Runs a binding's `body(shard)` under the library's shard protocol (`shard_call`), so that a
+/// check of the binding that fails on one rank (an array of another dtype) still reaches the call's
+/// handshake and is an error on every rank. `record`: what this rank holds, as the library reports it.
+template <class Body>
+void on_shard(std::optional<PyShard> const& shard, kvcompress::detail::ShardRecord const& record, Body&& body) {
+  TensorParallelShard const native = shard ? shard->native() : TensorParallelShard{};
+  kvcompress::detail::shard_call(native, record, [&] { body(native); });
+}
 
 }  // namespace kvcompress::python

@@ -18,6 +18,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "bindings.hpp"
+#include "communicator.hpp"
 #include "storage_dispatch.hpp"
 #include "views.hpp"
 
@@ -92,32 +93,47 @@ void bind_kv_compose(nb::module_& m) {
   m.def(
       "kvcompose_plan",
       [](KVComposePress const& config, KVComposeStatistics const& stats, std::int64_t kv_heads,
-         std::optional<Array> value_norms) {
-        float const* norms = nullptr;
-        if (value_norms)
-          norms = contiguous_data<float>(*value_norms, static_cast<std::int64_t>(stats.num_layers()) * kv_heads *
-                                                           stats.context_length(),
-                                         "value_norms");
-        return NativePlan{kvcompose_plan(CpuDevice{}, config, stats, kv_heads, norms), {}};
+         std::optional<Array> value_norms, std::optional<PyShard> shard) {
+        NativePlan out;
+        std::int64_t const heads = shard && shard->kv_heads > 0 ? shard->kv_heads : kv_heads;
+        on_shard(shard, {kv_heads, heads, 1, stats.num_layers()}, [&](TensorParallelShard const& s) {
+          float const* norms = nullptr;
+          KVC_CHECK(kv_heads > 0, "kv_heads must be positive, got " << kv_heads);
+          if (value_norms)
+            norms = contiguous_data<float>(*value_norms, static_cast<std::int64_t>(stats.num_layers()) * kv_heads *
+                                                             stats.context_length(),
+                                           "value_norms");
+          nb::gil_scoped_release release;
+          out.plan = kvcompose_plan(CpuDevice{}, config, stats, kv_heads, norms, s);
+        });
+        return out;
       },
       nb::arg("config"), nb::arg("statistics"), nb::arg("kv_heads"), nb::arg("value_norms") = nb::none(),
-      "The plan from the statistics; value_norms float32 [layers, kv_heads, context_length] with add_v_norm.");
+      nb::arg("shard") = nb::none(),
+      "The plan from the statistics; value_norms float32 [layers, kv_heads, context_length] with add_v_norm. "
+      "With shard: the statistics and value norms are this rank's kv heads' (kv_heads of them) and the plan "
+      "is the whole model's, the same on every rank.");
   m.def(
       "kvcompose_compress",
-      [](NativePlan& plan, int layer, Cache const& cache, int num_threads) {
-        std::visit(
-            [&](auto const& view) {
-              CpuDevice const dev{num_threads};
-              std::size_t const bytes = kvcompose_compress_workspace_bytes(dev, view);
-              nb::gil_scoped_release release;
-              std::lock_guard<std::mutex> lock(*plan.mutex);
-              if (plan.workspace.size() < bytes) plan.workspace = std::vector<std::byte>(bytes);
-              kvcompose_compress(dev, plan.plan, layer, view, Workspace(plan.workspace.data(), plan.workspace.size()));
-            },
-            cache.host_view("KVComposePress.compress"));
+      [](NativePlan& plan, int layer, Cache const& cache, int num_threads, std::optional<PyShard> shard) {
+        CacheExtents const& e = cache.extents();
+        std::int64_t const heads = shard && shard->kv_heads > 0 ? shard->kv_heads : e.kv_heads;
+        on_shard(shard, {e.kv_heads, heads, e.batch, layer}, [&](TensorParallelShard const& s) {
+          std::visit(
+              [&](auto const& view) {
+                CpuDevice const dev{num_threads};
+                std::size_t const bytes = kvcompose_compress_workspace_bytes(dev, view);
+                nb::gil_scoped_release release;
+                std::lock_guard<std::mutex> lock(*plan.mutex);
+                if (plan.workspace.size() < bytes) plan.workspace = std::vector<std::byte>(bytes);
+                kvcompose_compress(dev, plan.plan, layer, view, Workspace(plan.workspace.data(), plan.workspace.size()), s);
+              },
+              cache.host_view("KVComposePress.compress"));
+        });
       },
-      nb::arg("plan"), nb::arg("layer"), nb::arg("cache"), nb::arg("num_threads") = 0,
-      "Compacts layer's cache to the plan in place (each row holds the context's entries).");
+      nb::arg("plan"), nb::arg("layer"), nb::arg("cache"), nb::arg("num_threads") = 0, nb::arg("shard") = nb::none(),
+      "Compacts layer's cache to the plan in place (each row holds the context's entries); with shard, the "
+      "cache holds this rank's kv heads of the plan's.");
   m.def(
       "kvcompose_value_norms",
       [](Cache const& cache, std::int64_t context_length, Array out) {

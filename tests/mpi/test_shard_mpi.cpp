@@ -9,11 +9,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <deque>
 #include <string>
 #include <vector>
 
 #include "kvcompress/dist/mpi_communicator.hpp"
 #include "mpi/counting_communicator.hpp"
+#include "shard/cross_layer_harness.hpp"
 #include "shard/shard_harness.hpp"
 
 using namespace kvcompress;
@@ -86,6 +88,39 @@ TEST_CASE("MPI ranks run DecodingPress(TOVA) as the whole layer does", "[mpi]") 
     Decoding::run(layer, part.cache, first, {&comm, first, layer.heads});
     Decoding::run(layer, whole, 0, {});
     CHECK(kvc_shard::kept(part.cache, 0, count) == kvc_shard::kept(whole, first, count));
+  }
+}
+
+TEST_CASE("MPI ranks evict across layers and heads as one process does on the whole model (KVzip, FastKVzip)", "[mpi]") {
+  using kvc_shard::kHeads;
+  using kvc_shard::kLayers;
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator comm(MPI_COMM_WORLD, kWait);
+  std::deque<Layer> const kvzip_model = kvc_shard::make_model(kvc_shard::kContext + kvc_shard::kRepeat, 61);
+  std::vector<float> const hidden = kvc_test::random_vector(static_cast<std::size_t>(kLayers * kvc_shard::kRepeat * 24), 62);
+  KVzipPress kvzip{0.6};
+  kvzip.chunk_size = 10;
+  kvzip.n_sink = 2;
+  std::deque<Layer> const gate_model = kvc_shard::make_model(kvc_shard::kTokens, 81);
+  kvc_shard::Gates const gates;
+  std::vector<float> const gate_hidden =
+      kvc_test::random_vector(static_cast<std::size_t>(kLayers * kvc_shard::kTokens * kvc_shard::kGateHidden), 82);
+  FastKVzipPress fast{0.9};
+  fast.window_ratio = 0.1;  // ties at score 1 across heads and layers, inside the selection at 0.9
+  for (Split const& split : kvc_shard::splits_for(p, kHeads)) {
+    std::int64_t const first = kvc_shard::first_head(split, rank), count = split[static_cast<std::size_t>(rank)];
+    auto const check = [&](char const* name, std::deque<Layer> const& model, std::int64_t ctx, kvc_shard::ScoreFn const& score,
+                           KVzipPress const* sinks, double ratio) {
+      INFO(name << " on " << p << " ranks, split " << split.front() << ".." << split.back() << ", rank " << rank);
+      kvc_shard::Evicted const whole = kvc_shard::evict_model(model, 0, kHeads, ctx, {}, score, sinks, ratio, false);
+      kvc_shard::Evicted const mine = kvc_shard::evict_model(model, first, count, ctx, {&comm, first, kHeads}, score, sinks, ratio, false);
+      CHECK(mine.pruned == whole.pruned);
+      for (int l = 0; l < kLayers; ++l)
+        CHECK(kvc_shard::kept(mine.parts[static_cast<std::size_t>(l)].cache, 0, count) ==
+              kvc_shard::kept(whole.parts[static_cast<std::size_t>(l)].cache, first, count));
+    };
+    check("KVzip", kvzip_model, kvc_shard::kContext, kvc_shard::kvzip_scores(kvzip_model, kvzip, hidden), &kvzip, 0.6);
+    check("FastKVzip", gate_model, kvc_shard::kTokens, kvc_shard::fast_kvzip_scores(fast, gates, gate_hidden), nullptr, 0.9);
   }
 }
 

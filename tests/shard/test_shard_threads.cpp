@@ -3,61 +3,24 @@
 // scenarios in real processes.
 
 #include <catch2/catch.hpp>
-#include <deque>
 #include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "shard/rank_threads.hpp"
 #include "shard/shard_harness.hpp"
 #include "shard/thread_communicator.hpp"
 
 using namespace kvcompress;
 using kvc_shard::Layer;
+using kvc_shard::message_of;
+using kvc_shard::on_ranks;
+using kvc_shard::require_no_errors;
 using kvc_shard::Part;
 using kvc_shard::Split;
 using kvc_shard::ThreadCommunicator;
-using kvc_shard::ThreadGroup;
 
 namespace {
-
-/// Runs body(rank, communicator) on one thread per rank; returns each rank's exception (or null).
-template <class Body>
-std::vector<std::exception_ptr> on_ranks(int p, Body&& body, std::vector<int>* collectives = nullptr) {
-  ThreadGroup group(p);
-  std::deque<ThreadCommunicator> comms;  // communicators neither copy nor move
-  for (int r = 0; r < p; ++r) comms.emplace_back(group, r);
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(p));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < p; ++r)
-    threads.emplace_back([&, r] {
-      try {
-        body(r, comms[static_cast<std::size_t>(r)]);
-      } catch (...) {
-        errors[static_cast<std::size_t>(r)] = std::current_exception();
-      }
-    });
-  for (auto& t : threads) t.join();
-  if (collectives != nullptr)
-    for (auto const& c : comms) collectives->push_back(c.collectives);
-  return errors;
-}
-
-std::string message_of(std::exception_ptr const& e) {
-  if (!e) return "(no error)";
-  try {
-    std::rethrow_exception(e);
-  } catch (std::exception const& x) {
-    return x.what();
-  }
-}
-
-void require_no_errors(std::vector<std::exception_ptr> const& errors) {
-  for (std::size_t r = 0; r < errors.size(); ++r) {
-    INFO("rank " << r << ": " << message_of(errors[r]));
-    REQUIRE(!errors[r]);
-  }
-}
 
 /// Each rank's kept entries after `scenario` on `split`, and the whole layer's for the same heads.
 void check_scenario(kvc_shard::Scenario const& scenario, Split const& split, bool with_communicator) {
@@ -404,15 +367,4 @@ TEST_CASE("Bad input on one rank of a shard is an error on every rank", "[shard]
         AdaKVPress{ea});
     for (auto const& e : errors) CHECK_THAT(message_of(e), Catch::Contains("disagree on the batch: rank 0 has 2, rank 1 has 1"));
   }
-}
-
-TEST_CASE("KVzip's scoring refuses a split layer: its eviction ranks every head of every layer together", "[shard][errors]") {
-  Layer layer = kvc_shard::default_layer();
-  SingleRankCommunicator group;
-  Observation<float> obs = kvc_shard::observe(layer, 0, layer.heads);
-  obs.shard = {&group, 0, layer.heads};
-  std::vector<float> scores(static_cast<std::size_t>(layer.heads * layer.n));
-  KVzipPress const press{};
-  CHECK_THROWS_WITH(press.score_chunk(cpu, obs, layer.cache.view(), layer.n, 0, 8, scores.data()),
-                    Catch::Contains("KVzip has no tensor-parallel form (its eviction ranks every head of every layer together)"));
 }

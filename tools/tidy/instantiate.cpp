@@ -62,13 +62,15 @@ KVC_TIDY_MORE_WRAPPERS(bfloat16)
       AttentionOptions const&, Workspace);                                                                               \
   template void KVComposeStatistics::add<T>(CpuDevice const&, int, Tensor4<T> const&);                                  \
   template void kvcompose_compress<T, StridedLayout>(CpuDevice const&, KVComposePlan const&, int,                       \
-                                                     KVCacheView<T, StridedLayout> const&, Workspace);                   \
-  template void FastKVzipPress::score_layer<T>(CpuDevice const&, FastKVzipGate const&, Tensor4<T> const&, float*) const; \
+                                                     KVCacheView<T, StridedLayout> const&, Workspace,                    \
+                                                     TensorParallelShard const&);                                         \
+  template void FastKVzipPress::score_layer<T>(CpuDevice const&, FastKVzipGate const&, Tensor4<T> const&, float*,        \
+                                               TensorParallelShard const&) const;                                        \
   template void KVzipPress::score_chunk<T, StridedLayout>(CpuDevice const&, Observation<T> const&,                     \
                                                           KVCacheView<T, StridedLayout> const&, std::int64_t,            \
                                                           std::int64_t, std::int64_t, float*) const;                     \
   template void evict_lowest_across_heads<T, StridedLayout>(CpuDevice const&, KVCacheView<T, StridedLayout> const&,     \
-                                                            float const*, std::int64_t, Workspace);
+                                                            float const*, std::int64_t, Workspace, TensorParallelShard const&);
 KVC_TIDY_MODEL_PRESSES(float)
 KVC_TIDY_MODEL_PRESSES(half)
 KVC_TIDY_MODEL_PRESSES(bfloat16)

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <exception>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "kvcompress/cache/kv_cache_view.hpp"
@@ -125,17 +126,66 @@ struct ShardCallState {
   static bool& owed(Communicator& c) noexcept { return c.handshake_owed_; }
 };
 
+/// What a rank reports of its call in the handshake (see `HandshakeField`).
+struct ShardRecord {
+  std::int64_t local_heads = 0;  // kv heads this rank holds
+  std::int64_t layer_heads = 0;  // kv heads of the whole layer
+  std::int64_t batch = 0;
+  std::int64_t layer = 0;  // the layer index, or what a cross-layer call needs equal (its layer count)
+};
+
+template <class T, class L>
+ShardRecord record_of(Observation<T> const& obs, KVCacheView<T, L> const& cache) noexcept {
+  return {cache.extents.kv_heads, layer_kv_heads(obs, cache), cache.extents.batch, obs.layer_idx};
+}
+
+inline void fill_record(TensorParallelShard const& shard, ShardRecord const& r, bool failed, std::int64_t agree0,
+                        std::int64_t agree1, std::int64_t* record) {
+  record[kStatus] = failed ? 1 : 0;
+  record[kFirstHead] = shard.first_kv_head;
+  record[kLocalHeads] = r.local_heads;
+  record[kLayerHeads] = r.layer_heads;
+  record[kBatch] = r.batch;
+  record[kLayer] = r.layer;
+  record[kAgree0] = agree0;
+  record[kAgree1] = agree1;
+}
+
 template <class T, class L>
 void fill_record(Observation<T> const& obs, KVCacheView<T, L> const& cache, bool failed, std::int64_t agree0,
                  std::int64_t agree1, std::int64_t* record) {
-  record[kStatus] = failed ? 1 : 0;
-  record[kFirstHead] = obs.shard.first_kv_head;
-  record[kLocalHeads] = cache.extents.kv_heads;
-  record[kLayerHeads] = layer_kv_heads(obs, cache);
-  record[kBatch] = cache.extents.batch;
-  record[kLayer] = obs.layer_idx;
-  record[kAgree0] = agree0;
-  record[kAgree1] = agree1;
+  fill_record(obs.shard, record_of(obs, cache), failed, agree0, agree1, record);
+}
+
+/// The local checks of a shard given to a function that takes no observation (`name` is its
+/// argument), for a rank holding `local` kv heads.
+inline void validate_shard(TensorParallelShard const& s, std::int64_t local, char const* name) {
+  if (!s.split()) {
+    KVC_CHECK(s.first_kv_head == 0 && (s.kv_heads == 0 || s.kv_heads == local),
+              name << " has no communicator, so this process must hold the whole layer: first_kv_head = "
+                   << s.first_kv_head << " (must be 0), kv_heads = " << s.kv_heads << " (must be 0 or the "
+                   << local << " given)");
+    return;
+  }
+  KVC_CHECK(s.communicator->size() >= 1 && s.communicator->rank() >= 0 && s.communicator->rank() < s.communicator->size(),
+            name << ".communicator reports rank " << s.communicator->rank() << " of " << s.communicator->size() << " ranks");
+  KVC_CHECK(s.kv_heads >= local, name << ".kv_heads = " << s.kv_heads << " (the layer's) must be at least the "
+                                      << local << " kv heads given");
+  KVC_CHECK(s.first_kv_head >= 0 && s.first_kv_head <= s.kv_heads - local,
+            name << ".first_kv_head = " << s.first_kv_head << " puts the " << local << " kv heads given outside the layer's "
+                 << s.kv_heads);
+}
+
+/// `join_shard` for a call that takes no observation: `table` [size + 1, kFields] is scratch.
+inline void join_shard(TensorParallelShard const& shard, ShardRecord const& r, std::int64_t agree0, std::int64_t agree1,
+                       std::int64_t* table) {
+  if (!shard.split()) return;
+  Communicator& comm = *shard.communicator;
+  std::int64_t record[kFields];
+  fill_record(shard, r, false, agree0, agree1, record);
+  ShardCallState::owed(comm) = false;
+  exchange_records(comm, record, table);
+  check_handshake(comm, table);
 }
 
 /// The handshake of a press that communicates: this rank got here without error. Returns the
@@ -146,21 +196,16 @@ ShardLayout join_shard(Observation<T> const& obs, KVCacheView<T, L> const& cache
                        std::int64_t agree1, Workspace& ws) {
   ShardLayout const layout{obs.shard.first_kv_head, layer_kv_heads(obs, cache)};
   if (!obs.shard.split()) return layout;
-  Communicator& comm = *obs.shard.communicator;
-  std::int64_t* table = ws.take<std::int64_t>(size_product(comm.size() + 1, kFields));  // [size + 1, kFields]
-  std::int64_t record[kFields];
-  fill_record(obs, cache, false, agree0, agree1, record);
-  ShardCallState::owed(comm) = false;
-  exchange_records(comm, record, table);
-  check_handshake(comm, table);
+  std::int64_t* table = ws.take<std::int64_t>(size_product(obs.shard.communicator->size() + 1, kFields));  // [size + 1, kFields]
+  join_shard(obs.shard, record_of(obs, cache), agree0, agree1, table);
   return layout;
 }
 
-/// Runs one entry point's `body` under the protocol (see the file comment). Nested entry points
-/// (a wrapper's inner `compress`) run inside the outermost one's call.
-template <class T, class L, class Body>
-void shard_call(Observation<T> const& obs, KVCacheView<T, L> const& cache, Body&& body) {
-  Communicator* comm = obs.shard.communicator;
+/// Runs one entry point's `body` under the protocol (see the file comment) for a rank of `shard`
+/// reporting `r`. Nested entry points (a wrapper's inner `compress`) run inside the outermost one's call.
+template <class Body>
+void shard_call(TensorParallelShard const& shard, ShardRecord const& r, Body&& body) {
+  Communicator* comm = shard.communicator;
   if (comm == nullptr || ShardCallState::depth(*comm) > 0) {
     body();
     return;
@@ -187,7 +232,7 @@ void shard_call(Observation<T> const& obs, KVCacheView<T, L> const& cache, Body&
       ShardCallState::owed(*comm) = false;
       try {
         table.resize(static_cast<std::size_t>(comm->size() + 1) * kFields);
-        fill_record(obs, cache, true, 0, 0, record);
+        fill_record(shard, r, true, 0, 0, record);
         exchange_records(*comm, record, table.data());
       } catch (...) {  // the group is unreachable too: this rank's own error is the one to report
       }
@@ -198,9 +243,14 @@ void shard_call(Observation<T> const& obs, KVCacheView<T, L> const& cache, Body&
   // The press never communicated: the group still agrees that every rank succeeded.
   ShardCallState::owed(*comm) = false;
   table.resize(static_cast<std::size_t>(comm->size() + 1) * kFields);
-  fill_record(obs, cache, false, 0, 0, record);
+  fill_record(shard, r, false, 0, 0, record);
   exchange_records(*comm, record, table.data());
   check_handshake(*comm, table.data());
+}
+
+template <class T, class L, class Body>
+void shard_call(Observation<T> const& obs, KVCacheView<T, L> const& cache, Body&& body) {
+  shard_call(obs.shard, record_of(obs, cache), std::forward<Body>(body));
 }
 
 }  // namespace detail

@@ -12,6 +12,11 @@
 /// Use: `press.score_layer(dev, gate_ℓ, hidden_ℓ, scores_ℓ)` for every layer after the prefill, then
 /// `cross_layer_pruned_counts(scores, …, press.compression_ratio, press.layerwise, pruned)` and
 /// `evict_lowest_across_heads(dev, cache_ℓ, scores_ℓ, pruned[ℓ], ws)` for every layer. Batch 1.
+///
+/// On a tensor-parallel shard: each rank's gate is its kv heads' part of the layer's
+/// (`gate.heads(first, count)`), `score_layer(..., shard)` scores them (per head: bit-identical), and
+/// the shard forms of `cross_layer_pruned_counts` and `evict_lowest_across_heads` evict what one
+/// process evicts from the whole model.
 
 #include <Eigen/Core>
 
@@ -21,6 +26,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kvcompress/dist/shard_protocol.hpp"
 #include "kvcompress/press/cross_layer_eviction.hpp"
 
 namespace kvcompress {
@@ -36,6 +42,25 @@ struct FastKVzipGate {
   float const* bias = nullptr;           // [kv_heads, group] (the gate's `b`)
   std::int64_t hidden_size = 0, kv_heads = 0, group = 0, dim = 16, sink = 16;
   double norm_eps = 1e-6;  ///< the RMSNorms' epsilon
+
+  /// The gate of kv heads [first, first + count) alone (a tensor-parallel rank's): every weight but
+  /// the norms' is per kv head.
+  [[nodiscard]] FastKVzipGate heads(std::int64_t first, std::int64_t count) const {
+    KVC_CHECK(first >= 0 && count > 0 && first + count <= kv_heads,
+              "FastKVzipGate heads [" << first << ", " << first + count << ") must be a non-empty part of its kv_heads = " << kv_heads);
+    KVC_CHECK(hidden_size > 0 && group > 0 && dim > 0 && sink >= 0, "FastKVzipGate sizes must be positive: hidden_size = "
+                                                                        << hidden_size << ", group = " << group << ", dim = " << dim
+                                                                        << ", sink = " << sink);
+    FastKVzipGate g = *this;
+    std::int64_t const q_rows = first * group * dim;
+    if (q_proj_weight != nullptr) g.q_proj_weight = q_proj_weight + q_rows * hidden_size;
+    if (q_proj_bias != nullptr) g.q_proj_bias = q_proj_bias + q_rows;
+    if (k_proj_weight != nullptr) g.k_proj_weight = k_proj_weight + first * dim * hidden_size;
+    if (k_base != nullptr) g.k_base = k_base + first * sink * dim;
+    if (bias != nullptr) g.bias = bias + first * group;
+    g.kv_heads = count;
+    return g;
+  }
 };
 
 struct FastKVzipPress {
@@ -48,8 +73,22 @@ struct FastKVzipPress {
   /// \brief One layer's gate scores.
   /// \param hidden [1, 1, n, hidden_size] the layer's attention input (after input_layernorm)
   /// \param scores [kv_heads, n] out
+  /// \param shard  on a tensor-parallel shard: `gate` holds this rank's kv heads
+  ///               [shard.first_kv_head, + gate.kv_heads) of the layer's `shard.kv_heads`; the scores
+  ///               are per head, and the call ends with the shard's handshake
   template <class T>
-  void score_layer(CpuDevice const& dev, FastKVzipGate const& gate, Tensor4<T> const& hidden, float* scores) const {
+  void score_layer(CpuDevice const& dev, FastKVzipGate const& gate, Tensor4<T> const& hidden, float* scores,
+                   TensorParallelShard const& shard = {}) const {
+    std::int64_t const layer_heads = shard.kv_heads > 0 ? shard.kv_heads : gate.kv_heads;
+    detail::shard_call(shard, detail::ShardRecord{gate.kv_heads, layer_heads, 1, 0}, [&] {
+      detail::validate_shard(shard, gate.kv_heads, "FastKVzipPress score_layer shard");
+      score_layer_local(dev, gate, hidden, scores);
+    });
+  }
+
+ private:
+  template <class T>
+  void score_layer_local(CpuDevice const& dev, FastKVzipGate const& gate, Tensor4<T> const& hidden, float* scores) const {
     check();
     check_gate(gate);
     detail::validate_tensor(hidden, "FastKVzipPress hidden states");
@@ -115,7 +154,6 @@ struct FastKVzipPress {
     }
   }
 
- private:
   void check() const {
     check_compression_ratio(compression_ratio);
     KVC_CHECK(n_sink >= 0, "FastKVzipPress n_sink must be non-negative, got " << n_sink);

@@ -17,6 +17,13 @@
 /// the losers with fake keys and frees nothing, while here each head's row really shortens.
 /// Scores are shared by the batch (the statistics pool it), so every batch element keeps the same sets.
 ///
+/// On a tensor-parallel shard (`kvcompose_plan(..., shard)`), each rank's statistics and value norms
+/// hold its kv heads' query heads; step 1's per-head scores (before the mean) go to their global
+/// rows of a zeroed [layers, layer kv heads, context_length] table, one float all-reduce (each value
+/// added to zeros: exact), and every rank computes the rest of the plan as one process does on the
+/// whole model, bit for bit: the mean over heads and the composites read every head in the layer's
+/// order. `kvcompose_compress(..., shard)` then keeps each rank's rows of that plan.
+///
 /// Use: `KVComposeStatistics stats(press, layers, q_heads, context_length)`; `stats.add(dev, ℓ,
 /// attention)` for each layer of each replay pass; `auto plan = kvcompose_plan(dev, press, stats,
 /// kv_heads)`; `kvcompose_compress(dev, plan, ℓ, cache_ℓ)` for each layer. The statistics and the plan
@@ -33,6 +40,8 @@
 
 #include "kvcompress/cpu/select_topk.hpp"
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/dist/layer_rows.hpp"
+#include "kvcompress/dist/shard_protocol.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -169,38 +178,36 @@ void kvcompose_value_norms(KVCacheView<T, L> const& cache, std::int64_t context_
   }
 }
 
-/// \brief KVCompose's scores and budgets from the replay statistics.
-/// \param value_norms [layers, kv_heads, context_length] (`kvcompose_value_norms` of each layer), read
-///                    only with `add_v_norm`
-[[nodiscard]] inline KVComposePlan kvcompose_plan(CpuDevice const& dev, KVComposePress const& press,
-                                                  KVComposeStatistics const& stats, std::int64_t kv_heads,
-                                                  float const* value_norms = nullptr) {
-  press.check();
-  std::int64_t const H = stats.q_heads(), ctx = stats.context_length();
-  int const L = stats.num_layers();
-  KVC_CHECK(kv_heads > 0 && H % kv_heads == 0, "kvcompose_plan kv_heads must divide the statistics' q_heads = "
-                                                   << H << ", got " << kv_heads);
-  KVC_CHECK(!press.add_v_norm || value_norms != nullptr, "KVComposePress add_v_norm needs value_norms");
-  for (int l = 0; l < L; ++l)
-    KVC_CHECK(stats.rows(l) > 0, "kvcompose_plan: layer " << l << " has no replay pass in the statistics");
-  KVC_CHECK(static_cast<std::int64_t>(L) * kv_heads * ctx <= std::numeric_limits<std::int32_t>::max(),
-            "KVCompose ranks layers · kv_heads · context_length = " << L * kv_heads * ctx << " entries with int32 ids");
-  std::int64_t const G = H / kv_heads, lb = press.keep_token_lower_bound;
-  KVComposePlan plan{L, kv_heads, ctx, std::vector<float>(detail::size_product(L, kv_heads, ctx)), {}};
-  std::vector<float> per_head(plan.scores.size()), per_layer(detail::size_product(L, ctx));
-  detail::parallel_for(dev, L, [&](std::int64_t l, int) {
+namespace detail {
+
+/// Step 1 of the plan before the mean over heads, for the statistics' kv heads.
+/// \param out [layers, kv_heads, ctx]
+inline void kvcompose_head_scores(CpuDevice const& dev, KVComposePress const& press, KVComposeStatistics const& stats,
+                                  std::int64_t kv_heads, float const* value_norms, float* out) {
+  std::int64_t const ctx = stats.context_length(), G = stats.q_heads() / kv_heads;
+  parallel_for(dev, stats.num_layers(), [&](std::int64_t l, int) {
     std::vector<float> group(static_cast<std::size_t>(G));
-    float* s = plan.scores.data() + l * kv_heads * ctx;  // [kv_heads, ctx]
+    float* s = out + l * kv_heads * ctx;  // [kv_heads, ctx]
     for (std::int64_t g = 0; g < kv_heads; ++g)
       for (std::int64_t i = 0; i < ctx; ++i) {
         for (std::int64_t k = 0; k < G; ++k) group[static_cast<std::size_t>(k)] = stats.value(static_cast<int>(l), g * G + k, i);
-        float x = detail::kvcompose_fold(press.agg_group, group.data(), G, 1);
+        float x = kvcompose_fold(press.agg_group, group.data(), G, 1);
         if (press.add_v_norm) x *= value_norms[(l * kv_heads + g) * ctx + i];
         s[g * ctx + i] = x;
       }
+  });
+}
+
+/// Steps 1 (the mean) to 3 on the whole model's head scores, `plan.scores` [layers, kv_heads, ctx].
+inline void kvcompose_budgets(CpuDevice const& dev, KVComposePress const& press, KVComposePlan& plan) {
+  std::int64_t const kv_heads = plan.kv_heads, ctx = plan.context_length, lb = press.keep_token_lower_bound;
+  int const L = plan.num_layers;
+  std::vector<float> per_head(plan.scores.size()), per_layer(size_product(L, ctx));
+  parallel_for(dev, L, [&](std::int64_t l, int) {
+    float* s = plan.scores.data() + l * kv_heads * ctx;  // [kv_heads, ctx]
     if (press.add_mean_across_heads)
       for (std::int64_t i = 0; i < ctx; ++i) {
-        float const mean = detail::kvcompose_fold(KVComposeAggregation::kMean, s + i, kv_heads, ctx);
+        float const mean = kvcompose_fold(KVComposeAggregation::kMean, s + i, kv_heads, ctx);
         for (std::int64_t g = 0; g < kv_heads; ++g) s[g * ctx + i] += mean;
       }
     float* c = per_head.data() + l * kv_heads * ctx;
@@ -209,7 +216,7 @@ void kvcompose_value_norms(KVCacheView<T, L> const& cache, std::int64_t context_
       std::sort(c + g * ctx, c + (g + 1) * ctx, std::greater<>());
     }
     for (std::int64_t i = 0; i < ctx; ++i)
-      per_layer[static_cast<std::size_t>(l * ctx + i)] = detail::kvcompose_fold(press.agg_head, c + i, kv_heads, ctx);
+      per_layer[static_cast<std::size_t>(l * ctx + i)] = kvcompose_fold(press.agg_head, c + i, kv_heads, ctx);
     for (std::int64_t g = 0; g < kv_heads; ++g)
       for (std::int64_t i = 0; i < std::min(lb, ctx); ++i) c[g * ctx + i] += 1e9f;
     for (std::int64_t i = 0; i < std::min(lb, ctx); ++i) per_layer[static_cast<std::size_t>(l * ctx + i)] += 1e9f;
@@ -220,15 +227,66 @@ void kvcompose_value_norms(KVCacheView<T, L> const& cache, std::int64_t context_
                                                         per_layer[static_cast<std::size_t>(l * ctx + i)]);
   std::vector<std::int32_t> counts;
   if (press.structured) {
-    detail::kvcompose_top_counts(per_layer, ctx, kept_count(L * ctx, press.compression_ratio), counts);
+    kvcompose_top_counts(per_layer, ctx, kept_count(L * ctx, press.compression_ratio), counts);
     std::int64_t const floor = std::max<std::int64_t>(1, lb);
     plan.kept.resize(static_cast<std::size_t>(L * kv_heads));
     for (int l = 0; l < L; ++l)
       std::fill_n(plan.kept.begin() + l * kv_heads, kv_heads,
                   static_cast<std::int32_t>(std::min(ctx, std::max<std::int64_t>(floor, counts[static_cast<std::size_t>(l)]))));
   } else {
-    detail::kvcompose_top_counts(per_head, ctx, kept_count(L * kv_heads * ctx, press.compression_ratio), plan.kept);
+    kvcompose_top_counts(per_head, ctx, kept_count(L * kv_heads * ctx, press.compression_ratio), plan.kept);
   }
+}
+
+}  // namespace detail
+
+/// \brief KVCompose's scores and budgets from the replay statistics.
+/// \param kv_heads    the kv heads the statistics' query heads belong to (this rank's on a shard)
+/// \param value_norms [layers, kv_heads, context_length] (`kvcompose_value_norms` of each layer), read
+///                    only with `add_v_norm`
+/// \param shard       on a tensor-parallel shard: this rank holds kv heads [shard.first_kv_head,
+///                    + kv_heads) of `shard.kv_heads`; the plan returned is the whole model's
+///                    (`kv_heads` = the layer's), the same on every rank
+[[nodiscard]] inline KVComposePlan kvcompose_plan(CpuDevice const& dev, KVComposePress const& press,
+                                                  KVComposeStatistics const& stats, std::int64_t kv_heads,
+                                                  float const* value_norms = nullptr, TensorParallelShard const& shard = {}) {
+  std::int64_t const heads = shard.kv_heads > 0 ? shard.kv_heads : kv_heads;
+  int const L = stats.num_layers();
+  std::int64_t const ctx = stats.context_length();
+  detail::ShardRecord const record{kv_heads, heads, 1, L};
+  KVComposePlan plan{L, heads, ctx, {}, {}};
+  detail::shard_call(shard, record, [&] {
+    press.check();
+    std::int64_t const H = stats.q_heads();
+    KVC_CHECK(kv_heads > 0 && H % kv_heads == 0, "kvcompose_plan kv_heads must divide the statistics' q_heads = "
+                                                     << H << ", got " << kv_heads);
+    detail::validate_shard(shard, kv_heads, "kvcompose_plan shard");
+    KVC_CHECK(!press.add_v_norm || value_norms != nullptr, "KVComposePress add_v_norm needs value_norms");
+    for (int l = 0; l < L; ++l)
+      KVC_CHECK(stats.rows(l) > 0, "kvcompose_plan: layer " << l << " has no replay pass in the statistics");
+    KVC_CHECK(static_cast<std::int64_t>(L) * heads * ctx <= std::numeric_limits<std::int32_t>::max(),
+              "KVCompose ranks layers · kv_heads · context_length = " << L * heads * ctx << " entries with int32 ids");
+    plan.scores.assign(detail::size_product(L, heads, ctx), 0.0f);
+    if (!shard.split()) {
+      detail::kvcompose_head_scores(dev, press, stats, kv_heads, value_norms, plan.scores.data());
+    } else {
+      std::vector<float> mine(detail::size_product(L, kv_heads, ctx));  // [layers, kv_heads, ctx]
+      detail::kvcompose_head_scores(dev, press, stats, kv_heads, value_norms, mine.data());
+      for (std::size_t i = 0; i < mine.size(); ++i)
+        KVC_CHECK(std::isfinite(mine[i]), "kvcompose_plan: the score of (layer " << i / static_cast<std::size_t>(kv_heads * ctx)
+                                                                                  << ", kv head " << i / static_cast<std::size_t>(ctx) % static_cast<std::size_t>(kv_heads)
+                                                                                  << ", entry " << i % static_cast<std::size_t>(ctx)
+                                                                                  << ") is not finite: " << mine[i]);
+      std::vector<std::int64_t> table(static_cast<std::size_t>(shard.communicator->size() + 1) * detail::kFields);
+      // The ranks must plan the same context with the same ratio.
+      detail::join_shard(shard, record, ctx, detail::bits_of(press.compression_ratio), table.data());
+      for (int l = 0; l < L; ++l)
+        std::copy_n(mine.begin() + static_cast<std::ptrdiff_t>(l * kv_heads * ctx), kv_heads * ctx,
+                    plan.scores.begin() + static_cast<std::ptrdiff_t>((l * heads + shard.first_kv_head) * ctx));
+      shard.communicator->all_reduce(plan.scores.data(), plan.scores.size(), ReduceOp::sum);
+    }
+    detail::kvcompose_budgets(dev, press, plan);
+  });
   return plan;
 }
 
@@ -244,27 +302,35 @@ template <class T, class L>
 
 /// \brief Compacts layer `layer`'s cache to the plan: every row (b, g) keeps its `plan.kept[layer, g]`
 /// best entries of `plan.scores[layer, g]`, in position order. Each row must hold the context's
-/// `plan.context_length` entries.
+/// `plan.context_length` entries. On a tensor-parallel shard the cache holds kv heads
+/// [shard.first_kv_head, + its kv_heads) of the plan's (the whole model's) and keeps their rows.
 template <class T, class L>
 void kvcompose_compress(CpuDevice const& dev, KVComposePlan const& plan, int layer, KVCacheView<T, L> const& cache,
-                        Workspace ws) {
-  detail::validate_view(cache);
-  KVC_CHECK(layer >= 0 && layer < plan.num_layers, "kvcompose_compress layer must be in [0, " << plan.num_layers << "), got " << layer);
+                        Workspace ws, TensorParallelShard const& shard = {}) {
   auto const& e = cache.extents;
-  KVC_CHECK(e.kv_heads == plan.kv_heads, "kvcompose_compress: the cache has " << e.kv_heads << " kv heads, the plan " << plan.kv_heads);
-  std::int64_t const rows = e.batch * e.kv_heads, ctx = plan.context_length;
-  for (std::int64_t r = 0; r < rows; ++r)
-    KVC_CHECK(cache.lengths[r] == ctx, "kvcompose_compress: row " << r << " holds " << cache.lengths[r]
-                                           << " entries, the plan scores the context_length = " << ctx);
-  KVC_CHECK(ws.capacity() - ws.used() >= kvcompose_compress_workspace_bytes(dev, cache),
-            "workspace too small: " << ws.capacity() - ws.used() << " bytes given, kvcompose_compress_workspace_bytes = "
-                                    << kvcompose_compress_workspace_bytes(dev, cache));
-  detail::check_unique_pages(cache, ws);
-  float* scores = ws.take<float>(detail::size_product(rows, e.capacity));  // [rows, capacity]
-  for (std::int64_t r = 0; r < rows; ++r)
-    std::copy_n(plan.scores.data() + (layer * e.kv_heads + r % e.kv_heads) * ctx, ctx, scores + r * e.capacity);
-  std::int32_t const* kept = plan.kept.data() + layer * e.kv_heads;
-  keep_topk(dev, cache, scores, [&](std::int64_t r, std::int64_t) { return kept[r % e.kv_heads]; }, ws);
+  detail::ShardRecord const record{e.kv_heads, shard.kv_heads > 0 ? shard.kv_heads : e.kv_heads, e.batch, layer};
+  detail::shard_call(shard, record, [&] {
+    detail::validate_view(cache);
+    KVC_CHECK(layer >= 0 && layer < plan.num_layers, "kvcompose_compress layer must be in [0, " << plan.num_layers << "), got " << layer);
+    detail::validate_shard(shard, e.kv_heads, "kvcompose_compress shard");
+    std::int64_t const first = shard.first_kv_head;
+    KVC_CHECK(record.layer_heads == plan.kv_heads, "kvcompose_compress: the "
+                                                       << (shard.split() ? "layer (shard.kv_heads)" : "cache") << " has "
+                                                       << record.layer_heads << " kv heads, the plan " << plan.kv_heads);
+    std::int64_t const rows = e.batch * e.kv_heads, ctx = plan.context_length;
+    for (std::int64_t r = 0; r < rows; ++r)
+      KVC_CHECK(cache.lengths[r] == ctx, "kvcompose_compress: row " << r << " holds " << cache.lengths[r]
+                                             << " entries, the plan scores the context_length = " << ctx);
+    KVC_CHECK(ws.capacity() - ws.used() >= kvcompose_compress_workspace_bytes(dev, cache),
+              "workspace too small: " << ws.capacity() - ws.used() << " bytes given, kvcompose_compress_workspace_bytes = "
+                                      << kvcompose_compress_workspace_bytes(dev, cache));
+    detail::check_unique_pages(cache, ws);
+    float* scores = ws.take<float>(detail::size_product(rows, e.capacity));  // [rows, capacity]
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::copy_n(plan.scores.data() + (layer * plan.kv_heads + first + r % e.kv_heads) * ctx, ctx, scores + r * e.capacity);
+    std::int32_t const* kept = plan.kept.data() + layer * plan.kv_heads + first;
+    keep_topk(dev, cache, scores, [&](std::int64_t r, std::int64_t) { return kept[r % e.kv_heads]; }, ws);
+  });
 }
 
 }  // namespace kvcompress

@@ -14,6 +14,11 @@
 /// The library part is `score_chunk` (one layer, one chunk, from what the engine's pass hands over)
 /// and `protect_sinks`; the engine owns the reconstruction passes and the prompt. kvpress masks the
 /// evicted entries; here each head's row really shortens. Batch 1, as kvpress.
+///
+/// On a tensor-parallel shard each rank scores its kv heads (`observation.shard`; the queries and
+/// W_o's columns of their query heads: the scores are per head, so bit-identical), `protect_sinks`
+/// takes the shard's maximum (one float all-reduce) and the eviction of `cross_layer_eviction.hpp`
+/// is a distributed selection, so every rank evicts what one process evicts from the whole model.
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +28,7 @@
 #include <vector>
 
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/dist/shard_protocol.hpp"
 #include "kvcompress/press/cross_layer_eviction.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
@@ -45,9 +51,52 @@ struct KVzipPress {
   template <class T, class L>
   void score_chunk(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, std::int64_t context_length,
                    std::int64_t start, std::int64_t end, float* scores) const {
+    // Per head: on a shard each rank's rows are the whole layer's; the call ends with the handshake.
+    detail::shard_call(obs, cache, [&] { score_chunk_local(dev, obs, cache, context_length, start, end, scores); });
+  }
+
+  /// \brief kvpress's sink protection before the eviction: the first n_sink entries of every layer
+  /// and head get the maximum over all scores + 1. \param scores [rows, context_length]
+  void protect_sinks(float* scores, std::int64_t rows, std::int64_t context_length) const {
+    check();
+    KVC_CHECK(scores != nullptr && rows > 0 && context_length > 0, "KVzipPress protect_sinks: scores, rows = " << rows
+                                                                        << " and context_length = " << context_length << " must be given");
+    float top = -INFINITY;
+    for (std::int64_t i = 0; i < rows * context_length; ++i) top = std::max(top, scores[i]);
+    for (std::int64_t r = 0; r < rows; ++r) std::fill_n(scores + r * context_length, std::min(n_sink, context_length), top + 1.0f);
+  }
+
+  /// \brief `protect_sinks` on a tensor-parallel shard: the maximum is over every rank's scores (one
+  /// float all-reduce), so each rank's sinks get what the whole model's get.
+  /// \param scores [layers, kv_heads, context_length] this rank's kv heads of every layer
+  void protect_sinks(float* scores, int layers, std::int64_t kv_heads, std::int64_t context_length,
+                     TensorParallelShard const& shard) const {
+    std::int64_t const heads = shard.kv_heads > 0 ? shard.kv_heads : kv_heads;
+    detail::ShardRecord const record{kv_heads, heads, 1, layers};
+    detail::shard_call(shard, record, [&] {
+      check();
+      KVC_CHECK(scores != nullptr && layers > 0 && kv_heads > 0 && context_length > 0,
+                "KVzipPress protect_sinks: scores, layers = " << layers << ", kv_heads = " << kv_heads
+                                                              << " and context_length = " << context_length << " must be given");
+      detail::validate_shard(shard, kv_heads, "KVzipPress protect_sinks shard");
+      std::int64_t const rows = layers * kv_heads;
+      float top = -INFINITY;
+      for (std::int64_t r = 0; r < rows * context_length; ++r) top = std::max(top, scores[r]);
+      if (shard.split()) {
+        std::vector<std::int64_t> table(static_cast<std::size_t>(shard.communicator->size() + 1) * detail::kFields);
+        detail::join_shard(shard, record, context_length, n_sink, table.data());
+        shard.communicator->all_reduce(&top, 1, ReduceOp::max);
+      }
+      for (std::int64_t r = 0; r < rows; ++r) std::fill_n(scores + r * context_length, std::min(n_sink, context_length), top + 1.0f);
+    });
+  }
+
+ private:
+  template <class T, class L>
+  void score_chunk_local(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache, std::int64_t context_length,
+                         std::int64_t start, std::int64_t end, float* scores) const {
     check();
     detail::validate_inputs(obs, cache);
-    detail::require_whole_layer(obs, "KVzip", "its eviction ranks every head of every layer together");
     auto const& e = cache.extents;
     KVC_CHECK(scores != nullptr, "KVzipPress score_chunk: scores must not be null");
     KVC_CHECK(e.batch == 1, "KVzipPress scores one sequence (kvpress: batch 1), got batch = " << e.batch);
@@ -119,18 +168,6 @@ struct KVzipPress {
       }
   }
 
-  /// \brief kvpress's sink protection before the eviction: the first n_sink entries of every layer
-  /// and head get the maximum over all scores + 1. \param scores [rows, context_length]
-  void protect_sinks(float* scores, std::int64_t rows, std::int64_t context_length) const {
-    check();
-    KVC_CHECK(scores != nullptr && rows > 0 && context_length > 0, "KVzipPress protect_sinks: scores, rows = " << rows
-                                                                        << " and context_length = " << context_length << " must be given");
-    float top = -INFINITY;
-    for (std::int64_t i = 0; i < rows * context_length; ++i) top = std::max(top, scores[i]);
-    for (std::int64_t r = 0; r < rows; ++r) std::fill_n(scores + r * context_length, std::min(n_sink, context_length), top + 1.0f);
-  }
-
- private:
   void check() const {
     check_compression_ratio(compression_ratio);
     KVC_CHECK(n_sink >= 0, "KVzipPress n_sink must be non-negative, got " << n_sink);
