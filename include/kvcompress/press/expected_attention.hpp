@@ -24,6 +24,7 @@
 #include "kvcompress/detail/bf16_dot.hpp"
 #include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/detail/row_kernels.hpp"
 #include "kvcompress/press/scorer.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
@@ -155,6 +156,7 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   [[maybe_unused]] std::uint16_t* key_bits =
       bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * kEaKeyChunk * d)) : nullptr;
   bool const fast = ea_bf16_kernel<T>(dev, d, cov != nullptr);
+  RowIsa const isa = row_isa(dev, d);
   if (fast)
     parallel_for(dev, stat_batch * q_heads, [&](std::int64_t j, int) {
       pack_bf16_pairs(cov + j * d * d, d, sigma_bf16 + j * d * d);  // [d/2, d, 2]
@@ -184,6 +186,14 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
         }
       }
 #endif
+      if (!cov_g && unit_dim_stride(cache.key_layout)) {
+        // Mean only: G dot products per key, each key read once where it lies (a GEMM of G
+        // columns would first copy the chunk).
+        for_key_runs(cache, b, h, s + i0, c, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t k0) {
+          key_dots(isa, keys, count, stride, d, mu_g, group, logits + i0 + k0, m);
+        });
+        continue;
+      }
       gather_keys(cache, b, h, s + i0, c, kbuf);
       Eigen::Map<RowMat const> kc(kbuf, c, d);
       Eigen::Map<RowMat> mean_term(pbuf, c, group);
@@ -214,7 +224,14 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
       float const w = 1.0f / (sum * static_cast<float>(group));
       for (std::int64_t i = 0; i < m; ++i) out[i] += z[i] * w;
     }
-    if (p.use_vnorm) {
+    if (p.use_vnorm && unit_dim_stride(cache.value_layout)) {
+      // ‖v‖ from each value read once where it lies; the squared norms go through the logits' slots.
+      float* ss = logits;  // [m]
+      for_value_runs(cache, b, h, s, m, [&](T const* values, std::int64_t count, std::int64_t stride, std::int64_t k0) {
+        key_sq_norms(isa, values, count, stride, d, ss + k0);
+      });
+      for (std::int64_t i = 0; i < m; ++i) out[i] = (out[i] + p.epsilon) * std::sqrt(ss[i]);
+    } else if (p.use_vnorm) {
       for (std::int64_t i = 0; i < m; ++i) {
         float ss = 0.0f;
         for (std::int64_t c = 0; c < d; ++c) {
@@ -319,6 +336,7 @@ struct ExpectedAttentionPress {
     [[maybe_unused]] std::uint16_t* pair_buf =
         bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d)) : nullptr;
     [[maybe_unused]] bool const fast = detail::ea_bf16_kernel<T>(dev, d, use_covariance);
+    detail::RowIsa const isa = detail::row_isa(dev, d);
 
     // Statistics per (batch, query head): two passes over chunks of queries (mean, then centred
     // second moment), so scratch does not grow with the chunk length. In a ragged batch element b's
@@ -344,7 +362,9 @@ struct ExpectedAttentionPress {
       m.setZero();
       for (std::int64_t i0 = 0; i0 < count; i0 += detail::kEaKeyChunk) {
         std::int64_t const c = std::min(detail::kEaKeyChunk, count - i0);
-        m += load(i0, c).colwise().sum().transpose();
+        // Queries with contiguous channels are summed where they lie: read once, no copy.
+        if (q.strides[3] == 1) detail::rows_sum(isa, &q(qb, j, first + i0, 0), c, q.strides[2], d, m.data());
+        else m += load(i0, c).colwise().sum().transpose();
       }
       m /= static_cast<float>(count);
       float* tmp = use_covariance ? tmp_buf + t * d * d : qc;

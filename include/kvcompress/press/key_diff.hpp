@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kvcompress/detail/row_kernels.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -22,6 +23,7 @@ struct KeyDiffPress {
 
   static constexpr float kNormalizeEps = 1e-12f;  ///< F.normalize's default eps
   static constexpr float kCosineEps = 1e-8f;      ///< F.cosine_similarity's default eps
+  static constexpr std::int64_t kChunk = 64;      ///< keys per block of pass 2's dot products
 
   template <class T, class L>
   [[nodiscard]] std::size_t workspace_bytes(CpuDevice const& dev, Observation<T> const&,
@@ -37,6 +39,7 @@ struct KeyDiffPress {
     std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity, d = cache.extents.head_dim;
     std::int64_t const rows = cache.extents.batch * heads;
     float* anchors = ws.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * d));
+    detail::RowIsa const isa = detail::row_isa(dev, d);
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
       std::int64_t const b = r / heads, h = r % heads;
       std::int32_t const n = cache.lengths[r];
@@ -44,17 +47,24 @@ struct KeyDiffPress {
       float* anchor = anchors + t * d;
       float* out = scores + r * cap;
       std::fill(anchor, anchor + d, 0.0f);
+      bool const runs = detail::unit_dim_stride(cache.key_layout);
       // Pass 1: key norms (kept in `out` for pass 2) and the sum of the normalised keys.
-      for (std::int32_t i = 0; i < n; ++i) {
-        float ss = 0.0f;
-        for (std::int64_t c = 0; c < d; ++c) {
-          float const x = to_float(cache.key(b, h, i, c));
-          ss += x * x;
+      if (runs) {
+        detail::for_key_runs(cache, b, h, 0, n, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t i0) {
+          detail::key_normalized_sum(isa, keys, count, stride, d, kNormalizeEps, out + i0, anchor);
+        });
+      } else {
+        for (std::int32_t i = 0; i < n; ++i) {
+          float ss = 0.0f;
+          for (std::int64_t c = 0; c < d; ++c) {
+            float const x = to_float(cache.key(b, h, i, c));
+            ss += x * x;
+          }
+          float const norm = std::sqrt(ss);
+          out[i] = norm;
+          float const inv = 1.0f / std::max(norm, kNormalizeEps);
+          for (std::int64_t c = 0; c < d; ++c) anchor[c] += to_float(cache.key(b, h, i, c)) * inv;
         }
-        float const norm = std::sqrt(ss);
-        out[i] = norm;
-        float const inv = 1.0f / std::max(norm, kNormalizeEps);
-        for (std::int64_t c = 0; c < d; ++c) anchor[c] += to_float(cache.key(b, h, i, c)) * inv;
       }
       float aa = 0.0f;
       for (std::int64_t c = 0; c < d; ++c) {
@@ -63,6 +73,18 @@ struct KeyDiffPress {
       }
       float const anchor_norm = std::max(std::sqrt(aa), kCosineEps);
       // Pass 2: −cos.
+      if (runs) {
+        detail::for_key_runs(cache, b, h, 0, n, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t i0) {
+          float dots[kChunk];
+          for (std::int64_t c0 = 0; c0 < count; c0 += kChunk) {
+            std::int64_t const m = std::min(kChunk, count - c0);
+            detail::key_dots(isa, keys + c0 * stride, m, stride, d, anchor, 1, dots, m);
+            for (std::int64_t i = 0; i < m; ++i)
+              out[i0 + c0 + i] = -dots[i] / (std::max(out[i0 + c0 + i], kCosineEps) * anchor_norm);
+          }
+        });
+        return;
+      }
       for (std::int32_t i = 0; i < n; ++i) {
         float dot = 0.0f;
         for (std::int64_t c = 0; c < d; ++c) dot += to_float(cache.key(b, h, i, c)) * anchor[c];

@@ -5,10 +5,11 @@
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
-#include <type_traits>
 
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/detail/row_kernels.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -32,23 +33,24 @@ struct KnormPress {
     std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const d = cache.extents.head_dim, rows = cache.extents.batch * heads;
     float* tiles = ws.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * kTile * d));
+    detail::RowIsa const isa = detail::row_isa(dev, d);
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
+      std::int64_t const b = r / heads, h = r % heads, n = cache.lengths[r];
+      float* out = scores + r * cap;  // [n]
+      if (detail::unit_dim_stride(cache.key_layout)) {
+        // Keys with contiguous channels are read where they lie, once, converted in registers.
+        detail::for_key_runs(cache, b, h, 0, n, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t i0) {
+          detail::key_sq_norms(isa, keys, count, stride, d, out + i0);
+        });
+        for (std::int64_t i = 0; i < n; ++i) out[i] = -std::sqrt(out[i]);
+        return;
+      }
       using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
       float* tile = tiles + t * kTile * d;  // [kTile, head_dim]
-      if constexpr (std::is_same_v<T, float>) {
-        // Float keys with contiguous channels are read where they lie: the norm is one pass over
-        // the row, and a copy through the tile would add a second.
-        if (detail::unit_dim_stride(cache.key_layout)) {
-          for (std::int64_t i = 0; i < cache.lengths[r]; ++i)
-            scores[r * cap + i] = -Eigen::Map<Eigen::VectorXf const>(&cache.key(r / heads, r % heads, i, 0), d).norm();
-          return;
-        }
-      }
-      for (std::int64_t i0 = 0; i0 < cache.lengths[r]; i0 += kTile) {
-        std::int64_t const count = std::min<std::int64_t>(kTile, cache.lengths[r] - i0);
-        detail::gather_keys(cache, r / heads, r % heads, i0, count, tile);
-        Eigen::Map<Eigen::VectorXf>(scores + r * cap + i0, count) =
-            -Eigen::Map<RowMajor const>(tile, count, d).rowwise().norm();
+      for (std::int64_t i0 = 0; i0 < n; i0 += kTile) {
+        std::int64_t const count = std::min<std::int64_t>(kTile, n - i0);
+        detail::gather_keys(cache, b, h, i0, count, tile);
+        Eigen::Map<Eigen::VectorXf>(out + i0, count) = -Eigen::Map<RowMajor const>(tile, count, d).rowwise().norm();
       }
     });
   }
