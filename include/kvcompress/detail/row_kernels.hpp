@@ -119,13 +119,13 @@ KVC_TARGET_ROW512 inline __m512 row_load16(T const* p) {
   }
 }
 
+/// Σ of the 16 lanes (lane-swapping shuffles in their zero-masking forms, as above).
 KVC_TARGET_ROW512 inline float row_sum16(__m512 x) {
-  __m256 const h = _mm256_add_ps(_mm512_castps512_ps256(x),
-                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_add_ss(q, _mm_movehdup_ps(q));
-  return _mm_cvtss_f32(q);
+  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kRowAllLanes, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
+  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kRowAllLanes, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
+  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kRowAllLanes, x, _MM_SHUFFLE(1, 0, 3, 2)));
+  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kRowAllLanes, x, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(x);
 }
 
 /// out[i] = Σ_c keys[i·stride + c]². \param keys [count, stride] (d ≤ stride used) \param out [count]

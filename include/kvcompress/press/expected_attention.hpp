@@ -216,13 +216,13 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
     // Softmax over the m non-sink keys per query head, then the group mean.
     float* out = scores + r * cap + s;
     std::fill(out, out + m, 0.0f);
-    for (std::int64_t j = 0; j < group; ++j) {
-      float* z = logits + j * m;
-      float const zmax = *std::max_element(z, z + m);
-      float sum = 0.0f;
-      for (std::int64_t i = 0; i < m; ++i) sum += (z[i] = std::exp(z[i] - zmax));
-      float const w = 1.0f / (sum * static_cast<float>(group));
-      for (std::int64_t i = 0; i < m; ++i) out[i] += z[i] * w;
+    // Eigen's array exp is vectorised: scalar std::exp over G·m logits cost as much as a tenth of
+    // reading the keys.
+    for (std::int64_t j = 0; j < group && m > 0; ++j) {
+      Eigen::Map<Eigen::ArrayXf> z(logits + j * m, m);
+      z = (z - z.maxCoeff()).exp();
+      float const w = 1.0f / (z.sum() * static_cast<float>(group));
+      Eigen::Map<Eigen::ArrayXf>(out, m) += z * w;
     }
     if (p.use_vnorm && unit_dim_stride(cache.value_layout)) {
       // ‖v‖ from each value read once where it lies; the squared norms go through the logits' slots.
