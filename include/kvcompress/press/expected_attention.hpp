@@ -144,7 +144,7 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   std::int64_t const heads = cache.extents.kv_heads, d = cache.extents.head_dim, cap = cache.extents.capacity;
   std::int64_t const group = q_heads / heads, rows = cache.extents.batch * heads;
   int const threads = thread_count(dev, rows);
-  std::int64_t const prod_cols = cov ? d : group;  // one head's K·Σ̃_j, or every head's K·μ̃
+  std::int64_t const prod_cols = cov ? d : group;  // one head's K·Σ̃_j (the sizes follow ea_scoring_bytes)
   float* key_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * d));
   float* prod_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * prod_cols));
   float* logit_buf = ws.take<float>(static_cast<std::size_t>(threads * group * cap));
@@ -186,32 +186,30 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
         }
       }
 #endif
-      if (!cov_g && unit_dim_stride(cache.key_layout)) {
+      if (!cov_g) {
         // Mean only: G dot products per key, each key read once where it lies (a GEMM of G
-        // columns would first copy the chunk).
-        for_key_runs(cache, b, h, s + i0, c, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t k0) {
-          key_dots(isa, keys, count, stride, d, mu_g, group, logits + i0 + k0, m);
-        });
+        // columns would first copy the chunk); other layouts gather the chunk and run the same kernel.
+        if (unit_dim_stride(cache.key_layout)) {
+          for_key_runs(cache, b, h, s + i0, c, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t k0) {
+            key_dots(isa, keys, count, stride, d, mu_g, group, logits + i0 + k0, m);
+          });
+        } else {
+          gather_keys(cache, b, h, s + i0, c, kbuf);
+          key_dots(isa, static_cast<float const*>(kbuf), c, d, d, mu_g, group, logits + i0, m);
+        }
         continue;
       }
       gather_keys(cache, b, h, s + i0, c, kbuf);
       Eigen::Map<RowMat const> kc(kbuf, c, d);
-      Eigen::Map<RowMat> mean_term(pbuf, c, group);
-      if (cov_g) {
-        // One head at a time: pbuf holds one c × d product.
-        for (std::int64_t j = 0; j < group; ++j) {
-          Eigen::Map<ColMat const> cov_j(cov_g + j * d * d, d, d);
-          Eigen::Map<RowMat> y(pbuf, c, d);
-          blocked_product<false>(y, kc, cov_j);
-          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = y.row(i).dot(kc.row(i));
-        }
-        for (std::int64_t j = 0; j < group; ++j)
-          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] += kc.row(i).dot(mu_mat.col(j));
-      } else {
-        blocked_product<false>(mean_term, kc, mu_mat);
-        for (std::int64_t j = 0; j < group; ++j)
-          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = mean_term(i, j);
+      // One head at a time: pbuf holds one c × d product.
+      for (std::int64_t j = 0; j < group; ++j) {
+        Eigen::Map<ColMat const> cov_j(cov_g + j * d * d, d, d);
+        Eigen::Map<RowMat> y(pbuf, c, d);
+        blocked_product<false>(y, kc, cov_j);
+        for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = y.row(i).dot(kc.row(i));
       }
+      for (std::int64_t j = 0; j < group; ++j)
+        for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] += kc.row(i).dot(mu_mat.col(j));
     }
     // Softmax over the m non-sink keys per query head, then the group mean.
     float* out = scores + r * cap + s;
@@ -224,22 +222,22 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
       float const w = 1.0f / (z.sum() * static_cast<float>(group));
       Eigen::Map<Eigen::ArrayXf>(out, m) += z * w;
     }
-    if (p.use_vnorm && unit_dim_stride(cache.value_layout)) {
-      // ‖v‖ from each value read once where it lies; the squared norms go through the logits' slots.
+    if (p.use_vnorm) {
+      // ‖v‖ from each value read once where it lies (other layouts: gathered in chunks, the same
+      // kernel); the squared norms go through the logits' slots.
       float* ss = logits;  // [m]
-      for_value_runs(cache, b, h, s, m, [&](T const* values, std::int64_t count, std::int64_t stride, std::int64_t k0) {
-        key_sq_norms(isa, values, count, stride, d, ss + k0);
-      });
-      for (std::int64_t i = 0; i < m; ++i) out[i] = (out[i] + p.epsilon) * std::sqrt(ss[i]);
-    } else if (p.use_vnorm) {
-      for (std::int64_t i = 0; i < m; ++i) {
-        float ss = 0.0f;
-        for (std::int64_t c = 0; c < d; ++c) {
-          float const v = to_float(cache.value(b, h, s + i, c));
-          ss += v * v;
+      if (unit_dim_stride(cache.value_layout)) {
+        for_value_runs(cache, b, h, s, m, [&](T const* values, std::int64_t count, std::int64_t stride, std::int64_t k0) {
+          key_sq_norms(isa, values, count, stride, d, ss + k0);
+        });
+      } else {
+        for (std::int64_t i0 = 0; i0 < m; i0 += kEaKeyChunk) {
+          std::int64_t const c = std::min(kEaKeyChunk, m - i0);
+          gather_values(cache, b, h, s + i0, c, kbuf);
+          key_sq_norms(isa, static_cast<float const*>(kbuf), c, d, d, ss + i0);
         }
-        out[i] = (out[i] + p.epsilon) * std::sqrt(ss);
       }
+      for (std::int64_t i = 0; i < m; ++i) out[i] = (out[i] + p.epsilon) * std::sqrt(ss[i]);
     }
     row_max[r] = *std::max_element(out, out + m);
   });

@@ -3,7 +3,6 @@
 /// \brief Knorm (arXiv 2406.11430): keep the keys with the smallest L2 norm. score = −‖k‖₂ on the
 /// cached (post-RoPE) keys; RoPE is a rotation, so the ranking is the same before and after it.
 
-#include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -45,13 +44,15 @@ struct KnormPress {
         for (std::int64_t i = 0; i < n; ++i) out[i] = -std::sqrt(out[i]);
         return;
       }
-      using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      // Other layouts: tiles of keys gathered as float, then the same kernel, so that the scores do
+      // not depend on the layout.
       float* tile = tiles + t * kTile * d;  // [kTile, head_dim]
       for (std::int64_t i0 = 0; i0 < n; i0 += kTile) {
         std::int64_t const count = std::min<std::int64_t>(kTile, n - i0);
         detail::gather_keys(cache, b, h, i0, count, tile);
-        Eigen::Map<Eigen::VectorXf>(out + i0, count) = -Eigen::Map<RowMajor const>(tile, count, d).rowwise().norm();
+        detail::key_sq_norms(isa, static_cast<float const*>(tile), count, d, d, out + i0);
       }
+      for (std::int64_t i = 0; i < n; ++i) out[i] = -std::sqrt(out[i]);
     });
   }
 };

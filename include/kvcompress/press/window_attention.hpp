@@ -130,6 +130,10 @@ void window_attention_mean(CpuDevice const& dev, Observation<T> const& obs, KVCa
         key_dots(isa, keys, count, stride, d, qbuf, group * window, lbuf + i0, n);
       });
       in_place = true;
+    } else if (group * window <= kRowDotQueries) {  // other layouts: gathered, then the same kernel
+      gather_keys(cache, b, h, 0, n, kbuf);
+      key_dots(isa, static_cast<float const*>(kbuf), n, d, d, qbuf, group * window, lbuf, n);
+      in_place = true;
     }
     if constexpr (std::is_same_v<T, float> && std::is_same_v<L, StridedLayout>) {
       if (!in_place && cache.key_layout.unit_dim_stride()) {
