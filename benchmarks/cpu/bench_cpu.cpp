@@ -464,6 +464,7 @@ BENCHMARK(BM_SnapKVScore<bfloat16>)->Apply(sizes);
 BENCHMARK(BM_TOVAScore<float>)->Apply(sizes);
 BENCHMARK(BM_KnormScore<float>)->Apply(sizes);
 BENCHMARK(BM_KnormScore<bfloat16>)->Apply(sizes);
+BENCHMARK(BM_KnormScore<half>)->Apply(sizes);
 BENCHMARK(BM_KeyDiffScore<float>)->Apply(sizes);
 BENCHMARK(BM_StreamingLLMScore<float>)->Apply(sizes);
 BENCHMARK(BM_SelectCompact)->Apply(sizes);

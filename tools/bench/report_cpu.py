@@ -61,6 +61,7 @@ ROWS = [
     ("TOVA score", "BM_TOVAScore<float>", "tova_score_given_s", None, "float32", "read"),
     ("Knorm score", "BM_KnormScore<float>", "knorm_score_s", None, "float32", "read"),
     ("Knorm score, bf16 cache", "BM_KnormScore<bfloat16>", "knorm_score_s", None, "bfloat16", "read"),
+    ("Knorm score, half cache", "BM_KnormScore<half>", None, None, None, "read"),
     ("KeyDiff score", "BM_KeyDiffScore<float>", "keydiff_score_s", None, "float32", "read"),
     ("StreamingLLM score", "BM_StreamingLLMScore<float>", "streaming_llm_score_s", None, "float32", "read"),
 ]

@@ -19,8 +19,9 @@ enum class CpuKernels : unsigned char {
 
 /// \brief Runs on the host. `num_threads == 0` uses every hardware thread; 1 runs on the calling
 /// thread only (no thread is started, nothing is allocated for threading). `kernels`: see
-/// `CpuKernels` (today one native kernel exists: bfloat16 caches score Expected Attention's
-/// covariance term with AVX512_BF16 dot products; docs/architecture.md, "CPU kernels").
+/// `CpuKernels` (the native kernels: bfloat16 caches score Expected Attention's covariance term with
+/// AVX512_BF16 dot products, and the memory-bound per-key loops run on AVX-512 or AVX2;
+/// docs/architecture.md, "CPU kernels").
 struct CpuDevice {
   int num_threads = 0;
   CpuKernels kernels = CpuKernels::kNative;

@@ -24,6 +24,7 @@
 #include "kvcompress/detail/bf16_dot.hpp"
 #include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/detail/row_kernels.hpp"
 #include "kvcompress/press/scorer.hpp"
 #include "kvcompress/rope/rotary_embedding.hpp"
 
@@ -143,7 +144,7 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   std::int64_t const heads = cache.extents.kv_heads, d = cache.extents.head_dim, cap = cache.extents.capacity;
   std::int64_t const group = q_heads / heads, rows = cache.extents.batch * heads;
   int const threads = thread_count(dev, rows);
-  std::int64_t const prod_cols = cov ? d : group;  // one head's K·Σ̃_j, or every head's K·μ̃
+  std::int64_t const prod_cols = cov ? d : group;  // one head's K·Σ̃_j (the sizes follow ea_scoring_bytes)
   float* key_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * d));
   float* prod_buf = ws.take<float>(static_cast<std::size_t>(threads * kEaKeyChunk * prod_cols));
   float* logit_buf = ws.take<float>(static_cast<std::size_t>(threads * group * cap));
@@ -155,6 +156,7 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
   [[maybe_unused]] std::uint16_t* key_bits =
       bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * kEaKeyChunk * d)) : nullptr;
   bool const fast = ea_bf16_kernel<T>(dev, d, cov != nullptr);
+  RowIsa const isa = row_isa(dev, d);
   if (fast)
     parallel_for(dev, stat_batch * q_heads, [&](std::int64_t j, int) {
       pack_bf16_pairs(cov + j * d * d, d, sigma_bf16 + j * d * d);  // [d/2, d, 2]
@@ -184,45 +186,58 @@ void expected_attention_scores(CpuDevice const& dev, ExpectedAttentionParams con
         }
       }
 #endif
+      if (!cov_g) {
+        // Mean only: G dot products per key, each key read once where it lies (a GEMM of G
+        // columns would first copy the chunk); other layouts gather the chunk and run the same kernel.
+        if (unit_dim_stride(cache.key_layout)) {
+          for_key_runs(cache, b, h, s + i0, c, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t k0) {
+            key_dots(isa, keys, count, stride, d, mu_g, group, logits + i0 + k0, m);
+          });
+        } else {
+          gather_keys(cache, b, h, s + i0, c, kbuf);
+          key_dots(isa, static_cast<float const*>(kbuf), c, d, d, mu_g, group, logits + i0, m);
+        }
+        continue;
+      }
       gather_keys(cache, b, h, s + i0, c, kbuf);
       Eigen::Map<RowMat const> kc(kbuf, c, d);
-      Eigen::Map<RowMat> mean_term(pbuf, c, group);
-      if (cov_g) {
-        // One head at a time: pbuf holds one c × d product.
-        for (std::int64_t j = 0; j < group; ++j) {
-          Eigen::Map<ColMat const> cov_j(cov_g + j * d * d, d, d);
-          Eigen::Map<RowMat> y(pbuf, c, d);
-          blocked_product<false>(y, kc, cov_j);
-          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = y.row(i).dot(kc.row(i));
-        }
-        for (std::int64_t j = 0; j < group; ++j)
-          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] += kc.row(i).dot(mu_mat.col(j));
-      } else {
-        blocked_product<false>(mean_term, kc, mu_mat);
-        for (std::int64_t j = 0; j < group; ++j)
-          for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = mean_term(i, j);
+      // One head at a time: pbuf holds one c × d product.
+      for (std::int64_t j = 0; j < group; ++j) {
+        Eigen::Map<ColMat const> cov_j(cov_g + j * d * d, d, d);
+        Eigen::Map<RowMat> y(pbuf, c, d);
+        blocked_product<false>(y, kc, cov_j);
+        for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] = y.row(i).dot(kc.row(i));
       }
+      for (std::int64_t j = 0; j < group; ++j)
+        for (std::int64_t i = 0; i < c; ++i) logits[j * m + i0 + i] += kc.row(i).dot(mu_mat.col(j));
     }
     // Softmax over the m non-sink keys per query head, then the group mean.
     float* out = scores + r * cap + s;
     std::fill(out, out + m, 0.0f);
-    for (std::int64_t j = 0; j < group; ++j) {
-      float* z = logits + j * m;
-      float const zmax = *std::max_element(z, z + m);
-      float sum = 0.0f;
-      for (std::int64_t i = 0; i < m; ++i) sum += (z[i] = std::exp(z[i] - zmax));
-      float const w = 1.0f / (sum * static_cast<float>(group));
-      for (std::int64_t i = 0; i < m; ++i) out[i] += z[i] * w;
+    // Eigen's array exp is vectorised: scalar std::exp over G·m logits cost as much as a tenth of
+    // reading the keys.
+    for (std::int64_t j = 0; j < group && m > 0; ++j) {
+      Eigen::Map<Eigen::ArrayXf> z(logits + j * m, m);
+      z = (z - z.maxCoeff()).exp();
+      float const w = 1.0f / (z.sum() * static_cast<float>(group));
+      Eigen::Map<Eigen::ArrayXf>(out, m) += z * w;
     }
     if (p.use_vnorm) {
-      for (std::int64_t i = 0; i < m; ++i) {
-        float ss = 0.0f;
-        for (std::int64_t c = 0; c < d; ++c) {
-          float const v = to_float(cache.value(b, h, s + i, c));
-          ss += v * v;
+      // ‖v‖ from each value read once where it lies (other layouts: gathered in chunks, the same
+      // kernel); the squared norms go through the logits' slots.
+      float* ss = logits;  // [m]
+      if (unit_dim_stride(cache.value_layout)) {
+        for_value_runs(cache, b, h, s, m, [&](T const* values, std::int64_t count, std::int64_t stride, std::int64_t k0) {
+          key_sq_norms(isa, values, count, stride, d, ss + k0);
+        });
+      } else {
+        for (std::int64_t i0 = 0; i0 < m; i0 += kEaKeyChunk) {
+          std::int64_t const c = std::min(kEaKeyChunk, m - i0);
+          gather_values(cache, b, h, s + i0, c, kbuf);
+          key_sq_norms(isa, static_cast<float const*>(kbuf), c, d, d, ss + i0);
         }
-        out[i] = (out[i] + p.epsilon) * std::sqrt(ss);
       }
+      for (std::int64_t i = 0; i < m; ++i) out[i] = (out[i] + p.epsilon) * std::sqrt(ss[i]);
     }
     row_max[r] = *std::max_element(out, out + m);
   });
@@ -319,6 +334,7 @@ struct ExpectedAttentionPress {
     [[maybe_unused]] std::uint16_t* pair_buf =
         bf16 ? ws.take<std::uint16_t>(static_cast<std::size_t>(threads * detail::kEaKeyChunk * d)) : nullptr;
     [[maybe_unused]] bool const fast = detail::ea_bf16_kernel<T>(dev, d, use_covariance);
+    detail::RowIsa const isa = detail::row_isa(dev, d);
 
     // Statistics per (batch, query head): two passes over chunks of queries (mean, then centred
     // second moment), so scratch does not grow with the chunk length. In a ragged batch element b's
@@ -344,7 +360,9 @@ struct ExpectedAttentionPress {
       m.setZero();
       for (std::int64_t i0 = 0; i0 < count; i0 += detail::kEaKeyChunk) {
         std::int64_t const c = std::min(detail::kEaKeyChunk, count - i0);
-        m += load(i0, c).colwise().sum().transpose();
+        // Queries with contiguous channels are summed where they lie: read once, no copy.
+        if (q.strides[3] == 1) detail::rows_sum(isa, &q(qb, j, first + i0, 0), c, q.strides[2], d, m.data());
+        else m += load(i0, c).colwise().sum().transpose();
       }
       m /= static_cast<float>(count);
       float* tmp = use_covariance ? tmp_buf + t * d * d : qc;

@@ -3,12 +3,12 @@
 /// \brief Knorm (arXiv 2406.11430): keep the keys with the smallest L2 norm. score = −‖k‖₂ on the
 /// cached (post-RoPE) keys; RoPE is a rotation, so the ranking is the same before and after it.
 
-#include <Eigen/Core>
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
-#include <type_traits>
 
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/detail/row_kernels.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress {
@@ -32,24 +32,27 @@ struct KnormPress {
     std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity;
     std::int64_t const d = cache.extents.head_dim, rows = cache.extents.batch * heads;
     float* tiles = ws.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * kTile * d));
+    detail::RowIsa const isa = detail::row_isa(dev, d);
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
-      using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+      std::int64_t const b = r / heads, h = r % heads, n = cache.lengths[r];
+      float* out = scores + r * cap;  // [n]
+      if (detail::unit_dim_stride(cache.key_layout)) {
+        // Keys with contiguous channels are read where they lie, once, converted in registers.
+        detail::for_key_runs(cache, b, h, 0, n, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t i0) {
+          detail::key_sq_norms(isa, keys, count, stride, d, out + i0);
+        });
+        for (std::int64_t i = 0; i < n; ++i) out[i] = -std::sqrt(out[i]);
+        return;
+      }
+      // Other layouts: tiles of keys gathered as float, then the same kernel, so that the scores do
+      // not depend on the layout.
       float* tile = tiles + t * kTile * d;  // [kTile, head_dim]
-      if constexpr (std::is_same_v<T, float>) {
-        // Float keys with contiguous channels are read where they lie: the norm is one pass over
-        // the row, and a copy through the tile would add a second.
-        if (detail::unit_dim_stride(cache.key_layout)) {
-          for (std::int64_t i = 0; i < cache.lengths[r]; ++i)
-            scores[r * cap + i] = -Eigen::Map<Eigen::VectorXf const>(&cache.key(r / heads, r % heads, i, 0), d).norm();
-          return;
-        }
+      for (std::int64_t i0 = 0; i0 < n; i0 += kTile) {
+        std::int64_t const count = std::min<std::int64_t>(kTile, n - i0);
+        detail::gather_keys(cache, b, h, i0, count, tile);
+        detail::key_sq_norms(isa, static_cast<float const*>(tile), count, d, d, out + i0);
       }
-      for (std::int64_t i0 = 0; i0 < cache.lengths[r]; i0 += kTile) {
-        std::int64_t const count = std::min<std::int64_t>(kTile, cache.lengths[r] - i0);
-        detail::gather_keys(cache, r / heads, r % heads, i0, count, tile);
-        Eigen::Map<Eigen::VectorXf>(scores + r * cap + i0, count) =
-            -Eigen::Map<RowMajor const>(tile, count, d).rowwise().norm();
-      }
+      for (std::int64_t i = 0; i < n; ++i) out[i] = -std::sqrt(out[i]);
     });
   }
 };

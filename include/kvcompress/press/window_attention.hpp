@@ -17,6 +17,7 @@
 
 #include "kvcompress/detail/blocked_product.hpp"
 #include "kvcompress/detail/gather.hpp"
+#include "kvcompress/detail/row_kernels.hpp"
 #include "kvcompress/press/scorer.hpp"
 
 namespace kvcompress::detail {
@@ -62,6 +63,9 @@ bool window_from_queries(Observation<T> const& obs, KVCacheView<T, L> const& cac
   return false;
 }
 
+/// Query rows (group × window) up to which the logits are per-key dot products rather than a GEMM.
+inline constexpr std::int64_t kRowDotQueries = 8;
+
 /// Scratch bytes of `window_attention_mean` per call.
 template <class T, class L>
 std::size_t window_attention_bytes(CpuDevice const& dev, Observation<T> const& obs, KVCacheView<T, L> const& cache,
@@ -90,6 +94,7 @@ void window_attention_mean(CpuDevice const& dev, Observation<T> const& obs, KVCa
   float* key_buf = from_queries ? ws.take<float>(static_cast<std::size_t>(threads * (cap * d + group * window * (d + cap))))
                                 : nullptr;
   float const inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  RowIsa const isa = row_isa(dev, d);
   parallel_for(dev, rows, [&](std::int64_t r, int t) {
     std::int64_t const b = r / heads, h = r % heads, n = cache.lengths[r], m = n - window;
     float* probs = probs_buf + t * group * cap;
@@ -118,8 +123,20 @@ void window_attention_mean(CpuDevice const& dev, Observation<T> const& obs, KVCa
     // cache is first gathered into float rows. For TOVA's single query the copy would double the
     // bytes read.
     bool in_place = false;
+    if (group * window <= kRowDotQueries && unit_dim_stride(cache.key_layout)) {
+      // A few query rows (TOVA's last query): a matrix-vector product, bound by reading the keys;
+      // each key is read once where it lies and meets every query row in registers.
+      for_key_runs(cache, b, h, 0, n, [&](T const* keys, std::int64_t count, std::int64_t stride, std::int64_t i0) {
+        key_dots(isa, keys, count, stride, d, qbuf, group * window, lbuf + i0, n);
+      });
+      in_place = true;
+    } else if (group * window <= kRowDotQueries) {  // other layouts: gathered, then the same kernel
+      gather_keys(cache, b, h, 0, n, kbuf);
+      key_dots(isa, static_cast<float const*>(kbuf), n, d, d, qbuf, group * window, lbuf, n);
+      in_place = true;
+    }
     if constexpr (std::is_same_v<T, float> && std::is_same_v<L, StridedLayout>) {
-      if (cache.key_layout.unit_dim_stride()) {
+      if (!in_place && cache.key_layout.unit_dim_stride()) {
         using Strided = Eigen::Map<RowMat const, 0, Eigen::OuterStride<>>;
         Strided const keys(&cache.key(b, h, 0, 0), n, d, Eigen::OuterStride<>(cache.key_layout.strides[2]));
         blocked_product<false>(logits, qs, keys.transpose());
