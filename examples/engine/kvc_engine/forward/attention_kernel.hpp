@@ -50,17 +50,56 @@ struct SoftmaxState {
   float* l;
 };
 
-/// Kᵀ of a tile, its columns zero-padded to `cp`: kt[c, j] = K[j, c] for j < C, 0 for C ≤ j < cp.
-/// \param K [C, dk] \param kt [dk, cp]
-inline void transpose_tile(float const* K, std::int64_t C, std::int64_t dk, std::int64_t cp, float* kt) {
-  for (std::int64_t c = 0; c < dk; ++c) {
-    float* dst = kt + c * cp;
-    for (std::int64_t j = 0; j < C; ++j) dst[j] = K[j * dk + c];
-    std::fill(dst + C, dst + cp, 0.0f);
+#if KVC_ENGINE_AVX512_TILE
+
+// The zero-masking forms below, with every lane selected, compile to the plain instructions; the plain
+// intrinsics of gcc 12 pass an undefined register that its -Wuninitialized reports.
+constexpr __mmask16 kAllLanes = 0xFFFF;
+
+/// Kᵀ of 16 keys × 16 channels in registers (unpack pairs, then quadruples, then 128-bit lanes):
+/// kt[c·cp + j] = K[j·dk + c]. \param K [16, dk] \param kt [16, cp]
+KVC_ENGINE_TARGET_AVX512 inline void transpose_16x16(float const* K, std::int64_t dk, float* kt, std::int64_t cp) {
+  __m512 r[16], t[16];
+KVC_ENGINE_UNROLL
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(K + i * dk);
+KVC_ENGINE_UNROLL
+  for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[i] = _mm512_maskz_unpacklo_ps(kAllLanes, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(kAllLanes, r[i], r[i + 1]);
+  }
+KVC_ENGINE_UNROLL
+  for (int i = 0; i < 16; i += 4) {  // r[i + e], lane L: channel 4L + e of keys i … i + 3
+    r[i] = _mm512_maskz_shuffle_ps(kAllLanes, t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_maskz_shuffle_ps(kAllLanes, t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_maskz_shuffle_ps(kAllLanes, t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_maskz_shuffle_ps(kAllLanes, t[i + 1], t[i + 3], 0xEE);
+  }
+KVC_ENGINE_UNROLL
+  for (int e = 0; e < 4; ++e) {  // gather lane L of r[e], r[4 + e], r[8 + e], r[12 + e]: channel 4L + e
+    __m512 const even_lo = _mm512_maskz_shuffle_f32x4(kAllLanes, r[e], r[4 + e], 0x88);  // lanes 0, 2
+    __m512 const even_hi = _mm512_maskz_shuffle_f32x4(kAllLanes, r[8 + e], r[12 + e], 0x88);
+    __m512 const odd_lo = _mm512_maskz_shuffle_f32x4(kAllLanes, r[e], r[4 + e], 0xDD);  // lanes 1, 3
+    __m512 const odd_hi = _mm512_maskz_shuffle_f32x4(kAllLanes, r[8 + e], r[12 + e], 0xDD);
+    _mm512_storeu_ps(kt + e * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, even_lo, even_hi, 0x88));
+    _mm512_storeu_ps(kt + (8 + e) * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, even_lo, even_hi, 0xDD));
+    _mm512_storeu_ps(kt + (4 + e) * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, odd_lo, odd_hi, 0x88));
+    _mm512_storeu_ps(kt + (12 + e) * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, odd_lo, odd_hi, 0xDD));
   }
 }
 
-#if KVC_ENGINE_AVX512_TILE
+/// Kᵀ of a tile, its columns zero-padded to `cp`: kt[c, j] = K[j, c] for j < C, 0 for C ≤ j < cp.
+/// Whole 16 × 16 blocks in registers, the edges element by element. \param K [C, dk] \param kt [dk, cp]
+KVC_ENGINE_TARGET_AVX512 inline void transpose_tile(float const* K, std::int64_t C, std::int64_t dk, std::int64_t cp,
+                                                    float* kt) {
+  std::int64_t const C16 = C / 16 * 16, dk16 = dk / 16 * 16;
+  for (std::int64_t j0 = 0; j0 < C16; j0 += 16)
+    for (std::int64_t c0 = 0; c0 < dk16; c0 += 16) transpose_16x16(K + j0 * dk + c0, dk, kt + c0 * cp + j0, cp);
+  for (std::int64_t c = 0; c < dk; ++c) {
+    float* dst = kt + c * cp;
+    for (std::int64_t j = c < dk16 ? C16 : 0; j < C; ++j) dst[j] = K[j * dk + c];
+    std::fill(dst + C, dst + cp, 0.0f);
+  }
+}
 
 /// s[r, c0 + j] = q[r]·kt[:, c0 + j] for R rows and 16·N keys, the accumulators in registers over the
 /// dk channels. \param q [R, dk] \param kt [dk, cp] \param s [R, cp]
