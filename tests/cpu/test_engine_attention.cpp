@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -68,7 +69,53 @@ double attention_error(std::int64_t q_heads, std::int64_t d, std::int64_t n, std
   return worst;
 }
 
+#if KVC_ENGINE_AVX512_TILE
+/// The attention tile's exp of 16 floats, through memory (a vector argument would change the ABI here).
+KVC_ENGINE_TARGET_AVX512 void exp16_of(float const* x /*[16]*/, float* y /*[16]*/) {
+  _mm512_storeu_ps(y, kvc_engine::detail::exp16(_mm512_loadu_ps(x)));
+}
+#endif
+
+/// Distance in units in the last place between two finite non-negative floats.
+std::int64_t ulps(float a, float b) {
+  std::int32_t ia = 0, ib = 0;
+  std::memcpy(&ia, &a, sizeof a);
+  std::memcpy(&ib, &b, sizeof b);
+  return std::abs(static_cast<std::int64_t>(ia) - ib);
+}
+
 }  // namespace
+
+TEST_CASE("engine attention tile: its exp is within 2 ulp of std::exp for x <= 0, 0 at -inf", "[engine][attention]") {
+#if KVC_ENGINE_AVX512_TILE
+  if (!kvc_engine::detail::cpu_has_avx512f()) {
+    WARN("this CPU has no AVX-512F: the engine's attention runs its Eigen path, whose exp is Eigen's");
+    return;
+  }
+  std::vector<float> x;
+  for (float v = -110.0f; v <= 0.0f; v += 0.0123f) x.push_back(v);  // the normal and subnormal results
+  for (float v : {-INFINITY, -120.0f, -103.97f, -87.34f, -1e-7f, -0.0f, 0.0f}) x.push_back(v);
+  while (x.size() % 16 != 0) x.push_back(-1.0f);
+  std::int64_t worst = 0;
+  for (std::size_t i = 0; i < x.size(); i += 16) {
+    float y[16];
+    exp16_of(x.data() + i, y);
+    for (std::size_t j = 0; j < 16; ++j) {
+      float const want = std::exp(x[i + j]);
+      INFO("x = " << x[i + j] << ": " << y[j] << " against " << want);
+      REQUIRE(std::isfinite(y[j]));
+      worst = std::max(worst, ulps(y[j], want));
+    }
+  }
+  CHECK(worst <= 2);
+  float y[16];
+  std::vector<float> const minus_inf(16, -INFINITY);
+  exp16_of(minus_inf.data(), y);
+  CHECK(y[0] == 0.0f);
+#else
+  WARN("not an x86 gcc/clang build: the engine's attention runs its Eigen path, whose exp is Eigen's");
+#endif
+}
 
 TEST_CASE("engine attention: each query head reads its kv head's own live entries, causally", "[engine][attention]") {
   for (int threads : {1, 2, 3}) {
@@ -77,6 +124,12 @@ TEST_CASE("engine attention: each query head reads its kv head's own live entrie
     SECTION("a long chunk: several blocks of tokens, causal key tiles") {
       CHECK(attention_error(6, 16, 300, {0, 0}, threads) < 1e-5);
       CHECK(attention_error(6, 16, 200, {700, 300}, threads) < 1e-5);
+    }
+    SECTION("SmolLM2's head_dim and others: the register-blocked tile, tiles not whole vectors") {
+      CHECK(attention_error(9, 64, 300, {0, 0, 0}, threads) < 1e-5);
+      CHECK(attention_error(6, 80, 100, {517, 261}, threads) < 1e-5);
+      CHECK(attention_error(4, 128, 70, {300, 33}, threads) < 1e-5);
+      CHECK(attention_error(6, 32, 130, {45, 0}, threads) < 1e-5);
     }
     SECTION("one token over long rows: the keys split among tasks and merged") {
       CHECK(attention_error(6, 16, 1, {1500, 37}, threads) < 1e-5);
