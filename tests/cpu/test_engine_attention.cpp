@@ -69,7 +69,7 @@ double attention_error(std::int64_t q_heads, std::int64_t d, std::int64_t n, std
   return worst;
 }
 
-#if KVC_ENGINE_AVX512_TILE
+#if KVC_ENGINE_AVX512
 /// The attention tile's exp of 16 floats, through memory (a vector argument would change the ABI here).
 KVC_ENGINE_TARGET_AVX512 void exp16_of(float const* x /*[16]*/, float* y /*[16]*/) {
   _mm512_storeu_ps(y, kvc_engine::detail::exp16(_mm512_loadu_ps(x)));
@@ -87,7 +87,7 @@ std::int64_t ulps(float a, float b) {
 }  // namespace
 
 TEST_CASE("engine attention tile: its exp is within 2 ulp of std::exp for x <= 0, 0 at -inf", "[engine][attention]") {
-#if KVC_ENGINE_AVX512_TILE
+#if KVC_ENGINE_AVX512
   if (!kvc_engine::detail::cpu_has_avx512f()) {
     WARN("this CPU has no AVX-512F: the engine's attention runs its Eigen path, whose exp is Eigen's");
     return;

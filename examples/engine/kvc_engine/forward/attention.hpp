@@ -32,7 +32,7 @@ constexpr std::int64_t kGemvRows = 8;
 inline void fold_key_tile(float const* Q, std::int64_t R, std::int64_t group, std::int64_t dk, std::int64_t d, float const* K,
                           float const* V, std::int64_t c0, std::int64_t C, std::int64_t visible0, float* S, float* kt,
                           SoftmaxState st) {
-#if KVC_ENGINE_AVX512_TILE
+#if KVC_ENGINE_AVX512
   if (R >= kGemvRows && use_avx512_tile(d)) {
     fold_tile_avx512(Q, R, group, dk, d, K, V, c0, C, visible0, kt, S, st);
     return;

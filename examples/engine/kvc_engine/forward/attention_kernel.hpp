@@ -15,30 +15,9 @@
 #include <algorithm>
 #include <cstdint>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define KVC_ENGINE_AVX512_TILE 1
-#include <immintrin.h>
-#define KVC_ENGINE_TARGET_AVX512 __attribute__((target("avx512f")))
-// Full unrolling keeps the accumulator arrays in registers.
-#define KVC_ENGINE_UNROLL _Pragma("GCC unroll 8")
-#else
-#define KVC_ENGINE_AVX512_TILE 0
-#endif
+#include "kvc_engine/forward/avx512.hpp"
 
 namespace kvc_engine::detail {
-
-/// Whether this CPU (and its OS, which must save the 512-bit registers) runs AVX-512F. Asked once.
-[[nodiscard]] inline bool cpu_has_avx512f() noexcept {
-#if KVC_ENGINE_AVX512_TILE
-  static bool const has = __builtin_cpu_supports("avx512f");
-  return has;
-#else
-  return false;
-#endif
-}
-
-/// Query rows of one register block: 6 rows × 4 vectors of 16 floats = 24 accumulators of the 32 registers.
-constexpr std::int64_t kTileRows = 6;
 
 /// Online-softmax state of R query rows over the keys seen so far: o = Σ exp(s − m)·v unnormalised, m the
 /// running maximum score, l = Σ exp(s − m). \param o [R, d] \param m [R] \param l [R]
@@ -48,56 +27,7 @@ struct SoftmaxState {
   float* l;
 };
 
-#if KVC_ENGINE_AVX512_TILE
-
-// The zero-masking forms below, with every lane selected, compile to the plain instructions; the plain
-// intrinsics of gcc 12 pass an undefined register that its -Wuninitialized reports.
-constexpr __mmask16 kAllLanes = 0xFFFF;
-
-/// Kᵀ of 16 keys × 16 channels in registers (unpack pairs, then quadruples, then 128-bit lanes):
-/// kt[c·cp + j] = K[j·dk + c]. \param K [16, dk] \param kt [16, cp]
-KVC_ENGINE_TARGET_AVX512 inline void transpose_16x16(float const* K, std::int64_t dk, float* kt, std::int64_t cp) {
-  __m512 r[16], t[16];
-KVC_ENGINE_UNROLL
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(K + i * dk);
-KVC_ENGINE_UNROLL
-  for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: (a0 b0 a1 b1), (a2 b2 a3 b3)
-    t[i] = _mm512_maskz_unpacklo_ps(kAllLanes, r[i], r[i + 1]);
-    t[i + 1] = _mm512_maskz_unpackhi_ps(kAllLanes, r[i], r[i + 1]);
-  }
-KVC_ENGINE_UNROLL
-  for (int i = 0; i < 16; i += 4) {  // r[i + e], lane L: channel 4L + e of keys i … i + 3
-    r[i] = _mm512_maskz_shuffle_ps(kAllLanes, t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_maskz_shuffle_ps(kAllLanes, t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_maskz_shuffle_ps(kAllLanes, t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_maskz_shuffle_ps(kAllLanes, t[i + 1], t[i + 3], 0xEE);
-  }
-KVC_ENGINE_UNROLL
-  for (int e = 0; e < 4; ++e) {  // gather lane L of r[e], r[4 + e], r[8 + e], r[12 + e]: channel 4L + e
-    __m512 const even_lo = _mm512_maskz_shuffle_f32x4(kAllLanes, r[e], r[4 + e], 0x88);  // lanes 0, 2
-    __m512 const even_hi = _mm512_maskz_shuffle_f32x4(kAllLanes, r[8 + e], r[12 + e], 0x88);
-    __m512 const odd_lo = _mm512_maskz_shuffle_f32x4(kAllLanes, r[e], r[4 + e], 0xDD);  // lanes 1, 3
-    __m512 const odd_hi = _mm512_maskz_shuffle_f32x4(kAllLanes, r[8 + e], r[12 + e], 0xDD);
-    _mm512_storeu_ps(kt + e * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, even_lo, even_hi, 0x88));
-    _mm512_storeu_ps(kt + (8 + e) * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, even_lo, even_hi, 0xDD));
-    _mm512_storeu_ps(kt + (4 + e) * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, odd_lo, odd_hi, 0x88));
-    _mm512_storeu_ps(kt + (12 + e) * cp, _mm512_maskz_shuffle_f32x4(kAllLanes, odd_lo, odd_hi, 0xDD));
-  }
-}
-
-/// Kᵀ of a tile, its columns zero-padded to `cp`: kt[c, j] = K[j, c] for j < C, 0 for C ≤ j < cp.
-/// Whole 16 × 16 blocks in registers, the edges element by element. \param K [C, dk] \param kt [dk, cp]
-KVC_ENGINE_TARGET_AVX512 inline void transpose_tile(float const* K, std::int64_t C, std::int64_t dk, std::int64_t cp,
-                                                    float* kt) {
-  std::int64_t const C16 = C / 16 * 16, dk16 = dk / 16 * 16;
-  for (std::int64_t j0 = 0; j0 < C16; j0 += 16)
-    for (std::int64_t c0 = 0; c0 < dk16; c0 += 16) transpose_16x16(K + j0 * dk + c0, dk, kt + c0 * cp + j0, cp);
-  for (std::int64_t c = 0; c < dk; ++c) {
-    float* dst = kt + c * cp;
-    for (std::int64_t j = c < dk16 ? C16 : 0; j < C; ++j) dst[j] = K[j * dk + c];
-    std::fill(dst + C, dst + cp, 0.0f);
-  }
-}
+#if KVC_ENGINE_AVX512
 
 /// Max of the 16 lanes.
 KVC_ENGINE_TARGET_AVX512 inline float lane_max(__m512 x) {
@@ -170,48 +100,6 @@ KVC_ENGINE_TARGET_AVX512 inline float softmax_row(float* row, std::int64_t visib
   return alpha;
 }
 
-/// s[r, c0 + j] = q[r]·kt[:, c0 + j] for R rows and 16·N keys, the accumulators in registers over the
-/// dk channels. \param q [R, dk] \param kt [dk, cp] \param s [R, cp]
-template <int R, int N>
-KVC_ENGINE_TARGET_AVX512 inline void score_block(float const* q, std::int64_t dk, float const* kt, std::int64_t cp,
-                                                 std::int64_t c0, float* s) {
-  __m512 acc[R][N];
-KVC_ENGINE_UNROLL
-  for (int r = 0; r < R; ++r)
-KVC_ENGINE_UNROLL
-    for (int v = 0; v < N; ++v) acc[r][v] = _mm512_setzero_ps();
-  for (std::int64_t c = 0; c < dk; ++c) {
-    __m512 k[N];
-KVC_ENGINE_UNROLL
-    for (int v = 0; v < N; ++v) k[v] = _mm512_loadu_ps(kt + c * cp + c0 + 16 * v);
-KVC_ENGINE_UNROLL
-    for (int r = 0; r < R; ++r) {
-      __m512 const x = _mm512_set1_ps(q[r * dk + c]);
-KVC_ENGINE_UNROLL
-      for (int v = 0; v < N; ++v) acc[r][v] = _mm512_fmadd_ps(x, k[v], acc[r][v]);
-    }
-  }
-KVC_ENGINE_UNROLL
-  for (int r = 0; r < R; ++r)
-KVC_ENGINE_UNROLL
-    for (int v = 0; v < N; ++v) _mm512_storeu_ps(s + r * cp + c0 + 16 * v, acc[r][v]);
-}
-
-/// Scores of R rows against the tile's first `width` keys, 64 keys (4 vectors) at a time.
-/// \param q [R, dk] \param kt [dk, cp] \param s [R, cp]; width ≤ cp, cp a multiple of 16
-template <int R>
-KVC_ENGINE_TARGET_AVX512 inline void score_rows(float const* q, std::int64_t dk, float const* kt, std::int64_t cp,
-                                                std::int64_t width, float* s) {
-  for (std::int64_t c0 = 0; c0 < width; c0 += 64) {
-    switch (std::min<std::int64_t>(4, (width - c0 + 15) / 16)) {
-      case 4: score_block<R, 4>(q, dk, kt, cp, c0, s); break;
-      case 3: score_block<R, 3>(q, dk, kt, cp, c0, s); break;
-      case 2: score_block<R, 2>(q, dk, kt, cp, c0, s); break;
-      default: score_block<R, 1>(q, dk, kt, cp, c0, s); break;
-    }
-  }
-}
-
 /// o[r, col0 + 16·v] ← alpha[r]·o[…] + Σ_j p[r, j]·V[j, col0 + 16·v] over the first `width` keys, for
 /// R rows and 16·N columns held in registers over the keys. \param p [R, cp] \param V [width, d]
 /// \param alpha [R] \param o [R, d]
@@ -242,7 +130,7 @@ KVC_ENGINE_UNROLL
     for (int v = 0; v < N; ++v) _mm512_storeu_ps(o + r * d + col0 + 16 * v, acc[r][v]);
 }
 
-/// Folds one key tile into R ≤ kTileRows rows: scores up to the last key the block's last row sees, the
+/// Folds one key tile into R ≤ kBlockRows rows: scores up to the last key the block's last row sees, the
 /// online softmax of each row over its visible keys (the rest weigh 0), then the weighted values.
 /// `seen[r]` is how many of the tile's keys row r sees (≤ 0: none; non-decreasing in r).
 /// \param q [R, dk] \param kt [dk, cp] \param V [C, d] \param seen [R] \param s [R, cp] scratch
@@ -252,7 +140,7 @@ KVC_ENGINE_TARGET_AVX512 inline void fold_row_block(float const* q, std::int64_t
                                                     SoftmaxState st) {
   std::int64_t const width = seen[R - 1];
   if (width <= 0) return;  // no row of the block sees this tile
-  score_rows<R>(q, dk, kt, cp, width, s);
+  product_rows<R>(q, dk, dk, kt, cp, width, s, cp);  // the scores
   float alpha[R];
   for (int r = 0; r < R; ++r) {
     float* row = s + r * cp;
@@ -272,16 +160,16 @@ KVC_ENGINE_TARGET_AVX512 inline void fold_row_block(float const* q, std::int64_t
 
 /// Folds keys c0 … c0 + C − 1 into `st` for R = rows·group query rows Q, as attention.hpp's
 /// fold_key_tile (same arguments), when use_avx512_tile(d). \param Q [R, dk] \param K [C, dk] \param V [C, d]
-/// \param kt [dk, C rounded up to 16] scratch \param S [kTileRows, C rounded up to 16] scratch
+/// \param kt [dk, C rounded up to 16] scratch \param S [kBlockRows, C rounded up to 16] scratch
 KVC_ENGINE_TARGET_AVX512 inline void fold_tile_avx512(float const* Q, std::int64_t R, std::int64_t group,
                                                       std::int64_t dk, std::int64_t d, float const* K, float const* V,
                                                       std::int64_t c0, std::int64_t C, std::int64_t visible0, float* kt,
                                                       float* S, SoftmaxState st) {
   std::int64_t const cp = (C + 15) / 16 * 16;
   transpose_tile(K, C, dk, cp, kt);
-  for (std::int64_t r0 = 0; r0 < R; r0 += kTileRows) {
-    std::int64_t const rows = std::min(kTileRows, R - r0);
-    std::int64_t seen[kTileRows] = {};
+  for (std::int64_t r0 = 0; r0 < R; r0 += kBlockRows) {
+    std::int64_t const rows = std::min(kBlockRows, R - r0);
+    std::int64_t seen[kBlockRows] = {};
     for (std::int64_t r = 0; r < rows; ++r) seen[r] = std::min(C, visible0 + (r0 + r) / group - c0);
     SoftmaxState const block{st.o + r0 * d, st.m + r0, st.l + r0};
     float const* q = Q + r0 * dk;
@@ -296,7 +184,7 @@ KVC_ENGINE_TARGET_AVX512 inline void fold_tile_avx512(float const* Q, std::int64
   }
 }
 
-#endif  // KVC_ENGINE_AVX512_TILE
+#endif  // KVC_ENGINE_AVX512
 
 /// Whether `fold_tile_avx512` can run (where compiled): the CPU has AVX-512F, the values' width is whole
 /// vectors.
