@@ -1,5 +1,6 @@
 // The engine's attention over a cache whose kv heads hold different entries and different numbers of
-// them (as after a per-head press), against a double-precision re-derivation; and the thread pool.
+// them (as after a per-head press), against a double-precision re-derivation; its linear layers, the same
+// way; and the thread pool.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "kvc_engine/forward/attention.hpp"
+#include "kvc_engine/forward/ops.hpp"
 
 // This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
 namespace KVC_TEST_TU {
@@ -134,6 +136,37 @@ TEST_CASE("engine attention: each query head reads its kv head's own live entrie
     SECTION("one token over long rows: the keys split among tasks and merged") {
       CHECK(attention_error(6, 16, 1, {1500, 37}, threads) < 1e-5);
       CHECK(attention_error(4, 16, 2, {900, 2000}, threads) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("engine linear layers: x times w transposed plus bias, by Eigen or the register-blocked product", "[engine][attention]") {
+  // Rows from 1 (decoding: Eigen's matrix-vector products) to past the register-blocked product's
+  // threshold, with inputs not whole vectors and output blocks that are (or are not) whole vectors.
+  for (int threads : {1, 2}) {
+    for (std::int64_t n : {1, 63, 64, 77}) {
+      for (std::int64_t out : {96, 160, 40}) {
+        std::int64_t const in = 75;
+        INFO("threads " << threads << ", rows " << n << ", out " << out);
+        std::mt19937 gen(static_cast<unsigned>(n * 1000 + out));
+        std::normal_distribution<float> normal;
+        std::vector<float> x(static_cast<std::size_t>(n * in)), w(static_cast<std::size_t>(out * in)),
+            bias(static_cast<std::size_t>(out)), y(static_cast<std::size_t>(n * out), NAN);
+        for (float& v : x) v = normal(gen);
+        for (float& v : w) v = normal(gen);
+        for (float& v : bias) v = normal(gen);
+        kvc_engine::ThreadPool pool(threads);
+        kvc_engine::ops::linear(pool, x.data(), n, in, w.data(), bias.data(), out, y.data());
+        double worst = 0.0;
+        for (std::int64_t r = 0; r < n; ++r)
+          for (std::int64_t o = 0; o < out; ++o) {
+            double want = bias[static_cast<std::size_t>(o)];
+            for (std::int64_t i = 0; i < in; ++i)
+              want += static_cast<double>(x[static_cast<std::size_t>(r * in + i)]) * w[static_cast<std::size_t>(o * in + i)];
+            worst = std::max(worst, std::abs(want - y[static_cast<std::size_t>(r * out + o)]));
+          }
+        CHECK(worst < 1e-4);  // sums of 75 products of unit normals: float rounding is ~1e-6 of each
+      }
     }
   }
 }
