@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// \brief The engine's kernels on row-major float matrices: linear layers (Eigen GEMM, split over output
-/// columns across the pool), RMSNorm, SwiGLU, RoPE — each written as HF transformers computes it.
+/// \brief The engine's kernels on row-major float matrices: linear layers (Eigen GEMM, or avx512.hpp's
+/// register-blocked product for a prefill on an AVX-512 CPU; split over output columns across the pool),
+/// RMSNorm, SwiGLU, RoPE — each written as HF transformers computes it.
 
 #include <Eigen/Core>
 
