@@ -1,15 +1,18 @@
 // The engine's attention over a cache whose kv heads hold different entries and different numbers of
-// them (as after a per-head press), against a double-precision re-derivation; and the thread pool.
+// them (as after a per-head press), against a double-precision re-derivation; its linear layers, the same
+// way; and the thread pool.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <vector>
 
 #include "kvc_engine/forward/attention.hpp"
+#include "kvc_engine/forward/ops.hpp"
 
 // This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
 namespace KVC_TEST_TU {
@@ -68,7 +71,53 @@ double attention_error(std::int64_t q_heads, std::int64_t d, std::int64_t n, std
   return worst;
 }
 
+#if KVC_ENGINE_AVX512
+/// The attention tile's exp of 16 floats, through memory (a vector argument would change the ABI here).
+KVC_ENGINE_TARGET_AVX512 void exp16_of(float const* x /*[16]*/, float* y /*[16]*/) {
+  _mm512_storeu_ps(y, kvc_engine::detail::exp16(_mm512_loadu_ps(x)));
+}
+#endif
+
+/// Distance in units in the last place between two finite non-negative floats.
+std::int64_t ulps(float a, float b) {
+  std::int32_t ia = 0, ib = 0;
+  std::memcpy(&ia, &a, sizeof a);
+  std::memcpy(&ib, &b, sizeof b);
+  return std::abs(static_cast<std::int64_t>(ia) - ib);
+}
+
 }  // namespace
+
+TEST_CASE("engine attention tile: its exp is within 2 ulp of std::exp for x <= 0, 0 at -inf", "[engine][attention]") {
+#if KVC_ENGINE_AVX512
+  if (!kvc_engine::detail::cpu_has_avx512f()) {
+    WARN("this CPU has no AVX-512F: the engine's attention runs its Eigen path, whose exp is Eigen's");
+    return;
+  }
+  std::vector<float> x;
+  for (float v = -110.0f; v <= 0.0f; v += 0.0123f) x.push_back(v);  // the normal and subnormal results
+  for (float v : {-INFINITY, -120.0f, -103.97f, -87.34f, -1e-7f, -0.0f, 0.0f}) x.push_back(v);
+  while (x.size() % 16 != 0) x.push_back(-1.0f);
+  std::int64_t worst = 0;
+  for (std::size_t i = 0; i < x.size(); i += 16) {
+    float y[16];
+    exp16_of(x.data() + i, y);
+    for (std::size_t j = 0; j < 16; ++j) {
+      float const want = std::exp(x[i + j]);
+      INFO("x = " << x[i + j] << ": " << y[j] << " against " << want);
+      REQUIRE(std::isfinite(y[j]));
+      worst = std::max(worst, ulps(y[j], want));
+    }
+  }
+  CHECK(worst <= 2);
+  float y[16];
+  std::vector<float> const minus_inf(16, -INFINITY);
+  exp16_of(minus_inf.data(), y);
+  CHECK(y[0] == 0.0f);
+#else
+  WARN("not an x86 gcc/clang build: the engine's attention runs its Eigen path, whose exp is Eigen's");
+#endif
+}
 
 TEST_CASE("engine attention: each query head reads its kv head's own live entries, causally", "[engine][attention]") {
   for (int threads : {1, 2, 3}) {
@@ -78,9 +127,46 @@ TEST_CASE("engine attention: each query head reads its kv head's own live entrie
       CHECK(attention_error(6, 16, 300, {0, 0}, threads) < 1e-5);
       CHECK(attention_error(6, 16, 200, {700, 300}, threads) < 1e-5);
     }
+    SECTION("SmolLM2's head_dim and others: the register-blocked tile, tiles not whole vectors") {
+      CHECK(attention_error(9, 64, 300, {0, 0, 0}, threads) < 1e-5);
+      CHECK(attention_error(6, 80, 100, {517, 261}, threads) < 1e-5);
+      CHECK(attention_error(4, 128, 70, {300, 33}, threads) < 1e-5);
+      CHECK(attention_error(6, 32, 130, {45, 0}, threads) < 1e-5);
+    }
     SECTION("one token over long rows: the keys split among tasks and merged") {
       CHECK(attention_error(6, 16, 1, {1500, 37}, threads) < 1e-5);
       CHECK(attention_error(4, 16, 2, {900, 2000}, threads) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("engine linear layers: x times w transposed plus bias, by Eigen or the register-blocked product", "[engine][attention]") {
+  // Rows from 1 (decoding: Eigen's matrix-vector products) to past the register-blocked product's
+  // threshold, with inputs not whole vectors and output blocks that are (or are not) whole vectors.
+  for (int threads : {1, 2}) {
+    for (std::int64_t n : {1, 63, 64, 77}) {
+      for (std::int64_t out : {96, 160, 40}) {
+        std::int64_t const in = 75;
+        INFO("threads " << threads << ", rows " << n << ", out " << out);
+        std::mt19937 gen(static_cast<unsigned>(n * 1000 + out));
+        std::normal_distribution<float> normal;
+        std::vector<float> x(static_cast<std::size_t>(n * in)), w(static_cast<std::size_t>(out * in)),
+            bias(static_cast<std::size_t>(out)), y(static_cast<std::size_t>(n * out), NAN);
+        for (float& v : x) v = normal(gen);
+        for (float& v : w) v = normal(gen);
+        for (float& v : bias) v = normal(gen);
+        kvc_engine::ThreadPool pool(threads);
+        kvc_engine::ops::linear(pool, x.data(), n, in, w.data(), bias.data(), out, y.data());
+        double worst = 0.0;
+        for (std::int64_t r = 0; r < n; ++r)
+          for (std::int64_t o = 0; o < out; ++o) {
+            double want = bias[static_cast<std::size_t>(o)];
+            for (std::int64_t i = 0; i < in; ++i)
+              want += static_cast<double>(x[static_cast<std::size_t>(r * in + i)]) * w[static_cast<std::size_t>(o * in + i)];
+            worst = std::max(worst, std::abs(want - y[static_cast<std::size_t>(r * out + o)]));
+          }
+        CHECK(worst < 1e-4);  // sums of 75 products of unit normals: float rounding is ~1e-6 of each
+      }
     }
   }
 }

@@ -27,14 +27,15 @@ struct Filled {
   std::vector<std::int32_t> lengths;
 };
 
+template <std::int64_t D = kD>
 Filled filled(std::vector<std::int32_t> lengths, std::int64_t capacity, std::mt19937& gen) {
-  Filled f{kvc_engine::KVCache(kLayers, kKvHeads, kD, capacity), {}, lengths};
+  Filled f{kvc_engine::KVCache(kLayers, kKvHeads, D, capacity), {}, lengths};
   std::normal_distribution<float> normal;
-  f.full_keys.assign(static_cast<std::size_t>(kKvHeads * capacity * kD), 0.0f);
+  f.full_keys.assign(static_cast<std::size_t>(kKvHeads * capacity * D), 0.0f);
   for (std::int64_t g = 0; g < kKvHeads; ++g) {
     f.cache.length_ref(1, g) = lengths[static_cast<std::size_t>(g)];
-    for (std::int64_t i = 0; i < lengths[static_cast<std::size_t>(g)] * kD; ++i) {
-      f.full_keys[static_cast<std::size_t>(g * capacity * kD + i)] = f.cache.keys(1, g)[i] = normal(gen);
+    for (std::int64_t i = 0; i < lengths[static_cast<std::size_t>(g)] * D; ++i) {
+      f.full_keys[static_cast<std::size_t>(g * capacity * D + i)] = f.cache.keys(1, g)[i] = normal(gen);
       f.cache.values(1, g)[i] = normal(gen);
     }
   }
@@ -42,62 +43,64 @@ Filled filled(std::vector<std::int32_t> lengths, std::int64_t capacity, std::mt1
 }
 
 /// ThinK's packed layout of `full` [kv_heads, capacity, d] at `channels` [kv_heads, kept].
+template <std::int64_t D = kD, std::int64_t Kept = kKept>
 std::vector<float> pack(std::vector<float> const& full, std::vector<std::int32_t> const& channels, std::int64_t capacity) {
-  std::vector<float> out(static_cast<std::size_t>(kKvHeads * capacity * kKept));
+  std::vector<float> out(static_cast<std::size_t>(kKvHeads * capacity * Kept));
   for (std::int64_t g = 0; g < kKvHeads; ++g)
     for (std::int64_t i = 0; i < capacity; ++i)
-      for (std::int64_t c = 0; c < kKept; ++c)
-        out[static_cast<std::size_t>((g * capacity + i) * kKept + c)] =
-            full[static_cast<std::size_t>((g * capacity + i) * kD + channels[static_cast<std::size_t>(g * kKept + c)])];
+      for (std::int64_t c = 0; c < Kept; ++c)
+        out[static_cast<std::size_t>((g * capacity + i) * Kept + c)] =
+            full[static_cast<std::size_t>((g * capacity + i) * D + channels[static_cast<std::size_t>(g * Kept + c)])];
   return out;
 }
 
-}  // namespace
-
-TEST_CASE("engine packed keys: attention equals attention over zeroed channels, later keys whole", "[engine][attention]") {
-  std::int64_t const q_heads = 4, n = 3, capacity = 40;
+/// Packs layer 1 of a cache holding `prefill` entries per kv head at `channels` [kv_heads, Kept], appends
+/// n entries, checks attention of n tokens against zeroed-channel keys, then again after the cache grew to
+/// `grown` slots.
+template <std::int64_t D, std::int64_t Kept>
+void check_packed_attention(std::int64_t q_heads, std::int64_t n, std::vector<std::int32_t> const& prefill,
+                            std::vector<std::int32_t> const& channels, std::int64_t capacity, std::int64_t grown) {
   std::mt19937 gen(11);
   std::normal_distribution<float> normal;
-  std::vector<std::int32_t> const prefill{21, 17};  // kv heads hold different numbers of entries when packed
-  Filled f = filled(prefill, capacity, gen);
-  std::vector<std::int32_t> const channels{0, 4, 7, 1, 2, 6};  // [kv_heads, kept]
+  Filled f = filled<D>(prefill, capacity, gen);
   std::int64_t const allocated = f.cache.bytes_allocated(), in_use = f.cache.bytes_in_use();
-  f.cache.pack_keys(1, kKept, channels, pack(f.full_keys, channels, capacity));
+  f.cache.pack_keys(1, Kept, channels, pack<D, Kept>(f.full_keys, channels, capacity));
   // Layer 1's keys shrink to the slots after the fewest packed entries, plus the packed keys.
-  CHECK(allocated - f.cache.bytes_allocated() == (17 * kD - 21 * kKept) * kKvHeads * 4);
-  CHECK(in_use - f.cache.bytes_in_use() == (21 + 17) * (kD - kKept) * 4);
+  std::int64_t const fewest = std::min(prefill[0], prefill[1]), most = std::max(prefill[0], prefill[1]);
+  CHECK(allocated - f.cache.bytes_allocated() == (fewest * D - most * Kept) * kKvHeads * 4);
+  CHECK(in_use - f.cache.bytes_in_use() == (prefill[0] + prefill[1]) * (D - Kept) * 4);
   CHECK(f.cache.kept_channels(0) == 0);
-  CHECK(f.cache.kept_channels(1) == kKept);
-  CHECK(f.cache.packed_length(1, 0) == 21);
-  CHECK(f.cache.packed_length(1, 1) == 17);
+  CHECK(f.cache.kept_channels(1) == Kept);
+  CHECK(f.cache.packed_length(1, 0) == prefill[0]);
+  CHECK(f.cache.packed_length(1, 1) == prefill[1]);
 
   // The zeroed-channel keys kvpress would hold, then a few later entries (appended, then a grown cache).
   std::vector<std::vector<double>> ref_keys(kKvHeads), ref_values(kKvHeads);  // [entries, d] per kv head
   for (std::int64_t g = 0; g < kKvHeads; ++g)
     for (std::int64_t i = 0; i < prefill[static_cast<std::size_t>(g)]; ++i)
-      for (std::int64_t c = 0; c < kD; ++c) {
+      for (std::int64_t c = 0; c < D; ++c) {
         bool kept = false;
-        for (std::int64_t k = 0; k < kKept; ++k) kept = kept || channels[static_cast<std::size_t>(g * kKept + k)] == c;
-        ref_keys[static_cast<std::size_t>(g)].push_back(kept ? f.full_keys[static_cast<std::size_t>((g * capacity + i) * kD + c)] : 0.0);
-        ref_values[static_cast<std::size_t>(g)].push_back(f.cache.values(1, g)[i * kD + c]);
+        for (std::int64_t k = 0; k < Kept; ++k) kept = kept || channels[static_cast<std::size_t>(g * Kept + k)] == c;
+        ref_keys[static_cast<std::size_t>(g)].push_back(kept ? f.full_keys[static_cast<std::size_t>((g * capacity + i) * D + c)] : 0.0);
+        ref_values[static_cast<std::size_t>(g)].push_back(f.cache.values(1, g)[i * D + c]);
       }
   std::vector<std::int32_t> first_new(kKvHeads);
   auto append = [&](std::int64_t count) {
     for (std::int64_t g = 0; g < kKvHeads; ++g) {
       std::int32_t& len = f.cache.length_ref(1, g);
       first_new[static_cast<std::size_t>(g)] = len;
-      float* keys = f.cache.keys(1, g) + (len - f.cache.packed_length(1, g)) * kD;
-      for (std::int64_t i = 0; i < count * kD; ++i) {
+      float* keys = f.cache.keys(1, g) + (len - f.cache.packed_length(1, g)) * D;
+      for (std::int64_t i = 0; i < count * D; ++i) {
         keys[i] = normal(gen);
-        f.cache.values(1, g)[len * kD + i] = normal(gen);
+        f.cache.values(1, g)[len * D + i] = normal(gen);
         ref_keys[static_cast<std::size_t>(g)].push_back(keys[i]);
-        ref_values[static_cast<std::size_t>(g)].push_back(f.cache.values(1, g)[len * kD + i]);
+        ref_values[static_cast<std::size_t>(g)].push_back(f.cache.values(1, g)[len * D + i]);
       }
       len = static_cast<std::int32_t>(len + count);
     }
   };
   auto check_attention = [&](char const* when) {
-    std::vector<float> q(static_cast<std::size_t>(n * q_heads * kD));
+    std::vector<float> q(static_cast<std::size_t>(n * q_heads * D));
     for (float& x : q) x = normal(gen);
     kvc_engine::ThreadPool pool(2);
     std::vector<std::vector<float>> scratch(static_cast<std::size_t>(pool.size()));
@@ -112,16 +115,16 @@ TEST_CASE("engine packed keys: attention equals attention over zeroed channels, 
         double m = -INFINITY, sum = 0.0;
         for (std::int64_t s = 0; s < visible; ++s) {
           double dot = 0.0;
-          for (std::int64_t c = 0; c < kD; ++c)
-            dot += static_cast<double>(q[static_cast<std::size_t>((t * q_heads + j) * kD + c)]) * ref_keys[g][static_cast<std::size_t>(s * kD + c)];
-          w[static_cast<std::size_t>(s)] = dot / std::sqrt(static_cast<double>(kD));
+          for (std::int64_t c = 0; c < D; ++c)
+            dot += static_cast<double>(q[static_cast<std::size_t>((t * q_heads + j) * D + c)]) * ref_keys[g][static_cast<std::size_t>(s * D + c)];
+          w[static_cast<std::size_t>(s)] = dot / std::sqrt(static_cast<double>(D));
           m = std::max(m, w[static_cast<std::size_t>(s)]);
         }
         for (double& x : w) sum += (x = std::exp(x - m));
-        for (std::int64_t c = 0; c < kD; ++c) {
+        for (std::int64_t c = 0; c < D; ++c) {
           double o = 0.0;
-          for (std::int64_t s = 0; s < visible; ++s) o += w[static_cast<std::size_t>(s)] / sum * ref_values[g][static_cast<std::size_t>(s * kD + c)];
-          worst = std::max(worst, std::abs(o - out[static_cast<std::size_t>((t * q_heads + j) * kD + c)]));
+          for (std::int64_t s = 0; s < visible; ++s) o += w[static_cast<std::size_t>(s)] / sum * ref_values[g][static_cast<std::size_t>(s * D + c)];
+          worst = std::max(worst, std::abs(o - out[static_cast<std::size_t>((t * q_heads + j) * D + c)]));
         }
       }
     INFO(when);
@@ -129,10 +132,24 @@ TEST_CASE("engine packed keys: attention equals attention over zeroed channels, 
   };
   append(n);
   check_attention("a chunk after the packing");
-  f.cache.reserve(90);  // grows: the packed keys and the full-width later ones move
-  CHECK(f.cache.packed_length(1, 0) == 21);
+  f.cache.reserve(grown);  // grows: the packed keys and the full-width later ones move
+  CHECK(f.cache.packed_length(1, 0) == prefill[0]);
   append(n);
   check_attention("after the cache grew");
+}
+
+}  // namespace
+
+TEST_CASE("engine packed keys: attention equals attention over zeroed channels, later keys whole", "[engine][attention]") {
+  SECTION("a few tokens, row by row") {  // kv heads hold different numbers of entries when packed
+    check_packed_attention<8, 3>(4, 3, {21, 17}, {0, 4, 7, 1, 2, 6}, 40, 90);
+  }
+  SECTION("a chunk of many query rows: the register-blocked tile, kept channels not whole vectors") {
+    std::vector<std::int32_t> channels;  // every other channel of kv head 0, the first 13 of kv head 1
+    for (std::int32_t c = 0; c < 26; c += 2) channels.push_back(c);
+    for (std::int32_t c = 0; c < 13; ++c) channels.push_back(c);
+    check_packed_attention<32, 13>(6, 40, {300, 170}, channels, 400, 700);
+  }
 }
 
 TEST_CASE("engine packed keys: bad packings and full-key readers of a packed layer are errors", "[engine][attention]") {

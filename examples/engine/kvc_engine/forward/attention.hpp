@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kvc_engine/forward/attention_kernel.hpp"
 #include "kvc_engine/forward/kv_cache.hpp"
 #include "kvc_engine/forward/ops.hpp"
 #include "kvc_engine/forward/thread_pool.hpp"
@@ -23,20 +24,22 @@ namespace detail {
 /// Query rows below which a key tile is multiplied row by row (matrix-vector) rather than as one GEMM.
 constexpr std::int64_t kGemvRows = 8;
 
-/// Online-softmax state of R query rows over the keys seen so far: o = Σ exp(s − m)·v unnormalised, m the
-/// running maximum score, l = Σ exp(s − m). \param o [R, d] \param m [R] \param l [R]
-struct SoftmaxState {
-  float* o;
-  float* m;
-  float* l;
-};
-
 /// Folds keys c0 … c0 + C − 1 (rows of K and V) into `st` for R = rows·group query rows Q (pre-scaled by
 /// 1/√d, row r = token r / group of the block, whose first token sees `visible0` keys). Keys a row may not
 /// see (causal) contribute nothing. Queries and keys have dk channels: head_dim, or a packed layer's kept ones.
-/// \param Q [R, dk] \param K [C, dk] \param V [C, d] \param S [R, C] scratch
+/// With many rows on an AVX-512 CPU, attention_kernel.hpp's register-blocked tile does it.
+/// \param Q [R, dk] \param K [C, dk] \param V [C, d] \param S [R, C] scratch \param kt [dk, C rounded up to 16] scratch
 inline void fold_key_tile(float const* Q, std::int64_t R, std::int64_t group, std::int64_t dk, std::int64_t d, float const* K,
-                          float const* V, std::int64_t c0, std::int64_t C, std::int64_t visible0, float* S, SoftmaxState st) {
+                          float const* V, std::int64_t c0, std::int64_t C, std::int64_t visible0, float* S, float* kt,
+                          SoftmaxState st) {
+#if KVC_ENGINE_AVX512
+  if (R >= kGemvRows && use_avx512_tile(d)) {
+    fold_tile_avx512(Q, R, group, dk, d, K, V, c0, C, visible0, kt, S, st);
+    return;
+  }
+#else
+  (void)kt;
+#endif
   ops::ConstMap const Qm(Q, R, dk), Km(K, C, dk), Vm(V, C, d);
   Eigen::Map<ops::RowMat> Sm(S, R, C), O(st.o, R, d);
   // A GEMM packs (copies) the key and value tiles first, as much memory traffic as the work itself when
@@ -124,13 +127,14 @@ inline void causal_attention(ThreadPool& pool, KVCache& cache, std::int64_t laye
     std::int64_t const tiles = packed_tiles + (span - packed + kKeys - 1) / kKeys;
     std::int64_t const tile0 = tiles * split / splits, tile1 = tiles * (split + 1) / splits;
     std::vector<float>& buf = scratch[static_cast<std::size_t>(thread)];
-    buf.resize(static_cast<std::size_t>(rows_max * (d + kKeys + d + 2 + kept)));
+    buf.resize(static_cast<std::size_t>(rows_max * (d + kKeys + d + 2 + kept) + d * kKeys));
     float* const Q = buf.data();   // [R, d] scaled queries, row (t − t0)·group + jj = query head g·group + jj
     float* const S = Q + R * d;    // [R, kKeys]
     float* o = S + R * kKeys;      // [R, d]
     float* m = o + R * d;          // [R]
     float* l = m + R;              // [R]
     float* const Qk = l + R;       // [R, kept]: Q's kept channels, for the packed entries
+    float* const kt = Qk + R * kept;  // [d, kKeys]: a key tile transposed
     if (splits > 1) {
       o = partial.data() + (pair * splits + split) * rows_max * (d + 2);
       m = o + R * d;
@@ -156,10 +160,10 @@ inline void causal_attention(ThreadPool& pool, KVCache& cache, std::int64_t laye
       if (tile < packed_tiles) {
         std::int64_t const c0 = tile * kKeys, C = std::min(kKeys, packed - c0);
         detail::fold_key_tile(Qk, R, group, kept, d, cache.packed_keys(layer, g) + c0 * kept, V + c0 * d, c0, C,
-                              old + t0 + 1, S, {o, m, l});
+                              old + t0 + 1, S, kt, {o, m, l});
       } else {
         std::int64_t const c0 = packed + (tile - packed_tiles) * kKeys, C = std::min(kKeys, span - c0);
-        detail::fold_key_tile(Q, R, group, d, d, K + (c0 - packed) * d, V + c0 * d, c0, C, old + t0 + 1, S, {o, m, l});
+        detail::fold_key_tile(Q, R, group, d, d, K + (c0 - packed) * d, V + c0 * d, c0, C, old + t0 + 1, S, kt, {o, m, l});
       }
     }
     if (splits > 1) return;

@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// \brief The engine's kernels on row-major float matrices: linear layers (Eigen GEMM, split over output
-/// columns across the pool), RMSNorm, SwiGLU, RoPE — each written as HF transformers computes it.
+/// \brief The engine's kernels on row-major float matrices: linear layers (Eigen GEMM, or avx512.hpp's
+/// register-blocked product for a prefill on an AVX-512 CPU; split over output columns across the pool),
+/// RMSNorm, SwiGLU, RoPE — each written as HF transformers computes it.
 
 #include <Eigen/Core>
 
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kvc_engine/forward/avx512.hpp"
 #include "kvc_engine/forward/thread_pool.hpp"
 
 namespace kvc_engine::ops {
@@ -18,10 +20,13 @@ using ConstMap = Eigen::Map<RowMat const>;
 using StridedMap = Eigen::Map<RowMat, 0, Eigen::OuterStride<>>;
 
 /// y = x·wᵀ (+ bias), as nn.Linear. Output columns are split across the pool when the product is big
-/// enough to pay for it. \param x [n, in] \param w [out, in] \param bias [out] or null \param y [n, out]
+/// enough to pay for it. With many rows on an AVX-512 CPU, avx512.hpp's register-blocked product does it
+/// (each block's weights transposed once, then read by every row); with few (decoding), Eigen's
+/// matrix-vector products read the weights where they lie.
+/// \param x [n, in] \param w [out, in] \param bias [out] or null \param y [n, out]
 inline void linear(ThreadPool& pool, float const* x, std::int64_t n, std::int64_t in, float const* w, float const* bias,
                    std::int64_t out, float* y) {
-  constexpr std::int64_t kMinFlopsPerBlock = 1 << 15, kMinColumns = 16;
+  constexpr std::int64_t kMinFlopsPerBlock = 1 << 15, kMinColumns = 16, kMinKernelRows = 64;
   std::int64_t const blocks =
       std::max<std::int64_t>(1, std::min<std::int64_t>({static_cast<std::int64_t>(pool.size()), out / kMinColumns,
                                                        n * in * out / kMinFlopsPerBlock}));
@@ -30,7 +35,12 @@ inline void linear(ThreadPool& pool, float const* x, std::int64_t n, std::int64_
     ConstMap const X(x, n, in);
     ConstMap const W(w + o0 * in, o1 - o0, in);
     StridedMap Y(y + o0, n, o1 - o0, Eigen::OuterStride<>(out));
-    Y.noalias() = X * W.transpose();
+#if KVC_ENGINE_AVX512
+    if (n >= kMinKernelRows && (o1 - o0) % 16 == 0 && detail::cpu_has_avx512f())
+      detail::linear_avx512(x, n, in, w + o0 * in, o1 - o0, y + o0, out);
+    else
+#endif
+      Y.noalias() = X * W.transpose();
     if (bias != nullptr) Y.rowwise() += Eigen::Map<Eigen::RowVectorXf const>(bias + o0, o1 - o0);
   });
 }
