@@ -3,7 +3,8 @@
 // of its definition (formulas beside each benchmark). The machine's own ceilings (an fp32 GEMM, the
 // AVX512_BF16 dot-product peak, streaming read and copy bandwidth) are measured first, in the same
 // run, so that the report can give every row as a fraction of the ceiling it is bound by.
-// Arguments of every press benchmark: {tokens, threads}.
+// Arguments of every press benchmark: {tokens, threads}. `BM_Pool/<benchmark>` runs that benchmark with
+// its loops on a persistent kvcompress::ThreadPool (CpuDevice::pool) instead of threads started per loop.
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
@@ -211,8 +212,11 @@ Layer<T>& layer(std::int64_t n) {
   return *cache.back();
 }
 
+/// The pool of the `BM_Pool/…` run in progress, else nullptr (threads started per loop).
+kvc::ThreadPool* g_pool = nullptr;
+
 kvc::CpuDevice device(benchmark::State const& state, kvc::CpuKernels kernels = kvc::CpuKernels::kNative) {
-  return kvc::CpuDevice{static_cast<int>(state.range(1)), kernels};
+  return kvc::CpuDevice{static_cast<int>(state.range(1)), kernels, g_pool};
 }
 
 template <class T, class Press>
@@ -427,6 +431,14 @@ void BM_DecodingExpectedAttentionStep(benchmark::State& state) {
   state.counters["threads"] = static_cast<double>(state.range(1));
 }
 
+/// `bm` with a pool of `threads` threads made before its timed loop (as an engine keeps one).
+void BM_Pool(benchmark::State& state, void (*bm)(benchmark::State&)) {
+  kvc::ThreadPool pool(static_cast<int>(state.range(1)));
+  g_pool = &pool;
+  bm(state);
+  g_pool = nullptr;
+}
+
 void sizes(benchmark::internal::Benchmark* b) {
   for (std::int64_t n : {4096, 16384, 32768}) b->Args({n, 2});
   b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
@@ -472,6 +484,11 @@ BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_head, kvc::PageTable::kPerHead)->Ap
 BENCHMARK(BM_ExpectedAttentionCompress<float>)->Apply(sizes_and_threads);
 BENCHMARK(BM_ExpectedAttentionCompress<bfloat16>)->Apply(sizes);
 BENCHMARK(BM_AdaKVExpectedAttentionCompress<float>)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_Pool, ExpectedAttentionScore_Cov<float>, BM_ExpectedAttentionScore_Cov<float>)->Apply(sizes_and_threads);
+BENCHMARK_CAPTURE(BM_Pool, SnapKVScore<float>, BM_SnapKVScore<float>)->Apply(sizes_and_threads);
+BENCHMARK_CAPTURE(BM_Pool, KnormScore<float>, BM_KnormScore<float>)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_Pool, StreamingLLMScore<float>, BM_StreamingLLMScore<float>)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_Pool, ExpectedAttentionCompress<float>, BM_ExpectedAttentionCompress<float>)->Apply(sizes_and_threads);
 BENCHMARK(BM_DecodingExpectedAttentionStep)->Apply([](auto* b) {
   for (std::int64_t n : {4096, 16384}) b->Args({n, 2});
   b->Unit(benchmark::kMicrosecond)->Iterations(1024)->UseRealTime();
