@@ -10,6 +10,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -40,6 +41,12 @@ void on_threads(int threads, F const& f) {
   for (int i = 1; i < threads; ++i) pool.emplace_back(f, i);
   f(0);
   for (auto& t : pool) t.join();
+}
+
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 void set_rates(benchmark::State& state, double bytes, double flops) {
@@ -228,11 +235,17 @@ void run_score(benchmark::State& state, Press const& press, double bytes, double
   auto const obs = l.observation();
   std::vector<float> scores(static_cast<std::size_t>(kKvHeads * l.n));
   std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, view));
+  double const cpu0 = process_cpu_seconds();
   for (auto _ : state) {
     kvc::Workspace ws(scratch.data(), scratch.size());
     kvc::score(dev, press, obs, view, scores.data(), ws);
     benchmark::DoNotOptimize(scores.data());
   }
+  // CPU time of every thread of the process per call: on a loaded machine the wall time is not the
+  // step's, but the CPU time it takes on 1 and on 2 threads still tells how much work the second
+  // thread adds (thread start-up, waiting, slower shared caches or cores).
+  state.counters["process_cpu_ms"] =
+      1e3 * (process_cpu_seconds() - cpu0) / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
   set_rates(state, bytes, flops);
 }
 

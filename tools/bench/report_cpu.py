@@ -210,14 +210,31 @@ def main():
                 else:
                     cells += ["–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## 1 against 2 threads", "", "| step | tokens | 1 thread ms | 2 threads ms | scaling |", "|---|---|---|---|---|"]
+    lines += ["", "## 1 against 2 threads", "",
+              "| step | tokens | 1 thread ms | 2 threads ms | scaling | CPU ms, 1 thread | CPU ms, 2 threads |",
+              "|---|---|---|---|---|---|---|"]
+
+    def cpu_ms(b):
+        return f"{b['process_cpu_ms']:.2f}" if "process_cpu_ms" in b else "–"
+
     for label, name in [("Expected Attention score, covariance", "BM_ExpectedAttentionScore_Cov<float>"),
+                        ("the same, on a ThreadPool", "BM_Pool/ExpectedAttentionScore_Cov<float>"),
                         ("SnapKV score", "BM_SnapKVScore<float>"),
-                        ("whole compress step", "BM_ExpectedAttentionCompress<float>")]:
+                        ("the same, on a ThreadPool", "BM_Pool/SnapKVScore<float>"),
+                        ("whole compress step", "BM_ExpectedAttentionCompress<float>"),
+                        ("the same, on a ThreadPool", "BM_Pool/ExpectedAttentionCompress<float>")]:
         for tokens in sizes:
             one, two = bench.get((name, tokens, 1)), bench.get((name, tokens, 2))
             if one and two:
-                lines.append(f"| {label} | {tokens} | {one['ms']:.2f} | {two['ms']:.2f} | {one['ms'] / two['ms']:.2f}× |")
+                lines.append(f"| {label} | {tokens} | {one['ms']:.2f} | {two['ms']:.2f} | {one['ms'] / two['ms']:.2f}× |"
+                             f" {cpu_ms(one)} | {cpu_ms(two)} |")
+    lines += ["", "## Threads started per loop against a persistent ThreadPool, 2 threads", "",
+              "| step | tokens | started ms | pool ms | started CPU ms | pool CPU ms |", "|---|---|---|---|---|---|"]
+    for (name, tokens, threads), b in sorted(bench.items()):
+        plain = bench.get(("BM_" + name[len("BM_Pool/"):], tokens, threads))
+        if name.startswith("BM_Pool/") and threads == 2 and plain:
+            lines.append(f"| {name[len('BM_Pool/'):]} | {tokens} | {plain['ms']:.3f} | {b['ms']:.3f} |"
+                         f" {cpu_ms(plain)} | {cpu_ms(b)} |")
     lines += ["", "## Selection, compaction and decoding", "",
               "| benchmark | tokens | ms | GiB/s | of ceiling |", "|---|---|---|---|---|"]
     for (name, tokens, threads), b in sorted(bench.items()):
