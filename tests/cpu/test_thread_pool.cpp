@@ -52,7 +52,7 @@ std::set<std::thread::id> check_loop(ThreadPool& pool, std::int64_t n, bool task
 
 /// Shapes whose memory traffic is above detail::kSerialBelowBytes, so that the presses' loops do run
 /// on several threads (below it every loop runs on the caller).
-constexpr std::int64_t kB = 2, kH = 4, kQ = 8, kCap = 512, kD = 64, kW = 8, kN = 64;  // 2 query heads per kv head
+constexpr std::int64_t kB = 2, kH = 4, kQ = 8, kCap = 640, kD = 64, kW = 8, kN = 64;  // 2 query heads per kv head
 
 struct Inputs {
   std::vector<float> queries = kvc_test::random_vector(kB * kQ * kN * kD, 11);  // [kB, kQ, kN, kD]
