@@ -32,8 +32,9 @@ namespace kvcompress::detail {
 /// scratch. The first exception thrown by any thread is rethrown on the caller's thread.
 /// With `dev.pool`, the loop runs on the pool (`ThreadPool::parallel_for`; a loop nested in another of
 /// the same pool runs serially). Without, threads are started for the call: that needs memory and
-/// thread resources; when either runs out (std::bad_alloc, std::system_error), the blocks of the threads that could not start run on the calling thread:
-/// the same results, fewer threads, and no exception other than f's ever escapes.
+/// thread resources; when either runs out (std::bad_alloc, std::system_error), the blocks of the
+/// threads that could not start run on the calling thread: the same results, fewer threads, and no
+/// exception other than f's ever escapes.
 template <class F>
 void parallel_for(CpuDevice const& dev, std::int64_t n, F&& f) {
   int const threads = thread_count(dev, n);
