@@ -3,12 +3,15 @@
 // of its definition (formulas beside each benchmark). The machine's own ceilings (an fp32 GEMM, the
 // AVX512_BF16 dot-product peak, streaming read and copy bandwidth) are measured first, in the same
 // run, so that the report can give every row as a fraction of the ceiling it is bound by.
-// Arguments of every press benchmark: {tokens, threads}.
+// Arguments of every press benchmark: {tokens, threads}. `BM_Pool/<benchmark>` runs that benchmark with
+// its loops on a persistent kvcompress::ThreadPool (CpuDevice::pool) instead of threads started per loop.
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -39,6 +42,12 @@ void on_threads(int threads, F const& f) {
   for (int i = 1; i < threads; ++i) pool.emplace_back(f, i);
   f(0);
   for (auto& t : pool) t.join();
+}
+
+double cpu_seconds(clockid_t clock) {
+  timespec t{};
+  clock_gettime(clock, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 void set_rates(benchmark::State& state, double bytes, double flops) {
@@ -211,8 +220,11 @@ Layer<T>& layer(std::int64_t n) {
   return *cache.back();
 }
 
+/// The pool of the `BM_Pool/…` run in progress, else nullptr (threads started per loop).
+kvc::ThreadPool* g_pool = nullptr;
+
 kvc::CpuDevice device(benchmark::State const& state, kvc::CpuKernels kernels = kvc::CpuKernels::kNative) {
-  return kvc::CpuDevice{static_cast<int>(state.range(1)), kernels};
+  return kvc::CpuDevice{static_cast<int>(state.range(1)), kernels, g_pool};
 }
 
 template <class T, class Press>
@@ -224,11 +236,18 @@ void run_score(benchmark::State& state, Press const& press, double bytes, double
   auto const obs = l.observation();
   std::vector<float> scores(static_cast<std::size_t>(kKvHeads * l.n));
   std::vector<std::byte> scratch(press.workspace_bytes(dev, obs, view));
+  double const process0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID), caller0 = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
   for (auto _ : state) {
     kvc::Workspace ws(scratch.data(), scratch.size());
     kvc::score(dev, press, obs, view, scores.data(), ws);
     benchmark::DoNotOptimize(scores.data());
   }
+  // CPU time per call of every thread of the process, and of the calling thread alone. On a loaded
+  // machine the wall time is not the step's, but these still tell how much work a second thread adds
+  // (1 against 2 threads), and how much runs on the caller alone (caller − others, on 2 threads).
+  double const calls = static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  state.counters["process_cpu_ms"] = 1e3 * (cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - process0) / calls;
+  state.counters["caller_cpu_ms"] = 1e3 * (cpu_seconds(CLOCK_THREAD_CPUTIME_ID) - caller0) / calls;
   set_rates(state, bytes, flops);
 }
 
@@ -427,6 +446,31 @@ void BM_DecodingExpectedAttentionStep(benchmark::State& state) {
   state.counters["threads"] = static_cast<double>(state.range(1));
 }
 
+// One parallel loop of 2 trivial iterations on 2 threads: what a loop costs beyond its work, threads
+// started and joined per loop (`BM_LoopOverhead`) against a persistent pool (`BM_Pool/LoopOverhead`).
+void BM_LoopOverhead(benchmark::State& state) {
+  auto const dev = device(state);
+  std::array<std::int64_t, 2> out{};
+  double const process0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
+  for (auto _ : state) {
+    kvc::detail::parallel_for(dev, 2, [&](std::int64_t i, int) { out[static_cast<std::size_t>(i)] += i; });
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["process_cpu_ms"] =
+      1e3 * (cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - process0) /
+      static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  state.counters["tokens"] = 0;
+  state.counters["threads"] = static_cast<double>(state.range(1));
+}
+
+/// `bm` with a pool of `threads` threads made before its timed loop (as an engine keeps one).
+void BM_Pool(benchmark::State& state, void (*bm)(benchmark::State&)) {
+  kvc::ThreadPool pool(static_cast<int>(state.range(1)));
+  g_pool = &pool;
+  bm(state);
+  g_pool = nullptr;
+}
+
 void sizes(benchmark::internal::Benchmark* b) {
   for (std::int64_t n : {4096, 16384, 32768}) b->Args({n, 2});
   b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
@@ -473,6 +517,13 @@ BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_head, kvc::PageTable::kPerHead)->Ap
 BENCHMARK(BM_ExpectedAttentionCompress<float>)->Apply(sizes_and_threads);
 BENCHMARK(BM_ExpectedAttentionCompress<bfloat16>)->Apply(sizes);
 BENCHMARK(BM_AdaKVExpectedAttentionCompress<float>)->Apply(sizes);
+BENCHMARK(BM_LoopOverhead)->Args({0, 2})->Unit(benchmark::kMicrosecond)->MinTime(0.5)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Pool, LoopOverhead, BM_LoopOverhead)->Args({0, 2})->Unit(benchmark::kMicrosecond)->MinTime(0.5)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Pool, ExpectedAttentionScore_Cov<float>, BM_ExpectedAttentionScore_Cov<float>)->Apply(sizes_and_threads);
+BENCHMARK_CAPTURE(BM_Pool, SnapKVScore<float>, BM_SnapKVScore<float>)->Apply(sizes_and_threads);
+BENCHMARK_CAPTURE(BM_Pool, KnormScore<float>, BM_KnormScore<float>)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_Pool, StreamingLLMScore<float>, BM_StreamingLLMScore<float>)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_Pool, ExpectedAttentionCompress<float>, BM_ExpectedAttentionCompress<float>)->Apply(sizes_and_threads);
 BENCHMARK(BM_DecodingExpectedAttentionStep)->Apply([](auto* b) {
   for (std::int64_t n : {4096, 16384}) b->Args({n, 2});
   b->Unit(benchmark::kMicrosecond)->Iterations(1024)->UseRealTime();

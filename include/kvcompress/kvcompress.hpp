@@ -9,6 +9,7 @@
 #include "kvcompress/cache/strided_layout.hpp"
 #include "kvcompress/core/config.hpp"
 #include "kvcompress/core/device.hpp"
+#include "kvcompress/cpu/thread_pool.hpp"
 #include "kvcompress/core/dtype.hpp"
 #include "kvcompress/core/error.hpp"
 #include "kvcompress/core/tensor.hpp"

@@ -452,6 +452,31 @@ TEST_CASE("with threads, compress allocates only thread start-up: a count indepe
   }
 }
 
+TEST_CASE("on a ThreadPool, compress and score allocate nothing with two threads", "[alloc][threads]") {
+  Shape const s;
+  Inputs const in(s);
+  auto const obs = in.observation();
+  ThreadPool pool(2);  // its threads start here, outside the counted calls
+  CpuDevice const pooled{0, CpuKernels::kNative, &pool};
+  for (auto const& p : all_presses(in)) {
+    CAPTURE(p.name);
+    auto cache = make_cache(s);
+    std::vector<std::byte> scratch(p.bytes(pooled, obs, cache.view()));
+    std::vector<float> scores(static_cast<std::size_t>(s.batch * s.kv_heads * s.capacity));
+    if (p.score) {
+      Workspace score_ws(scratch.data(), scratch.size());
+      auto const scored = counting::count([&] { p.score(pooled, obs, cache.view(), scores.data(), score_ws); });
+      CHECK(scored.news == 0);
+      CHECK(scored.mallocs == 0);
+    }
+    auto const compressed =
+        counting::count([&] { p.compress(pooled, obs, cache.view(), Workspace(scratch.data(), scratch.size())); });
+    CHECK(compressed.news == 0);  // the same call on CpuDevice{2} allocates (the test case above)
+    CHECK(compressed.mallocs == 0);
+    CHECK(cache.lengths[0] < s.capacity);
+  }
+}
+
 TEST_CASE("when thread start-up cannot allocate, the work runs on the calling thread with the same result",
           "[alloc][threads]") {
   Shape const s;

@@ -3,11 +3,13 @@
 // or has the documented outcome that is checked here.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <limits>
 #include <vector>
 
@@ -375,8 +377,16 @@ TEST_CASE("reliability: an error raised on a worker thread reaches the caller, n
   REQUIRE(std::memcmp(c.k.data(), before.data(), before.size() * sizeof(float)) == 0);
 }
 
-TEST_CASE("reliability: a negative thread count means every hardware thread, like 0 (documented)", "[reliability]") {
-  CHECK(detail::thread_count(CpuDevice{-3}, 1000) == detail::thread_count(CpuDevice{0}, 1000));
+TEST_CASE("reliability: a negative thread count is an error, 0 means every hardware thread", "[reliability]") {
+  REQUIRE_THROWS_WITH(detail::thread_count(CpuDevice{-3}, 1000), Contains("CpuDevice.num_threads must be >= 0"));
+  REQUIRE_THROWS_WITH(detail::thread_count(CpuDevice{-3}, 1000), Contains("got -3"));
+  kvc_test::OwnedCache<float> c(1, 2, 16, 4);
+  c.fill_random(7);
+  auto const before = c.k;
+  REQUIRE_THROWS_WITH(compress(CpuDevice{-1}, KnormPress{0.5}, Observation<float>{}, c.view()), Contains("got -1"));
+  REQUIRE(c.k == before);
+  REQUIRE(c.lengths == std::vector<std::int32_t>(2, 16));
+  CHECK(detail::thread_count(CpuDevice{0}, 1000) == std::max(1, static_cast<int>(std::thread::hardware_concurrency())));
   CHECK(detail::thread_count(CpuDevice{8}, 3) == 3);  // never more threads than rows
   CHECK(detail::thread_count(CpuDevice{8}, 0) == 1);
 }

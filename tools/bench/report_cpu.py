@@ -211,14 +211,39 @@ def main():
                 else:
                     cells += ["–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## 1 against 2 threads", "", "| step | tokens | 1 thread ms | 2 threads ms | scaling |", "|---|---|---|---|---|"]
+    lines += ["", "## 1 against 2 threads", "",
+              "| step | tokens | 1 thread ms | 2 threads ms | scaling | CPU ms, 1 thread | CPU ms, 2 threads |"
+              " caller alone, 2 threads |",
+              "|---|---|---|---|---|---|---|---|"]
+
+    def cpu_ms(b):
+        return f"{b['process_cpu_ms']:.3f}" if "process_cpu_ms" in b else "–"
+
+    def caller_alone(b):
+        """The share of the CPU time that the calling thread spends beyond the other thread's: the serial part."""
+        if "caller_cpu_ms" not in b or not b.get("process_cpu_ms"):
+            return "–"
+        caller, total = b["caller_cpu_ms"], b["process_cpu_ms"]
+        return f"{100 * (caller - (total - caller)) / total:.1f} %"
+
     for label, name in [("Expected Attention score, covariance", "BM_ExpectedAttentionScore_Cov<float>"),
+                        ("the same, on a ThreadPool", "BM_Pool/ExpectedAttentionScore_Cov<float>"),
                         ("SnapKV score", "BM_SnapKVScore<float>"),
-                        ("whole compress step", "BM_ExpectedAttentionCompress<float>")]:
+                        ("the same, on a ThreadPool", "BM_Pool/SnapKVScore<float>"),
+                        ("whole compress step", "BM_ExpectedAttentionCompress<float>"),
+                        ("the same, on a ThreadPool", "BM_Pool/ExpectedAttentionCompress<float>")]:
         for tokens in sizes:
             one, two = bench.get((name, tokens, 1)), bench.get((name, tokens, 2))
             if one and two:
-                lines.append(f"| {label} | {tokens} | {one['ms']:.2f} | {two['ms']:.2f} | {one['ms'] / two['ms']:.2f}× |")
+                lines.append(f"| {label} | {tokens} | {one['ms']:.2f} | {two['ms']:.2f} | {one['ms'] / two['ms']:.2f}× |"
+                             f" {cpu_ms(one)} | {cpu_ms(two)} | {caller_alone(two)} |")
+    lines += ["", "## Threads started per loop against a persistent ThreadPool, 2 threads", "",
+              "| step | tokens | started ms | pool ms | started CPU ms | pool CPU ms |", "|---|---|---|---|---|---|"]
+    for (name, tokens, threads), b in sorted(bench.items()):
+        plain = bench.get(("BM_" + name[len("BM_Pool/"):], tokens, threads))
+        if name.startswith("BM_Pool/") and threads == 2 and plain:
+            lines.append(f"| {name[len('BM_Pool/'):]} | {tokens} | {plain['ms']:.4f} | {b['ms']:.4f} |"
+                         f" {cpu_ms(plain)} | {cpu_ms(b)} |")
     lines += ["", "## Selection, compaction and decoding", "",
               "| benchmark | tokens | ms | GiB/s | of ceiling |", "|---|---|---|---|---|"]
     for (name, tokens, threads), b in sorted(bench.items()):

@@ -95,3 +95,10 @@ template void RotaryEmbedding::unapply<half>(half*, std::int64_t, std::int64_t) 
 template void RotaryEmbedding::rerotate<bfloat16>(bfloat16*, std::int64_t) const;
 
 }  // namespace kvcompress
+
+// The thread pool's dynamic loop (the presses' loops instantiate its static one through CpuDevice::pool).
+namespace kvcompress::tidy {
+inline void thread_pool_tasks(ThreadPool& pool, float* out /*[8]*/) {
+  pool.parallel_tasks(8, [out](std::int64_t i, int) { out[i] = static_cast<float>(i); });
+}
+}  // namespace kvcompress::tidy

@@ -10,6 +10,7 @@ struct CUstream_st;
 namespace kvcompress {
 
 class CublasSession;  // kvcompress/cuda/blas.cuh
+class ThreadPool;     // kvcompress/cpu/thread_pool.hpp
 
 /// \brief Which CPU kernels a call may run.
 enum class CpuKernels : unsigned char {
@@ -18,13 +19,19 @@ enum class CpuKernels : unsigned char {
 };
 
 /// \brief Runs on the host. `num_threads == 0` uses every hardware thread; 1 runs on the calling
-/// thread only (no thread is started, nothing is allocated for threading). `kernels`: see
-/// `CpuKernels` (the native kernels: bfloat16 caches score Expected Attention's covariance term with
-/// AVX512_BF16 dot products, and the memory-bound per-key loops run on AVX-512 or AVX2;
-/// docs/architecture.md, "CPU kernels").
+/// thread only (no thread is started, nothing is allocated for threading); negative is an Error.
+/// `kernels`: see `CpuKernels` (the native kernels: bfloat16 caches score Expected Attention's
+/// covariance term with AVX512_BF16 dot products, and the memory-bound per-key loops run on AVX-512 or
+/// AVX2; docs/architecture.md, "CPU kernels").
+///
+/// `pool`: a caller's `ThreadPool` (not owned; it must outlive the call). With one, every parallel loop
+/// of the call runs on the pool's threads and `num_threads` is ignored (the pool's size counts,
+/// for the workspace too); without one (the default), each loop starts and joins `num_threads`
+/// threads of its own.
 struct CpuDevice {
   int num_threads = 0;
   CpuKernels kernels = CpuKernels::kNative;
+  ThreadPool* pool = nullptr;
 };
 
 /// \brief The default CPU device: all hardware threads.

@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// \brief Static block partition of [0, n) over the threads of a `CpuDevice`.
+/// \brief Static block partition of [0, n) over the threads of a `CpuDevice`: its `ThreadPool` when it
+/// has one, else threads started for the call.
 
 #include <algorithm>
 #include <cstdint>
@@ -10,24 +11,34 @@
 #include <vector>
 
 #include "kvcompress/core/device.hpp"
+#include "kvcompress/core/error.hpp"
+#include "kvcompress/cpu/thread_pool.hpp"
 
 namespace kvcompress::detail {
 
-/// Threads that `parallel_for(dev, n, …)` uses: never more than n, at least 1.
-[[nodiscard]] inline int thread_count(CpuDevice const& dev, std::int64_t n) noexcept {
-  int t = dev.num_threads > 0 ? dev.num_threads : static_cast<int>(std::thread::hardware_concurrency());
+/// Threads that `parallel_for(dev, n, …)` uses: never more than n, at least 1; the pool's size when
+/// `dev` has a pool. Throws when `dev.num_threads` is negative.
+[[nodiscard]] inline int thread_count(CpuDevice const& dev, std::int64_t n) {
+  KVC_CHECK(dev.num_threads >= 0,
+            "CpuDevice.num_threads must be >= 0 (0 = every hardware thread), got " << dev.num_threads);
+  int t = dev.pool != nullptr ? dev.pool->size()
+          : dev.num_threads > 0 ? dev.num_threads
+                                : static_cast<int>(std::thread::hardware_concurrency());
   t = std::max(t, 1);
   return static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(t, n)));
 }
 
 /// Calls f(i, thread) for every i in [0, n); thread ∈ [0, thread_count(dev, n)) indexes per-thread
 /// scratch. The first exception thrown by any thread is rethrown on the caller's thread.
-/// Starting threads needs memory and thread resources; when either runs out (std::bad_alloc,
-/// std::system_error), the blocks of the threads that could not start run on the calling thread:
-/// the same results, fewer threads, and no exception other than f's ever escapes.
+/// With `dev.pool`, the loop runs on the pool (`ThreadPool::parallel_for`; a loop nested in another of
+/// the same pool runs serially). Without, threads are started for the call: that needs memory and
+/// thread resources; when either runs out (std::bad_alloc, std::system_error), the blocks of the
+/// threads that could not start run on the calling thread: the same results, fewer threads, and no
+/// exception other than f's ever escapes.
 template <class F>
 void parallel_for(CpuDevice const& dev, std::int64_t n, F&& f) {
   int const threads = thread_count(dev, n);
+  if (dev.pool != nullptr) return dev.pool->parallel_for(n, f);
   auto const serial = [&] {
     for (std::int64_t i = 0; i < n; ++i) f(i, 0);
   };
@@ -68,6 +79,7 @@ inline constexpr std::int64_t kSerialBelowBytes = std::int64_t{1} << 20;
 /// threads would cost more than they save. Per-thread scratch is still sized by thread_count(dev, n).
 template <class F>
 void parallel_for(CpuDevice const& dev, std::int64_t n, std::int64_t bytes, F&& f) {
+  (void)thread_count(dev, n);  // the same checks of `dev` whichever way the loop runs
   if (bytes < kSerialBelowBytes) {
     for (std::int64_t i = 0; i < n; ++i) f(i, 0);
     return;

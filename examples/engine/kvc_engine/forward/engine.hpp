@@ -67,12 +67,13 @@ class Engine {
       : model_(model),
         pool_(num_threads),
         rope_(model.config.rope),
-        device_{pool_.size()},
+        device_{pool_.size(), kvcompress::CpuKernels::kNative, &pool_},
         scratch_(static_cast<std::size_t>(pool_.size())) {}
 
   [[nodiscard]] Model const& model() const noexcept { return model_; }
   [[nodiscard]] kvcompress::RotaryEmbedding const& rope() const noexcept { return rope_; }
-  /// The CPU device with the engine's thread count, for presses the caller runs itself.
+  /// The CPU device with the engine's thread count and pool, for presses the caller runs itself (their
+  /// loops run on the engine's threads; calls from several threads take turns on them).
   [[nodiscard]] kvcompress::CpuDevice device() const noexcept { return device_; }
 
   [[nodiscard]] KVCache new_cache(std::int64_t capacity = 0) const {
