@@ -207,7 +207,7 @@ KVC_TARGET_ROW512 void rows_sum_block_avx512(T const* rows, std::int64_t count, 
   for (int u = 0; u < NB; ++u) acc[u] = _mm512_setzero_ps();
   for (std::int64_t i = 0; i < count; ++i)
     for (int u = 0; u < NB; ++u) acc[u] = _mm512_add_ps(acc[u], row_load16(rows + i * stride + c0 + 16 * u));
-  for (int u = 0; u < NB; ++u) _mm512_storeu_ps(sum + c0 + 16 * u, _mm512_add_ps(_mm512_loadu_ps(sum + c0 + 16 * u), acc[u]));
+  for (int u = 0; u < NB; ++u) _mm512_storeu_ps(sum + c0 + std::int64_t{16} * u, _mm512_add_ps(_mm512_loadu_ps(sum + c0 + std::int64_t{16} * u), acc[u]));
 }
 
 /// sum[c] += Σ_i rows[i][c]: each row's sum in registers first. \param rows [count, stride] \param sum [d]
@@ -323,7 +323,7 @@ KVC_TARGET_ROW256 void rows_sum_block_avx2(T const* rows, std::int64_t count, st
   for (int u = 0; u < NB; ++u) acc[u] = _mm256_setzero_ps();
   for (std::int64_t i = 0; i < count; ++i)
     for (int u = 0; u < NB; ++u) acc[u] = _mm256_add_ps(acc[u], row_load8(rows + i * stride + c0 + 8 * u));
-  for (int u = 0; u < NB; ++u) _mm256_storeu_ps(sum + c0 + 8 * u, _mm256_add_ps(_mm256_loadu_ps(sum + c0 + 8 * u), acc[u]));
+  for (int u = 0; u < NB; ++u) _mm256_storeu_ps(sum + c0 + std::int64_t{8} * u, _mm256_add_ps(_mm256_loadu_ps(sum + c0 + std::int64_t{8} * u), acc[u]));
 }
 
 template <class T>

@@ -39,13 +39,13 @@ struct KeyDiffPress {
              Workspace& ws) const {
     std::int64_t const heads = cache.extents.kv_heads, cap = cache.extents.capacity, d = cache.extents.head_dim;
     std::int64_t const rows = cache.extents.batch * heads;
-    float* anchors = ws.take<float>(static_cast<std::size_t>(detail::thread_count(dev, rows) * 2 * d));  // [threads, anchor | key]
+    float* anchors = ws.take<float>(static_cast<std::size_t>(std::int64_t{detail::thread_count(dev, rows)} * 2 * d));  // [threads, anchor | key]
     detail::RowIsa const isa = detail::row_isa(dev, d);
     detail::parallel_for(dev, rows, [&](std::int64_t r, int t) {
       std::int64_t const b = r / heads, h = r % heads;
       std::int32_t const n = cache.lengths[r];
       if (n == 0) return;
-      float* anchor = anchors + t * 2 * d;  // [d]
+      float* anchor = anchors + std::int64_t{t} * 2 * d;  // [d]
       float* out = scores + r * cap;
       std::fill(anchor, anchor + d, 0.0f);
       // Keys whose channels are not contiguous are copied one at a time into `key`, so that every
