@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -93,6 +94,7 @@ def main(argv=None) -> int:
     ap.add_argument("--press", default="knorm", help="the press compressing the engine's cache for the half-cache decode")
     ap.add_argument("--ratio", type=float, default=0.5, help="the fraction of the cache that press removes")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON (tools/bench/report_cpu.py --engine reads it)")
     ap.add_argument("--command", default="bash tools/bench/run_engine.sh")
     a = ap.parse_args(argv)
     lengths = [int(v) for v in a.lengths.split(",")]
@@ -160,6 +162,12 @@ def main(argv=None) -> int:
         lines.append(f"| {t} | {n} | {pe:.0f} | {ph:.0f} | {pe / ph:.2f} | {de:.1f} | {dh:.1f} | {de / dh:.2f} | "
                      f"{dp:.1f} | {dp / de:.2f} |")
     a.out.write_text("\n".join(lines) + "\n")
+    if a.json:
+        keys = ("threads", "tokens", "prefill_engine", "prefill_transformers", "decode_engine", "decode_transformers",
+                "decode_engine_pressed")
+        a.json.write_text(json.dumps({"torch": torch.__version__, "transformers": transformers.__version__,
+                                      "new_tokens": a.new_tokens, "press": a.press, "ratio": a.ratio,
+                                      "rows": [dict(zip(keys, r)) for r in rows]}, indent=1))
     print(f"wrote {a.out}")
     return 0
 

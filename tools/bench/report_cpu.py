@@ -67,9 +67,10 @@ ROWS = [
 ]
 
 
-def targets(bench, theirs, sizes, limits, like_for_like):
+def targets(bench, theirs, sizes, limits, like_for_like, engine):
     """The issue's targets, each with what this run measured and whether it is met; like_for_like holds
-    (step, tokens, speed-up) of every row timed against kvpress like for like."""
+    (step, tokens, speed-up) of every row timed against kvpress like for like; engine: the rows of
+    engine_vs_transformers.py --json, or None."""
     rows = []
 
     def add(target, tokens, measured, met):
@@ -88,12 +89,13 @@ def targets(bench, theirs, sizes, limits, like_for_like):
         if bf and port:
             x = port["ms"] / bf["ms"]
             add("EA covariance scoring, bf16 cache: AVX512_BF16 kernel ≥ 1.6× its portable fp32 path", tokens, f"{x:.2f}×", x >= 1.6)
-        for name in ("BM_SnapKVScore<float>", "BM_TOVAScore<float>"):
+        for name in ("BM_SnapKVScore<float>",):
             b = bench.get((name, tokens, 2))
             if b and limits["gemm"]:
                 f = gflops(b) / limits["gemm"]
                 add(f"{name[3:-7]} scoring ≥ 70 % of the GEMM ceiling", tokens, f"{100 * f:.0f} %", f >= 0.7)
-        for name in ("BM_KnormScore<float>", "BM_ExpectedAttentionScore_NoCov<float>", "BM_KeyDiffScore<float>",
+        for name in ("BM_TOVAScore<float>", "BM_KnormScore<float>", "BM_KnormScore<bfloat16>", "BM_KnormScore<half>",
+                     "BM_ExpectedAttentionScore_NoCov<float>", "BM_KeyDiffScore<float>",
                      "BM_StreamingLLMScore<float>", "BM_SelectCompact", "BM_SelectCompactPaged/per_sequence",
                      "BM_SelectCompactPaged/per_head"):
             b = bench.get((name, tokens, 2))
@@ -111,17 +113,83 @@ def targets(bench, theirs, sizes, limits, like_for_like):
             if one and two:
                 x = one["ms"] / two["ms"]
                 add(f"{name[3:]}: 2 threads ≥ 1.8× one", tokens, f"{x:.2f}×", x >= 1.8)
+    for r in (engine or {}).get("rows", []):
+        where = f"{r['tokens']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+        for step in ("prefill", "decode"):
+            x = r[f"{step}_engine"] / r[f"{step}_transformers"]
+            add(f"engine {step} ≥ transformers, fp32", where, f"{x:.2f}×", x >= 1.0)
+        if r["tokens"] >= 8000:
+            x = r["decode_engine_pressed"] / r["decode_engine"]
+            add("engine decoding, half the cache kept ≥ 1.2× the full cache", where, f"{x:.2f}×", x >= 1.2)
     slower = [f"{label} at {tokens} ({x:.1f}×)" for label, tokens, x in like_for_like if x < 1.0]
     rows.append(f"| no row slower than kvpress like for like | all | {len(slower)} slower |"
                 f" {'no' if slower else 'yes'} |")
     if not rows:
         return []
     notes = ["", "TOVA scores from the last query alone (kvpress's window of one): a matrix-vector product of"
-             " 0.5 FLOP per byte read, bound by the streaming read, not by the GEMM ceiling the target names;"
-             " its fraction of the read ceiling is in the table above."]
+             " 0.5 FLOP per byte read, bound by the streaming read, not by the GEMM ceiling the issue names for it,"
+             " so its target row above is against the streaming read."]
     if slower:
         notes += ["", "Slower than kvpress like for like: " + "; ".join(slower) + "."]
-    return ["", "## Targets", "", "| target | tokens | measured | met |", "|---|---|---|---|"] + rows + notes
+    return (["", "## Targets", "", "| target | tokens | measured | met |", "|---|---|---|---|"] + rows + notes
+            + gaps(bench, theirs, sizes, limits))
+
+
+def gaps(bench, theirs, sizes, limits):
+    """What bounds the targets that a faster kernel cannot reach, computed from this run: the rate that the
+    speed-up over kvpress would need against the fastest rate measured, and the ceiling's own scaling with
+    threads."""
+    lines = []
+    for name, key, dtype, goal, ceiling_name in [
+            ("BM_ExpectedAttentionCompress<float>", "ea_compress_given_s", "float32", 4, "gemm"),
+            ("BM_ExpectedAttentionCompress<bfloat16>", "ea_compress_given_s", "bfloat16", 15, "bf16")]:
+        for tokens in sizes:
+            b, r = bench.get((name, tokens, 2)), theirs.get((dtype, tokens), {})
+            if not b or key not in r:
+                continue
+            flop = gflops(b) * b["ms"] / 1e3  # GFLOP of the step, counted by the benchmark
+            theirs_rate, needed = flop / r[key], goal * flop / r[key]
+            # The fastest rate of this dtype that this run saw: the ceiling, or a kvcompress step where its own
+            # kernel beats the ceiling's.
+            tag = "<float>" if dtype == "float32" else "<bfloat16>"
+            peak = max([limits.get(ceiling_name) or 0.0] +
+                       [gflops(v) for (n, _, th), v in bench.items() if th == 2 and n.endswith(tag)])
+            if needed > peak:
+                lines.append(f"- whole compress step, {dtype}, {tokens} tokens: kvpress like for like does the same"
+                             f" {flop:.1f} GFLOP at {theirs_rate:.1f} GFLOP/s, so {goal}× needs {needed:.0f} GFLOP/s,"
+                             f" {needed / peak:.1f}× the fastest {dtype} rate measured in this run ({peak:.1f} GFLOP/s:"
+                             f" the larger of the {'fp32 GEMM' if ceiling_name == 'gemm' else 'bf16 dot-product'}"
+                             " ceiling and kvcompress's fastest step). The target asks for more than the hardware gives.")
+    if limits.get("gemm1") and limits.get("gemm"):
+        x = limits["gemm"] / limits["gemm1"]
+        lines.append(f"- 2 threads against one: this run's own fp32 GEMM ceiling (Eigen, 1024³ per thread) scales"
+                     f" {x:.2f}× from 1 to 2 threads; the two vCPUs share a core's execution units, so a"
+                     " compute-bound step scales as the ceiling does (CPU time per call is the same on 1 and 2"
+                     " threads: docs/architecture.md, \"CPU threading\").")
+    if not lines:
+        return []
+    return ["", "### Bounds computed from this run", ""] + lines + [
+        "", "The memory-bound steps' profiles (what each loop waits on, before and after its kernel) are in"
+        " docs/benchmarks/memory-bound-profile.md; the engine's in docs/benchmarks/engine-profile.md."]
+
+
+def engine_section(engine):
+    """The reference engine beside transformers, from engine_vs_transformers.py --json of the same run."""
+    lines = ["", "## The reference engine on SmolLM2-135M-Instruct (same run)", "",
+             f"`kvc_generate` (release preset, -O3 -march=native) beside transformers {engine['transformers']} on"
+             f" torch {engine['torch']}, both in float32 on the GGUF's dequantised weights, the same random prompt,"
+             f" greedy, {engine['new_tokens']} new tokens, the fastest of the alternated runs"
+             " (`tools/bench/engine_vs_transformers.py`, which docs/results/smollm2/speed.md describes). Half cache:"
+             f" the prefilled cache compressed by `{engine['press']}` at ratio {engine['ratio']:g} before decoding.",
+             "", "| threads | prompt tokens | prefill engine tokens/s | prefill transformers | engine / transformers |"
+             " decode engine tokens/s | decode transformers | engine / transformers | decode, half cache | half / full |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in engine["rows"]:
+        pe, ph, de, dh, dp = (r[k] for k in ("prefill_engine", "prefill_transformers", "decode_engine",
+                                              "decode_transformers", "decode_engine_pressed"))
+        lines.append(f"| {r['threads']} | {r['tokens']} | {pe:.0f} | {ph:.0f} | {pe / ph:.2f}× | {de:.1f} | {dh:.1f} |"
+                     f" {de / dh:.2f}× | {dp:.1f} | {dp / de:.2f}× |")
+    return lines
 
 
 def main():
@@ -131,7 +199,9 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--command", required=True)
     p.add_argument("--conditions", default="", help="what else ran on the machine, said beside the load average")
+    p.add_argument("--engine", help="engine_vs_transformers.py --json of the same run: the engine's rows and targets")
     a = p.parse_args()
+    engine = json.load(open(a.engine)) if a.engine else None
     bench, ctx = load(a.kvcompress)
     kvp = json.load(open(a.kvpress))
     theirs = {(r.get("dtype", "float32"), r["tokens"]): r for r in kvp["results"]}
@@ -143,7 +213,8 @@ def main():
 
     gemm2 = ceiling("BM_Ceiling_GemmF32/square", 2, "gemm")
     read2 = ceiling("BM_Ceiling_StreamRead", 2, "read")
-    limits = {"gemm": gemm2, "read": read2}
+    limits = {"gemm": gemm2, "read": read2, "gemm1": ceiling("BM_Ceiling_GemmF32/square", 1, "gemm"),
+              "bf16": ceiling("BM_Ceiling_Bf16Dot", 2, "gemm")}
 
     def fraction(b, bound):
         lim = limits[bound]
@@ -253,7 +324,9 @@ def main():
         if name.startswith("BM_Decoding"):
             lines.append(f"| {name}, per decode step (compression every 512 steps back to {tokens}) | {tokens} |"
                          f" {b['ms']:.3f} | – | – |")
-    lines += targets(bench, theirs, sizes, limits, like_for_like)
+    if engine:
+        lines += engine_section(engine)
+    lines += targets(bench, theirs, sizes, limits, like_for_like, engine)
     lines += [
         "",
         "Compaction: `BM_SelectCompact` (strided) and `BM_SelectCompactPaged` (pages of 16, per-sequence NHD and"
