@@ -334,15 +334,15 @@ void count_cross_layer_calls(kvc_shard::CountingCommunicator& comm, std::int64_t
     // Taking nothing or everything, the selection stops after its first histogram; layerwise, the
     // counts need only the handshake.
     std::vector<std::int64_t> none(L);
-    (void)count_call(comm, "cross_layer_pruned_counts at ratio 0", n, 3, kHandshake + kHistograms / 4 + 16 * layers * H, 0, [&] {
+    count_call(comm, "cross_layer_pruned_counts at ratio 0", n, 3, kHandshake + kHistograms / 4 + 16 * layers * H, 0, [&] {
       cross_layer_pruned_counts(scores.data(), layers, count, n, 0.0, false, none.data(), shard);
     });
-    (void)count_call(comm, "cross_layer_pruned_counts layerwise", n, 1, kHandshake, 0, [&] {
+    count_call(comm, "cross_layer_pruned_counts layerwise", n, 1, kHandshake, 0, [&] {
       cross_layer_pruned_counts(scores.data(), layers, count, n, 0.5, true, none.data(), shard);
     });
     kvc_test::OwnedCache<float> cache(1, count, n, kDim);
     std::vector<std::byte> scratch(evict_lowest_across_heads_workspace_bytes(cpu, cache.view(), shard));
-    (void)count_call(comm, "evict_lowest_across_heads evicting nothing", n, 4, kHandshake + 8 + kHistograms / 4 + 16 * H, 0, [&] {
+    count_call(comm, "evict_lowest_across_heads evicting nothing", n, 4, kHandshake + 8 + kHistograms / 4 + 16 * H, 0, [&] {
       evict_lowest_across_heads(cpu, cache.view(), scores.data(), 0, Workspace(scratch.data(), scratch.size()), shard);
     });
   }
