@@ -244,6 +244,155 @@ TEST_CASE("Communication per layer of the presses that couple heads", "[.measure
   }
 }
 
+namespace {
+
+/// What one cross-layer call handed to the communicator, and how long it took.
+struct Counted {
+  int collectives = 0;
+  std::size_t bytes = 0;          // this rank's
+  double communication_s = 0.0;   // the call's collectives replayed alone, per repetition
+  double call_s = 0.0;            // the whole call on this rank
+};
+
+/// Runs `call` on every rank between barriers through `comm` and CHECKs its collectives and bytes
+/// against docs/distributed.md's formula for it. `replays` > 0: also times its collectives replayed.
+template <class Call>
+Counted count_call(kvc_shard::CountingCommunicator& comm, char const* name, std::int64_t n, int collectives, std::int64_t bytes,
+                   int replays, Call&& call) {
+  comm.reset();
+  MPI_Barrier(MPI_COMM_WORLD);
+  auto const t0 = std::chrono::steady_clock::now();
+  call();
+  Counted out;
+  out.call_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  MPI_Barrier(MPI_COMM_WORLD);
+  INFO(name << ", n = " << n << ", on " << comm.size() << " ranks, rank " << comm.rank());
+  CHECK(comm.collectives == collectives);
+  CHECK(comm.bytes == static_cast<std::size_t>(bytes));
+  out.collectives = comm.collectives;
+  out.bytes = comm.bytes;
+  if (replays > 0) out.communication_s = comm.replay(replays);
+  return out;
+}
+
+/// The shard forms of KVzip's, FastKVzip's and KVCompose's calls across layers on a model of 4
+/// layers of 8 kv heads (3 query heads each, head_dim 64) whose rows hold n entries, this rank holding
+/// its 8/P heads: each call's collectives and bytes against docs/distributed.md's table. `replays` > 0:
+/// rank 0 prints a row of that document's measurements per call (per layer's calls: their mean time).
+void count_cross_layer_calls(kvc_shard::CountingCommunicator& comm, std::int64_t n, int replays) {
+  constexpr int layers = 4;
+  constexpr std::int64_t H = 8, kGroupSize = 3, kDim = 64, kReplayRows = 4;
+  // The document's terms: a handshake is 8 int64 per rank; a radix select's 4 histograms are 256 int64 each.
+  constexpr std::int64_t kHandshake = 64, kHistograms = 4 * 256 * 8;
+  int const rank = comm.rank(), p = comm.size();
+  Split const split = kvc_shard::splits_for(p, H).front();
+  std::int64_t const first = kvc_shard::first_head(split, rank), count = split[static_cast<std::size_t>(rank)];
+  TensorParallelShard const shard{&comm, first, H};
+  constexpr auto L = static_cast<std::size_t>(layers);
+  auto const print = [&](char const* name, Counted const& c) {
+    if (replays > 0 && rank == 0)
+      std::printf("| %s | %d | %lld | %d | %zu | %.3f | %.1f |\n", name, p, static_cast<long long>(n), c.collectives, c.bytes,
+                  c.communication_s * 1e3, c.call_s * 1e3);
+  };
+  // This rank's scores of its heads of every layer, [layers, count, n].
+  std::vector<float> const scores = kvc_test::random_vector(L * static_cast<std::size_t>(count * n), 300u + static_cast<std::uint32_t>(rank));
+
+  KVzipPress const kvzip{0.5};
+  std::vector<float> protected_scores = scores;
+  print("KVzip `protect_sinks`, 4 layers",
+        count_call(comm, "KVzip protect_sinks", n, 2, kHandshake + 4, replays,
+                   [&] { kvzip.protect_sinks(protected_scores.data(), layers, count, n, shard); }));
+
+  FastKVzipPress const fast{0.5};
+  std::vector<std::int64_t> pruned(L);
+  print("FastKVzip `cross_layer_pruned_counts`, 4 layers",
+        count_call(comm, "cross_layer_pruned_counts", n, 6, kHandshake + kHistograms + 16 * layers * H, replays, [&] {
+          cross_layer_pruned_counts(scores.data(), layers, count, n, fast.compression_ratio, false, pruned.data(), shard);
+        }));
+  std::int64_t evicted = 0;
+  for (std::int64_t x : pruned) evicted += x;
+  CHECK(evicted == layers * H * n / 2);  // int(L·H·n·0.5), the whole model's
+
+  // Each layer evicts its count over its heads; the cache's capacity is n, so a layer's slice of the
+  // scores is the [count, capacity] table the call reads.
+  Counted per_layer;
+  for (int l = 0; l < layers; ++l) {
+    kvc_test::OwnedCache<float> cache(1, count, n, kDim);
+    std::vector<std::byte> scratch(evict_lowest_across_heads_workspace_bytes(cpu, cache.view(), shard));
+    Counted const c = count_call(comm, "evict_lowest_across_heads", n, 7, kHandshake + 8 + kHistograms + 16 * H,
+                                 l == 0 ? replays : 0, [&] {
+                                   evict_lowest_across_heads(cpu, cache.view(), scores.data() + l * count * n,
+                                                             pruned[static_cast<std::size_t>(l)],
+                                                             Workspace(scratch.data(), scratch.size()), shard);
+                                 });
+    if (l == 0) per_layer = c;
+    else per_layer.call_s += c.call_s;
+  }
+  per_layer.call_s /= layers;
+  print("FastKVzip `evict_lowest_across_heads`, per layer", per_layer);
+  if (replays == 0) {
+    // Taking nothing or everything, the selection stops after its first histogram; layerwise, the
+    // counts need only the handshake.
+    std::vector<std::int64_t> none(L);
+    count_call(comm, "cross_layer_pruned_counts at ratio 0", n, 3, kHandshake + kHistograms / 4 + 16 * layers * H, 0, [&] {
+      cross_layer_pruned_counts(scores.data(), layers, count, n, 0.0, false, none.data(), shard);
+    });
+    count_call(comm, "cross_layer_pruned_counts layerwise", n, 1, kHandshake, 0, [&] {
+      cross_layer_pruned_counts(scores.data(), layers, count, n, 0.5, true, none.data(), shard);
+    });
+    kvc_test::OwnedCache<float> cache(1, count, n, kDim);
+    std::vector<std::byte> scratch(evict_lowest_across_heads_workspace_bytes(cpu, cache.view(), shard));
+    count_call(comm, "evict_lowest_across_heads evicting nothing", n, 4, kHandshake + 8 + kHistograms / 4 + 16 * H, 0, [&] {
+      evict_lowest_across_heads(cpu, cache.view(), scores.data(), 0, Workspace(scratch.data(), scratch.size()), shard);
+    });
+  }
+
+  KVComposePress press;
+  press.compression_ratio = 0.5;
+  KVComposeStatistics stats(press, layers, count * kGroupSize, n);
+  std::vector<float> attention =
+      kvc_test::random_vector(static_cast<std::size_t>(count * kGroupSize * kReplayRows * (n + kReplayRows)), 400u + static_cast<std::uint32_t>(rank));
+  for (float& x : attention) x = std::abs(x) / static_cast<float>(n);
+  for (int l = 0; l < layers; ++l)
+    stats.add(cpu, l, make_tensor4(attention.data(), {1, count * kGroupSize, kReplayRows, n + kReplayRows}));
+  KVComposePlan plan;
+  print("KVCompose `kvcompose_plan`, 4 layers",
+        count_call(comm, "kvcompose_plan", n, 2, kHandshake + 4 * layers * H * n, replays,
+                   [&] { plan = kvcompose_plan(cpu, press, stats, count, nullptr, shard); }));
+  CHECK(plan.kv_heads == H);
+
+  per_layer = {};
+  for (int l = 0; l < layers; ++l) {
+    kvc_test::OwnedCache<float> cache(1, count, n, kDim);
+    std::vector<std::byte> scratch(kvcompose_compress_workspace_bytes(cpu, cache.view()));
+    Counted const c = count_call(comm, "kvcompose_compress", n, 1, kHandshake, l == 0 ? replays : 0, [&] {
+      kvcompose_compress(cpu, plan, l, cache.view(), Workspace(scratch.data(), scratch.size()), shard);
+    });
+    if (l == 0) per_layer = c;
+    else per_layer.call_s += c.call_s;
+  }
+  per_layer.call_s /= layers;
+  print("KVCompose `kvcompose_compress`, per layer", per_layer);
+}
+
+}  // namespace
+
+// docs/distributed.md's byte counts of the cross-layer presses, at a size CTest runs in moments.
+TEST_CASE("The cross-layer presses' shard forms exchange the bytes that docs/distributed.md gives", "[mpi]") {
+  MpiCommunicator mpi(MPI_COMM_WORLD, kWait);
+  kvc_shard::CountingCommunicator comm(mpi);
+  count_cross_layer_calls(comm, 64, 0);
+}
+
+// The same calls' figures of docs/distributed.md: `mpirun -np P kvc_tests_mpi "[across_layers]"`.
+TEST_CASE("Communication of the calls of KVzip and FastKVzip and KVCompose across layers", "[.measure][across_layers]") {
+  MpiCommunicator mpi(MPI_COMM_WORLD, kWait);
+  kvc_shard::CountingCommunicator comm(mpi);
+  if (comm.rank() == 0)
+    std::printf("\n| call | ranks | n | collectives | bytes per rank | communication ms | call ms |\n");
+  for (std::int64_t n : {1024, 16384}) count_cross_layer_calls(comm, n, 50);
+}
+
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   Catch::Session session;
