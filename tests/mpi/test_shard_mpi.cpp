@@ -1,6 +1,7 @@
 // Tensor-parallel shards in real processes: run under `mpirun -np P`; every rank holds some kv heads
 // of the layer, compresses them with an MpiCommunicator and compares its rows with the whole layer,
-// which each rank also compresses alone. CTest runs it on 2 and 4 ranks (label mpi).
+// which each rank also compresses alone; the collectives and bytes of every press's shard form are
+// counted against docs/distributed.md's table. CTest runs it on 2 and 4 ranks (label mpi).
 
 #define CATCH_CONFIG_RUNNER
 #include <mpi.h>
@@ -122,6 +123,35 @@ TEST_CASE("MPI ranks evict across layers and heads as one process does on the wh
     check("KVzip", kvzip_model, kvc_shard::kContext, kvc_shard::kvzip_scores(kvzip_model, kvzip, hidden), &kvzip, 0.6);
     check("FastKVzip", gate_model, kvc_shard::kTokens, kvc_shard::fast_kvzip_scores(fast, gates, gate_hidden), nullptr, 0.9);
   }
+}
+
+TEST_CASE("MPI ranks plan and keep with KVCompose what one process does on the whole model, bit for bit", "[mpi]") {
+  using kvc_shard::kHeads;
+  using kvc_shard::kLayers;
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator comm(MPI_COMM_WORLD, kWait);
+  std::deque<Layer> const model = kvc_shard::make_model(kvc_shard::kTokens, 111);
+  auto const attention = kvc_shard::replay_attention();
+  KVComposePress structured;
+  structured.compression_ratio = 0.6;
+  KVComposePress unstructured = structured;
+  unstructured.structured = false;
+  unstructured.add_v_norm = true;
+  unstructured.keep_token_lower_bound = 2;
+  for (KVComposePress const& press : {structured, unstructured})
+    for (Split const& split : kvc_shard::splits_for(p, kHeads)) {
+      std::int64_t const first = kvc_shard::first_head(split, rank), count = split[static_cast<std::size_t>(rank)];
+      INFO((press.structured ? "structured" : "unstructured") << " on " << p << " ranks, split " << split.front() << ".."
+                                                              << split.back() << ", rank " << rank);
+      kvc_shard::Composed const whole = kvc_shard::compose(model, attention, press, 0, kHeads, {});
+      kvc_shard::Composed const mine = kvc_shard::compose(model, attention, press, first, count, {&comm, first, kHeads});
+      CHECK(mine.plan.kv_heads == kHeads);
+      CHECK(mine.plan.scores == whole.plan.scores);
+      CHECK(mine.plan.kept == whole.plan.kept);
+      for (int l = 0; l < kLayers; ++l)
+        CHECK(kvc_shard::kept(mine.parts[static_cast<std::size_t>(l)].cache, 0, count) ==
+              kvc_shard::kept(whole.parts[static_cast<std::size_t>(l)].cache, first, count));
+    }
 }
 
 TEST_CASE("A NaN key on rank 1 only is an error on every MPI rank, without waiting out the timeout", "[mpi][errors]") {
@@ -382,6 +412,133 @@ TEST_CASE("The cross-layer presses' shard forms exchange the bytes that docs/dis
   MpiCommunicator mpi(MPI_COMM_WORLD, kWait);
   kvc_shard::CountingCommunicator comm(mpi);
   count_cross_layer_calls(comm, 64, 0);
+}
+
+namespace {
+
+/// A press's collectives and bytes per rank on one layer, from docs/distributed.md's table.
+struct Exchange {
+  int collectives;
+  std::int64_t bytes;
+};
+
+/// docs/distributed.md's "What each press communicates", evaluated for a layer of batch B, H kv heads
+/// and n entries per row, for each scenario of the shard harness by its name. A handshake is 8 int64
+/// per rank, the layer's maximum one float, AdaKV's radix select Σ budgets and Σ pooled (2 int64), 4
+/// histograms of 256 int64 and the per-head tie counts, per sequence. A wrapper's "inner" is its inner
+/// press's own row, handshake included, when that press communicates, and nothing for a per-head press.
+Exchange documented_exchange(std::string const& name, std::int64_t B, std::int64_t H, std::int64_t n) {
+  constexpr std::int64_t kHandshake = 64, kMax = 4;
+  Exchange const none{0, 0}, closing{1, kHandshake}, with_max{2, kHandshake + kMax};
+  Exchange const tova{2, kHandshake + 4 * B * H * (n - 1)};
+  auto const plus = [](Exchange outer, Exchange inner) {
+    return Exchange{outer.collectives + inner.collectives, outer.bytes + inner.bytes};
+  };
+  // The inner press of a wrapper scenario, from the parentheses of its name.
+  auto const inner = [&]() -> Exchange {
+    if (name.find("(TOVA)") != std::string::npos) return tova;
+    for (char const* p : {"(SnapKV)", "(CAP)", "(Finch)"})
+      if (name.find(p) != std::string::npos) return with_max;
+    return none;
+  };
+  Exchange const adakv{7, kHandshake + 32 * B + 8192 * B + 8 * B * H};
+  auto const chunk_kv = [&](std::int64_t chunk) { return Exchange{2, kHandshake + 8 * B * H * ((n + chunk - 1) / chunk)}; };
+  if (name.rfind("AdaKV(", 0) == 0 || name.rfind("CriticalAdaKV(", 0) == 0) return plus(adakv, inner());
+  if (name == "TOVA" || name == "Merging(TOVA)") return tova;
+  if (name == "PyramidKV") return with_max;
+  if (name == "ChunkKV(Knorm)") return chunk_kv(6);
+  if (name == "ChunkKV(SnapKV)" || name == "ChunkKV(CAP)") return plus(chunk_kv(5), inner());
+  if (name == "ChunkKV(ExpectedAttention), no complete chunk") return chunk_kv(64);
+  if (name == "ChunkKV(TOVA)") return plus(chunk_kv(7), inner());
+  if (name.rfind("SimLayerKV", 0) == 0) return {2, kHandshake + 8 * B * H};
+  if (name == "LeverageScore" || name == "NonCausalAttn") return {3, kHandshake + 16 * B * H};
+  if (name == "Compactor") return {4, kHandshake + kMax + 32 * B * H};
+  if (name == "SnapKV" || name == "CAP" || name.rfind("Finch", 0) == 0) return with_max;
+  if (name == "LUKV(Knorm)") return {4, 2 * kHandshake + kMax + 8 * B * H};
+  if (name.rfind("EntropyGatedChunkKV(", 0) == 0) return plus({2, kHandshake + 4 * B * H * n}, inner());
+  // Per head: the closing handshake.
+  for (char const* per_head : {"QFilter", "Random, seeded", "DuoAttention", "KVzap, linear", "KVzap, MLP", "ObservedAttention",
+                               "ExpectedAttention", "Knorm", "CriticalKV(ExpectedAttention)", "CUR", "Merging(Knorm)", "KeyDiff",
+                               "StreamingLLM"})
+    if (name == per_head) return closing;
+  return {-1, -1};  // not in the table: the test fails on it
+}
+
+}  // namespace
+
+// Every row of docs/distributed.md's table of what each press communicates, on each scenario of the
+// shard harness: its collectives and bytes per rank against the row's formula.
+TEST_CASE("Every press's shard form exchanges the bytes that docs/distributed.md gives", "[mpi]") {
+  using namespace kvc_shard;
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator mpi(MPI_COMM_WORLD, kWait);
+  CountingCommunicator comm(mpi);
+  std::vector<Scenario> scenarios;
+  for (auto make : {coupled_scenarios, combining_scenarios, later_coupled_scenarios, per_head_scenarios, later_per_head_scenarios})
+    for (auto& s : make()) scenarios.push_back(std::move(s));
+  auto const one = [](auto press) -> Run {
+    return [press](Observation<float> const& obs, KVCacheView<float> view) { compress(cpu, press, obs, view); };
+  };
+  scenarios.push_back({"KeyDiff", default_layer, one(KeyDiffPress{0.5})});
+  scenarios.push_back({"StreamingLLM", default_layer, one(StreamingLLMPress{0.5, 2})});
+  for (Scenario const& scenario : scenarios) {
+    Layer layer = scenario.make_layer();
+    Split const split = splits_for(p, layer.heads).front();
+    Part part(layer, first_head(split, rank), split[static_cast<std::size_t>(rank)]);
+    Observation<float> obs = observe(layer, part.first, part.count, scenario.layer_idx, scenario.num_layers, scenario.attention);
+    obs.shard = {&comm, part.first, layer.heads};
+    Exchange const e = documented_exchange(scenario.name, layer.batch, layer.heads, layer.n);
+    count_call(comm, scenario.name.c_str(), layer.n, e.collectives, e.bytes, 0, [&] { scenario.run(obs, part.cache.view()); });
+  }
+}
+
+// KVzip's and FastKVzip's rows, their scores: per head, the closing handshake per chunk and layer
+// (KVzip's `score_chunk`) or per layer (FastKVzip's `score_layer`).
+TEST_CASE("KVzip's and FastKVzip's scoring on a shard exchanges the bytes that docs/distributed.md gives", "[mpi]") {
+  using kvc_shard::kHeads;
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator mpi(MPI_COMM_WORLD, kWait);
+  kvc_shard::CountingCommunicator comm(mpi);
+  Split const split = kvc_shard::splits_for(p, kHeads).front();
+  std::int64_t const first = kvc_shard::first_head(split, rank), count = split[static_cast<std::size_t>(rank)];
+  TensorParallelShard const shard{&comm, first, kHeads};
+  std::deque<Layer> const model = kvc_shard::make_model(kvc_shard::kContext + kvc_shard::kRepeat, 61);
+  std::vector<float> const hidden = kvc_test::random_vector(static_cast<std::size_t>(kvc_shard::kLayers * kvc_shard::kRepeat * 24), 62);
+  KVzipPress kvzip{0.6};
+  kvzip.chunk_size = 10;  // 3 chunks of the 24 context entries
+  Part part(model.front(), first, count);
+  std::vector<float> scores(static_cast<std::size_t>(count * kvc_shard::kContext));
+  count_call(comm, "KVzip score_chunk, one layer", kvc_shard::kContext, 3, 3 * 64, 0,
+             [&] { kvc_shard::kvzip_scores(model, kvzip, hidden)(0, part.cache, first, count, shard, scores.data()); });
+  kvc_shard::Gates const gates;
+  std::vector<float> const gate_hidden =
+      kvc_test::random_vector(static_cast<std::size_t>(kvc_shard::kLayers * kvc_shard::kTokens * kvc_shard::kGateHidden), 82);
+  FastKVzipPress const fast{0.5};
+  scores.resize(static_cast<std::size_t>(count * kvc_shard::kTokens));
+  count_call(comm, "FastKVzip score_layer, one layer", kvc_shard::kTokens, 1, 64, 0,
+             [&] { kvc_shard::fast_kvzip_scores(fast, gates, gate_hidden)(0, part.cache, first, count, shard, scores.data()); });
+}
+
+// DecodingPress's row: a step that does not compress is the closing handshake; one that compresses,
+// the handshake, the longest row (one int64) and the inner press's row (TOVA's handshake and its mean
+// over the heads of the rows it scores).
+TEST_CASE("DecodingPress's shard form exchanges the bytes that docs/distributed.md gives", "[mpi]") {
+  using kvc_shard::Decoding;
+  int const rank = world_rank(), p = world_size();
+  MpiCommunicator mpi(MPI_COMM_WORLD, kWait);
+  kvc_shard::CountingCommunicator comm(mpi);
+  Layer layer = Decoding::make_layer();
+  Split const split = kvc_shard::splits_for(p, layer.heads).front();
+  std::int64_t const first = kvc_shard::first_head(split, rank), count = split[static_cast<std::size_t>(rank)];
+  Part part(layer, first, count);
+  comm.reset();
+  Decoding::run(layer, part.cache, first, {&comm, first, layer.heads});
+  // The prefill and 10 steps, compressing at steps 4 and 8 (every 4 steps) rows of 28 and 24 entries.
+  std::int64_t const B = layer.batch, H = layer.heads;
+  auto const tova = [&](std::int64_t n) { return 64 + 4 * B * H * (n - 1); };
+  INFO("DecodingPress(TOVA) on " << p << " ranks, rank " << rank);
+  CHECK(comm.collectives == 1 + 8 + 2 * (2 + 2));
+  CHECK(comm.bytes == static_cast<std::size_t>(9 * 64 + 2 * 72 + tova(28) + tova(24)));
 }
 
 // The same calls' figures of docs/distributed.md: `mpirun -np P kvc_tests_mpi "[across_layers]"`.

@@ -1,13 +1,16 @@
 #pragma once
-// A small model (three layers of six kv heads, batch 1) compressed by the presses that evict across
-// layers and heads (KVzip, FastKVzip), whole on one process or split over the ranks of a group: the
-// pipeline shared by the thread tests (test_shard_cross_layer.cpp) and the MPI tests.
+// A small model (three layers of six kv heads, or of eight, batch 1) compressed by the presses that
+// evict across layers and heads (KVzip, FastKVzip) and by KVCompose, whole on one process or split over
+// the ranks of a group: the pipelines shared by the thread tests (test_shard_cross_layer.cpp) and the
+// MPI tests.
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "kvcompress/kvcompress.hpp"
@@ -19,6 +22,8 @@ namespace kvc_shard {
 using kvcompress::cpu;
 using kvcompress::FastKVzipGate;
 using kvcompress::FastKVzipPress;
+using kvcompress::KVComposePress;
+using kvcompress::KVComposeStatistics;
 using kvcompress::KVzipPress;
 using kvcompress::TensorParallelShard;
 using kvcompress::Workspace;
@@ -26,10 +31,10 @@ using kvcompress::Workspace;
 constexpr int kLayers = 3;
 constexpr std::int64_t kHeads = 6, kGroup = 2, kDim = 8;
 
-/// Layers of 6 kv heads (batch 1) whose rows hold n entries.
-inline std::deque<Layer> make_model(std::int64_t n, std::uint32_t seed) {
+/// Layers of `heads` kv heads (batch 1) whose rows hold n entries.
+inline std::deque<Layer> make_model(std::int64_t n, std::uint32_t seed, std::int64_t heads = kHeads) {
   std::deque<Layer> model;  // a Layer neither copies nor moves cheaply; a deque never relocates
-  for (int l = 0; l < kLayers; ++l) model.emplace_back(1, kHeads, kGroup, n, n, kDim, seed + 10u * static_cast<std::uint32_t>(l));
+  for (int l = 0; l < kLayers; ++l) model.emplace_back(1, heads, kGroup, n, n, kDim, seed + 10u * static_cast<std::uint32_t>(l));
   return model;
 }
 
@@ -96,25 +101,25 @@ inline ScoreFn kvzip_scores(std::deque<Layer> const& model, KVzipPress const& pr
 
 constexpr std::int64_t kGateHidden = 12, kGateDim = 4, kGateSink = 3, kTokens = 32;
 
-/// A FastKVzip gate per layer with its weights.
+/// A FastKVzip gate per layer of `heads` kv heads with its weights.
 struct Gates {
   std::vector<std::vector<float>> weights;  // per layer: q_proj weight, bias, k_proj weight, norms, k_base, b
   std::vector<FastKVzipGate> gates;
 
-  Gates() {
-    std::int64_t const q = kHeads * kGroup * kGateDim;
+  explicit Gates(std::int64_t heads = kHeads) {
+    std::int64_t const q = heads * kGroup * kGateDim;
     for (int l = 0; l < kLayers; ++l) {
       auto const seed = 70u + 10u * static_cast<std::uint32_t>(l);
       weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(q * kGateHidden), seed, 0.5f));
       weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(q), seed + 1, 0.2f));
-      weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(kHeads * kGateDim * kGateHidden), seed + 2, 0.5f));
+      weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(heads * kGateDim * kGateHidden), seed + 2, 0.5f));
       weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(kGateDim), seed + 3, 1.0f));
-      weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(kHeads * kGateSink * kGateDim), seed + 4, 1.0f));
-      weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(kHeads * kGroup), seed + 5, 1.0f));
+      weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(heads * kGateSink * kGateDim), seed + 4, 1.0f));
+      weights.push_back(kvc_test::random_vector(static_cast<std::size_t>(heads * kGroup), seed + 5, 1.0f));
     }
     for (int l = 0; l < kLayers; ++l) {
       auto const w = [&](int i) -> std::vector<float> const& { return weights[static_cast<std::size_t>(6 * l + i)]; };
-      gates.push_back({w(0).data(), w(1).data(), w(2).data(), w(3).data(), w(3).data(), w(4).data(), w(5).data(), kGateHidden, kHeads,
+      gates.push_back({w(0).data(), w(1).data(), w(2).data(), w(3).data(), w(3).data(), w(4).data(), w(5).data(), kGateHidden, heads,
                        kGroup, kGateDim, kGateSink});
     }
   }
@@ -130,6 +135,53 @@ inline ScoreFn fast_kvzip_scores(FastKVzipPress const& press, Gates const& gates
     else
       press.score_layer(cpu, gate, x, out);
   };
+}
+
+constexpr std::int64_t kReplay = 3;  // KVCompose: rows of each replay pass
+
+/// KVCompose's replay attention of a model of `heads` kv heads per layer and pass, [1, q_heads,
+/// kReplay, kTokens + kReplay].
+inline std::vector<std::vector<float>> replay_attention(std::int64_t heads = kHeads) {
+  std::vector<std::vector<float>> out;
+  for (int i = 0; i < 2 * kLayers; ++i) {
+    auto a = kvc_test::random_vector(static_cast<std::size_t>(heads * kGroup * kReplay * (kTokens + kReplay)), 100u + static_cast<std::uint32_t>(i));
+    for (float& x : a) x = std::abs(x) / 8.0f;
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+/// KVCompose on heads [first, first + count) of every layer: the plan and the compressed parts.
+struct Composed {
+  kvcompress::KVComposePlan plan;
+  std::deque<Part> parts;
+};
+
+inline Composed compose(std::deque<Layer> const& model, std::vector<std::vector<float>> const& attention, KVComposePress const& press,
+                 std::int64_t first, std::int64_t count, TensorParallelShard const& shard) {
+  Composed out;
+  std::int64_t const qh = model.front().heads * kGroup, m = kTokens + kReplay;
+  KVComposeStatistics stats(press, kLayers, count * kGroup, kTokens);
+  for (int l = 0; l < kLayers; ++l)
+    for (int pass = 0; pass < 2; ++pass) {
+      float const* a = attention[static_cast<std::size_t>(2 * l + pass)].data();
+      stats.add(cpu, l, kvcompress::make_tensor4(a + first * kGroup * kReplay * m, {1, count * kGroup, kReplay, m}, {qh * kReplay * m, kReplay * m, m, 1}));
+    }
+  for (Layer const& layer : model) out.parts.emplace_back(layer, first, count);
+  std::vector<float> norms(static_cast<std::size_t>(kLayers * count * kTokens));  // [layers, count, ctx]
+  for (int l = 0; l < kLayers; ++l)
+    kvcompose_value_norms(out.parts[static_cast<std::size_t>(l)].cache.view(), kTokens, norms.data() + l * count * kTokens);
+  out.plan = shard.split() ? kvcompose_plan(cpu, press, stats, count, norms.data(), shard) : kvcompose_plan(cpu, press, stats, count, norms.data());
+  for (int l = 0; l < kLayers; ++l) {
+    auto& cache = out.parts[static_cast<std::size_t>(l)].cache;
+    std::vector<std::byte> scratch(kvcompose_compress_workspace_bytes(cpu, cache.view()));
+    Workspace ws(scratch.data(), scratch.size());
+    if (shard.split())
+      kvcompose_compress(cpu, out.plan, l, cache.view(), ws, shard);
+    else
+      kvcompose_compress(cpu, out.plan, l, cache.view(), ws);
+  }
+  return out;
 }
 
 }  // namespace kvc_shard

@@ -1,5 +1,5 @@
-// KVzip, FastKVzip and KVCompose on tensor-parallel shards: P threads, each a rank holding some kv
-// heads of every layer of a small model, against the whole model compressed on one thread with the
+// KVzip, FastKVzip and KVCompose on tensor-parallel shards: P threads (2 to 8), each a rank holding
+// some kv heads of every layer of a small model, against the whole model compressed on one thread with the
 // single-process functions. Their evictions rank every head of every layer together, so the shard
 // forms select across ranks; the scores, counts and kept entries must be the whole model's exactly.
 
@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "shard/cross_layer_harness.hpp"
@@ -18,6 +19,8 @@
 #include "shard/thread_communicator.hpp"
 
 using namespace kvcompress;
+using kvc_shard::Composed;
+using kvc_shard::compose;
 using kvc_shard::Evicted;
 using kvc_shard::Gates;
 using kvc_shard::ScoreFn;
@@ -27,6 +30,7 @@ using kvc_shard::kContext;
 using kvc_shard::kGateHidden;
 using kvc_shard::kGroup;
 using kvc_shard::kHeads;
+using kvc_shard::kReplay;
 using kvc_shard::kLayers;
 using kvc_shard::kRepeat;
 using kvc_shard::kTokens;
@@ -36,17 +40,19 @@ using kvc_shard::Layer;
 using kvc_shard::message_of;
 using kvc_shard::on_ranks;
 using kvc_shard::Part;
+using kvc_shard::replay_attention;
 using kvc_shard::require_no_errors;
 using kvc_shard::Split;
 using kvc_shard::ThreadCommunicator;
 
 namespace {
 
-/// The eviction on every split of `splits` against the whole model: bit-identical scores, the same
-/// counts per layer, the same kept entries.
+/// The eviction on `split` of the model's kv heads against the whole model: bit-identical scores, the
+/// same counts per layer, the same kept entries.
 void check_cross_layer(std::deque<Layer> const& model, std::int64_t ctx, ScoreFn const& score, KVzipPress const* sinks,
                        double ratio, bool layerwise, Split const& split) {
-  Evicted const whole = evict_model(model, 0, kHeads, ctx, {}, score, sinks, ratio, layerwise);
+  std::int64_t const heads = model.front().heads;
+  Evicted const whole = evict_model(model, 0, heads, ctx, {}, score, sinks, ratio, layerwise);
   std::int64_t evicted = 0;
   for (std::int64_t p : whole.pruned) evicted += p;
   CHECK(evicted > 0);
@@ -54,7 +60,7 @@ void check_cross_layer(std::deque<Layer> const& model, std::int64_t ctx, ScoreFn
   std::vector<Evicted> got(split.size());
   require_no_errors(on_ranks(p, [&](int r, ThreadCommunicator& comm) {
     std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
-    got[static_cast<std::size_t>(r)] = evict_model(model, first, count, ctx, {&comm, first, kHeads}, score, sinks, ratio, layerwise);
+    got[static_cast<std::size_t>(r)] = evict_model(model, first, count, ctx, {&comm, first, heads}, score, sinks, ratio, layerwise);
   }));
   for (int r = 0; r < p; ++r) {
     std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
@@ -64,7 +70,7 @@ void check_cross_layer(std::deque<Layer> const& model, std::int64_t ctx, ScoreFn
     for (int l = 0; l < kLayers; ++l) {
       INFO("layer " << l);
       for (std::int64_t h = 0; h < count; ++h) {
-        auto const a = mine.scores.begin() + (l * count + h) * ctx, b = whole.scores.begin() + (l * kHeads + first + h) * ctx;
+        auto const a = mine.scores.begin() + (l * count + h) * ctx, b = whole.scores.begin() + (l * heads + first + h) * ctx;
         CHECK(std::vector<float>(a, a + ctx) == std::vector<float>(b, b + ctx));
       }
       CHECK(kvc_shard::kept(mine.parts[static_cast<std::size_t>(l)].cache, 0, count) ==
@@ -73,134 +79,89 @@ void check_cross_layer(std::deque<Layer> const& model, std::int64_t ctx, ScoreFn
   }
 }
 
-std::vector<Split> test_splits() {
-  std::vector<Split> out;
+/// A model's kv heads and their split over the ranks.
+struct ModelSplit {
+  std::int64_t heads;
+  Split split;
+};
+
+/// Six heads on 2 and 4 ranks (balanced and lopsided) and unevenly on 3; eight heads on 8 ranks, one
+/// each; eleven heads unevenly on 8 ranks.
+std::vector<ModelSplit> test_splits() {
+  std::vector<ModelSplit> out;
   for (int p : {2, 4})
-    for (Split const& s : kvc_shard::splits_for(p, kHeads)) out.push_back(s);
-  out.push_back({1, 3, 2});
+    for (Split const& s : kvc_shard::splits_for(p, kHeads)) out.push_back({kHeads, s});
+  out.push_back({kHeads, {1, 3, 2}});
+  out.push_back({8, kvc_shard::splits_for(8, 8).front()});
+  out.push_back({11, {1, 2, 1, 1, 3, 1, 1, 1}});
   return out;
 }
 
-std::string name_of(Split const& split) {
-  std::string s;
-  for (std::int64_t c : split) s += std::to_string(c);
+std::string name_of(ModelSplit const& m) {
+  std::string s = std::to_string(m.heads) + " heads, split ";
+  for (std::int64_t c : m.split) s += std::to_string(c);
   return s;
 }
 
 }  // namespace
 
 TEST_CASE("KVzip on P thread ranks scores, protects and evicts what one process does on the whole model", "[shard][kvzip]") {
-  std::deque<Layer> const model = make_model(kContext + kRepeat, 61);
   std::vector<float> const hidden = kvc_test::random_vector(static_cast<std::size_t>(kLayers * kRepeat * 24), 62);
   KVzipPress plain{0.6};
   plain.chunk_size = 10;
   plain.n_sink = 2;
   KVzipPress plus = plain;
   plus.kvzip_plus_normalization = true;
-  for (Split const& split : test_splits()) {
-    DYNAMIC_SECTION("KVzip, split " << name_of(split)) {
-      check_cross_layer(model, kContext, kvzip_scores(model, plain, hidden), &plain, plain.compression_ratio, false, split);
+  for (ModelSplit const& m : test_splits()) {
+    std::deque<Layer> const model = make_model(kContext + kRepeat, 61, m.heads);
+    DYNAMIC_SECTION("KVzip, " << name_of(m)) {
+      check_cross_layer(model, kContext, kvzip_scores(model, plain, hidden), &plain, plain.compression_ratio, false, m.split);
     }
-    DYNAMIC_SECTION("KVzip+, split " << name_of(split)) {
-      check_cross_layer(model, kContext, kvzip_scores(model, plus, hidden), &plus, 0.4, false, split);
+    DYNAMIC_SECTION("KVzip+, " << name_of(m)) {
+      check_cross_layer(model, kContext, kvzip_scores(model, plus, hidden), &plus, 0.4, false, m.split);
     }
-    DYNAMIC_SECTION("KVzip layerwise, split " << name_of(split)) {
-      check_cross_layer(model, kContext, kvzip_scores(model, plain, hidden), &plain, plain.compression_ratio, true, split);
+    DYNAMIC_SECTION("KVzip layerwise, " << name_of(m)) {
+      check_cross_layer(model, kContext, kvzip_scores(model, plain, hidden), &plain, plain.compression_ratio, true, m.split);
     }
   }
 }
 
-namespace {
-
-}  // namespace
-
 TEST_CASE("FastKVzip on P thread ranks evicts what one process does on the whole model, ties included", "[shard][fastkvzip]") {
-  std::deque<Layer> const model = make_model(kTokens, 81);
-  Gates const gates;
   std::vector<float> const hidden = kvc_test::random_vector(static_cast<std::size_t>(kLayers * kTokens * kGateHidden), 82);
   FastKVzipPress press{0.5};
   press.window_ratio = 0.1;  // the last 3 entries and the first 4 score 1: exact ties across heads and layers
   FastKVzipPress tight = press;
   tight.compression_ratio = 0.9;  // keeps fewer entries than score 1: the selection ends inside the ties
-  for (Split const& split : test_splits()) {
-    DYNAMIC_SECTION("ratio 0.5, split " << name_of(split)) {
-      check_cross_layer(model, kTokens, fast_kvzip_scores(press, gates, hidden), nullptr, press.compression_ratio, false, split);
+  for (ModelSplit const& m : test_splits()) {
+    std::deque<Layer> const model = make_model(kTokens, 81, m.heads);
+    Gates const gates(m.heads);
+    DYNAMIC_SECTION("ratio 0.5, " << name_of(m)) {
+      check_cross_layer(model, kTokens, fast_kvzip_scores(press, gates, hidden), nullptr, press.compression_ratio, false, m.split);
     }
-    DYNAMIC_SECTION("ratio 0.9, split " << name_of(split)) {
-      check_cross_layer(model, kTokens, fast_kvzip_scores(tight, gates, hidden), nullptr, tight.compression_ratio, false, split);
+    DYNAMIC_SECTION("ratio 0.9, " << name_of(m)) {
+      check_cross_layer(model, kTokens, fast_kvzip_scores(tight, gates, hidden), nullptr, tight.compression_ratio, false, m.split);
     }
   }
 }
 
 TEST_CASE("The cross-layer eviction on P thread ranks breaks exact ties as one process does", "[shard]") {
-  std::deque<Layer> const model = make_model(kTokens, 91);
-  // Scores from three values, with -0 beside +0: almost every comparison is a tie.
-  std::vector<float> table = kvc_test::random_vector(static_cast<std::size_t>(kLayers * kHeads * kTokens), 92);
-  for (std::size_t i = 0; i < table.size(); ++i) table[i] = table[i] < -0.4f ? -1.0f : table[i] < 0.4f ? (i % 2 == 0 ? 0.0f : -0.0f) : 2.0f;
-  ScoreFn const tied = [&table](int l, kvc_test::OwnedCache<float>&, std::int64_t first, std::int64_t count, TensorParallelShard const&,
-                                float* out) {
-    std::copy_n(table.begin() + (l * kHeads + first) * kTokens, count * kTokens, out);
-  };
   for (double ratio : {0.3, 0.5, 0.8})
-    for (Split const& split : test_splits())
-      DYNAMIC_SECTION("ratio " << ratio << ", split " << name_of(split)) {
-        check_cross_layer(model, kTokens, tied, nullptr, ratio, false, split);
+    for (ModelSplit const& m : test_splits())
+      DYNAMIC_SECTION("ratio " << ratio << ", " << name_of(m)) {
+        std::deque<Layer> const model = make_model(kTokens, 91, m.heads);
+        // Scores from three values, with -0 beside +0: almost every comparison is a tie.
+        std::vector<float> table = kvc_test::random_vector(static_cast<std::size_t>(kLayers * m.heads * kTokens), 92);
+        for (std::size_t i = 0; i < table.size(); ++i)
+          table[i] = table[i] < -0.4f ? -1.0f : table[i] < 0.4f ? (i % 2 == 0 ? 0.0f : -0.0f) : 2.0f;
+        ScoreFn const tied = [&table, &m](int l, kvc_test::OwnedCache<float>&, std::int64_t first, std::int64_t count,
+                                          TensorParallelShard const&, float* out) {
+          std::copy_n(table.begin() + (l * m.heads + first) * kTokens, count * kTokens, out);
+        };
+        check_cross_layer(model, kTokens, tied, nullptr, ratio, false, m.split);
       }
 }
 
-namespace {
-
-constexpr std::int64_t kReplay = 3;  // KVCompose: rows of each replay pass
-
-/// Replay attention per layer and pass, [1, q_heads, kReplay, kTokens + kReplay].
-std::vector<std::vector<float>> replay_attention() {
-  std::vector<std::vector<float>> out;
-  for (int i = 0; i < 2 * kLayers; ++i) {
-    auto a = kvc_test::random_vector(static_cast<std::size_t>(kHeads * kGroup * kReplay * (kTokens + kReplay)), 100u + static_cast<std::uint32_t>(i));
-    for (float& x : a) x = std::abs(x) / 8.0f;
-    out.push_back(std::move(a));
-  }
-  return out;
-}
-
-/// KVCompose on heads [first, first + count) of every layer: the plan and the compressed parts.
-struct Composed {
-  KVComposePlan plan;
-  std::deque<Part> parts;
-};
-
-Composed compose(std::deque<Layer> const& model, std::vector<std::vector<float>> const& attention, KVComposePress const& press,
-                 std::int64_t first, std::int64_t count, TensorParallelShard const& shard) {
-  Composed out;
-  std::int64_t const qh = kHeads * kGroup, m = kTokens + kReplay;
-  KVComposeStatistics stats(press, kLayers, count * kGroup, kTokens);
-  for (int l = 0; l < kLayers; ++l)
-    for (int pass = 0; pass < 2; ++pass) {
-      float const* a = attention[static_cast<std::size_t>(2 * l + pass)].data();
-      stats.add(cpu, l, make_tensor4(a + first * kGroup * kReplay * m, {1, count * kGroup, kReplay, m}, {qh * kReplay * m, kReplay * m, m, 1}));
-    }
-  for (Layer const& layer : model) out.parts.emplace_back(layer, first, count);
-  std::vector<float> norms(static_cast<std::size_t>(kLayers * count * kTokens));  // [layers, count, ctx]
-  for (int l = 0; l < kLayers; ++l)
-    kvcompose_value_norms(out.parts[static_cast<std::size_t>(l)].cache.view(), kTokens, norms.data() + l * count * kTokens);
-  out.plan = shard.split() ? kvcompose_plan(cpu, press, stats, count, norms.data(), shard) : kvcompose_plan(cpu, press, stats, count, norms.data());
-  for (int l = 0; l < kLayers; ++l) {
-    auto& cache = out.parts[static_cast<std::size_t>(l)].cache;
-    std::vector<std::byte> scratch(kvcompose_compress_workspace_bytes(cpu, cache.view()));
-    Workspace ws(scratch.data(), scratch.size());
-    if (shard.split())
-      kvcompose_compress(cpu, out.plan, l, cache.view(), ws, shard);
-    else
-      kvcompose_compress(cpu, out.plan, l, cache.view(), ws);
-  }
-  return out;
-}
-
-}  // namespace
-
 TEST_CASE("KVCompose on P thread ranks plans and keeps what one process does on the whole model, bit for bit", "[shard][kvcompose]") {
-  std::deque<Layer> const model = make_model(kTokens, 111);
-  auto const attention = replay_attention();
   KVComposePress structured;
   structured.compression_ratio = 0.6;
   KVComposePress unstructured = structured;
@@ -218,20 +179,23 @@ TEST_CASE("KVCompose on P thread ranks plans and keeps what one process does on 
   };
   for (Case const& c : {Case{"structured", structured}, Case{"unstructured, value norms, lower bound", unstructured},
                         Case{"mean over the task, maxima over group and heads, no mean across heads", other}})
-    for (Split const& split : test_splits())
-      DYNAMIC_SECTION(c.name << ", split " << name_of(split)) {
-        Composed const whole = compose(model, attention, c.press, 0, kHeads, {});
+    for (ModelSplit const& m : test_splits())
+      DYNAMIC_SECTION(c.name << ", " << name_of(m)) {
+        std::deque<Layer> const model = make_model(kTokens, 111, m.heads);
+        auto const attention = replay_attention(m.heads);
+        Split const& split = m.split;
+        Composed const whole = compose(model, attention, c.press, 0, m.heads, {});
         int const p = static_cast<int>(split.size());
         std::vector<Composed> got(split.size());
         require_no_errors(on_ranks(p, [&](int r, ThreadCommunicator& comm) {
           std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
-          got[static_cast<std::size_t>(r)] = compose(model, attention, c.press, first, count, {&comm, first, kHeads});
+          got[static_cast<std::size_t>(r)] = compose(model, attention, c.press, first, count, {&comm, first, m.heads});
         }));
         for (int r = 0; r < p; ++r) {
           std::int64_t const first = kvc_shard::first_head(split, r), count = split[static_cast<std::size_t>(r)];
           Composed const& mine = got[static_cast<std::size_t>(r)];
           INFO("rank " << r << " of " << p << ", kv heads [" << first << ", +" << count << ")");
-          CHECK(mine.plan.kv_heads == kHeads);
+          CHECK(mine.plan.kv_heads == m.heads);
           CHECK(mine.plan.scores == whole.plan.scores);
           CHECK(mine.plan.kept == whole.plan.kept);
           for (int l = 0; l < kLayers; ++l)
