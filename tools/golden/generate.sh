@@ -23,6 +23,7 @@ cd "${root}"
 "${venv}/bin/python" "${here}/generate_cam.py" --out tests/golden/cam "$@"
 "${venv}/bin/python" "${here}/generate_decoding.py" --out tests/golden/decoding "$@"
 "${venv}/bin/python" "${here}/generate_engine.py" --out tests/golden/engine "$@"
+"${venv}/bin/python" "${here}/generate_tensor_parallel_model.py" --out tests/mpi/llama_3kv  # the engine's 3-rank test
 "${venv}/bin/python" "${here}/generate_model_presses.py" --out tests/golden "$@"  # after generate.py and generate_engine.py: it reads the engine checkpoint
 "${venv}/bin/python" "${here}/generate_engine_learned.py" --out tests/golden  # KVzap, FastKVzip through the engine
 "${venv}/bin/python" "${here}/generate_engine_finch.py" --out tests/golden     # FINCH through the engine
