@@ -444,7 +444,8 @@ Exchange documented_exchange(std::string const& name, std::int64_t B, std::int64
   Exchange const adakv{7, kHandshake + 32 * B + 8192 * B + 8 * B * H};
   auto const chunk_kv = [&](std::int64_t chunk) { return Exchange{2, kHandshake + 8 * B * H * ((n + chunk - 1) / chunk)}; };
   if (name.rfind("AdaKV(", 0) == 0 || name.rfind("CriticalAdaKV(", 0) == 0) return plus(adakv, inner());
-  if (name == "TOVA" || name == "Merging(TOVA)") return tova;
+  if (name == "TOVA" || name == "Merging(TOVA)" || name == "PerLayerCompression(TOVA)") return tova;
+  if (name == "Composed(TOVA, SnapKV)") return plus(tova, with_max);
   if (name == "PyramidKV") return with_max;
   if (name == "ChunkKV(Knorm)") return chunk_kv(6);
   if (name == "ChunkKV(SnapKV)" || name == "ChunkKV(CAP)") return plus(chunk_kv(5), inner());
@@ -481,6 +482,8 @@ TEST_CASE("Every press's shard form exchanges the bytes that docs/distributed.md
   };
   scenarios.push_back({"KeyDiff", default_layer, one(KeyDiffPress{0.5})});
   scenarios.push_back({"StreamingLLM", default_layer, one(StreamingLLMPress{0.5, 2})});
+  scenarios.push_back({"PerLayerCompression(TOVA)", default_layer, one(PerLayerCompressionPress{TOVAPress{}, {0.5}})});
+  scenarios.push_back({"Composed(TOVA, SnapKV)", default_layer, one(ComposedPress{TOVAPress{0.3}, SnapKVPress{0.3, 4, 3}})});
   for (Scenario const& scenario : scenarios) {
     Layer layer = scenario.make_layer();
     Split const split = splits_for(p, layer.heads).front();
