@@ -424,8 +424,8 @@ struct Exchange {
 
 /// docs/distributed.md's "What each press communicates", evaluated for a layer of batch B, H kv heads
 /// and n entries per row, for each scenario of the shard harness by its name. A handshake is 8 int64
-/// per rank, the layer's maximum one float, AdaKV's radix select Σ budgets and Σ pooled (2 int64), 4
-/// histograms of 256 int64 and the per-head tie counts, per sequence. A wrapper's "inner" is its inner
+/// per rank, the layer's maximum one float; AdaKV's radix select exchanges, per sequence, Σ budgets
+/// and Σ pooled (32 bytes), 4 histograms of 256 int64 and the per-head tie counts (one int64 each). A wrapper's "inner" is its inner
 /// press's own row, handshake included, when that press communicates, and nothing for a per-head press.
 Exchange documented_exchange(std::string const& name, std::int64_t B, std::int64_t H, std::int64_t n) {
   constexpr std::int64_t kHandshake = 64, kMax = 4;
