@@ -44,21 +44,39 @@ double at(std::vector<T> const& x, std::int64_t i) {
   return static_cast<double>(to_float(x[static_cast<std::size_t>(i)]));
 }
 
+/// key_dots of `count` keys `stride` elements apart against g query rows, at instruction set isa, against
+/// a double-precision evaluation; the entries of `out` beyond each row's count stay as they were.
+template <class T>
+void check_dots(detail::RowIsa isa, std::int64_t d, std::int64_t count, std::int64_t stride, std::int64_t g) {
+  CAPTURE(static_cast<int>(isa), d, count, stride, g);
+  auto const keys = random_rows<T>(count, stride, 1);
+  auto const q = random_rows<float>(g, d, 2);
+  std::int64_t const out_stride = count + 3;
+  float const untouched = -12345.0f;
+  std::vector<float> dots(static_cast<std::size_t>(g * out_stride), untouched);
+  detail::key_dots(isa, keys.data(), count, stride, d, q.data(), g, dots.data(), out_stride);
+  for (std::int64_t j = 0; j < g; ++j) {
+    for (std::int64_t i = 0; i < count; ++i) {
+      double dot = 0.0, mag = 0.0;
+      for (std::int64_t c = 0; c < d; ++c) {
+        dot += at(keys, i * stride + c) * at(q, j * d + c);
+        mag += std::abs(at(keys, i * stride + c) * at(q, j * d + c));
+      }
+      CHECK(std::abs(dots[static_cast<std::size_t>(j * out_stride + i)] - dot) <= 1e-5 * mag);
+    }
+    for (std::int64_t i = count; i < out_stride; ++i) CHECK(dots[static_cast<std::size_t>(j * out_stride + i)] == untouched);
+  }
+}
+
 template <class T>
 void check_kernels(std::int64_t d) {
   std::int64_t const count = 37, stride = d + 16, g = 6;  // rows apart by more than d: the stride is honoured
   auto const keys = random_rows<T>(count, stride, 1);
-  std::vector<float> q(static_cast<std::size_t>(g * d));
-  std::mt19937 gen(2);
-  std::normal_distribution<float> normal;
-  for (float& v : q) v = normal(gen);
   for (detail::RowIsa const isa : isas_here()) {
     if ((isa == detail::RowIsa::kAvx512 && d % 16 != 0) || (isa == detail::RowIsa::kAvx2 && d % 8 != 0)) continue;
     CAPTURE(static_cast<int>(isa), d);
-    std::vector<float> ss(count), dots(static_cast<std::size_t>(g * count)), norms(count), sum(d, 0.5f),
-        rows(d, 0.25f);
+    std::vector<float> ss(count), norms(count), sum(d, 0.5f), rows(d, 0.25f);
     detail::key_sq_norms(isa, keys.data(), count, stride, d, ss.data());
-    detail::key_dots(isa, keys.data(), count, stride, d, q.data(), g, dots.data(), count);
     detail::key_normalized_sum(isa, keys.data(), count, stride, d, 1e-12f, norms.data(), sum.data());
     detail::rows_sum(isa, keys.data(), count, stride, d, rows.data());
     std::vector<double> want_sum(d, 0.5), want_rows(d, 0.25);
@@ -71,19 +89,12 @@ void check_kernels(std::int64_t d) {
         want_sum[c] += at(keys, i * stride + c) / std::sqrt(s2);
         want_rows[c] += at(keys, i * stride + c);
       }
-      for (std::int64_t j = 0; j < g; ++j) {
-        double dot = 0.0, mag = 0.0;
-        for (std::int64_t c = 0; c < d; ++c) {
-          dot += at(keys, i * stride + c) * q[static_cast<std::size_t>(j * d + c)];
-          mag += std::abs(at(keys, i * stride + c) * q[static_cast<std::size_t>(j * d + c)]);
-        }
-        CHECK(std::abs(dots[static_cast<std::size_t>(j * count + i)] - dot) <= 1e-5 * mag);
-      }
     }
     for (std::int64_t c = 0; c < d; ++c) {
       CHECK(sum[c] == Approx(want_sum[c]).margin(1e-4));
       CHECK(rows[c] == Approx(want_rows[c]).margin(1e-3));
     }
+    check_dots<T>(isa, d, count, stride, g);
   }
 }
 
@@ -193,6 +204,21 @@ TEST_CASE("row kernels: squared norms, dot products and sums of float, half and 
     check_kernels<half>(d);
     check_kernels<bfloat16>(d);
   }
+}
+
+TEST_CASE("row kernels: key_dots at every count of keys and query rows around its blocks of four, strides up to three times d",
+          "[row_kernels]") {
+  // Blocks of four keys against four query rows, the rows left one at a time, the keys left one by
+  // one: counts 0 to 9 and 13, query rows 1 to 8, keys packed, padded and far apart.
+  for (detail::RowIsa const isa : isas_here())
+    for (std::int64_t const d : {16, 128})
+      for (std::int64_t const count : {0, 1, 3, 4, 5, 7, 8, 9, 13})
+        for (std::int64_t const g : {1, 2, 3, 4, 5, 8})
+          for (std::int64_t const stride : {d, d + 16, 3 * d}) {
+            check_dots<float>(isa, d, count, stride, g);
+            check_dots<half>(isa, d, count, stride, g);
+            check_dots<bfloat16>(isa, d, count, stride, g);
+          }
 }
 
 TEST_CASE("row kernels: Knorm, KeyDiff, TOVA and mean-only Expected Attention agree native and portable, strided and paged",

@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "kvcompress/core/device.hpp"
+#include "kvcompress/detail/simd_reduce.hpp"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define KVC_BF16_DOT_KERNEL 1
@@ -81,23 +82,10 @@ inline void pack_token_pairs(float const* x, std::int64_t count, std::int64_t d,
 
 #define KVC_TARGET_AVX512_BF16 __attribute__((target("avx512bf16,avx512f,avx512vl,avx512bw")))
 
-// The zero-masking forms below, with every lane selected, compile to the plain instructions; the
-// plain intrinsics of gcc 12 pass an undefined register that its -Wuninitialized reports.
-constexpr __mmask16 kAllLanes = 0xFFFF;
-
-/// Σ of the 16 lanes.
-KVC_TARGET_AVX512_BF16 inline float bf16_dot_lane_sum(__m512 x) {
-  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAllLanes, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAllLanes, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kAllLanes, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kAllLanes, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(x);
-}
-
 /// 16 bf16 values (bits) widened to fp32: a 16-bit shift of the bits, exact.
 KVC_TARGET_AVX512_BF16 inline __m512 bf16_widen(std::uint16_t const* p /*[16]*/) {
   __m256i const bits = _mm256_loadu_si256(reinterpret_cast<__m256i const*>(p));
-  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAllLanes, _mm512_maskz_cvtepu16_epi32(kAllLanes, bits), 16));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAllLanes16, _mm512_maskz_cvtepu16_epi32(kAllLanes16, bits), 16));
 }
 
 /// R keys × 16·C columns of y = μ + kΣ held in registers over the whole reduction, then
@@ -132,7 +120,7 @@ KVC_BF16_UNROLL
     for (std::int64_t c = 0; c < C; ++c) {
       sum = _mm512_fmadd_ps(acc[r][c], bf16_widen(keys + r * d + col0 + 16 * c), sum);
     }
-    out[r] += bf16_dot_lane_sum(sum);
+    out[r] += lane_sum16(sum);
   }
 }
 

@@ -18,6 +18,7 @@
 #include "kvcompress/core/device.hpp"
 #include "kvcompress/core/dtype.hpp"
 #include "kvcompress/detail/layout_traits.hpp"
+#include "kvcompress/detail/simd_reduce.hpp"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define KVC_ROW_KERNELS_X86 1
@@ -25,6 +26,13 @@
 #include <immintrin.h>
 #define KVC_TARGET_ROW512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
 #define KVC_TARGET_ROW256 __attribute__((target("avx2,fma,f16c")))
+// Full unrolling keeps the accumulator arrays in registers; nvcc's front end rejects the pragma (a
+// warning), and its translation units run the CPU kernels only as a fallback of the GPU path.
+#if defined(__CUDACC__)
+#define KVC_ROW_UNROLL
+#else
+#define KVC_ROW_UNROLL _Pragma("GCC unroll 16")
+#endif
 #else
 #define KVC_ROW_KERNELS_X86 0
 #endif
@@ -101,10 +109,6 @@ template <class T>
 
 // ---- AVX-512 ---------------------------------------------------------------------------------------
 
-// The zero-masking forms with every lane selected compile to the plain instructions; gcc 12's plain
-// intrinsics pass an undefined register that its -Wuninitialized reports.
-inline constexpr __mmask16 kRowAllLanes = 0xFFFF;
-
 /// 16 elements of T as fp32 (exact). \param p [16]
 template <class T>
 KVC_TARGET_ROW512 inline __m512 row_load16(T const* p) {
@@ -112,20 +116,11 @@ KVC_TARGET_ROW512 inline __m512 row_load16(T const* p) {
     return _mm512_loadu_ps(p);
   } else {
     __m256i const bits = _mm256_loadu_si256(reinterpret_cast<__m256i const*>(p));
-    if constexpr (std::is_same_v<T, half>) return _mm512_maskz_cvtph_ps(kRowAllLanes, bits);
+    if constexpr (std::is_same_v<T, half>) return _mm512_maskz_cvtph_ps(kAllLanes16, bits);
     else  // bfloat16: the upper half of an fp32
       return _mm512_castsi512_ps(
-          _mm512_maskz_slli_epi32(kRowAllLanes, _mm512_maskz_cvtepu16_epi32(kRowAllLanes, bits), 16));
+          _mm512_maskz_slli_epi32(kAllLanes16, _mm512_maskz_cvtepu16_epi32(kAllLanes16, bits), 16));
   }
-}
-
-/// Σ of the 16 lanes (lane-swapping shuffles in their zero-masking forms, as above).
-KVC_TARGET_ROW512 inline float row_sum16(__m512 x) {
-  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kRowAllLanes, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kRowAllLanes, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kRowAllLanes, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kRowAllLanes, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(x);
 }
 
 /// out[i] = Σ_c keys[i·stride + c]². \param keys [count, stride] (d ≤ stride used) \param out [count]
@@ -145,37 +140,62 @@ KVC_TARGET_ROW512 void sq_norms_avx512(T const* keys, std::int64_t count, std::i
       __m512 const x0 = row_load16(k + c);
       a0 = _mm512_fmadd_ps(x0, x0, a0);
     }
-    out[i] = row_sum16(_mm512_add_ps(a0, a1));
+    out[i] = lane_sum16(_mm512_add_ps(a0, a1));
+  }
+}
+
+/// Four keys against R ≤ 4 query rows, one key after the other, acc[4·r + j] = Σ_c k_r[c]·q_j[c], the
+/// sums over lanes left for all 16 at once. Reading the four keys side by side (a line of each in
+/// turn) was slower here; prefetching keys ahead in software did not help (the hardware prefetcher
+/// follows the rows). \param k [4, stride] \param q [R, d] \param acc [16]
+template <int R, class T>
+KVC_TARGET_ROW512 inline void dots_4keys_avx512(T const* k, std::int64_t stride, std::int64_t d, float const* q,
+                                                __m512* acc) {
+  KVC_ROW_UNROLL
+  for (int r = 0; r < 4; ++r) {
+    T const* kr = k + r * stride;  // [d]
+    KVC_ROW_UNROLL
+    for (int j = 0; j < R; ++j) acc[4 * r + j] = _mm512_setzero_ps();
+    for (std::int64_t c = 0; c < d; c += 16) {
+      __m512 const x = row_load16(kr + c);
+      KVC_ROW_UNROLL
+      for (int j = 0; j < R; ++j) acc[4 * r + j] = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + j * d + c), acc[4 * r + j]);
+    }
   }
 }
 
 /// out[j·out_stride + i] = Σ_c keys[i·stride + c]·q[j·d + c] for g fp32 vectors q, each key read
-/// once for all of them. \param keys [count, stride] \param q [g, d] \param out [g, out_stride]
+/// once for all of them: four keys at a time against four query rows (16 accumulators), their sums
+/// transposed into four stores; one query row at a time for the rows left; the keys left one by one.
+/// \param keys [count, stride] \param q [g, d] \param out [g, out_stride]
 template <class T>
 KVC_TARGET_ROW512 void dots_avx512(T const* keys, std::int64_t count, std::int64_t stride, std::int64_t d,
                                    float const* q, std::int64_t g, float* out, std::int64_t out_stride) {
-  for (std::int64_t i = 0; i < count; ++i) {
-    T const* k = keys + i * stride;  // [d]
+  std::int64_t i = 0;
+  for (; i + 4 <= count; i += 4) {
+    T const* k = keys + i * stride;  // [4, stride]
+    __m512 acc[16];
     std::int64_t j = 0;
     for (; j + 4 <= g; j += 4) {
-      float const* qj = q + j * d;  // [4, d]
-      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-      for (std::int64_t c = 0; c < d; c += 16) {
-        __m512 const x = row_load16(k + c);
-        a0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(qj + c), a0);
-        a1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(qj + d + c), a1);
-        a2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(qj + 2 * d + c), a2);
-        a3 = _mm512_fmadd_ps(x, _mm512_loadu_ps(qj + 3 * d + c), a3);
-      }
-      out[j * out_stride + i] = row_sum16(a0);
-      out[(j + 1) * out_stride + i] = row_sum16(a1);
-      out[(j + 2) * out_stride + i] = row_sum16(a2);
-      out[(j + 3) * out_stride + i] = row_sum16(a3);
+      dots_4keys_avx512<4>(k, stride, d, q + j * d, acc);
+      __m512 const s = lane_sums_4x4(acc);  // 128-bit lane j: query row j's 4 keys
+      float* o = out + j * out_stride + i;  // [4, out_stride]
+      _mm_storeu_ps(o, _mm512_maskz_extractf32x4_ps(0xF, s, 0));
+      _mm_storeu_ps(o + out_stride, _mm512_maskz_extractf32x4_ps(0xF, s, 1));
+      _mm_storeu_ps(o + 2 * out_stride, _mm512_maskz_extractf32x4_ps(0xF, s, 2));
+      _mm_storeu_ps(o + 3 * out_stride, _mm512_maskz_extractf32x4_ps(0xF, s, 3));
     }
     for (; j < g; ++j) {
+      dots_4keys_avx512<1>(k, stride, d, q + j * d, acc);
+      _mm_storeu_ps(out + j * out_stride + i, lane_sums_4(acc[0], acc[4], acc[8], acc[12]));
+    }
+  }
+  for (; i < count; ++i) {
+    T const* k = keys + i * stride;  // [d]
+    for (std::int64_t j = 0; j < g; ++j) {
       __m512 a0 = _mm512_setzero_ps();
       for (std::int64_t c = 0; c < d; c += 16) a0 = _mm512_fmadd_ps(row_load16(k + c), _mm512_loadu_ps(q + j * d + c), a0);
-      out[j * out_stride + i] = row_sum16(a0);
+      out[j * out_stride + i] = lane_sum16(a0);
     }
   }
 }
@@ -191,7 +211,7 @@ KVC_TARGET_ROW512 void normalized_sum_avx512(T const* keys, std::int64_t count, 
       __m512 const x = row_load16(k + c);
       a0 = _mm512_fmadd_ps(x, x, a0);
     }
-    float const norm = std::sqrt(row_sum16(a0));
+    float const norm = std::sqrt(lane_sum16(a0));
     norms[i] = norm;
     __m512 const inv = _mm512_set1_ps(1.0f / std::max(norm, eps));
     for (std::int64_t c = 0; c < d; c += 16)
@@ -242,13 +262,6 @@ KVC_TARGET_ROW256 inline __m256 row_load8(T const* p) {
   }
 }
 
-KVC_TARGET_ROW256 inline float row_sum8(__m256 x) {
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  q = _mm_add_ss(q, _mm_movehdup_ps(q));
-  return _mm_cvtss_f32(q);
-}
-
 template <class T>
 KVC_TARGET_ROW256 void sq_norms_avx2(T const* keys, std::int64_t count, std::int64_t stride, std::int64_t d,
                                      float* out) {
@@ -265,7 +278,7 @@ KVC_TARGET_ROW256 void sq_norms_avx2(T const* keys, std::int64_t count, std::int
       __m256 const x0 = row_load8(k + c);
       a0 = _mm256_fmadd_ps(x0, x0, a0);
     }
-    out[i] = row_sum8(_mm256_add_ps(a0, a1));
+    out[i] = lane_sum8(_mm256_add_ps(a0, a1));
   }
 }
 
@@ -285,15 +298,15 @@ KVC_TARGET_ROW256 void dots_avx2(T const* keys, std::int64_t count, std::int64_t
         a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(qj + 2 * d + c), a2);
         a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(qj + 3 * d + c), a3);
       }
-      out[j * out_stride + i] = row_sum8(a0);
-      out[(j + 1) * out_stride + i] = row_sum8(a1);
-      out[(j + 2) * out_stride + i] = row_sum8(a2);
-      out[(j + 3) * out_stride + i] = row_sum8(a3);
+      out[j * out_stride + i] = lane_sum8(a0);
+      out[(j + 1) * out_stride + i] = lane_sum8(a1);
+      out[(j + 2) * out_stride + i] = lane_sum8(a2);
+      out[(j + 3) * out_stride + i] = lane_sum8(a3);
     }
     for (; j < g; ++j) {
       __m256 a0 = _mm256_setzero_ps();
       for (std::int64_t c = 0; c < d; c += 8) a0 = _mm256_fmadd_ps(row_load8(k + c), _mm256_loadu_ps(q + j * d + c), a0);
-      out[j * out_stride + i] = row_sum8(a0);
+      out[j * out_stride + i] = lane_sum8(a0);
     }
   }
 }
@@ -308,7 +321,7 @@ KVC_TARGET_ROW256 void normalized_sum_avx2(T const* keys, std::int64_t count, st
       __m256 const x = row_load8(k + c);
       a0 = _mm256_fmadd_ps(x, x, a0);
     }
-    float const norm = std::sqrt(row_sum8(a0));
+    float const norm = std::sqrt(lane_sum8(a0));
     norms[i] = norm;
     __m256 const inv = _mm256_set1_ps(1.0f / std::max(norm, eps));
     for (std::int64_t c = 0; c < d; c += 8)
@@ -344,6 +357,7 @@ KVC_TARGET_ROW256 void rows_sum_avx2(T const* rows, std::int64_t count, std::int
 
 #undef KVC_TARGET_ROW512
 #undef KVC_TARGET_ROW256
+#undef KVC_ROW_UNROLL
 
 #endif  // KVC_ROW_KERNELS_X86
 

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kvc_engine/forward/avx512.hpp"
+#include "kvcompress/detail/simd_reduce.hpp"
 
 namespace kvc_engine::detail {
 
@@ -28,24 +29,6 @@ struct SoftmaxState {
 };
 
 #if KVC_ENGINE_AVX512
-
-/// Max of the 16 lanes.
-KVC_ENGINE_TARGET_AVX512 inline float lane_max(__m512 x) {
-  x = _mm512_maskz_max_ps(kAllLanes, x, _mm512_maskz_shuffle_f32x4(kAllLanes, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_maskz_max_ps(kAllLanes, x, _mm512_maskz_shuffle_f32x4(kAllLanes, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  x = _mm512_maskz_max_ps(kAllLanes, x, _mm512_maskz_permute_ps(kAllLanes, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_maskz_max_ps(kAllLanes, x, _mm512_maskz_permute_ps(kAllLanes, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(x);
-}
-
-/// Σ of the 16 lanes.
-KVC_ENGINE_TARGET_AVX512 inline float lane_sum(__m512 x) {
-  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAllLanes, x, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAllLanes, x, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kAllLanes, x, _MM_SHUFFLE(1, 0, 3, 2)));
-  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kAllLanes, x, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm512_cvtss_f32(x);
-}
 
 /// eˣ of 16 floats x ≤ 0 (−∞ included): x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 in two parts, so r is
 /// exact), eʳ by the degree-6 minimax polynomial of the Cephes library's expf (within 2 ulp, as Eigen's
@@ -81,7 +64,7 @@ KVC_ENGINE_TARGET_AVX512 inline float softmax_row(float* row, std::int64_t visib
   __m512 top = _mm512_set1_ps(m);
   for (std::int64_t j = 0; j < whole; j += 16) top = _mm512_maskz_max_ps(kAllLanes, top, _mm512_loadu_ps(row + j));
   if (whole < visible) top = _mm512_mask_max_ps(top, tail, top, _mm512_maskz_loadu_ps(tail, row + whole));
-  float const mnew = lane_max(top);
+  float const mnew = kvcompress::detail::lane_max16(top);
   float const alpha = _mm512_cvtss_f32(exp16(_mm512_set1_ps(m - mnew)));  // 0 on the first tile (m was −∞)
   __m512 const shift = _mm512_set1_ps(mnew);
   __m512 sum = _mm512_setzero_ps();
@@ -95,7 +78,7 @@ KVC_ENGINE_TARGET_AVX512 inline float softmax_row(float* row, std::int64_t visib
     _mm512_storeu_ps(row + whole, e);
     sum = _mm512_add_ps(sum, e);
   }
-  l = l * alpha + lane_sum(sum);
+  l = l * alpha + kvcompress::detail::lane_sum16(sum);
   m = mnew;
   return alpha;
 }
