@@ -100,7 +100,7 @@ void compact_row(detail::RowIsa stores, KVCacheView<T, Layout> const& cache, std
                              reinterpret_cast<std::byte const*>(&cache.key(b, h, src, 0)), bytes);
         detail::copy_forward(run_stores, reinterpret_cast<std::byte*>(&cache.value(b, h, j, 0)),
                              reinterpret_cast<std::byte const*>(&cache.value(b, h, src, 0)), bytes);
-      } else {
+      } else {  // channels apart: no two slots are adjacent, so the run is this one entry
         for (std::int64_t c = 0; c < d; ++c) cache.key(b, h, j, c) = cache.key(b, h, src, c);
         for (std::int64_t c = 0; c < d; ++c) cache.value(b, h, j, c) = cache.value(b, h, src, c);
       }
