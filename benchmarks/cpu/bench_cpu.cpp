@@ -114,9 +114,14 @@ void BM_Ceiling_Bf16Dot(benchmark::State& state) {
 }
 #endif
 
+/// K/V storage on whole cache lines, as an engine's page-aligned pool gives (std::vector's own
+/// blocks are only 16-byte aligned): compaction streams whole 64-byte lines (cpu/compact.hpp).
+template <class T>
+using Buffer = std::vector<T, kvc::AlignedAllocator<T>>;
+
 /// A buffer far larger than the last-level cache, split between the threads.
-std::vector<float>& stream_buffer() {
-  static std::vector<float> buf(std::size_t{1} << 28, 1.0f);  // 1 GiB
+Buffer<float>& stream_buffer() {
+  static Buffer<float> buf(std::size_t{1} << 28, 1.0f);  // 1 GiB
   return buf;
 }
 
@@ -165,7 +170,7 @@ void BM_Ceiling_StreamCopy(benchmark::State& state) {
 template <class T>
 struct Layer {
   std::int64_t n;
-  std::vector<T> keys, values, queries, window_queries, pristine_keys, pristine_values;
+  Buffer<T> keys, values, queries, window_queries, pristine_keys, pristine_values;
   std::vector<std::int32_t> lengths;
   kvc::CacheExtents extents;
   kvc::RotaryEmbedding rope;
@@ -359,7 +364,9 @@ void BM_AdaKVExpectedAttentionCompress(benchmark::State& state) {
 }
 
 // Selection (top n/2 per head) and in-place compaction. Bytes: scores read + half of K and V moved (r+w).
-void BM_SelectCompact(benchmark::State& state) {
+// `kernels`: kNative streams the stores of large rows (cpu/compact.hpp); kPortable (`…_Portable`) uses
+// ordinary stores throughout, the comparison in the same run.
+void run_select_compact(benchmark::State& state, kvc::CpuKernels kernels) {
   Layer<float>& l = layer<float>(state.range(0));
   std::vector<float> scores(static_cast<std::size_t>(kKvHeads * l.n));
   std::mt19937 gen(1);
@@ -372,14 +379,16 @@ void BM_SelectCompact(benchmark::State& state) {
     auto const view = l.view();
     state.ResumeTiming();
     kvc::Workspace ws(scratch.data(), scratch.size());
-    kvc::keep_topk(device(state), view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
+    kvc::keep_topk(device(state, kernels), view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
   }
   set_rates(state, double(scores.size()) * 4 + l.kv_bytes(), 0.0);
 }
+void BM_SelectCompact(benchmark::State& state) { run_select_compact(state, kvc::CpuKernels::kNative); }
+void BM_SelectCompact_Portable(benchmark::State& state) { run_select_compact(state, kvc::CpuKernels::kPortable); }
 
 // The same selection and compaction through a paged view: page size 16, the pages of the pool
 // (the same K and V buffers) shuffled by the block table, as in an engine after many requests.
-void BM_SelectCompactPaged(benchmark::State& state, kvc::PageTable kind) {
+void BM_SelectCompactPaged(benchmark::State& state, kvc::PageTable kind, kvc::CpuKernels kernels) {
   Layer<float>& l = layer<float>(state.range(0));
   std::int64_t const page = 16, per_row = l.n / page;
   std::vector<std::int32_t> table(static_cast<std::size_t>((kind == kvc::PageTable::kPerHead ? kKvHeads : 1) * per_row));
@@ -401,11 +410,48 @@ void BM_SelectCompactPaged(benchmark::State& state, kvc::PageTable kind) {
     auto const view = kvc::make_cache_view(l.keys.data(), l.values.data(), l.extents, layout, layout, l.lengths.data());
     state.ResumeTiming();
     kvc::Workspace ws(scratch.data(), scratch.size());
-    kvc::keep_topk(device(state), view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
+    kvc::keep_topk(device(state, kernels), view, scores.data(), [](std::int64_t n) { return kvc::kept_count(n, 0.5); }, ws);
     n_freed = kvc::released_pages(view, before.data(), freed.data(), static_cast<std::int64_t>(freed.size()));
   }
   set_rates(state, double(scores.size()) * 4 + l.kv_bytes(), 0.0);
   state.counters["pages_freed"] = static_cast<double>(n_freed);
+}
+
+// Compaction alone, one thread, of the 8 rows of a float layer to a random kept set of `keep` % of
+// the entries (each kept with that probability, so runs and gaps vary): ordinary stores (kPortable)
+// against streaming ones (kNative, whatever the row size), the cache freshly written before each
+// call (its last lines still in the caches, dirty, as right after a prefill) or cold (a 64 MiB pass,
+// twice the L3, evicts it). Arguments {tokens, keep %}. Bytes: the kept entries of K and V read and
+// written.
+void BM_CompactRow(benchmark::State& state, kvc::CpuKernels kernels, bool cold) {
+  Layer<float>& l = layer<float>(state.range(0));
+  std::int32_t const n = static_cast<std::int32_t>(l.n);
+  std::vector<std::vector<std::int32_t>> idx(kKvHeads);
+  std::mt19937 gen(4);
+  std::bernoulli_distribution keep(static_cast<double>(state.range(1)) / 100.0);
+  double kept = 0;
+  for (auto& row : idx) {
+    for (std::int32_t i = 0; i < n; ++i)
+      if (keep(gen)) row.push_back(i);
+    kept += static_cast<double>(row.size());
+  }
+  static Buffer<float> evict(std::size_t{1} << 24, 1.0f);  // 64 MiB
+  auto const stores = kvc::detail::stream_isa(kvc::CpuDevice{1, kernels});
+  for (auto _ : state) {
+    state.PauseTiming();
+    l.restore();
+    if (cold) benchmark::DoNotOptimize(std::accumulate(evict.begin(), evict.end(), 0.0f));
+    auto const view = l.view();
+    state.ResumeTiming();
+    for (std::int64_t h = 0; h < kKvHeads; ++h)
+      kvc::cpu_impl::compact_row(stores, view, 0, h, idx[static_cast<std::size_t>(h)].data(),
+                                 static_cast<std::int32_t>(idx[static_cast<std::size_t>(h)].size()));
+  }
+  state.counters["bytes_per_second"] = benchmark::Counter(2.0 * 2.0 * kept * kDim * sizeof(float),
+                                                          benchmark::Counter::kIsIterationInvariantRate,
+                                                          benchmark::Counter::kIs1024);
+  state.counters["tokens"] = static_cast<double>(l.n);
+  state.counters["threads"] = 1;
 }
 
 // DecodingPress(Expected Attention) in a decode loop: a row of `tokens` entries grows by one token per
@@ -475,6 +521,11 @@ void sizes(benchmark::internal::Benchmark* b) {
   for (std::int64_t n : {4096, 16384, 32768}) b->Args({n, 2});
   b->Unit(benchmark::kMillisecond)->MinTime(0.5)->UseRealTime();
 }
+void compact_sizes(benchmark::internal::Benchmark* b) {
+  for (std::int64_t n : {1024, 4096, 32768})
+    for (std::int64_t keep : {10, 50, 90}) b->Args({n, keep});
+  b->Unit(benchmark::kMillisecond)->MinTime(0.2)->UseRealTime();
+}
 void sizes_and_threads(benchmark::internal::Benchmark* b) {
   for (std::int64_t n : {4096, 16384, 32768})
     for (std::int64_t t : {1, 2}) b->Args({n, t});
@@ -512,8 +563,17 @@ BENCHMARK(BM_KnormScore<half>)->Apply(sizes);
 BENCHMARK(BM_KeyDiffScore<float>)->Apply(sizes);
 BENCHMARK(BM_StreamingLLMScore<float>)->Apply(sizes);
 BENCHMARK(BM_SelectCompact)->Apply(sizes);
-BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_sequence, kvc::PageTable::kPerSequence)->Apply(sizes);
-BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_head, kvc::PageTable::kPerHead)->Apply(sizes);
+BENCHMARK(BM_SelectCompact_Portable)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_CompactRow, hot_streaming, kvc::CpuKernels::kNative, false)->Apply(compact_sizes);
+BENCHMARK_CAPTURE(BM_CompactRow, hot_ordinary, kvc::CpuKernels::kPortable, false)->Apply(compact_sizes);
+BENCHMARK_CAPTURE(BM_CompactRow, cold_streaming, kvc::CpuKernels::kNative, true)->Apply(compact_sizes);
+BENCHMARK_CAPTURE(BM_CompactRow, cold_ordinary, kvc::CpuKernels::kPortable, true)->Apply(compact_sizes);
+BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_sequence, kvc::PageTable::kPerSequence, kvc::CpuKernels::kNative)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_head, kvc::PageTable::kPerHead, kvc::CpuKernels::kNative)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_sequence_portable, kvc::PageTable::kPerSequence, kvc::CpuKernels::kPortable)
+    ->Apply(sizes);
+BENCHMARK_CAPTURE(BM_SelectCompactPaged, per_head_portable, kvc::PageTable::kPerHead, kvc::CpuKernels::kPortable)
+    ->Apply(sizes);
 BENCHMARK(BM_ExpectedAttentionCompress<float>)->Apply(sizes_and_threads);
 BENCHMARK(BM_ExpectedAttentionCompress<bfloat16>)->Apply(sizes);
 BENCHMARK(BM_AdaKVExpectedAttentionCompress<float>)->Apply(sizes);

@@ -2,6 +2,7 @@
 /// \file
 /// \brief Umbrella header: everything that runs on the host.
 
+#include "kvcompress/cache/aligned_allocator.hpp"
 #include "kvcompress/cache/extents.hpp"
 #include "kvcompress/cache/kv_cache_view.hpp"
 #include "kvcompress/cache/memory.hpp"

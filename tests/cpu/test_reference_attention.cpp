@@ -170,7 +170,7 @@ TEST_CASE("attention on ragged per-head lengths (AdaKV-like budgets) equals mask
     std::shuffle(slots.begin(), slots.end(), gen);
     slots.resize(static_cast<std::size_t>(sizes[r]));
     std::sort(slots.begin(), slots.end());
-    cpu_impl::compact_row(view, r / kH, r % kH, slots.data(), static_cast<std::int32_t>(sizes[r]));
+    cpu_impl::compact_row(kvcompress::cpu, view, r / kH, r % kH, slots.data(), static_cast<std::int32_t>(sizes[r]));
   }
   REQUIRE(f.kept(0).size() == 1);
   REQUIRE(f.kept(2).size() == 29);

@@ -79,7 +79,7 @@ void check_compact(Case<T, L>& c, std::int64_t ctas = 0) {
   for (std::int64_t b = 0; b < c.e.batch; ++b)
     for (std::int64_t h = 0; h < c.e.kv_heads; ++h) {
       std::int64_t const r = host.row(b, h);
-      cpu_impl::compact_row(host, b, h, c.kept.data() + r * c.e.capacity, c.counts[r]);
+      cpu_impl::compact_row(kvcompress::cpu, host, b, h, c.kept.data() + r * c.e.capacity, c.counts[r]);
     }
 
   std::vector<T> const k = mirror.k.download(), v = mirror.v.download();

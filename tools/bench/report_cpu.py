@@ -102,6 +102,10 @@ def targets(bench, theirs, sizes, limits, like_for_like, engine):
             if b and limits["read"]:
                 f = gbs(b) / limits["read"]
                 add(f"{name[3:]} ≥ 70 % of streaming read", tokens, f"{100 * f:.0f} %", f >= 0.7)
+            # Compaction writes as many bytes as it reads: the streaming copy, which counts both, is its bar.
+            if b and name.startswith("BM_SelectCompact") and limits["copy"]:
+                f = gbs(b) / limits["copy"]
+                add(f"{name[3:]} ≥ 70 % of streaming copy (read + written)", tokens, f"{100 * f:.0f} %", f >= 0.7)
         for name, key, dtype, goal in [("BM_ExpectedAttentionCompress<float>", "ea_compress_given_s", "float32", 4),
                                        ("BM_ExpectedAttentionCompress<bfloat16>", "ea_compress_given_s", "bfloat16", 15)]:
             b, r = bench.get((name, tokens, 2)), theirs.get((dtype, tokens), {})
@@ -213,15 +217,15 @@ def main():
 
     gemm2 = ceiling("BM_Ceiling_GemmF32/square", 2, "gemm")
     read2 = ceiling("BM_Ceiling_StreamRead", 2, "read")
-    limits = {"gemm": gemm2, "read": read2, "gemm1": ceiling("BM_Ceiling_GemmF32/square", 1, "gemm"),
-              "bf16": ceiling("BM_Ceiling_Bf16Dot", 2, "gemm")}
+    limits = {"gemm": gemm2, "read": read2, "copy": ceiling("BM_Ceiling_StreamCopy", 2, "read"),
+              "gemm1": ceiling("BM_Ceiling_GemmF32/square", 1, "gemm"), "bf16": ceiling("BM_Ceiling_Bf16Dot", 2, "gemm")}
 
     def fraction(b, bound):
         lim = limits[bound]
         if not lim:
             return "–"
         value = gflops(b) if bound == "gemm" else gbs(b)
-        return f"{100 * value / lim:.0f} % of {'GEMM' if bound == 'gemm' else 'read'}"
+        return f"{100 * value / lim:.0f} % of {bound.replace('gemm', 'GEMM')}"
 
     lines = [
         "# CPU benchmarks",
@@ -316,14 +320,15 @@ def main():
             lines.append(f"| {name[len('BM_Pool/'):]} | {tokens} | {plain['ms']:.4f} | {b['ms']:.4f} |"
                          f" {cpu_ms(plain)} | {cpu_ms(b)} |")
     lines += ["", "## Selection, compaction and decoding", "",
-              "| benchmark | tokens | ms | GiB/s | of ceiling |", "|---|---|---|---|---|"]
+              "| benchmark | tokens | ms | GiB/s | of read ceiling | of copy ceiling |", "|---|---|---|---|---|---|"]
     for (name, tokens, threads), b in sorted(bench.items()):
         if name.startswith("BM_SelectCompact") and threads == 2:
-            lines.append(f"| {name} | {tokens} | {b['ms']:.2f} | {gbs(b):.1f} | {fraction(b, 'read')} |")
+            lines.append(f"| {name} | {tokens} | {b['ms']:.2f} | {gbs(b):.1f} | {fraction(b, 'read')} |"
+                         f" {fraction(b, 'copy')} |")
     for (name, tokens, threads), b in sorted(bench.items()):
         if name.startswith("BM_Decoding"):
             lines.append(f"| {name}, per decode step (compression every 512 steps back to {tokens}) | {tokens} |"
-                         f" {b['ms']:.3f} | – | – |")
+                         f" {b['ms']:.3f} | – | – | – |")
     if engine:
         lines += engine_section(engine)
     lines += targets(bench, theirs, sizes, limits, like_for_like, engine)
@@ -331,7 +336,11 @@ def main():
         "",
         "Compaction: `BM_SelectCompact` (strided) and `BM_SelectCompactPaged` (pages of 16, per-sequence NHD and"
         " per-head tables) select the top half of each row and move it to the front; GiB/s counts the scores read"
-        " and half of K and V moved (read and written).",
+        " and half of K and V moved, each moved byte twice (read and written). The streaming copy ceiling counts"
+        " its bytes the same way (read + written), so it is the bar for these rows; the read ceiling, which counts"
+        " only bytes read, is kept beside it for the issue's 70 % target as first stated. `…_Portable` rows compact"
+        " with ordinary stores only (CpuKernels::kPortable); the others stream long runs of large rows"
+        " (cpu/compact.hpp).",
         "",
     ]
     open(a.out, "w").write("\n".join(lines))

@@ -71,7 +71,7 @@ struct BlockPress {
         // The survivors stay, the block moves right behind them: a compaction of those slots.
         std::iota(slots, slots + budget[r], 0);
         std::iota(slots + budget[r], slots + budget[r] + len, next[r]);
-        cpu_impl::compact_row(cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, slots,
+        cpu_impl::compact_row(dev, cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, slots,
                               static_cast<std::int32_t>(budget[r] + len));
         next[r] = static_cast<std::int32_t>(next[r] + len);
         more = more || len > 0;

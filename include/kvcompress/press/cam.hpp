@@ -399,7 +399,7 @@ class CAMPress {
             y = from_float<T>(to_float(y) + to_float(cache.value(b, kv, cb[i], c)) * share);
           }
       }
-      cpu_impl::compact_row(cache, b, kv, kb, static_cast<std::int32_t>(target));
+      cpu_impl::compact_row(dev, cache, b, kv, kb, static_cast<std::int32_t>(target));
       for (std::int64_t j = 0; j < target; ++j) a[j] = a[kb[j]];
       summed[r] = target;
     });

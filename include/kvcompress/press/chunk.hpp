@@ -93,7 +93,7 @@ struct ChunkPress {
         for (std::int32_t j = 0; j < k; ++j) kept[total + j] += static_cast<std::int32_t>(start);
         total += k;
       }
-      cpu_impl::compact_row(cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, kept, total);
+      cpu_impl::compact_row(dev, cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, kept, total);
     });
   }
 

@@ -94,7 +94,7 @@ struct ChunkKVPress {
             static_cast<std::int32_t>(std::clamp<std::int64_t>(detail::press_kept_count(press, n, obs), 0, n));
         for (std::int64_t h = 0; h < heads; ++h) {
           cpu_impl::select_topk_row(scores + (b * heads + h) * cap, static_cast<std::int32_t>(n), k, part);
-          cpu_impl::compact_row(cache, b, h, part, k);
+          cpu_impl::compact_row(dev, cache, b, h, part, k);
         }
         return;
       }
@@ -113,7 +113,7 @@ struct ChunkKVPress {
       for (std::int32_t j = 0; j < std::min<std::int64_t>(keep, chunks); ++j)
         for (std::int64_t i = chunk_idx[j] * chunk_length; i < std::min(n, (chunk_idx[j] + 1) * chunk_length); ++i)
           kept[total++] = static_cast<std::int32_t>(i);
-      for (std::int64_t h = 0; h < heads; ++h) cpu_impl::compact_row(cache, b, h, kept, total);
+      for (std::int64_t h = 0; h < heads; ++h) cpu_impl::compact_row(dev, cache, b, h, kept, total);
     });
   }
 };

@@ -111,7 +111,7 @@ struct DuoAttentionPress {
       std::int32_t k = 0;
       for (std::int64_t i = 0; i < sink_size; ++i) row_idx[k++] = static_cast<std::int32_t>(i);
       for (std::int64_t i = n - recent_size; i < n; ++i) row_idx[k++] = static_cast<std::int32_t>(i);
-      cpu_impl::compact_row(cache, r / heads, r % heads, row_idx, k);
+      cpu_impl::compact_row(dev, cache, r / heads, r % heads, row_idx, k);
     });
   }
 };

@@ -162,7 +162,7 @@ struct EntropyGatedChunkKVPress {
       std::int32_t total = 0;
       for (std::int64_t i = 0; i < n; ++i)
         if (keep[i] != 0) kept[total++] = static_cast<std::int32_t>(i);
-      for (std::int64_t h = 0; h < heads; ++h) cpu_impl::compact_row(cache, b, h, kept, total);
+      for (std::int64_t h = 0; h < heads; ++h) cpu_impl::compact_row(dev, cache, b, h, kept, total);
     });
   }
 

@@ -150,7 +150,7 @@ struct FinchPress {
         for (std::int32_t j = 0; j < k; ++j) idx[kept + j] += static_cast<std::int32_t>(c0);
         kept += k;
       }
-      cpu_impl::compact_row(cache, b, h, idx, kept);
+      cpu_impl::compact_row(dev, cache, b, h, idx, kept);
       if (!rerotate_keys) return;
       std::int32_t* pos = cache.positions ? cache.positions + r * cap : nullptr;
       for (std::int32_t j = 0; j < kept; ++j) {  // R_{j − p}: the kept key moves from position p to slot j

@@ -181,7 +181,7 @@ struct MergingPress {
             cache.value(b, h, idx[i], c) = from_float<T>((kept_values[i * d + c] + accum[i * d + c]) / (1.0f + weight_sum[i]));
         }
       }
-      cpu_impl::compact_row(cache, b, h, idx, k);
+      cpu_impl::compact_row(dev, cache, b, h, idx, k);
     });
   }
 };

@@ -235,7 +235,7 @@ void keep_topk(CpuDevice const& dev, KVCacheView<T, L> const& cache, float const
     std::int32_t const kk = static_cast<std::int32_t>(k < 0 ? 0 : (k > n ? n : k));
     std::int32_t* row_idx = idx + t * cap;
     cpu_impl::select_topk_row(scores + r * cap, n, kk, row_idx);
-    cpu_impl::compact_row(cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, row_idx, kk);
+    cpu_impl::compact_row(dev, cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, row_idx, kk);
     after(r, static_cast<std::int32_t const*>(row_idx), kk);
   });
 }

@@ -107,7 +107,7 @@ struct SimLayerKVPress {
     for (std::int64_t j = 0; j < kept; ++j)
       idx[j] = static_cast<std::int32_t>(j < n_initial ? j : n - kept + j);
     for (std::int64_t r = 0; r < rows; ++r)
-      cpu_impl::compact_row(cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, idx, static_cast<std::int32_t>(kept));
+      cpu_impl::compact_row(dev, cache, r / cache.extents.kv_heads, r % cache.extents.kv_heads, idx, static_cast<std::int32_t>(kept));
   }
 
  private:

@@ -239,7 +239,7 @@ TEST_CASE("cuda host: the ordered gather, under any interleaving of its CTAs, eq
         for (std::int64_t b = 0; b < 2; ++b)
           for (std::int64_t h = 0; h < 3; ++h) {
             std::int64_t const r = cpu_view.row(b, h);
-            cpu_impl::compact_row(cpu_view, b, h, cpu.kept.data() + r * cap, cpu.counts[static_cast<std::size_t>(r)]);
+            cpu_impl::compact_row(kvcompress::cpu, cpu_view, b, h, cpu.kept.data() + r * cap, cpu.counts[static_cast<std::size_t>(r)]);
           }
         EmuResult const res = emulate_gather(gpu.view(), gpu.kept, gpu.counts, ctas, true, gen);
         REQUIRE_FALSE(res.deadlock);
@@ -261,7 +261,7 @@ TEST_CASE("cuda host: without the look-back's wait the gather reads overwritten 
     EmuCase cpu = gpu;
     auto const cpu_view = cpu.view();
     for (std::int64_t h = 0; h < 2; ++h)
-      cpu_impl::compact_row(cpu_view, 0, h, cpu.kept.data() + h * 301, cpu.counts[static_cast<std::size_t>(h)]);
+      cpu_impl::compact_row(kvcompress::cpu, cpu_view, 0, h, cpu.kept.data() + h * 301, cpu.counts[static_cast<std::size_t>(h)]);
     EmuResult const res = emulate_gather(gpu.view(), gpu.kept, gpu.counts, 16, false, gen);
     stale += res.stale_reads;
     differs = differs || gpu.k != cpu.k;

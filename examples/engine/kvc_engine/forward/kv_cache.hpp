@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kvcompress/cache/aligned_allocator.hpp"
 #include "kvcompress/cache/kv_cache_view.hpp"
 #include "kvcompress/cache/strided_layout.hpp"
 
@@ -57,8 +58,8 @@ class KVCache {
     std::size_t const d = static_cast<std::size_t>(head_dim_);
     for (auto& l : layers_) {
       std::int64_t const key_rows = capacity - (capacity_ - l.key_rows);  // the packed slots stay out of `keys`
-      std::vector<float> k(static_cast<std::size_t>(kv_heads_ * key_rows) * d);
-      std::vector<float> v(static_cast<std::size_t>(kv_heads_ * capacity) * d);
+      Pool k(static_cast<std::size_t>(kv_heads_ * key_rows) * d);
+      Pool v(static_cast<std::size_t>(kv_heads_ * capacity) * d);
       std::vector<std::int32_t> pos(static_cast<std::size_t>(kv_heads_ * capacity));
       for (std::int64_t h = 0; h < kv_heads_; ++h) {
         std::size_t const n = static_cast<std::size_t>(l.lengths[static_cast<std::size_t>(h)]);
@@ -110,7 +111,7 @@ class KVCache {
     l.packed_rows = rows;
     l.kept = kept;
     l.key_rows = capacity_ - fewest;
-    std::vector<float>(static_cast<std::size_t>(kv_heads_ * l.key_rows * head_dim_)).swap(l.keys);  // the old keys' memory goes
+    Pool(static_cast<std::size_t>(kv_heads_ * l.key_rows * head_dim_)).swap(l.keys);  // the old keys' memory goes
   }
 
   /// \brief The layer's cache as kvcompress sees it (validated): presses compact it in place, updating
@@ -172,9 +173,13 @@ class KVCache {
   }
 
  private:
+  /// K or V storage on whole cache lines: compaction streams whole 64-byte lines (kvcompress's
+  /// cpu/compact.hpp), which std::vector's 16-byte-aligned blocks would leave to ordinary stores.
+  using Pool = std::vector<float, kvcompress::AlignedAllocator<float>>;
+
   struct Layer {
-    std::vector<float> keys;              // [kv_heads, key_rows, head_dim]: head h's slots packed[h] … on
-    std::vector<float> values;            // [kv_heads, capacity, head_dim]
+    Pool keys;                            // [kv_heads, key_rows, head_dim]: head h's slots packed[h] … on
+    Pool values;                          // [kv_heads, capacity, head_dim]
     std::vector<std::int32_t> lengths;    // [kv_heads]
     std::vector<std::int32_t> positions;  // [kv_heads, capacity]
     std::int64_t key_rows = 0;            // capacity − the fewest packed entries of a head (capacity unless packed)
