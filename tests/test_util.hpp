@@ -5,9 +5,19 @@
 #include <random>
 #include <vector>
 
+#include "kvcompress/detail/row_kernels.hpp"
 #include "kvcompress/kvcompress.hpp"
 
 namespace kvc_test {
+
+/// The row kernels' instruction sets this CPU runs, the portable loops first: what the kernel tests loop over.
+inline std::vector<kvcompress::detail::RowIsa> row_isas_here() {
+  using kvcompress::detail::RowIsa;
+  std::vector<RowIsa> out{RowIsa::kPortable};
+  if (kvcompress::detail::cpu_row_isa() != RowIsa::kPortable) out.push_back(RowIsa::kAvx2);
+  if (kvcompress::detail::cpu_row_isa() == RowIsa::kAvx512) out.push_back(RowIsa::kAvx512);
+  return out;
+}
 
 /// A cache that owns its storage, in HF's [batch, kv_heads, capacity, head_dim] order by default.
 template <class T = float>

@@ -17,6 +17,7 @@
 #include "kvcompress/kvcompress.hpp"
 #include "kvcompress/cpu/compact.hpp"
 #include "kvcompress/detail/stream_copy.hpp"
+#include "test_util.hpp"
 
 // This file's own namespace: unique per file in the unity build (tests/CMakeLists.txt).
 namespace KVC_TEST_TU {
@@ -25,13 +26,6 @@ using namespace kvcompress;
 
 namespace {
 
-/// The stores this CPU can compact with, ordinary stores first.
-std::vector<detail::RowIsa> stores_here() {
-  std::vector<detail::RowIsa> out{detail::RowIsa::kPortable};
-  if (detail::cpu_row_isa() != detail::RowIsa::kPortable) out.push_back(detail::RowIsa::kAvx2);
-  if (detail::cpu_row_isa() == detail::RowIsa::kAvx512) out.push_back(detail::RowIsa::kAvx512);
-  return out;
-}
 
 constexpr std::size_t kGuard = 128;  // bytes on each side of a pool that nothing may write
 
@@ -93,7 +87,7 @@ void check_rows(CacheExtents const& e, L const& layout, std::size_t pool_elems, 
   std::int64_t const rows = e.batch * e.kv_heads;
   Pool<T> k(pool_elems, offset, seed), v(pool_elems, offset, seed + 1);
   std::vector<std::byte> const k_before = k.raw, v_before = v.raw;
-  for (detail::RowIsa const stores : stores_here()) {
+  for (detail::RowIsa const stores : kvc_test::row_isas_here()) {
     for (std::size_t set = 0; set < 7; ++set) {
       k.raw = k_before;  // the same storage: k.data stays valid
       v.raw = v_before;
@@ -179,7 +173,7 @@ TEST_CASE("the forward copy gives memmove's bytes when its destination overlaps 
   std::vector<std::byte> init(1024 + 64);
   std::mt19937 gen(3);
   for (auto& x : init) x = static_cast<std::byte>(gen() & 0xFF);
-  for (detail::RowIsa const stores : stores_here())
+  for (detail::RowIsa const stores : kvc_test::row_isas_here())
     for (std::size_t shift : {1U, 4U, 63U, 64U, 65U, 128U, 300U})
       for (std::size_t dst : {0U, 1U, 17U, 32U, 64U})
         for (std::size_t bytes : {0U, 63U, 64U, 65U, 127U, 200U, 640U, 700U}) {

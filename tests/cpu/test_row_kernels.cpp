@@ -22,13 +22,6 @@ using namespace kvcompress;
 
 namespace {
 
-/// The instruction sets this CPU runs, the portable loops first.
-std::vector<detail::RowIsa> isas_here() {
-  std::vector<detail::RowIsa> out{detail::RowIsa::kPortable};
-  if (detail::cpu_row_isa() != detail::RowIsa::kPortable) out.push_back(detail::RowIsa::kAvx2);
-  if (detail::cpu_row_isa() == detail::RowIsa::kAvx512) out.push_back(detail::RowIsa::kAvx512);
-  return out;
-}
 
 template <class T>
 std::vector<T> random_rows(std::int64_t count, std::int64_t stride, std::uint32_t seed) {
@@ -72,7 +65,7 @@ template <class T>
 void check_kernels(std::int64_t d) {
   std::int64_t const count = 37, stride = d + 16, g = 6;  // rows apart by more than d: the stride is honoured
   auto const keys = random_rows<T>(count, stride, 1);
-  for (detail::RowIsa const isa : isas_here()) {
+  for (detail::RowIsa const isa : kvc_test::row_isas_here()) {
     if ((isa == detail::RowIsa::kAvx512 && d % 16 != 0) || (isa == detail::RowIsa::kAvx2 && d % 8 != 0)) continue;
     CAPTURE(static_cast<int>(isa), d);
     std::vector<float> ss(count), norms(count), sum(d, 0.5f), rows(d, 0.25f);
@@ -210,7 +203,7 @@ TEST_CASE("row kernels: key_dots at every count of keys and query rows around it
           "[row_kernels]") {
   // Blocks of four keys against four query rows, the rows left one at a time, the keys left one by
   // one: counts 0 to 9 and 13, query rows 1 to 8, keys packed, padded and far apart.
-  for (detail::RowIsa const isa : isas_here())
+  for (detail::RowIsa const isa : kvc_test::row_isas_here())
     for (std::int64_t const d : {16, 128})
       for (std::int64_t const count : {0, 1, 3, 4, 5, 7, 8, 9, 13})
         for (std::int64_t const g : {1, 2, 3, 4, 5, 8})

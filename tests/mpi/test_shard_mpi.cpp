@@ -132,12 +132,8 @@ TEST_CASE("MPI ranks plan and keep with KVCompose what one process does on the w
   MpiCommunicator comm(MPI_COMM_WORLD, kWait);
   std::deque<Layer> const model = kvc_shard::make_model(kvc_shard::kTokens, 111);
   auto const attention = kvc_shard::replay_attention();
-  KVComposePress structured;
-  structured.compression_ratio = 0.6;
-  KVComposePress unstructured = structured;
-  unstructured.structured = false;
-  unstructured.add_v_norm = true;
-  unstructured.keep_token_lower_bound = 2;
+  KVComposePress const structured = kvc_shard::kvcompose_structured();
+  KVComposePress const unstructured = kvc_shard::kvcompose_unstructured();
   for (KVComposePress const& press : {structured, unstructured})
     for (Split const& split : kvc_shard::splits_for(p, kHeads)) {
       std::int64_t const first = kvc_shard::first_head(split, rank), count = split[static_cast<std::size_t>(rank)];

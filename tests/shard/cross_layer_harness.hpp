@@ -28,6 +28,22 @@ using kvcompress::KVzipPress;
 using kvcompress::TensorParallelShard;
 using kvcompress::Workspace;
 
+/// KVCompose's structured form at ratio 0.6.
+inline KVComposePress kvcompose_structured() {
+  KVComposePress press;
+  press.compression_ratio = 0.6;
+  return press;
+}
+
+/// Its unstructured form with value norms and a per-token lower bound of 2.
+inline KVComposePress kvcompose_unstructured() {
+  KVComposePress press = kvcompose_structured();
+  press.structured = false;
+  press.add_v_norm = true;
+  press.keep_token_lower_bound = 2;
+  return press;
+}
+
 constexpr int kLayers = 3;
 constexpr std::int64_t kHeads = 6, kGroup = 2, kDim = 8;
 

@@ -162,12 +162,8 @@ TEST_CASE("The cross-layer eviction on P thread ranks breaks exact ties as one p
 }
 
 TEST_CASE("KVCompose on P thread ranks plans and keeps what one process does on the whole model, bit for bit", "[shard][kvcompose]") {
-  KVComposePress structured;
-  structured.compression_ratio = 0.6;
-  KVComposePress unstructured = structured;
-  unstructured.structured = false;
-  unstructured.add_v_norm = true;
-  unstructured.keep_token_lower_bound = 2;
+  KVComposePress const structured = kvc_shard::kvcompose_structured();
+  KVComposePress const unstructured = kvc_shard::kvcompose_unstructured();
   KVComposePress other = unstructured;
   other.agg_task = KVComposeAggregation::kMean;
   other.agg_group = KVComposeAggregation::kMax;
