@@ -47,8 +47,10 @@ struct StreamingLLMPress {
       std::int64_t const n_pruned = n - kept_count(n, compression_ratio);
       std::int64_t const lo = std::min(n_sink, n), hi = std::min(n_sink + n_pruned, n);
       float* out = scores + r * cap;
-      std::fill(out, out + n, 1.0f);
+      // Each score written once: sinks 1, the pruned middle 0, the recent window 1.
+      std::fill(out, out + lo, 1.0f);
       std::fill(out + lo, out + hi, 0.0f);
+      std::fill(out + hi, out + n, 1.0f);
     });
   }
 };
