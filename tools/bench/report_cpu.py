@@ -66,6 +66,21 @@ ROWS = [
     ("StreamingLLM score", "BM_StreamingLLMScore<float>", "streaming_llm_score_s", None, "float32", "read"),
 ]
 
+# The whole compress step's speed-up targets over kvpress like for like:
+# (kvcompress benchmark, kvpress key, dtype, goal, the ceiling that bounds it).
+WHOLE_STEP_GOALS = [("BM_ExpectedAttentionCompress<float>", "ea_compress_given_s", "float32", 4, "gemm"),
+                    ("BM_ExpectedAttentionCompress<bfloat16>", "ea_compress_given_s", "bfloat16", 15, "bf16")]
+
+# The compute-bound steps that 2 threads must run at least TWO_THREAD_GOAL× faster than one.
+TWO_THREAD_STEPS = ("BM_ExpectedAttentionScore_Cov<float>", "BM_SnapKVScore<float>", "BM_ExpectedAttentionCompress<float>")
+TWO_THREAD_GOAL = 1.8
+
+
+def two_thread_scaling(bench, name, tokens):
+    """1-thread time over 2-thread time of a step, or None where either was not run."""
+    one, two = bench.get((name, tokens, 1)), bench.get((name, tokens, 2))
+    return one["ms"] / two["ms"] if one and two else None
+
 
 def targets(bench, theirs, sizes, limits, like_for_like, engine):
     """The issue's targets, each with what this run measured and whether it is met; like_for_like holds
@@ -106,17 +121,15 @@ def targets(bench, theirs, sizes, limits, like_for_like, engine):
             if b and name.startswith("BM_SelectCompact") and limits["copy"]:
                 f = gbs(b) / limits["copy"]
                 add(f"{name[3:]} ≥ 70 % of streaming copy (read + written)", tokens, f"{100 * f:.0f} %", f >= 0.7)
-        for name, key, dtype, goal in [("BM_ExpectedAttentionCompress<float>", "ea_compress_given_s", "float32", 4),
-                                       ("BM_ExpectedAttentionCompress<bfloat16>", "ea_compress_given_s", "bfloat16", 15)]:
+        for name, key, dtype, goal, _ in WHOLE_STEP_GOALS:
             b, r = bench.get((name, tokens, 2)), theirs.get((dtype, tokens), {})
             if b and key in r:
                 x = r[key] * 1e3 / b["ms"]
                 add(f"whole compress step ≥ {goal}× kvpress like for like, {dtype}", tokens, f"{x:.1f}×", x >= goal)
-        for name in ("BM_ExpectedAttentionScore_Cov<float>", "BM_SnapKVScore<float>", "BM_ExpectedAttentionCompress<float>"):
-            one, two = bench.get((name, tokens, 1)), bench.get((name, tokens, 2))
-            if one and two:
-                x = one["ms"] / two["ms"]
-                add(f"{name[3:]}: 2 threads ≥ 1.8× one", tokens, f"{x:.2f}×", x >= 1.8)
+        for name in TWO_THREAD_STEPS:
+            x = two_thread_scaling(bench, name, tokens)
+            if x is not None:
+                add(f"{name[3:]}: 2 threads ≥ {TWO_THREAD_GOAL}× one", tokens, f"{x:.2f}×", x >= TWO_THREAD_GOAL)
     for r in (engine or {}).get("rows", []):
         where = f"{r['tokens']}, {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
         for step in ("prefill", "decode"):
@@ -144,9 +157,7 @@ def gaps(bench, theirs, sizes, limits):
     speed-up over kvpress would need against the fastest rate measured, and the ceiling's own scaling with
     threads."""
     lines = []
-    for name, key, dtype, goal, ceiling_name in [
-            ("BM_ExpectedAttentionCompress<float>", "ea_compress_given_s", "float32", 4, "gemm"),
-            ("BM_ExpectedAttentionCompress<bfloat16>", "ea_compress_given_s", "bfloat16", 15, "bf16")]:
+    for name, key, dtype, goal, ceiling_name in WHOLE_STEP_GOALS:
         for tokens in sizes:
             b, r = bench.get((name, tokens, 2)), theirs.get((dtype, tokens), {})
             if not b or key not in r:
@@ -164,11 +175,8 @@ def gaps(bench, theirs, sizes, limits):
                              f" the larger of the {'fp32 GEMM' if ceiling_name == 'gemm' else 'bf16 dot-product'}"
                              " ceiling and kvcompress's step at any size). The target asks for more than the hardware"
                              " gives.")
-    two_thread_missed = any(one and two and one["ms"] / two["ms"] < 1.8
-                            for name in ("BM_ExpectedAttentionScore_Cov<float>", "BM_SnapKVScore<float>",
-                                         "BM_ExpectedAttentionCompress<float>")
-                            for tokens in sizes
-                            for one, two in [(bench.get((name, tokens, 1)), bench.get((name, tokens, 2)))])
+    two_thread_missed = any((x := two_thread_scaling(bench, name, tokens)) is not None and x < TWO_THREAD_GOAL
+                            for name in TWO_THREAD_STEPS for tokens in sizes)
     if two_thread_missed and limits.get("gemm1") and limits.get("gemm"):
         x = limits["gemm"] / limits["gemm1"]
         lines.append(f"- 2 threads against one: this run's own fp32 GEMM ceiling (Eigen, 1024³ per thread) scales"
